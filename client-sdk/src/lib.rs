@@ -1,0 +1,1 @@
+//! Rust client library and command-line clients of a Fides cluster; not built yet.

@@ -1,0 +1,192 @@
+//! Threshold key sets, signing domains and share combination, on blsttc (BLS12-381).
+//!
+//! Rules:
+//! - every signed or hashed message kind has its own domain tag in [`domain`]; a message is
+//!   `tag || parts`, each length-prefixed ([`tagged`]), so no two kinds can collide. Changing a tag
+//!   breaks the wire.
+//! - signatures are blsttc's: `BLS_SIG_BLS12381G2_XMD:SHA-256_SSWU_RO_NUL_` (public keys in G1,
+//!   signatures in G2, RFC 9380 hash to curve), so any standard BLS library verifies them.
+//! - shares are combined optimistically ([`ThresholdKeys::combine`]): `t + 1` shares are
+//!   interpolated and the result verified once; only when that fails is each share checked, and
+//!   the bad ones are named so the caller can record them as faults.
+
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+
+use blsttc::{G2Affine, PublicKeySet, PublicKeyShare, SecretKeyShare, Signature, SignatureShare};
+use fides_types::NodeIndex;
+use sha2::{Digest, Sha256};
+
+pub use blsttc;
+
+/// Domain tags: one per kind of signed or hashed message.
+pub mod domain {
+    /// The common coin of binary agreement: a threshold signature on (instance, round).
+    pub const COIN: &[u8] = b"fides/v1/aba-coin";
+    /// The dealer's self-test of a threshold signature key set.
+    pub const DEALER_CHECK: &[u8] = b"fides/v1/dealer-check";
+    /// The cluster id: SHA-256 of a cluster's public key material, made by the dealer.
+    pub const CLUSTER_ID: &[u8] = b"fides/v1/cluster-id";
+}
+
+/// `tag || len(part) || part || …`, the byte string that gets signed or hashed.
+pub fn tagged(tag: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + tag.len() + parts.iter().map(|p| 4 + p.len()).sum::<usize>());
+    for part in std::iter::once(&tag).chain(parts.iter()) {
+        let len = u32::try_from(part.len()).expect("signed parts are bounded far below 4 GiB");
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(part);
+    }
+    out
+}
+
+/// SHA-256 of `bytes`.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+/// Hash a tagged message to G2, the point that gets signed.
+pub fn hash_to_g2(tag: &[u8], parts: &[&[u8]]) -> G2Affine {
+    blsttc::hash_g2(tagged(tag, parts))
+}
+
+/// Why shares did not combine.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CombineError {
+    /// Fewer than `t + 1` shares.
+    #[error("{have} shares, {need} needed")]
+    NotEnough {
+        /// Shares given.
+        have: usize,
+        /// `t + 1`.
+        need: usize,
+    },
+    /// Some shares are invalid; they are named. Drop them and wait for more.
+    #[error("invalid shares from {0:?}")]
+    InvalidShares(Vec<NodeIndex>),
+}
+
+/// One replica's view of a threshold key set: the public set, its own secret share, and the
+/// public key shares of every replica, computed once.
+#[derive(Clone)]
+pub struct ThresholdKeys {
+    index: NodeIndex,
+    public: PublicKeySet,
+    secret: SecretKeyShare,
+    shares_public: Vec<PublicKeyShare>,
+}
+
+impl std::fmt::Debug for ThresholdKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ThresholdKeys")
+            .field("index", &self.index)
+            .field("threshold", &self.public.threshold())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ThresholdKeys {
+    /// Keys of replica `index` in a cluster of `n`.
+    pub fn new(index: NodeIndex, n: u32, public: PublicKeySet, secret: SecretKeyShare) -> Self {
+        let shares_public = (0..n).map(|i| public.public_key_share(i as usize)).collect();
+        ThresholdKeys { index, public, secret, shares_public }
+    }
+
+    /// The public key set.
+    pub fn public(&self) -> &PublicKeySet {
+        &self.public
+    }
+
+    /// Shares needed to combine: `t + 1`.
+    pub fn shares_needed(&self) -> usize {
+        self.public.threshold() + 1
+    }
+
+    /// Whether our secret share matches the public key share at our index.
+    pub fn is_consistent(&self) -> bool {
+        self.shares_public.get(self.index.as_usize()) == Some(&self.secret.public_key_share())
+    }
+
+    /// Our signature share on a point of G2.
+    pub fn sign_share(&self, point: G2Affine) -> SignatureShare {
+        self.secret.sign_g2(point)
+    }
+
+    /// Whether `share` is `from`'s valid share on `point`.
+    pub fn verify_share(&self, from: NodeIndex, share: &SignatureShare, point: G2Affine) -> bool {
+        self.shares_public
+            .get(from.as_usize())
+            .is_some_and(|key| key.verify_g2(share, point))
+    }
+
+    /// Combine shares on `point` into the cluster's signature.
+    ///
+    /// Takes the first `t + 1` shares, combines and verifies the result once. If that fails, each
+    /// share is verified and the invalid ones are returned, to be dropped by the caller.
+    pub fn combine(
+        &self,
+        shares: &BTreeMap<NodeIndex, SignatureShare>,
+        point: G2Affine,
+    ) -> Result<Signature, CombineError> {
+        let need = self.shares_needed();
+        if shares.len() < need {
+            return Err(CombineError::NotEnough { have: shares.len(), need });
+        }
+        let chosen = shares.iter().take(need).map(|(i, s)| (i.as_usize(), s));
+        if let Ok(signature) = self.public.combine_signatures(chosen) {
+            if self.public.public_key().verify_g2(&signature, point) {
+                return Ok(signature);
+            }
+        }
+        let bad: Vec<NodeIndex> = shares
+            .iter()
+            .filter(|(i, s)| !self.verify_share(**i, s, point))
+            .map(|(i, _)| *i)
+            .collect();
+        if bad.is_empty() {
+            // Every share verifies, so interpolation of any t + 1 of them is the signature; this
+            // is unreachable unless blsttc itself is broken.
+            return Err(CombineError::InvalidShares(Vec::new()));
+        }
+        Err(CombineError::InvalidShares(bad))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use blsttc::SecretKeySet;
+    use rand::SeedableRng;
+
+    fn keys(n: u32, t: usize) -> Vec<ThresholdKeys> {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(7);
+        let set = SecretKeySet::random(t, &mut rng);
+        (0..n)
+            .map(|i| ThresholdKeys::new(NodeIndex(i), n, set.public_keys(), set.secret_key_share(i as usize)))
+            .collect()
+    }
+
+    #[test]
+    fn tagged_messages_of_different_domains_differ() {
+        assert_ne!(tagged(b"a", &[b"bc"]), tagged(b"ab", &[b"c"]));
+        assert_ne!(tagged(b"a", &[b"b", b"c"]), tagged(b"a", &[b"bc"]));
+    }
+
+    #[test]
+    fn combine_names_the_invalid_share() {
+        let keys = keys(4, 1);
+        let point = hash_to_g2(b"test", &[b"m"]);
+        let other = hash_to_g2(b"test", &[b"other"]);
+        let mut shares = BTreeMap::new();
+        shares.insert(NodeIndex(0), keys[0].sign_share(other));
+        shares.insert(NodeIndex(1), keys[1].sign_share(point));
+        assert_eq!(keys[2].combine(&shares, point), Err(CombineError::InvalidShares(vec![NodeIndex(0)])));
+        shares.remove(&NodeIndex(0));
+        assert!(matches!(keys[2].combine(&shares, point), Err(CombineError::NotEnough { have: 1, need: 2 })));
+        shares.insert(NodeIndex(3), keys[3].sign_share(point));
+        let signature = keys[2].combine(&shares, point).expect("two valid shares combine");
+        assert!(keys[0].public().public_key().verify_g2(&signature, point));
+        assert!(keys.iter().all(ThresholdKeys::is_consistent));
+    }
+}

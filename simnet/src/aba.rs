@@ -1,0 +1,385 @@
+//! Binary agreement under the simulator: the scenario, the content-aware scheduler of the known
+//! attack on threshold-coin ABA, and one call that runs and checks an instance.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use fides_agreement::{BinaryAgreement, Config, Decision, Message, Validator, Vote};
+use fides_crypto::blsttc::{SecretKeySet, SignatureShare};
+use fides_crypto::{domain, hash_to_g2, sha256, ThresholdKeys};
+use fides_types::codec::Wire;
+use fides_types::{NodeIndex, Quorum, Round};
+use rand::seq::SliceRandom;
+use rand::{Rng, RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::check::{self, BinaryOutcome};
+use crate::{Behaviour, Micros, Network, RandomScheduler, Report, RunConfig, Scenario, Scheduler};
+
+/// The predicate of validated runs: a justification is `proof:` and at most 64 bytes.
+pub fn predicate(justification: &[u8]) -> bool {
+    justification.starts_with(b"proof:") && justification.len() <= 64
+}
+
+/// Plain or validated, as one type so that one scenario runs both.
+#[derive(Clone, Copy, Debug)]
+pub enum AbaValidator {
+    /// Plain agreement.
+    Plain,
+    /// Validated agreement with [`predicate`].
+    Predicate,
+}
+
+impl Validator for AbaValidator {
+    fn requires_justification(&self) -> bool {
+        matches!(self, AbaValidator::Predicate)
+    }
+
+    fn is_valid(&self, justification: &[u8]) -> bool {
+        match self {
+            AbaValidator::Plain => justification.is_empty(),
+            AbaValidator::Predicate => predicate(justification),
+        }
+    }
+}
+
+/// The protocol run by the simulator.
+pub type Aba = BinaryAgreement<AbaValidator>;
+
+/// Which scheduler orders the messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SchedulerKind {
+    /// Random delays and partitions that heal.
+    Random,
+    /// Reads messages, learns coins as early as it can, and delays what helps the honest most.
+    ContentAware,
+}
+
+/// One agreement run to simulate.
+#[derive(Clone, Debug)]
+pub struct AbaCase {
+    /// Replicas.
+    pub n: u32,
+    /// What the `t` Byzantine replicas do.
+    pub byzantine: Behaviour,
+    /// The scheduler.
+    pub scheduler: SchedulerKind,
+    /// Validated agreement with [`predicate`].
+    pub validated: bool,
+    /// Whether threshold-coin rounds have the CONF phase.
+    pub conf_phase: bool,
+    /// The seed.
+    pub seed: u64,
+}
+
+impl AbaCase {
+    /// A plain run with the random scheduler.
+    pub fn new(n: u32, byzantine: Behaviour, seed: u64) -> Self {
+        AbaCase { n, byzantine, scheduler: SchedulerKind::Random, validated: false, conf_phase: true, seed }
+    }
+}
+
+/// The scenario: keys, proposals and the garbage of one run.
+pub struct AbaScenario {
+    quorum: Quorum,
+    keys: Vec<Arc<ThresholdKeys>>,
+    proposals: Vec<bool>,
+    validator: AbaValidator,
+    conf_phase: bool,
+    instance: Vec<u8>,
+}
+
+impl AbaScenario {
+    /// Keys and proposals drawn from `rng`. Proposals: all true, all false, or mixed, by seed.
+    pub fn new(quorum: Quorum, validated: bool, conf_phase: bool, seed: u64, rng: &mut ChaCha8Rng) -> Self {
+        let set = SecretKeySet::random(quorum.t() as usize, rng);
+        let keys = Self::keys_from(quorum, &set);
+        let proposals = quorum
+            .nodes()
+            .map(|_| match seed % 4 {
+                0 => true,
+                1 => false,
+                _ => rng.gen_bool(0.5),
+            })
+            .collect();
+        let validator = if validated { AbaValidator::Predicate } else { AbaValidator::Plain };
+        AbaScenario { quorum, keys, proposals, validator, conf_phase, instance: b"simnet/aba/0".to_vec() }
+    }
+
+    /// A scenario with given coin keys (the dealer's) and proposals.
+    pub fn with_keys(quorum: Quorum, keys: Vec<Arc<ThresholdKeys>>, proposals: Vec<bool>, validated: bool) -> Self {
+        let validator = if validated { AbaValidator::Predicate } else { AbaValidator::Plain };
+        AbaScenario { quorum, keys, proposals, validator, conf_phase: true, instance: b"simnet/aba/0".to_vec() }
+    }
+
+    fn keys_from(quorum: Quorum, set: &SecretKeySet) -> Vec<Arc<ThresholdKeys>> {
+        quorum
+            .nodes()
+            .map(|i| Arc::new(ThresholdKeys::new(i, quorum.n(), set.public_keys(), set.secret_key_share(i.as_usize()))))
+            .collect()
+    }
+
+    /// The proposal of each replica.
+    pub fn proposals(&self) -> &[bool] {
+        &self.proposals
+    }
+
+    fn instance_at(&self, index: NodeIndex, instance: &[u8]) -> Aba {
+        let mut config = Config::new(instance.to_vec());
+        config.conf_phase = self.conf_phase;
+        BinaryAgreement::new(self.quorum, index, Arc::clone(&self.keys[index.as_usize()]), config, self.validator)
+    }
+
+    fn vote(&self, value: bool, index: NodeIndex) -> Vote {
+        match (value, self.validator) {
+            (false, _) => Vote::Zero,
+            (true, AbaValidator::Plain) => Vote::One(Vec::new()),
+            (true, AbaValidator::Predicate) => Vote::One(format!("proof:{}", index.0).into_bytes()),
+        }
+    }
+}
+
+impl Scenario for AbaScenario {
+    type P = Aba;
+
+    fn honest(&self, index: NodeIndex) -> Aba {
+        self.instance_at(index, &self.instance)
+    }
+
+    fn input(&self, index: NodeIndex) -> Vote {
+        self.vote(self.proposals[index.as_usize()], index)
+    }
+
+    fn input_other(&self, index: NodeIndex) -> Vote {
+        self.vote(!self.proposals[index.as_usize()], index)
+    }
+
+    fn other_instance(&self, index: NodeIndex) -> Aba {
+        self.instance_at(index, b"simnet/aba/other")
+    }
+
+    fn garbage(&self, rng: &mut ChaCha8Rng) -> Vec<u8> {
+        let round = Round(match rng.gen_range(0..3) {
+            0 => rng.gen_range(0..6),
+            1 => rng.gen_range(6..1000),
+            _ => rng.gen(),
+        });
+        let value = rng.gen();
+        let junk = |rng: &mut ChaCha8Rng, max: usize| {
+            let mut bytes = vec![0u8; rng.gen_range(0..max)];
+            rng.fill_bytes(&mut bytes);
+            bytes
+        };
+        match rng.gen_range(0..8) {
+            0 => Message::BVal { round, value, justification: junk(rng, 100) }.to_bytes(),
+            1 => Message::BVal { round, value: true, justification: b"proof:but far too long to pass the predicate of the simulated validated runs, honestly".to_vec() }.to_bytes(),
+            2 => Message::Aux { round, value }.to_bytes(),
+            3 => {
+                // A set of values with an invalid bit pattern.
+                let mut bytes = Message::Aux { round, value }.to_bytes();
+                bytes[0] = 2;
+                *bytes.last_mut().expect("an AUX encoding is not empty") = rng.gen_range(0..=255);
+                bytes
+            }
+            4 => Message::Coin { round, share: rng.gen::<SignatureShare>() }.to_bytes(),
+            5 => Message::Term { value, justification: junk(rng, 40) }.to_bytes(),
+            6 => {
+                // A BVAL whose justification claims a length of nearly 4 GiB.
+                let mut bytes = vec![0u8];
+                bytes.extend_from_slice(&round.0.to_le_bytes());
+                bytes.push(1);
+                bytes.extend_from_slice(&(u32::MAX - 7).to_le_bytes());
+                bytes.extend_from_slice(&junk(rng, 16));
+                bytes
+            }
+            _ => {
+                let bytes = Message::BVal { round, value, justification: Vec::new() }.to_bytes();
+                bytes[..rng.gen_range(0..bytes.len())].to_vec()
+            }
+        }
+    }
+}
+
+/// The adversary of HoneyBadgerBFT issue 59: it controls the Byzantine replicas' coin shares, so
+/// one honest share is enough for it to know a round's coin before any honest replica does. It
+/// then delays, towards half of the honest replicas, every vote for the coin's value, so that
+/// they see only the other value and end the round disagreeing with those that saw both; it
+/// holds back coin shares and TERM messages as long as it may. Every delay stays finite.
+pub struct SplitScheduler {
+    quorum: Quorum,
+    byzantine: Vec<NodeIndex>,
+    keys: Vec<Arc<ThresholdKeys>>,
+    instance: Vec<u8>,
+    shares: BTreeMap<Round, BTreeMap<NodeIndex, SignatureShare>>,
+    coins: BTreeMap<Round, bool>,
+    /// Threshold-coin rounds whose coin it learned from an honest share before using it.
+    pub coins_learned: u32,
+}
+
+const HOLD: Micros = 400_000;
+
+impl SplitScheduler {
+    /// An adversary controlling the replicas in `byzantine`.
+    pub fn new(quorum: Quorum, byzantine: Vec<NodeIndex>, scenario: &AbaScenario) -> Self {
+        SplitScheduler {
+            quorum,
+            byzantine,
+            keys: scenario.keys.clone(),
+            instance: scenario.instance.clone(),
+            shares: BTreeMap::new(),
+            coins: BTreeMap::new(),
+            coins_learned: 0,
+        }
+    }
+
+    fn coin(&self, round: Round) -> Option<bool> {
+        match round.0 % 3 {
+            0 => Some(true),
+            1 => Some(false),
+            _ => self.coins.get(&round).copied(),
+        }
+    }
+
+    /// With one honest share and the Byzantine replicas' own, the adversary combines the coin.
+    fn learn(&mut self, round: Round, from: NodeIndex, share: SignatureShare) {
+        if self.coins.contains_key(&round) || self.byzantine.contains(&from) || self.byzantine.is_empty() {
+            return;
+        }
+        let point = hash_to_g2(domain::COIN, &[&self.instance, &round.0.to_le_bytes()]);
+        let shares = self.shares.entry(round).or_default();
+        shares.insert(from, share);
+        for b in &self.byzantine {
+            shares.insert(*b, self.keys[b.as_usize()].sign_share(point));
+        }
+        if let Ok(signature) = self.keys[0].combine(shares, point) {
+            self.coins.insert(round, sha256(&signature.to_bytes())[0] & 1 == 1);
+            self.coins_learned += 1;
+        }
+    }
+
+    fn is_victim(&self, to: NodeIndex, round: Round) -> bool {
+        !self.byzantine.contains(&to) && (to.0 + round.0) % 2 == 0
+    }
+}
+
+impl Scheduler<Message> for SplitScheduler {
+    fn delay(&mut self, _now: Micros, from: NodeIndex, to: NodeIndex, message: Option<&Message>, rng: &mut ChaCha8Rng) -> Micros {
+        let fast = rng.gen_range(100..2_000);
+        let slow = HOLD + rng.gen_range(0..HOLD);
+        let Some(message) = message else { return fast };
+        let _ = self.quorum;
+        match message {
+            Message::Coin { round, share } => {
+                self.learn(*round, from, share.clone());
+                slow
+            }
+            Message::Term { .. } => slow,
+            Message::BVal { round, value, .. } | Message::Aux { round, value } => match self.coin(*round) {
+                Some(coin) if *value == coin && self.is_victim(to, *round) => slow,
+                Some(_) => fast,
+                None => rng.gen_range(100..HOLD / 4),
+            },
+            Message::Conf { round, values } => match self.coin(*round) {
+                Some(coin) if values.contains(coin) && self.is_victim(to, *round) => slow,
+                _ => fast,
+            },
+        }
+    }
+}
+
+/// What one checked run gives.
+#[derive(Clone, Debug)]
+pub struct AbaSummary {
+    /// The value decided.
+    pub value: bool,
+    /// The latest round in which an honest replica decided.
+    pub rounds_worst: u32,
+    /// Mean over honest replicas of the round they decided in.
+    pub rounds_mean: f64,
+    /// Faults recorded by honest replicas.
+    pub faults: usize,
+    /// The trace hash.
+    pub trace: String,
+    /// Messages sent per replica, mean over all.
+    pub messages_per_node: f64,
+    /// Bytes sent per replica, mean over all.
+    pub bytes_per_node: f64,
+    /// Handler CPU per honest replica, in microseconds.
+    pub cpu_micros_per_node: f64,
+    /// Threshold-coin rounds whose coin the content-aware adversary learned early.
+    pub coins_learned: u32,
+}
+
+/// Run one case and check it with the independent checkers.
+pub fn run_case(case: &AbaCase) -> Result<AbaSummary, String> {
+    run_case_with(case, None)
+}
+
+/// Run one case, optionally in CPU-accounting mode.
+pub fn run_case_with(case: &AbaCase, cpu: Option<crate::CpuModel>) -> Result<AbaSummary, String> {
+    let quorum = Quorum::with_max_faults(case.n).map_err(|e| e.to_string())?;
+    let mut rng = ChaCha8Rng::seed_from_u64(case.seed);
+    let scenario = AbaScenario::new(quorum, case.validated, case.conf_phase, case.seed, &mut rng);
+    let mut indices: Vec<NodeIndex> = quorum.nodes().collect();
+    indices.shuffle(&mut rng);
+    let byzantine: Vec<NodeIndex> = indices.into_iter().take(quorum.t() as usize).collect();
+    let behaviours: Vec<Behaviour> = quorum
+        .nodes()
+        .map(|i| if byzantine.contains(&i) { case.byzantine.clone() } else { Behaviour::Honest })
+        .collect();
+    let config = RunConfig { seed: case.seed, deliveries_max: 2_000_000, cpu };
+    let input = |i: NodeIndex| scenario.input(i);
+    let (report, coins_learned) = match case.scheduler {
+        SchedulerKind::Random => {
+            let scheduler = RandomScheduler::new(quorum, &mut rng);
+            (Network::new(quorum, &scenario, &behaviours, scheduler, config).run(input), 0)
+        }
+        SchedulerKind::ContentAware => {
+            let scheduler = SplitScheduler::new(quorum, byzantine.clone(), &scenario);
+            let network = Network::new(quorum, &scenario, &behaviours, scheduler, config);
+            let (report, scheduler) = network.run_keeping_scheduler(input);
+            (report, scheduler.coins_learned)
+        }
+    };
+    check_report(case, &scenario, &report, coins_learned)
+}
+
+fn check_report(case: &AbaCase, scenario: &AbaScenario, report: &Report<Decision>, coins_learned: u32) -> Result<AbaSummary, String> {
+    let proposals: Vec<Option<bool>> = report
+        .outputs
+        .iter()
+        .zip(scenario.proposals())
+        .map(|(outputs, proposal)| outputs.as_ref().map(|_| *proposal))
+        .collect();
+    let outcome = BinaryOutcome::from_report(report, |d: &Decision| (d.value, d.justification.clone()));
+    let checker_predicate: Option<fn(&[u8]) -> bool> = case.validated.then_some(check::proof_predicate as fn(&[u8]) -> bool);
+    let value = check::binary_agreement(&outcome, &proposals, checker_predicate)
+        .map_err(|e| format!("{e} (n={}, byzantine={}, scheduler={:?}, validated={})", case.n, case.byzantine.name(), case.scheduler, case.validated))?;
+    let rounds: Vec<u32> = report
+        .outputs
+        .iter()
+        .flatten()
+        .filter_map(|outputs| outputs.first())
+        .map(|p| p.output.round.0)
+        .collect();
+    let honest = rounds.len().max(1) as f64;
+    let n = report.stats.len() as f64;
+    let honest_cpu: u64 = report
+        .stats
+        .iter()
+        .zip(&report.outputs)
+        .filter(|(_, o)| o.is_some())
+        .map(|(s, _)| s.cpu_micros)
+        .sum();
+    Ok(AbaSummary {
+        value,
+        rounds_worst: rounds.iter().copied().max().unwrap_or(0),
+        rounds_mean: rounds.iter().map(|r| f64::from(*r)).sum::<f64>() / honest,
+        faults: report.faults.len(),
+        trace: report.trace_hex(),
+        messages_per_node: report.stats.iter().map(|s| s.messages_sent as f64).sum::<f64>() / n,
+        bytes_per_node: report.stats.iter().map(|s| s.bytes_sent as f64).sum::<f64>() / n,
+        cpu_micros_per_node: honest_cpu as f64 / honest,
+        coins_learned,
+    })
+}

@@ -1,0 +1,82 @@
+//! Invariant checkers, written from the specification of agreement and independently of the
+//! protocol code: they see only what honest replicas proposed and output.
+
+use crate::Report;
+
+/// The predicate of validated runs, restated here so that the checker does not trust the copy
+/// the protocol was given: `proof:` then anything, 64 bytes at most.
+pub fn proof_predicate(justification: &[u8]) -> bool {
+    justification.len() <= 64 && justification.get(..6) == Some(b"proof:".as_slice())
+}
+
+/// The binary outputs of every replica: `None` for Byzantine ones.
+#[derive(Clone, Debug)]
+pub struct BinaryOutcome {
+    /// Per replica, every (value, justification) it output.
+    pub outputs: Vec<Option<Vec<(bool, Option<Vec<u8>>)>>>,
+    /// Per replica, whether it terminated.
+    pub terminated: Vec<Option<bool>>,
+    /// Whether the run was cut off with honest replicas still running.
+    pub stalled: bool,
+}
+
+impl BinaryOutcome {
+    /// Read a report through `view`, which says what value and justification an output holds.
+    pub fn from_report<O>(report: &Report<O>, view: impl Fn(&O) -> (bool, Option<Vec<u8>>)) -> Self {
+        BinaryOutcome {
+            outputs: report
+                .outputs
+                .iter()
+                .map(|o| o.as_ref().map(|list| list.iter().map(|p| view(&p.output)).collect()))
+                .collect(),
+            terminated: report.terminated.clone(),
+            stalled: report.stalled,
+        }
+    }
+}
+
+/// Check termination, at most one decision, agreement, validity and — given a predicate —
+/// external validity. Returns the value decided.
+pub fn binary_agreement(
+    outcome: &BinaryOutcome,
+    proposals: &[Option<bool>],
+    predicate: Option<fn(&[u8]) -> bool>,
+) -> Result<bool, String> {
+    let mut decided = None;
+    for (index, outputs) in outcome.outputs.iter().enumerate() {
+        let Some(outputs) = outputs else { continue };
+        let (value, justification) = match outputs.as_slice() {
+            [] => {
+                return Err(format!(
+                    "termination: honest replica {index} decided nothing (run stalled: {})",
+                    outcome.stalled
+                ))
+            }
+            [one] => one,
+            more => return Err(format!("integrity: honest replica {index} decided {} times", more.len())),
+        };
+        if outcome.terminated.get(index).copied().flatten() != Some(true) {
+            return Err(format!("termination: honest replica {index} decided but did not terminate"));
+        }
+        match decided {
+            None => decided = Some(*value),
+            Some(earlier) if earlier != *value => {
+                return Err(format!("agreement: honest replicas decided both {earlier} and {value}"))
+            }
+            Some(_) => {}
+        }
+        if let Some(predicate) = predicate {
+            if *value && !justification.as_deref().is_some_and(predicate) {
+                return Err(format!("external validity: replica {index} decided 1 without a valid justification"));
+            }
+        }
+    }
+    let value = decided.ok_or("no honest replica")?;
+    let honest: Vec<bool> = proposals.iter().flatten().copied().collect();
+    if let Some(first) = honest.first() {
+        if honest.iter().all(|p| p == first) && value != *first {
+            return Err(format!("validity: every honest replica proposed {first}, they decided {value}"));
+        }
+    }
+    Ok(value)
+}

@@ -1,0 +1,432 @@
+//! Deterministic simulated network: n replicas of a sans-IO protocol, Byzantine actors and an
+//! adversarial scheduler, all driven from one seed.
+//!
+//! # How a run goes
+//!
+//! - Every replica is either an honest instance of the protocol or a Byzantine [`Behaviour`].
+//! - Messages travel as bytes ([`fides_types::codec::Wire`]): honest replicas decode what they
+//!   receive, so garbage reaches the protocol's decoder exactly as it would from a socket.
+//! - The sender of a delivered message is always the replica that really sent it: the transport
+//!   authenticates links, so a Byzantine actor that claims another sender is recorded as having
+//!   tried and its message is delivered under its own name.
+//! - Links between honest replicas are reliable: a message is delayed and reordered, never lost.
+//!   Partitions delay the messages that cross them until they heal.
+//! - The [`Scheduler`] picks each message's delay. [`RandomScheduler`] draws it; a content-aware
+//!   scheduler reads the message and delays what would help the honest replicas most.
+//! - Virtual time is in microseconds. In CPU-accounting mode ([`CpuModel`]) each handler call's
+//!   measured CPU time is charged to its replica's clock and a message arrives
+//!   `lag + size / bandwidth` after its sender's clock — the method of hbbft's
+//!   `examples/simulation`, so throughput figures compare. That mode is not deterministic.
+//! - Every delivery is folded into a trace hash: the same seed gives the same hash.
+
+#![forbid(unsafe_code)]
+
+pub mod aba;
+pub mod actors;
+pub mod check;
+pub mod seeds;
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::time::Instant;
+
+use fides_types::codec::Wire;
+use fides_types::{Fault, FaultKind, NodeIndex, Protocol, Quorum, Target};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use sha2::{Digest, Sha256};
+
+pub use actors::{Behaviour, Byzantine, ByzantineSend, Scenario};
+
+/// Virtual time in microseconds.
+pub type Micros = u64;
+
+/// Network timing in CPU-accounting mode.
+#[derive(Clone, Copy, Debug)]
+pub struct CpuModel {
+    /// Latency of every message, in microseconds.
+    pub lag: Micros,
+    /// Bandwidth of every link, in bits per second.
+    pub bandwidth_bps: u64,
+}
+
+impl CpuModel {
+    /// Transfer time of `bytes` on one link.
+    pub fn transfer(&self, bytes: usize) -> Micros {
+        self.lag + (bytes as u64 * 8 * 1_000_000) / self.bandwidth_bps.max(1)
+    }
+}
+
+/// Chooses when a message arrives.
+pub trait Scheduler<M> {
+    /// Delay, from `now`, of a message from `from` to `to`. `message` is `None` for bytes that do
+    /// not decode. Must be finite: the network is asynchronous, not lossy.
+    fn delay(&mut self, now: Micros, from: NodeIndex, to: NodeIndex, message: Option<&M>, rng: &mut ChaCha8Rng) -> Micros;
+}
+
+/// A temporary partition: while it lasts, messages between the two sides wait until it heals.
+#[derive(Clone, Debug)]
+pub struct Partition {
+    /// Start, in virtual time.
+    pub from: Micros,
+    /// End, in virtual time.
+    pub until: Micros,
+    /// One side (the other side is everyone else).
+    pub side: Vec<NodeIndex>,
+}
+
+/// Random delays in `[delay_min, delay_max]` and random temporary partitions that heal.
+#[derive(Clone, Debug)]
+pub struct RandomScheduler {
+    /// Shortest delay.
+    pub delay_min: Micros,
+    /// Longest delay outside partitions.
+    pub delay_max: Micros,
+    /// Partitions, in force during their time windows.
+    pub partitions: Vec<Partition>,
+}
+
+impl RandomScheduler {
+    /// Delays of 0.1–50 ms and, with probability one half, a few partitions in the first second.
+    pub fn new(quorum: Quorum, rng: &mut ChaCha8Rng) -> Self {
+        let mut partitions = Vec::new();
+        if rng.gen_bool(0.5) {
+            for _ in 0..rng.gen_range(1..=3) {
+                let from = rng.gen_range(0..1_000_000);
+                let until = from + rng.gen_range(10_000..300_000);
+                let side = quorum.nodes().filter(|_| rng.gen_bool(0.5)).collect();
+                partitions.push(Partition { from, until, side });
+            }
+        }
+        RandomScheduler { delay_min: 100, delay_max: 50_000, partitions }
+    }
+
+    fn heal_time(&self, now: Micros, from: NodeIndex, to: NodeIndex) -> Option<Micros> {
+        self.partitions
+            .iter()
+            .filter(|p| p.from <= now && now < p.until)
+            .filter(|p| p.side.contains(&from) != p.side.contains(&to))
+            .map(|p| p.until)
+            .max()
+    }
+}
+
+impl<M> Scheduler<M> for RandomScheduler {
+    fn delay(&mut self, now: Micros, from: NodeIndex, to: NodeIndex, _message: Option<&M>, rng: &mut ChaCha8Rng) -> Micros {
+        let base = rng.gen_range(self.delay_min..=self.delay_max);
+        match self.heal_time(now, from, to) {
+            Some(heal) => heal - now + base,
+            None => base,
+        }
+    }
+}
+
+/// Settings of one run.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    /// The seed everything is drawn from.
+    pub seed: u64,
+    /// Stop after this many deliveries (a liveness failure if honest replicas are not done).
+    pub deliveries_max: u64,
+    /// CPU-accounting mode; `None` for deterministic virtual time.
+    pub cpu: Option<CpuModel>,
+}
+
+/// What an honest replica produced.
+#[derive(Clone, Debug)]
+pub struct Produced<O> {
+    /// Virtual time of the output.
+    pub at: Micros,
+    /// The output.
+    pub output: O,
+}
+
+/// Per-replica counters.
+#[derive(Clone, Debug, Default)]
+pub struct NodeStats {
+    /// Messages sent (one per recipient).
+    pub messages_sent: u64,
+    /// Bytes sent (summed over recipients).
+    pub bytes_sent: u64,
+    /// CPU time spent in handlers, in microseconds (measured in both modes).
+    pub cpu_micros: u64,
+}
+
+/// The result of a run.
+#[derive(Debug)]
+pub struct Report<O> {
+    /// The seed of the run.
+    pub seed: u64,
+    /// Outputs of each honest replica, indexed by replica (`None` for Byzantine ones).
+    pub outputs: Vec<Option<Vec<Produced<O>>>>,
+    /// Whether each honest replica terminated (`None` for Byzantine ones).
+    pub terminated: Vec<Option<bool>>,
+    /// Faults recorded by honest replicas: (reporter, fault).
+    pub faults: Vec<(NodeIndex, Fault)>,
+    /// Counters per replica.
+    pub stats: Vec<NodeStats>,
+    /// Attempts by Byzantine actors to send under another replica's name (all refused).
+    pub impersonations_refused: u64,
+    /// Deliveries made.
+    pub deliveries: u64,
+    /// Virtual time when the run ended.
+    pub time_end: Micros,
+    /// Whether the run stopped because of `deliveries_max` with honest replicas still running.
+    pub stalled: bool,
+    /// SHA-256 over every delivery (time, sender, recipient, bytes).
+    pub trace_hash: [u8; 32],
+}
+
+impl<O> Report<O> {
+    /// Indices of the honest replicas.
+    pub fn honest(&self) -> impl Iterator<Item = NodeIndex> + '_ {
+        self.outputs.iter().enumerate().filter(|(_, o)| o.is_some()).map(|(i, _)| NodeIndex(i as u32))
+    }
+
+    /// The trace hash in hex.
+    pub fn trace_hex(&self) -> String {
+        self.trace_hash.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+enum Node<P: Protocol> {
+    Honest(P),
+    Byzantine(Box<dyn Byzantine<P>>),
+}
+
+struct Delivery {
+    from: NodeIndex,
+    to: NodeIndex,
+    bytes: Vec<u8>,
+}
+
+/// A simulated network of `n` replicas.
+pub struct Network<P: Protocol, S: Scheduler<P::Message>> {
+    quorum: Quorum,
+    nodes: Vec<Node<P>>,
+    node_rngs: Vec<ChaCha8Rng>,
+    net_rng: ChaCha8Rng,
+    scheduler: S,
+    config: RunConfig,
+    queue: BinaryHeap<Reverse<(Micros, u64)>>,
+    pending: std::collections::HashMap<u64, Delivery>,
+    sequence: u64,
+    now: Micros,
+    clocks: Vec<Micros>,
+    report: Report<P::Output>,
+    trace: Sha256,
+}
+
+impl<P: Protocol + 'static, S: Scheduler<P::Message>> Network<P, S>
+where
+    P::Input: 'static,
+{
+    /// A network where replica `i` runs `behaviours[i]`; honest ones are made by `scenario`.
+    pub fn new<Sc: Scenario<P = P>>(
+        quorum: Quorum,
+        scenario: &Sc,
+        behaviours: &[Behaviour],
+        scheduler: S,
+        config: RunConfig,
+    ) -> Self {
+        let n = quorum.n() as usize;
+        assert_eq!(behaviours.len(), n, "one behaviour per replica");
+        let nodes: Vec<Node<P>> = quorum
+            .nodes()
+            .zip(behaviours)
+            .map(|(index, behaviour)| match behaviour {
+                Behaviour::Honest => Node::Honest(scenario.honest(index)),
+                other => Node::Byzantine(actors::make(other, index, scenario, quorum)),
+            })
+            .collect();
+        let node_rngs = (0..n as u64)
+            .map(|i| ChaCha8Rng::seed_from_u64(config.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (i + 1)))
+            .collect();
+        let report = Report {
+            seed: config.seed,
+            outputs: nodes.iter().map(|node| matches!(node, Node::Honest(_)).then(Vec::new)).collect(),
+            terminated: nodes.iter().map(|node| matches!(node, Node::Honest(_)).then_some(false)).collect(),
+            faults: Vec::new(),
+            stats: vec![NodeStats::default(); n],
+            impersonations_refused: 0,
+            deliveries: 0,
+            time_end: 0,
+            stalled: false,
+            trace_hash: [0; 32],
+        };
+        Network {
+            quorum,
+            nodes,
+            node_rngs,
+            net_rng: ChaCha8Rng::seed_from_u64(config.seed),
+            scheduler,
+            config,
+            queue: BinaryHeap::new(),
+            pending: std::collections::HashMap::new(),
+            sequence: 0,
+            now: 0,
+            clocks: vec![0; n],
+            report,
+            trace: Sha256::new(),
+        }
+    }
+
+    /// Start every replica (honest ones get `input(i)`) and run until every honest replica has
+    /// terminated, nothing is in flight, or `deliveries_max` is reached.
+    pub fn run(self, input: impl FnMut(NodeIndex) -> P::Input) -> Report<P::Output> {
+        self.run_keeping_scheduler(input).0
+    }
+
+    /// [`Network::run`], handing back the scheduler too, e.g. to read what a content-aware one
+    /// learned.
+    pub fn run_keeping_scheduler(mut self, mut input: impl FnMut(NodeIndex) -> P::Input) -> (Report<P::Output>, S) {
+        for index in self.quorum.nodes() {
+            let i = index.as_usize();
+            let started = Instant::now();
+            match &mut self.nodes[i] {
+                Node::Honest(protocol) => {
+                    let step = protocol.handle_input(input(index), &mut self.node_rngs[i]);
+                    let cpu = elapsed_micros(started);
+                    match step {
+                        Ok(step) => self.after_honest_step(index, step, cpu),
+                        Err(error) => panic!("honest input refused at {index}: {error}"),
+                    }
+                }
+                Node::Byzantine(actor) => {
+                    let sends = actor.start(&mut self.node_rngs[i]);
+                    let cpu = elapsed_micros(started);
+                    self.after_byzantine_step(index, sends, cpu);
+                }
+            }
+        }
+        while let Some(Reverse((at, sequence))) = self.queue.pop() {
+            if self.all_honest_terminated() {
+                break;
+            }
+            if self.report.deliveries >= self.config.deliveries_max {
+                self.report.stalled = true;
+                break;
+            }
+            let delivery = self.pending.remove(&sequence).expect("every queued sequence has a delivery");
+            self.deliver(at, delivery);
+        }
+        if !self.all_honest_terminated() && self.queue.is_empty() {
+            self.report.stalled = true;
+        }
+        self.report.time_end = self.now;
+        self.report.trace_hash = self.trace.finalize().into();
+        (self.report, self.scheduler)
+    }
+
+    fn all_honest_terminated(&self) -> bool {
+        self.report.terminated.iter().all(|t| t.unwrap_or(true))
+    }
+
+    fn deliver(&mut self, at: Micros, delivery: Delivery) {
+        let Delivery { from, to, bytes } = delivery;
+        let i = to.as_usize();
+        self.now = at;
+        if self.config.cpu.is_some() {
+            self.clocks[i] = self.clocks[i].max(at);
+        } else {
+            self.clocks[i] = at;
+        }
+        self.report.deliveries += 1;
+        self.trace.update(at.to_le_bytes());
+        self.trace.update(from.0.to_le_bytes());
+        self.trace.update(to.0.to_le_bytes());
+        self.trace.update((bytes.len() as u64).to_le_bytes());
+        self.trace.update(&bytes);
+        let started = Instant::now();
+        match &mut self.nodes[i] {
+            Node::Honest(protocol) => {
+                if protocol.terminated() {
+                    return;
+                }
+                let step = match P::Message::from_bytes(&bytes) {
+                    Ok(message) => protocol.handle_message(from, message, &mut self.node_rngs[i]),
+                    Err(_) => {
+                        let mut step = fides_types::Step::default();
+                        step.fault(from, FaultKind::Undecodable);
+                        step
+                    }
+                };
+                let cpu = elapsed_micros(started);
+                self.after_honest_step(to, step, cpu);
+            }
+            Node::Byzantine(actor) => {
+                let sends = actor.receive(from, &bytes, &mut self.node_rngs[i]);
+                let cpu = elapsed_micros(started);
+                self.after_byzantine_step(to, sends, cpu);
+            }
+        }
+    }
+
+    fn charge(&mut self, index: NodeIndex, cpu: Micros) {
+        let i = index.as_usize();
+        self.report.stats[i].cpu_micros += cpu;
+        if self.config.cpu.is_some() {
+            self.clocks[i] += cpu;
+        }
+    }
+
+    fn after_honest_step(&mut self, index: NodeIndex, step: fides_types::Step<P::Message, P::Output>, cpu: Micros) {
+        self.charge(index, cpu);
+        let i = index.as_usize();
+        let at = self.clocks[i];
+        if let Some(outputs) = &mut self.report.outputs[i] {
+            outputs.extend(step.outputs.into_iter().map(|output| Produced { at, output }));
+        }
+        self.report.faults.extend(step.faults.into_iter().map(|fault| (index, fault)));
+        for outgoing in step.messages {
+            let bytes = outgoing.message.to_bytes();
+            self.send(index, outgoing.target, bytes, Some(&outgoing.message));
+        }
+        if let Node::Honest(protocol) = &self.nodes[i] {
+            self.report.terminated[i] = Some(protocol.terminated());
+        }
+    }
+
+    fn after_byzantine_step(&mut self, index: NodeIndex, sends: Vec<ByzantineSend>, cpu: Micros) {
+        self.charge(index, cpu);
+        for send in sends {
+            if send.claimed_from.is_some_and(|claimed| claimed != index) {
+                // The transport authenticates the link: the claim changes nothing.
+                self.report.impersonations_refused += 1;
+            }
+            let decoded = P::Message::from_bytes(&send.bytes).ok();
+            self.send(index, send.target, send.bytes, decoded.as_ref());
+        }
+    }
+
+    fn send(&mut self, from: NodeIndex, target: Target, bytes: Vec<u8>, message: Option<&P::Message>) {
+        match target {
+            Target::All => {
+                for to in self.quorum.nodes() {
+                    self.send_one(from, to, bytes.clone(), message);
+                }
+            }
+            Target::Node(to) if self.quorum.contains(to) => self.send_one(from, to, bytes, message),
+            Target::Node(_) => {}
+        }
+    }
+
+    fn send_one(&mut self, from: NodeIndex, to: NodeIndex, bytes: Vec<u8>, message: Option<&P::Message>) {
+        let sent_at = self.clocks[from.as_usize()];
+        let delay = match self.config.cpu {
+            Some(_) if from == to => 0,
+            Some(model) => model.transfer(bytes.len()),
+            None => self.scheduler.delay(sent_at, from, to, message, &mut self.net_rng),
+        };
+        let stats = &mut self.report.stats[from.as_usize()];
+        stats.messages_sent += 1;
+        stats.bytes_sent += bytes.len() as u64;
+        self.sequence += 1;
+        self.queue.push(Reverse((sent_at.saturating_add(delay), self.sequence)));
+        self.pending.insert(self.sequence, Delivery { from, to, bytes });
+    }
+}
+
+fn elapsed_micros(started: Instant) -> Micros {
+    started.elapsed().as_micros() as Micros
+}

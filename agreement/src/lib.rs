@@ -58,7 +58,7 @@ mod message;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use fides_crypto::blsttc::{G2Affine, SignatureShare};
+use fides_crypto::blsttc::{G2Affine, SignatureShare, SIG_SIZE};
 use fides_crypto::{domain, hash_to_g2, sha256, CombineError, ThresholdKeys};
 use fides_types::{FaultKind, NodeIndex, Protocol, Quorum, Round, Step};
 
@@ -117,12 +117,7 @@ pub struct Config {
 impl Config {
     /// Defaults for an instance named `instance`.
     pub fn new(instance: impl Into<Vec<u8>>) -> Self {
-        Config {
-            instance: instance.into(),
-            rounds_future_max: 16,
-            justification_len_max: 16 * 1024,
-            conf_phase: true,
-        }
+        Config { instance: instance.into(), rounds_future_max: 16, justification_len_max: 16 * 1024, conf_phase: true }
     }
 }
 
@@ -168,7 +163,12 @@ struct RoundState {
     conf_received: BTreeMap<NodeIndex, BoolSet>,
     conf_sent: bool,
     vals: Option<BoolSet>,
-    coin_shares: BTreeMap<NodeIndex, SignatureShare>,
+    /// Every coin share received, compressed, one per sender.
+    coin_shares: BTreeMap<NodeIndex, [u8; SIG_SIZE]>,
+    /// Senders whose share is not yet decompressed, in arrival order.
+    coin_shares_pending: std::collections::VecDeque<NodeIndex>,
+    /// Shares decompressed for combining and not (yet) found invalid.
+    coin_shares_decoded: BTreeMap<NodeIndex, SignatureShare>,
     coin_sent: bool,
     coin: Option<bool>,
 }
@@ -190,6 +190,9 @@ pub struct BinaryAgreement<V: Validator = Unvalidated> {
     term_sent: bool,
     terminated: bool,
     coin_points: BTreeMap<Round, G2Affine>,
+    /// Replicas that sent an invalid coin share: their later shares are verified one by one
+    /// before they may spoil an optimistic combination.
+    coin_suspects: BTreeSet<NodeIndex>,
 }
 
 impl<V: Validator> std::fmt::Debug for BinaryAgreement<V> {
@@ -239,6 +242,7 @@ impl<V: Validator> BinaryAgreement<V> {
             term_sent: false,
             terminated: false,
             coin_points: BTreeMap::new(),
+            coin_suspects: BTreeSet::new(),
         }
     }
 
@@ -291,21 +295,14 @@ impl<V: Validator> BinaryAgreement<V> {
             Message::Aux { round, value } => self.handle_aux(from, round, value, &mut step),
             Message::Conf { round, values } => self.handle_conf(from, round, values, &mut step),
             Message::Coin { round, share } => self.handle_coin(from, round, share, &mut step),
-            Message::Term { value, justification } => {
-                self.handle_term(from, value, justification, &mut step)
-            }
+            Message::Term { value, justification } => self.handle_term(from, value, justification, &mut step),
         }
         self.try_progress(&mut step);
         step
     }
 
     /// The state of `round` if its messages are to be kept, or a fault.
-    fn round_state(
-        &mut self,
-        from: NodeIndex,
-        round: Round,
-        step: &mut AbaStep,
-    ) -> Option<&mut RoundState> {
+    fn round_state(&mut self, from: NodeIndex, round: Round, step: &mut AbaStep) -> Option<&mut RoundState> {
         if round.0 > self.round.0.saturating_add(self.config.rounds_future_max) {
             step.fault(from, FaultKind::RoundTooFar);
             return None;
@@ -332,9 +329,7 @@ impl<V: Validator> BinaryAgreement<V> {
         if self.justifications_valid.contains(&justification) {
             return true;
         }
-        if justification.len() > self.config.justification_len_max
-            || !self.validator.is_valid(&justification)
-        {
+        if justification.len() > self.config.justification_len_max || !self.validator.is_valid(&justification) {
             step.fault(from, FaultKind::InvalidJustification);
             return false;
         }
@@ -355,30 +350,22 @@ impl<V: Validator> BinaryAgreement<V> {
         if value && self.validator.requires_justification() {
             // Invariant: a replica only votes 1 after proposing 1 with a valid justification or
             // after 2t + 1 justified BVAL(1), each of which was remembered.
-            self.justifications_valid
-                .first()
-                .cloned()
-                .expect("a replica that votes 1 holds a justification for it")
+            self.justifications_valid.first().cloned().expect("a replica that votes 1 holds a justification for it")
         } else {
             Vec::new()
         }
     }
 
-    fn handle_bval(
-        &mut self,
-        from: NodeIndex,
-        round: Round,
-        value: bool,
-        justification: Vec<u8>,
-        step: &mut AbaStep,
-    ) {
+    fn handle_bval(&mut self, from: NodeIndex, round: Round, value: bool, justification: Vec<u8>, step: &mut AbaStep) {
         if !self.accept_justification(from, value, justification, step) {
             return;
         }
         let Some(state) = self.round_state(from, round, step) else { return };
         if !state.bval_received[usize::from(value)].insert(from) {
             step.fault(from, FaultKind::Duplicate);
+            return;
         }
+        self.relay_bvals(round, step);
     }
 
     fn handle_aux(&mut self, from: NodeIndex, round: Round, value: bool, step: &mut AbaStep) {
@@ -407,7 +394,7 @@ impl<V: Validator> BinaryAgreement<V> {
         }
     }
 
-    fn handle_coin(&mut self, from: NodeIndex, round: Round, share: SignatureShare, step: &mut AbaStep) {
+    fn handle_coin(&mut self, from: NodeIndex, round: Round, share: [u8; SIG_SIZE], step: &mut AbaStep) {
         if coin_fixed(round).is_some() {
             // Nobody sends shares in a fixed-coin round.
             step.fault(from, FaultKind::InvalidCoinShare);
@@ -420,6 +407,7 @@ impl<V: Validator> BinaryAgreement<V> {
         match state.coin_shares.get(&from) {
             None => {
                 state.coin_shares.insert(from, share);
+                state.coin_shares_pending.push_back(from);
             }
             Some(earlier) if *earlier == share => step.fault(from, FaultKind::Duplicate),
             Some(_) => step.fault(from, FaultKind::Equivocation),
@@ -453,7 +441,6 @@ impl<V: Validator> BinaryAgreement<V> {
         if self.terminated {
             return;
         }
-        self.relay_bvals(step);
         self.try_terminate_by_term(step);
         if self.terminated {
             return;
@@ -480,23 +467,20 @@ impl<V: Validator> BinaryAgreement<V> {
             self.round = next;
             // Rounds before the previous one are kept only for relaying BVAL.
             self.send_bval(next, estimate, step);
-            self.relay_bvals(step);
+            self.relay_bvals(next, step);
         }
     }
 
-    /// Rule 2 in every round held: relay a value that `t + 1` replicas sent.
-    fn relay_bvals(&mut self, step: &mut AbaStep) {
+    /// Rule 2, for one round: relay a value that `t + 1` replicas sent. It applies in every round
+    /// held, past ones included, and is checked whenever a BVAL of that round arrives.
+    fn relay_bvals(&mut self, round: Round, step: &mut AbaStep) {
         let one_honest = self.quorum.one_honest() as usize;
-        let mut to_send = Vec::new();
-        for (round, state) in &self.rounds {
-            for value in [false, true] {
-                let v = usize::from(value);
-                if !state.bval_sent[v] && state.bval_received[v].len() >= one_honest {
-                    to_send.push((*round, value));
-                }
-            }
-        }
-        for (round, value) in to_send {
+        let Some(state) = self.rounds.get(&round) else { return };
+        let to_send: Vec<bool> = [false, true]
+            .into_iter()
+            .filter(|v| !state.bval_sent[usize::from(*v)] && state.bval_received[usize::from(*v)].len() >= one_honest)
+            .collect();
+        for value in to_send {
             self.send_bval(round, value, step);
         }
     }
@@ -527,12 +511,8 @@ impl<V: Validator> BinaryAgreement<V> {
         }
         let bin_values = state.bin_values;
         let mut aux_vals = BoolSet::default();
-        let aux_count = state
-            .aux_received
-            .values()
-            .filter(|v| bin_values.contains(**v))
-            .inspect(|v| aux_vals.insert(**v))
-            .count();
+        let aux_count =
+            state.aux_received.values().filter(|v| bin_values.contains(**v)).inspect(|v| aux_vals.insert(**v)).count();
         if aux_count < available && !state.conf_sent {
             return None;
         }
@@ -563,23 +543,47 @@ impl<V: Validator> BinaryAgreement<V> {
         if let Some(coin) = coin_fixed(round) {
             return Some(coin);
         }
-        let point = *self.coin_points.entry(round).or_insert_with(|| {
-            hash_to_g2(domain::COIN, &[&self.config.instance, &round.0.to_le_bytes()])
-        });
+        let point = *self
+            .coin_points
+            .entry(round)
+            .or_insert_with(|| hash_to_g2(domain::COIN, &[&self.config.instance, &round.0.to_le_bytes()]));
+        let decided = self.decision.as_ref().map(|d| d.value);
+        let needed = self.coin_keys.shares_needed();
         let state = self.rounds.get_mut(&round)?;
         if let Some(coin) = state.coin {
             return Some(coin);
         }
         if !state.coin_sent {
             state.coin_sent = true;
-            step.broadcast(Message::Coin { round, share: self.coin_keys.sign_share(point) });
+            step.broadcast(Message::Coin { round, share: self.coin_keys.sign_share(point).to_bytes() });
+        }
+        if let Some(value) = decided {
+            // After a decision of b every honest estimate is b, so vals = {b} whatever the coin:
+            // the share above lets the others go on, and combining would be wasted pairings.
+            return Some(value);
         }
         loop {
-            match self.coin_keys.combine(&state.coin_shares, point) {
+            while state.coin_shares_decoded.len() < needed {
+                let node = state.coin_shares_pending.pop_front()?;
+                let Some(bytes) = state.coin_shares.get(&node) else { continue };
+                match SignatureShare::from_bytes(*bytes) {
+                    Ok(share)
+                        if !self.coin_suspects.contains(&node) || self.coin_keys.verify_share(node, &share, point) =>
+                    {
+                        state.coin_shares_decoded.insert(node, share);
+                    }
+                    _ => {
+                        self.coin_suspects.insert(node);
+                        step.fault(node, FaultKind::InvalidCoinShare);
+                    }
+                }
+            }
+            match self.coin_keys.combine(&state.coin_shares_decoded, point) {
                 Ok(signature) => {
                     let coin = sha256(&signature.to_bytes())[0] & 1 == 1;
                     state.coin = Some(coin);
-                    state.coin_shares.clear();
+                    state.coin_shares_pending.clear();
+                    state.coin_shares_decoded.clear();
                     return Some(coin);
                 }
                 Err(CombineError::NotEnough { .. }) => return None,
@@ -588,7 +592,8 @@ impl<V: Validator> BinaryAgreement<V> {
                         return None;
                     }
                     for node in bad {
-                        state.coin_shares.remove(&node);
+                        state.coin_shares_decoded.remove(&node);
+                        self.coin_suspects.insert(node);
                         step.fault(node, FaultKind::InvalidCoinShare);
                     }
                 }
@@ -600,8 +605,7 @@ impl<V: Validator> BinaryAgreement<V> {
         if self.decision.is_some() {
             return;
         }
-        let justification = (value && self.validator.requires_justification())
-            .then(|| self.justification_for(true));
+        let justification = (value && self.validator.requires_justification()).then(|| self.justification_for(true));
         let decision = Decision { value, justification, round };
         self.decision = Some(decision.clone());
         step.outputs.push(decision);

@@ -1,6 +1,6 @@
 //! Messages of binary agreement and their wire encoding.
 
-use fides_crypto::blsttc::{SignatureShare, SIG_SIZE};
+use fides_crypto::blsttc::SIG_SIZE;
 use fides_types::codec::{put_bytes, DecodeError, Reader, Wire};
 use fides_types::Round;
 
@@ -91,8 +91,9 @@ pub enum Message {
     Coin {
         /// Round.
         round: Round,
-        /// Signature share on `(instance, round)`.
-        share: SignatureShare,
+        /// Signature share on `(instance, round)`, compressed. It is decompressed (an expensive
+        /// subgroup check) only when it is one of the `t + 1` shares being combined.
+        share: [u8; SIG_SIZE],
     },
     /// The sender decided `value`.
     Term {
@@ -131,7 +132,7 @@ impl Wire for Message {
             Message::Coin { round, share } => {
                 out.push(TAG_COIN);
                 out.extend_from_slice(&round.0.to_le_bytes());
-                out.extend_from_slice(&share.to_bytes());
+                out.extend_from_slice(share);
             }
             Message::Term { value, justification } => {
                 out.push(TAG_TERM);
@@ -160,10 +161,7 @@ impl Wire for Message {
             }
             TAG_COIN => {
                 let round = Round(reader.u32()?);
-                let bytes = reader.array::<SIG_SIZE>()?;
-                let share = SignatureShare::from_bytes(bytes)
-                    .map_err(|_| DecodeError::Invalid { what: "coin share point", value: 0 })?;
-                Ok(Message::Coin { round, share })
+                Ok(Message::Coin { round, share: reader.array::<SIG_SIZE>()? })
             }
             TAG_TERM => Ok(Message::Term {
                 value: reader.bool()?,
@@ -177,12 +175,13 @@ impl Wire for Message {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fides_crypto::blsttc::SignatureShare;
     use rand::{Rng, RngCore, SeedableRng};
 
     #[test]
     fn every_message_round_trips() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
-        let share: SignatureShare = rng.gen();
+        let share = rng.gen::<SignatureShare>().to_bytes();
         let messages = [
             Message::BVal { round: Round(3), value: true, justification: vec![1, 2, 3] },
             Message::Aux { round: Round(u32::MAX), value: false },

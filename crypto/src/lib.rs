@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
 
 use blsttc::{G2Affine, PublicKeySet, PublicKeyShare, SecretKeyShare, Signature, SignatureShare};
 use fides_types::NodeIndex;
@@ -67,21 +68,40 @@ pub enum CombineError {
     InvalidShares(Vec<NodeIndex>),
 }
 
-/// One replica's view of a threshold key set: the public set, its own secret share, and the
-/// public key shares of every replica, computed once.
+/// The public side of a threshold key set, with each replica's public key share computed on first
+/// use and kept (it costs `t` scalar multiplications in G1, and is needed only to name a bad share).
+/// One value can be shared by every replica in a process.
+pub struct PublicShares {
+    set: PublicKeySet,
+    shares: Vec<OnceLock<PublicKeyShare>>,
+}
+
+impl PublicShares {
+    /// The public key set of a cluster of `n` replicas.
+    pub fn new(set: PublicKeySet, n: u32) -> Self {
+        PublicShares { set, shares: (0..n).map(|_| OnceLock::new()).collect() }
+    }
+
+    /// The public key share of replica `index`, if it is one.
+    pub fn share(&self, index: NodeIndex) -> Option<&PublicKeyShare> {
+        let cell = self.shares.get(index.as_usize())?;
+        Some(cell.get_or_init(|| self.set.public_key_share(index.as_usize())))
+    }
+}
+
+/// One replica's view of a threshold key set: the public side and its own secret share.
 #[derive(Clone)]
 pub struct ThresholdKeys {
     index: NodeIndex,
-    public: PublicKeySet,
+    public: Arc<PublicShares>,
     secret: SecretKeyShare,
-    shares_public: Vec<PublicKeyShare>,
 }
 
 impl std::fmt::Debug for ThresholdKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ThresholdKeys")
             .field("index", &self.index)
-            .field("threshold", &self.public.threshold())
+            .field("threshold", &self.public.set.threshold())
             .finish_non_exhaustive()
     }
 }
@@ -89,23 +109,27 @@ impl std::fmt::Debug for ThresholdKeys {
 impl ThresholdKeys {
     /// Keys of replica `index` in a cluster of `n`.
     pub fn new(index: NodeIndex, n: u32, public: PublicKeySet, secret: SecretKeyShare) -> Self {
-        let shares_public = (0..n).map(|i| public.public_key_share(i as usize)).collect();
-        ThresholdKeys { index, public, secret, shares_public }
+        Self::with_shared(index, Arc::new(PublicShares::new(public, n)), secret)
+    }
+
+    /// Keys of replica `index`, sharing the public side with other replicas of the same process.
+    pub fn with_shared(index: NodeIndex, public: Arc<PublicShares>, secret: SecretKeyShare) -> Self {
+        ThresholdKeys { index, public, secret }
     }
 
     /// The public key set.
     pub fn public(&self) -> &PublicKeySet {
-        &self.public
+        &self.public.set
     }
 
     /// Shares needed to combine: `t + 1`.
     pub fn shares_needed(&self) -> usize {
-        self.public.threshold() + 1
+        self.public.set.threshold() + 1
     }
 
     /// Whether our secret share matches the public key share at our index.
     pub fn is_consistent(&self) -> bool {
-        self.shares_public.get(self.index.as_usize()) == Some(&self.secret.public_key_share())
+        self.public.share(self.index) == Some(&self.secret.public_key_share())
     }
 
     /// Our signature share on a point of G2.
@@ -115,9 +139,7 @@ impl ThresholdKeys {
 
     /// Whether `share` is `from`'s valid share on `point`.
     pub fn verify_share(&self, from: NodeIndex, share: &SignatureShare, point: G2Affine) -> bool {
-        self.shares_public
-            .get(from.as_usize())
-            .is_some_and(|key| key.verify_g2(share, point))
+        self.public.share(from).is_some_and(|key| key.verify_g2(share, point))
     }
 
     /// Combine shares on `point` into the cluster's signature.
@@ -134,16 +156,13 @@ impl ThresholdKeys {
             return Err(CombineError::NotEnough { have: shares.len(), need });
         }
         let chosen = shares.iter().take(need).map(|(i, s)| (i.as_usize(), s));
-        if let Ok(signature) = self.public.combine_signatures(chosen) {
-            if self.public.public_key().verify_g2(&signature, point) {
+        if let Ok(signature) = self.public.set.combine_signatures(chosen) {
+            if self.public.set.public_key().verify_g2(&signature, point) {
                 return Ok(signature);
             }
         }
-        let bad: Vec<NodeIndex> = shares
-            .iter()
-            .filter(|(i, s)| !self.verify_share(**i, s, point))
-            .map(|(i, _)| *i)
-            .collect();
+        let bad: Vec<NodeIndex> =
+            shares.iter().filter(|(i, s)| !self.verify_share(**i, s, point)).map(|(i, _)| *i).collect();
         if bad.is_empty() {
             // Every share verifies, so interpolation of any t + 1 of them is the signature; this
             // is unreachable unless blsttc itself is broken.

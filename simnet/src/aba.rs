@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use fides_agreement::{BinaryAgreement, Config, Decision, Message, Validator, Vote};
-use fides_crypto::blsttc::{SecretKeySet, SignatureShare};
-use fides_crypto::{domain, hash_to_g2, sha256, ThresholdKeys};
+use fides_crypto::blsttc::{SecretKeySet, SignatureShare, SIG_SIZE};
+use fides_crypto::{domain, hash_to_g2, sha256, PublicShares, ThresholdKeys};
 use fides_types::codec::Wire;
 use fides_types::{NodeIndex, Quorum, Round};
 use rand::seq::SliceRandom;
@@ -113,9 +113,10 @@ impl AbaScenario {
     }
 
     fn keys_from(quorum: Quorum, set: &SecretKeySet) -> Vec<Arc<ThresholdKeys>> {
+        let public = Arc::new(PublicShares::new(set.public_keys(), quorum.n()));
         quorum
             .nodes()
-            .map(|i| Arc::new(ThresholdKeys::new(i, quorum.n(), set.public_keys(), set.secret_key_share(i.as_usize()))))
+            .map(|i| Arc::new(ThresholdKeys::with_shared(i, Arc::clone(&public), set.secret_key_share(i.as_usize()))))
             .collect()
     }
 
@@ -172,7 +173,13 @@ impl Scenario for AbaScenario {
         };
         match rng.gen_range(0..8) {
             0 => Message::BVal { round, value, justification: junk(rng, 100) }.to_bytes(),
-            1 => Message::BVal { round, value: true, justification: b"proof:but far too long to pass the predicate of the simulated validated runs, honestly".to_vec() }.to_bytes(),
+            1 => Message::BVal {
+                round,
+                value: true,
+                justification:
+                    b"proof:but far too long to pass the predicate of the simulated validated runs, honestly".to_vec(),
+            }
+            .to_bytes(),
             2 => Message::Aux { round, value }.to_bytes(),
             3 => {
                 // A set of values with an invalid bit pattern.
@@ -181,7 +188,14 @@ impl Scenario for AbaScenario {
                 *bytes.last_mut().expect("an AUX encoding is not empty") = rng.gen_range(0..=255);
                 bytes
             }
-            4 => Message::Coin { round, share: rng.gen::<SignatureShare>() }.to_bytes(),
+            4 => {
+                let mut share = rng.gen::<SignatureShare>().to_bytes();
+                if rng.gen_bool(0.3) {
+                    // Not a point of the curve at all.
+                    rng.fill_bytes(&mut share);
+                }
+                Message::Coin { round, share }.to_bytes()
+            }
             5 => Message::Term { value, justification: junk(rng, 40) }.to_bytes(),
             6 => {
                 // A BVAL whose justification claims a length of nearly 4 GiB.
@@ -241,10 +255,11 @@ impl SplitScheduler {
     }
 
     /// With one honest share and the Byzantine replicas' own, the adversary combines the coin.
-    fn learn(&mut self, round: Round, from: NodeIndex, share: SignatureShare) {
+    fn learn(&mut self, round: Round, from: NodeIndex, share: &[u8; SIG_SIZE]) {
         if self.coins.contains_key(&round) || self.byzantine.contains(&from) || self.byzantine.is_empty() {
             return;
         }
+        let Ok(share) = SignatureShare::from_bytes(*share) else { return };
         let point = hash_to_g2(domain::COIN, &[&self.instance, &round.0.to_le_bytes()]);
         let shares = self.shares.entry(round).or_default();
         shares.insert(from, share);
@@ -263,14 +278,21 @@ impl SplitScheduler {
 }
 
 impl Scheduler<Message> for SplitScheduler {
-    fn delay(&mut self, _now: Micros, from: NodeIndex, to: NodeIndex, message: Option<&Message>, rng: &mut ChaCha8Rng) -> Micros {
+    fn delay(
+        &mut self,
+        _now: Micros,
+        from: NodeIndex,
+        to: NodeIndex,
+        message: Option<&Message>,
+        rng: &mut ChaCha8Rng,
+    ) -> Micros {
         let fast = rng.gen_range(100..2_000);
         let slow = HOLD + rng.gen_range(0..HOLD);
         let Some(message) = message else { return fast };
         let _ = self.quorum;
         match message {
             Message::Coin { round, share } => {
-                self.learn(*round, from, share.clone());
+                self.learn(*round, from, share);
                 slow
             }
             Message::Term { .. } => slow,
@@ -344,7 +366,12 @@ pub fn run_case_with(case: &AbaCase, cpu: Option<crate::CpuModel>) -> Result<Aba
     check_report(case, &scenario, &report, coins_learned)
 }
 
-fn check_report(case: &AbaCase, scenario: &AbaScenario, report: &Report<Decision>, coins_learned: u32) -> Result<AbaSummary, String> {
+fn check_report(
+    case: &AbaCase,
+    scenario: &AbaScenario,
+    report: &Report<Decision>,
+    coins_learned: u32,
+) -> Result<AbaSummary, String> {
     let proposals: Vec<Option<bool>> = report
         .outputs
         .iter()
@@ -352,25 +379,23 @@ fn check_report(case: &AbaCase, scenario: &AbaScenario, report: &Report<Decision
         .map(|(outputs, proposal)| outputs.as_ref().map(|_| *proposal))
         .collect();
     let outcome = BinaryOutcome::from_report(report, |d: &Decision| (d.value, d.justification.clone()));
-    let checker_predicate: Option<fn(&[u8]) -> bool> = case.validated.then_some(check::proof_predicate as fn(&[u8]) -> bool);
-    let value = check::binary_agreement(&outcome, &proposals, checker_predicate)
-        .map_err(|e| format!("{e} (n={}, byzantine={}, scheduler={:?}, validated={})", case.n, case.byzantine.name(), case.scheduler, case.validated))?;
-    let rounds: Vec<u32> = report
-        .outputs
-        .iter()
-        .flatten()
-        .filter_map(|outputs| outputs.first())
-        .map(|p| p.output.round.0)
-        .collect();
+    let checker_predicate: Option<fn(&[u8]) -> bool> =
+        case.validated.then_some(check::proof_predicate as fn(&[u8]) -> bool);
+    let value = check::binary_agreement(&outcome, &proposals, checker_predicate).map_err(|e| {
+        format!(
+            "{e} (n={}, byzantine={}, scheduler={:?}, validated={})",
+            case.n,
+            case.byzantine.name(),
+            case.scheduler,
+            case.validated
+        )
+    })?;
+    let rounds: Vec<u32> =
+        report.outputs.iter().flatten().filter_map(|outputs| outputs.first()).map(|p| p.output.round.0).collect();
     let honest = rounds.len().max(1) as f64;
     let n = report.stats.len() as f64;
-    let honest_cpu: u64 = report
-        .stats
-        .iter()
-        .zip(&report.outputs)
-        .filter(|(_, o)| o.is_some())
-        .map(|(s, _)| s.cpu_micros)
-        .sum();
+    let honest_cpu: u64 =
+        report.stats.iter().zip(&report.outputs).filter(|(_, o)| o.is_some()).map(|(s, _)| s.cpu_micros).sum();
     Ok(AbaSummary {
         value,
         rounds_worst: rounds.iter().copied().max().unwrap_or(0),

@@ -9,11 +9,14 @@ pub fn proof_predicate(justification: &[u8]) -> bool {
     justification.len() <= 64 && justification.get(..6) == Some(b"proof:".as_slice())
 }
 
+/// A binary output: the value and, for a validated 1, its justification.
+pub type BinaryDecision = (bool, Option<Vec<u8>>);
+
 /// The binary outputs of every replica: `None` for Byzantine ones.
 #[derive(Clone, Debug)]
 pub struct BinaryOutcome {
     /// Per replica, every (value, justification) it output.
-    pub outputs: Vec<Option<Vec<(bool, Option<Vec<u8>>)>>>,
+    pub outputs: Vec<Option<Vec<BinaryDecision>>>,
     /// Per replica, whether it terminated.
     pub terminated: Vec<Option<bool>>,
     /// Whether the run was cut off with honest replicas still running.
@@ -22,7 +25,7 @@ pub struct BinaryOutcome {
 
 impl BinaryOutcome {
     /// Read a report through `view`, which says what value and justification an output holds.
-    pub fn from_report<O>(report: &Report<O>, view: impl Fn(&O) -> (bool, Option<Vec<u8>>)) -> Self {
+    pub fn from_report<O>(report: &Report<O>, view: impl Fn(&O) -> BinaryDecision) -> Self {
         BinaryOutcome {
             outputs: report
                 .outputs

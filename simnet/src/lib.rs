@@ -61,7 +61,14 @@ impl CpuModel {
 pub trait Scheduler<M> {
     /// Delay, from `now`, of a message from `from` to `to`. `message` is `None` for bytes that do
     /// not decode. Must be finite: the network is asynchronous, not lossy.
-    fn delay(&mut self, now: Micros, from: NodeIndex, to: NodeIndex, message: Option<&M>, rng: &mut ChaCha8Rng) -> Micros;
+    fn delay(
+        &mut self,
+        now: Micros,
+        from: NodeIndex,
+        to: NodeIndex,
+        message: Option<&M>,
+        rng: &mut ChaCha8Rng,
+    ) -> Micros;
 }
 
 /// A temporary partition: while it lasts, messages between the two sides wait until it heals.
@@ -112,7 +119,14 @@ impl RandomScheduler {
 }
 
 impl<M> Scheduler<M> for RandomScheduler {
-    fn delay(&mut self, now: Micros, from: NodeIndex, to: NodeIndex, _message: Option<&M>, rng: &mut ChaCha8Rng) -> Micros {
+    fn delay(
+        &mut self,
+        now: Micros,
+        from: NodeIndex,
+        to: NodeIndex,
+        _message: Option<&M>,
+        rng: &mut ChaCha8Rng,
+    ) -> Micros {
         let base = rng.gen_range(self.delay_min..=self.delay_max);
         match self.heal_time(now, from, to) {
             Some(heal) => heal - now + base,

@@ -1,0 +1,421 @@
+//! The cluster in memory: the public cluster file, the private replica files, and dealing them.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use blsttc::{PublicKeySet, SecretKeySet, SecretKeyShare};
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use fides_crypto::{domain, sha256, tagged, ThresholdKeys};
+use fides_types::{NodeIndex, Quorum};
+use rand::{CryptoRng, Rng};
+
+use crate::address::{check_addresses, Address};
+use crate::shares::bad_shares;
+use crate::DealerError;
+
+/// The `format` of a cluster file.
+pub const CLUSTER_FORMAT: &str = "fides-cluster-v1";
+/// The `format` of a replica file.
+pub const REPLICA_FORMAT: &str = "fides-replica-v1";
+
+/// One of the three threshold key sets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum KeySet {
+    Signing,
+    Coin,
+    Encryption,
+}
+
+impl KeySet {
+    pub(crate) const ALL: [KeySet; 3] = [KeySet::Signing, KeySet::Coin, KeySet::Encryption];
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            KeySet::Signing => "signing",
+            KeySet::Coin => "coin",
+            KeySet::Encryption => "encryption",
+        }
+    }
+}
+
+/// SHA-256 of a cluster's public key material (see [`ClusterFile::id`]); names the cluster.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClusterId(pub [u8; 32]);
+
+impl fmt::Display for ClusterId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for ClusterId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ClusterId({self})")
+    }
+}
+
+/// The public part of one replica: where it listens and who it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaInfo {
+    /// Its index, `0..n`.
+    pub index: NodeIndex,
+    /// Where it listens.
+    pub address: Address,
+    /// Its Ed25519 identity, which authenticates it to its peers.
+    pub identity: VerifyingKey,
+}
+
+/// The public cluster file: sizes, the three public key sets and every replica's address and
+/// identity. Not secret; every replica and client gets it. Consistent by construction: only
+/// [`generate`] and [`crate::read_cluster`] make one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterFile {
+    id: ClusterId,
+    quorum: Quorum,
+    signing: PublicKeySet,
+    coin: PublicKeySet,
+    encryption: PublicKeySet,
+    replicas: Vec<ReplicaInfo>,
+}
+
+impl ClusterFile {
+    /// Check that the parts make a cluster, and compute its id.
+    pub(crate) fn new(
+        quorum: Quorum,
+        signing: PublicKeySet,
+        coin: PublicKeySet,
+        encryption: PublicKeySet,
+        replicas: Vec<ReplicaInfo>,
+    ) -> Result<ClusterFile, String> {
+        for (name, set) in [("signing", &signing), ("coin", &coin), ("encryption", &encryption)] {
+            if set.threshold() != quorum.t() as usize {
+                return Err(format!("the {name} key set has threshold {}, not t = {}", set.threshold(), quorum.t()));
+            }
+        }
+        let keys = [signing.public_key(), coin.public_key(), encryption.public_key()];
+        if keys[0] == keys[1] || keys[0] == keys[2] || keys[1] == keys[2] {
+            return Err("the signing, coin and encryption key sets are not independent".to_string());
+        }
+        if replicas.len() != quorum.n() as usize {
+            return Err(format!("{} replicas listed, n = {}", replicas.len(), quorum.n()));
+        }
+        if let Some((position, replica)) = replicas.iter().enumerate().find(|(i, r)| r.index.as_usize() != *i) {
+            return Err(format!("replica entry {} has index {}, expected {position}", position + 1, replica.index.0));
+        }
+        let addresses: Vec<Address> = replicas.iter().map(|r| r.address.clone()).collect();
+        check_addresses(&addresses, quorum).map_err(|e| e.to_string())?;
+        let mut identities = HashSet::new();
+        for replica in &replicas {
+            if replica.identity.is_weak() {
+                return Err(format!("the identity of replica {} is a weak (small-order) key", replica.index.0));
+            }
+            if !identities.insert(replica.identity.to_bytes()) {
+                return Err(format!("replica {} has the identity of another replica", replica.index.0));
+            }
+        }
+        let id = cluster_id(quorum, &signing, &coin, &encryption, &replicas);
+        Ok(ClusterFile { id, quorum, signing, coin, encryption, replicas })
+    }
+
+    /// The cluster id: SHA-256 of `tagged(domain::CLUSTER_ID, [format, n, t, signing, coin,
+    /// encryption, identity 0, …, identity n-1])`, integers as 4 little-endian bytes, key sets as
+    /// their commitments. Addresses are not in it: they can change without a new deal.
+    pub fn id(&self) -> ClusterId {
+        self.id
+    }
+
+    /// `n` and `t`.
+    pub fn quorum(&self) -> Quorum {
+        self.quorum
+    }
+
+    /// The key set for everything the cluster signs.
+    pub fn signing(&self) -> &PublicKeySet {
+        &self.signing
+    }
+
+    /// The key set of the common coin.
+    pub fn coin(&self) -> &PublicKeySet {
+        &self.coin
+    }
+
+    /// The threshold encryption key set.
+    pub fn encryption(&self) -> &PublicKeySet {
+        &self.encryption
+    }
+
+    /// The public key set `key_set`.
+    pub(crate) fn key_set(&self, key_set: KeySet) -> &PublicKeySet {
+        match key_set {
+            KeySet::Signing => &self.signing,
+            KeySet::Coin => &self.coin,
+            KeySet::Encryption => &self.encryption,
+        }
+    }
+
+    /// Every replica, in index order.
+    pub fn replicas(&self) -> &[ReplicaInfo] {
+        &self.replicas
+    }
+
+    /// One replica, if `index` is in range.
+    pub fn replica(&self, index: NodeIndex) -> Option<&ReplicaInfo> {
+        self.replicas.get(index.as_usize())
+    }
+}
+
+fn cluster_id(
+    quorum: Quorum,
+    signing: &PublicKeySet,
+    coin: &PublicKeySet,
+    encryption: &PublicKeySet,
+    replicas: &[ReplicaInfo],
+) -> ClusterId {
+    let n = quorum.n().to_le_bytes();
+    let t = quorum.t().to_le_bytes();
+    let sets = [signing.to_bytes(), coin.to_bytes(), encryption.to_bytes()];
+    let identities: Vec<[u8; 32]> = replicas.iter().map(|r| r.identity.to_bytes()).collect();
+    let mut parts: Vec<&[u8]> = vec![CLUSTER_FORMAT.as_bytes(), &n, &t, &sets[0], &sets[1], &sets[2]];
+    parts.extend(identities.iter().map(|identity| identity.as_slice()));
+    ClusterId(sha256(&tagged(domain::CLUSTER_ID, &parts)))
+}
+
+/// One replica's private file: its secret shares of the three key sets and its identity key.
+/// Only that replica may ever see it.
+#[derive(Clone)]
+pub struct ReplicaFile {
+    pub(crate) cluster_id: ClusterId,
+    pub(crate) quorum: Quorum,
+    pub(crate) index: NodeIndex,
+    pub(crate) signing: SecretKeyShare,
+    pub(crate) coin: SecretKeyShare,
+    pub(crate) encryption: SecretKeyShare,
+    pub(crate) identity: SigningKey,
+}
+
+impl fmt::Debug for ReplicaFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReplicaFile")
+            .field("cluster_id", &self.cluster_id)
+            .field("index", &self.index)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReplicaFile {
+    /// The cluster this replica was dealt for.
+    pub fn cluster_id(&self) -> ClusterId {
+        self.cluster_id
+    }
+
+    /// `n` and `t` of that cluster.
+    pub fn quorum(&self) -> Quorum {
+        self.quorum
+    }
+
+    /// This replica's index.
+    pub fn index(&self) -> NodeIndex {
+        self.index
+    }
+
+    /// Secret share of the signing key set.
+    pub fn signing_share(&self) -> &SecretKeyShare {
+        &self.signing
+    }
+
+    /// Secret share of the coin key set.
+    pub fn coin_share(&self) -> &SecretKeyShare {
+        &self.coin
+    }
+
+    /// Secret share of the encryption key set (it makes decryption shares).
+    pub fn encryption_share(&self) -> &SecretKeyShare {
+        &self.encryption
+    }
+
+    /// The Ed25519 identity key.
+    pub fn identity(&self) -> &SigningKey {
+        &self.identity
+    }
+
+    /// This replica's keys of the signing set, after checking it belongs to `cluster`.
+    pub fn signing_keys(&self, cluster: &ClusterFile) -> Result<ThresholdKeys, DealerError> {
+        self.check(cluster)?;
+        Ok(ThresholdKeys::new(self.index, cluster.quorum.n(), cluster.signing.clone(), self.signing.clone()))
+    }
+
+    /// This replica's keys of the common coin, after checking it belongs to `cluster`.
+    pub fn coin_keys(&self, cluster: &ClusterFile) -> Result<ThresholdKeys, DealerError> {
+        self.check(cluster)?;
+        Ok(ThresholdKeys::new(self.index, cluster.quorum.n(), cluster.coin.clone(), self.coin.clone()))
+    }
+
+    fn check(&self, cluster: &ClusterFile) -> Result<(), DealerError> {
+        let mismatches = self.mismatches(cluster);
+        if mismatches.is_empty() {
+            return Ok(());
+        }
+        Err(DealerError::WrongCluster { index: self.index, reason: mismatches.join("; ") })
+    }
+
+    /// Every way in which this replica does not belong to `cluster`; empty if it does: same
+    /// cluster id, `n` and `t`, index in range, each secret share matching the public key share at
+    /// its index, and the identity key matching the public identity.
+    pub fn mismatches(&self, cluster: &ClusterFile) -> Vec<String> {
+        let mut found = self.mismatches_except_shares(cluster);
+        if found.is_empty() {
+            for key_set in KeySet::ALL {
+                let own = [(self.index, self.share(key_set))];
+                if !bad_shares(cluster.key_set(key_set), &own, &mut rand::thread_rng()).is_empty() {
+                    found.push(share_mismatch(key_set, self.index));
+                }
+            }
+        }
+        found
+    }
+
+    /// [`Self::mismatches`] but for the secret shares, which `verify_dir` checks in a batch.
+    pub(crate) fn mismatches_except_shares(&self, cluster: &ClusterFile) -> Vec<String> {
+        if self.cluster_id != cluster.id {
+            return vec![format!("belongs to cluster {}, not to cluster {}", self.cluster_id, cluster.id)];
+        }
+        let mut found = Vec::new();
+        if self.quorum != cluster.quorum {
+            found.push(format!(
+                "says n = {}, t = {} but the cluster has n = {}, t = {}",
+                self.quorum.n(),
+                self.quorum.t(),
+                cluster.quorum.n(),
+                cluster.quorum.t()
+            ));
+        }
+        match cluster.replica(self.index) {
+            None => found.push(format!("index {} is not below n = {}", self.index.0, cluster.quorum.n())),
+            Some(public) if self.identity.verifying_key() != public.identity => {
+                found.push(format!("its identity key does not match the public identity of replica {}", self.index.0))
+            }
+            Some(_) => {}
+        }
+        found
+    }
+
+    /// The secret share of `key_set`.
+    pub(crate) fn share(&self, key_set: KeySet) -> &SecretKeyShare {
+        match key_set {
+            KeySet::Signing => &self.signing,
+            KeySet::Coin => &self.coin,
+            KeySet::Encryption => &self.encryption,
+        }
+    }
+}
+
+/// Why a share is refused.
+pub(crate) fn share_mismatch(key_set: KeySet, index: NodeIndex) -> String {
+    let name = key_set.name();
+    format!("its {name} share does not match the {name} public key share of replica {}", index.0)
+}
+
+/// A dealt cluster: the public file and every replica's private file, in index order.
+#[derive(Clone, Debug)]
+pub struct Cluster {
+    public: ClusterFile,
+    replicas: Vec<ReplicaFile>,
+}
+
+impl Cluster {
+    /// The public cluster file.
+    pub fn public(&self) -> &ClusterFile {
+        &self.public
+    }
+
+    /// The private replica files, in index order.
+    pub fn replicas(&self) -> &[ReplicaFile] {
+        &self.replicas
+    }
+
+    /// Both parts.
+    pub fn into_parts(self) -> (ClusterFile, Vec<ReplicaFile>) {
+        (self.public, self.replicas)
+    }
+}
+
+/// Deal a cluster of `quorum.n()` replicas at `addresses` (one per replica, in index order):
+/// three independent threshold key sets of threshold `t` and an Ed25519 identity per replica.
+///
+/// `rng` must be a CSPRNG (the binary uses the operating system's); a seeded one gives a
+/// reproducible cluster for tests and simulations, never for production.
+pub fn generate<R: Rng + CryptoRng>(
+    quorum: Quorum,
+    addresses: Vec<Address>,
+    rng: &mut R,
+) -> Result<Cluster, DealerError> {
+    check_addresses(&addresses, quorum)?;
+    let t = quorum.t() as usize;
+    let signing = SecretKeySet::random(t, rng);
+    let coin = SecretKeySet::random(t, rng);
+    let encryption = SecretKeySet::random(t, rng);
+    let identities: Vec<SigningKey> = quorum.nodes().map(|_| SigningKey::generate(rng)).collect();
+    let replicas_public = quorum
+        .nodes()
+        .zip(addresses)
+        .zip(&identities)
+        .map(|((index, address), identity)| ReplicaInfo { index, address, identity: identity.verifying_key() })
+        .collect();
+    let public =
+        ClusterFile::new(quorum, signing.public_keys(), coin.public_keys(), encryption.public_keys(), replicas_public)
+            .expect("freshly dealt key sets and identities are consistent, and the addresses were checked");
+    let replicas = quorum
+        .nodes()
+        .zip(identities)
+        .map(|(index, identity)| ReplicaFile {
+            cluster_id: public.id,
+            quorum,
+            index,
+            signing: signing.secret_key_share(index.as_usize()),
+            coin: coin.secret_key_share(index.as_usize()),
+            encryption: encryption.secret_key_share(index.as_usize()),
+            identity,
+        })
+        .collect();
+    Ok(Cluster { public, replicas })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::address::default_addresses;
+    use rand::SeedableRng;
+
+    fn dealt(n: u32, t: u32) -> Cluster {
+        let quorum = Quorum::new(n, t).expect("valid quorum");
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
+        generate(quorum, default_addresses(quorum), &mut rng).expect("default addresses fit")
+    }
+
+    #[test]
+    fn dealt_replicas_belong_to_their_cluster() {
+        let cluster = dealt(4, 1);
+        for replica in cluster.replicas() {
+            assert_eq!(replica.mismatches(cluster.public()), Vec::<String>::new());
+            assert!(replica.coin_keys(cluster.public()).expect("belongs").is_consistent());
+            assert!(replica.signing_keys(cluster.public()).expect("belongs").is_consistent());
+        }
+    }
+
+    #[test]
+    fn a_replica_of_another_cluster_is_refused() {
+        let ours = dealt(4, 1);
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(2);
+        let quorum = ours.public().quorum();
+        let other = generate(quorum, default_addresses(quorum), &mut rng).expect("default addresses fit");
+        assert_ne!(ours.public().id(), other.public().id());
+        let replica = &other.replicas()[0];
+        assert!(matches!(replica.coin_keys(ours.public()), Err(DealerError::WrongCluster { .. })));
+    }
+
+    #[test]
+    fn t_zero_clusters_are_dealt() {
+        let cluster = dealt(1, 0);
+        assert_eq!(cluster.replicas()[0].mismatches(cluster.public()), Vec::<String>::new());
+    }
+}

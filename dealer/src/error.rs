@@ -1,0 +1,108 @@
+//! What can go wrong while dealing, writing, reading or verifying cluster files.
+
+use std::path::PathBuf;
+
+use fides_types::{NodeIndex, QuorumError};
+
+/// An error of the dealer. Every error about a file names the file; none quotes a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum DealerError {
+    /// `(n, t)` is not a valid cluster size.
+    #[error(transparent)]
+    Quorum(#[from] QuorumError),
+    /// An entry of the address list is not `HOST:PORT`.
+    #[error("address list entry {position} ({entry:?}): {reason}")]
+    AddressMalformed {
+        /// Position of the entry in the list, from 1.
+        position: usize,
+        /// The entry as given.
+        entry: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The same address twice in the list.
+    #[error("address list: {address} appears more than once")]
+    AddressDuplicate {
+        /// The repeated address.
+        address: String,
+    },
+    /// The address list does not have one entry per replica.
+    #[error("address list has {given} entries but n = {n}: give exactly one HOST:PORT per replica")]
+    AddressCount {
+        /// Entries given.
+        given: usize,
+        /// Replicas.
+        n: u32,
+    },
+    /// The output directory already has files in it.
+    #[error("{}: directory is not empty; pass --force to replace the cluster files in it", .path.display())]
+    DirNotEmpty {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// A file the cluster needs is not there.
+    #[error("{}: missing ({what})", .path.display())]
+    Missing {
+        /// The file.
+        path: PathBuf,
+        /// What it should have held.
+        what: String,
+    },
+    /// Reading or writing a file failed.
+    #[error("{}: {error}", .path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The failure.
+        error: std::io::Error,
+    },
+    /// A file is not a well-formed cluster or replica file.
+    #[error("{}: malformed: {reason}", .path.display())]
+    Malformed {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, without quoting any secret.
+        reason: String,
+    },
+    /// A well-formed replica file does not belong with the cluster file.
+    #[error("{}: {reason}", .path.display())]
+    Mismatch {
+        /// The replica file.
+        path: PathBuf,
+        /// Every mismatch found, joined.
+        reason: String,
+    },
+    /// An in-memory replica does not belong with the cluster it was paired with.
+    #[error("replica {index} does not belong to this cluster: {reason}")]
+    WrongCluster {
+        /// The replica's index.
+        index: NodeIndex,
+        /// Every mismatch found, joined.
+        reason: String,
+    },
+    /// Combining `t + 1` shares did not give a valid signature or plaintext.
+    #[error("self-test of the {key_set} key set failed: {reason}")]
+    SelfTest {
+        /// `signing`, `coin` or `encryption`.
+        key_set: &'static str,
+        /// What failed.
+        reason: String,
+    },
+    /// `verify` found problems, one per file (at least one).
+    #[error("{} problem(s) found:\n{}", .0.len(), list(.0))]
+    Verify(Vec<DealerError>),
+}
+
+fn list(problems: &[DealerError]) -> String {
+    problems.iter().map(|problem| format!("  - {problem}")).collect::<Vec<_>>().join("\n")
+}
+
+impl DealerError {
+    pub(crate) fn io(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
+        DealerError::Io { path: path.into(), error }
+    }
+
+    pub(crate) fn malformed(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        DealerError::Malformed { path: path.into(), reason: reason.into() }
+    }
+}

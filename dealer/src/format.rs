@@ -1,0 +1,312 @@
+//! The TOML files: encoding, and decoding that checks every field and never quotes a secret.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::Path;
+
+use blsttc::{PublicKeySet, SecretKeyShare, PK_SIZE, SK_SIZE};
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use fides_types::{NodeIndex, Quorum};
+use serde::{Deserialize, Serialize};
+
+use crate::address::Address;
+use crate::cluster::{ClusterFile, ClusterId, ReplicaFile, ReplicaInfo, CLUSTER_FORMAT, REPLICA_FORMAT};
+use crate::DealerError;
+
+/// The largest file read: a cluster of 1024 replicas takes about 250 KiB.
+const FILE_BYTES_MAX: u64 = 4 << 20;
+
+/// The compressed point at infinity of G1.
+const G1_IDENTITY: [u8; PK_SIZE] = {
+    let mut bytes = [0u8; PK_SIZE];
+    bytes[0] = 0xc0;
+    bytes
+};
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClusterToml {
+    format: String,
+    cluster_id: String,
+    n: u32,
+    t: u32,
+    keys: KeySetsToml,
+    replicas: Vec<ReplicaEntryToml>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeySetsToml {
+    signing: String,
+    coin: String,
+    encryption: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplicaEntryToml {
+    index: u32,
+    address: String,
+    identity: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplicaToml {
+    format: String,
+    cluster_id: String,
+    index: u32,
+    n: u32,
+    t: u32,
+    secrets: SecretsToml,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SecretsToml {
+    signing_share: String,
+    coin_share: String,
+    encryption_share: String,
+    identity: String,
+}
+
+/// What a file says it is.
+pub(crate) enum Parsed {
+    Cluster(ClusterFile),
+    Replica(Box<ReplicaFile>),
+}
+
+impl ClusterFile {
+    /// The file's text.
+    pub fn to_toml(&self) -> String {
+        let raw = ClusterToml {
+            format: CLUSTER_FORMAT.to_string(),
+            cluster_id: self.id().to_string(),
+            n: self.quorum().n(),
+            t: self.quorum().t(),
+            keys: KeySetsToml {
+                signing: hex::encode(self.signing().to_bytes()),
+                coin: hex::encode(self.coin().to_bytes()),
+                encryption: hex::encode(self.encryption().to_bytes()),
+            },
+            replicas: self
+                .replicas()
+                .iter()
+                .map(|r| ReplicaEntryToml {
+                    index: r.index.0,
+                    address: r.address.to_string(),
+                    identity: hex::encode(r.identity.to_bytes()),
+                })
+                .collect(),
+        };
+        let body = toml::to_string(&raw).expect("strings, integers and tables always encode as TOML");
+        format!("# Fides cluster file, made by `dealer init`. Public: give it to every replica and client.\n{body}")
+    }
+}
+
+impl ReplicaFile {
+    /// The file's text. It holds secrets.
+    pub fn to_toml(&self) -> String {
+        let raw = ReplicaToml {
+            format: REPLICA_FORMAT.to_string(),
+            cluster_id: self.cluster_id.to_string(),
+            index: self.index.0,
+            n: self.quorum.n(),
+            t: self.quorum.t(),
+            secrets: SecretsToml {
+                signing_share: hex::encode(self.signing.to_bytes()),
+                coin_share: hex::encode(self.coin.to_bytes()),
+                encryption_share: hex::encode(self.encryption.to_bytes()),
+                identity: hex::encode(self.identity.to_bytes()),
+            },
+        };
+        let body = toml::to_string(&raw).expect("strings, integers and tables always encode as TOML");
+        format!("# Fides replica file, made by `dealer init`. SECRET: for replica {} only.\n{body}", self.index.0)
+    }
+}
+
+/// Read and check a cluster file.
+pub fn read_cluster(path: &Path) -> Result<ClusterFile, DealerError> {
+    match read_any(path)? {
+        Parsed::Cluster(cluster) => Ok(cluster),
+        Parsed::Replica(_) => Err(DealerError::malformed(path, format!("a replica file, not a {CLUSTER_FORMAT} file"))),
+    }
+}
+
+/// Read and check a replica file (on its own: see [`ReplicaFile::mismatches`] to pair it with its
+/// cluster file).
+pub fn read_replica(path: &Path) -> Result<ReplicaFile, DealerError> {
+    match read_any(path)? {
+        Parsed::Replica(replica) => Ok(*replica),
+        Parsed::Cluster(_) => Err(DealerError::malformed(path, format!("a cluster file, not a {REPLICA_FORMAT} file"))),
+    }
+}
+
+/// Read a cluster or a replica file, whichever its `format` says it is.
+pub(crate) fn read_any(path: &Path) -> Result<Parsed, DealerError> {
+    let text = read_bounded(path)?;
+    parse(&text).map_err(|reason| DealerError::malformed(path, reason))
+}
+
+fn read_bounded(path: &Path) -> Result<String, DealerError> {
+    let file = File::open(path).map_err(|error| match error.kind() {
+        std::io::ErrorKind::NotFound => DealerError::Missing { path: path.into(), what: "no such file".into() },
+        _ => DealerError::io(path, error),
+    })?;
+    let mut bytes = Vec::new();
+    file.take(FILE_BYTES_MAX + 1).read_to_end(&mut bytes).map_err(|error| DealerError::io(path, error))?;
+    if bytes.len() as u64 > FILE_BYTES_MAX {
+        return Err(DealerError::malformed(path, format!("larger than {FILE_BYTES_MAX} bytes")));
+    }
+    String::from_utf8(bytes).map_err(|_| DealerError::malformed(path, "not UTF-8 text"))
+}
+
+fn parse(text: &str) -> Result<Parsed, String> {
+    let table: toml::Table = toml::from_str(text).map_err(|e| toml_reason(text, &e))?;
+    let format = match table.get("format") {
+        Some(toml::Value::String(format)) => format.clone(),
+        Some(_) => return Err("`format` is not a string".to_string()),
+        None => return Err("no `format` field: not a Fides cluster or replica file".to_string()),
+    };
+    // Re-parse from the text, not the table, so that errors carry a line number.
+    match format.as_str() {
+        CLUSTER_FORMAT => {
+            let raw: ClusterToml = toml::from_str(text).map_err(|e| toml_reason(text, &e))?;
+            decode_cluster(raw).map(Parsed::Cluster)
+        }
+        REPLICA_FORMAT => {
+            let raw: ReplicaToml = toml::from_str(text).map_err(|e| toml_reason(text, &e))?;
+            decode_replica(raw).map(|replica| Parsed::Replica(Box::new(replica)))
+        }
+        other => Err(format!("format {other:?} is neither {CLUSTER_FORMAT:?} nor {REPLICA_FORMAT:?}")),
+    }
+}
+
+/// The message and line of a TOML error, without the snippet of the file that toml's `Display`
+/// shows: that line may hold a secret.
+fn toml_reason(text: &str, error: &toml::de::Error) -> String {
+    match error.span() {
+        Some(span) => {
+            let line = text.get(..span.start).map_or(0, |before| before.matches('\n').count()) + 1;
+            format!("line {line}: {}", error.message().trim_end())
+        }
+        None => error.message().trim_end().to_string(),
+    }
+}
+
+fn decode_cluster(raw: ClusterToml) -> Result<ClusterFile, String> {
+    let quorum = Quorum::new(raw.n, raw.t).map_err(|e| e.to_string())?;
+    let signing = decode_key_set("keys.signing", &raw.keys.signing, quorum)?;
+    let coin = decode_key_set("keys.coin", &raw.keys.coin, quorum)?;
+    let encryption = decode_key_set("keys.encryption", &raw.keys.encryption, quorum)?;
+    let replicas = raw
+        .replicas
+        .into_iter()
+        .enumerate()
+        .map(|(position, entry)| decode_replica_entry(position, entry))
+        .collect::<Result<Vec<_>, _>>()?;
+    let cluster = ClusterFile::new(quorum, signing, coin, encryption, replicas)?;
+    let stated = ClusterId(decode_hex::<32>("cluster_id", &raw.cluster_id)?);
+    if stated != cluster.id() {
+        return Err(format!(
+            "cluster_id {stated} does not match the key material in the file (it hashes to {})",
+            cluster.id()
+        ));
+    }
+    Ok(cluster)
+}
+
+fn decode_replica_entry(position: usize, entry: ReplicaEntryToml) -> Result<ReplicaInfo, String> {
+    let field = format!("replicas[{position}]");
+    let address = Address::parse(&entry.address).map_err(|reason| format!("{field}.address: {reason}"))?;
+    let bytes = decode_hex::<32>(&format!("{field}.identity"), &entry.identity)?;
+    let identity =
+        VerifyingKey::from_bytes(&bytes).map_err(|_| format!("{field}.identity: not an Ed25519 public key"))?;
+    Ok(ReplicaInfo { index: NodeIndex(entry.index), address, identity })
+}
+
+fn decode_replica(raw: ReplicaToml) -> Result<ReplicaFile, String> {
+    let quorum = Quorum::new(raw.n, raw.t).map_err(|e| e.to_string())?;
+    let index = NodeIndex(raw.index);
+    if !quorum.contains(index) {
+        return Err(format!("index {} is not below n = {}", raw.index, raw.n));
+    }
+    let secrets = raw.secrets;
+    Ok(ReplicaFile {
+        cluster_id: ClusterId(decode_hex::<32>("cluster_id", &raw.cluster_id)?),
+        quorum,
+        index,
+        signing: decode_secret_share("secrets.signing_share", &secrets.signing_share)?,
+        coin: decode_secret_share("secrets.coin_share", &secrets.coin_share)?,
+        encryption: decode_secret_share("secrets.encryption_share", &secrets.encryption_share)?,
+        identity: SigningKey::from_bytes(&decode_hex::<32>("secrets.identity", &secrets.identity)?),
+    })
+}
+
+/// `N` bytes from `2N` hex digits. The message never quotes the text (it may be secret).
+fn decode_hex<const N: usize>(field: &str, text: &str) -> Result<[u8; N], String> {
+    let mut bytes = [0u8; N];
+    hex::decode_to_slice(text, &mut bytes).map_err(|_| format!("{field}: not {} hex digits", 2 * N))?;
+    Ok(bytes)
+}
+
+fn decode_secret_share(field: &str, text: &str) -> Result<SecretKeyShare, String> {
+    let bytes = decode_hex::<SK_SIZE>(field, text)?;
+    SecretKeyShare::from_bytes(bytes).map_err(|_| format!("{field}: not a scalar below the BLS12-381 group order"))
+}
+
+/// A public key set: the `t + 1` coefficients of its commitment, each a compressed G1 point.
+fn decode_key_set(field: &str, text: &str, quorum: Quorum) -> Result<PublicKeySet, String> {
+    let coefficients = quorum.t() as usize + 1;
+    let expected = coefficients * PK_SIZE;
+    let bytes = hex::decode(text).map_err(|_| format!("{field}: not hex"))?;
+    if bytes.len() != expected {
+        return Err(format!(
+            "{field}: {} bytes, expected (t + 1) x {PK_SIZE} = {expected} for t = {}",
+            bytes.len(),
+            quorum.t()
+        ));
+    }
+    for (k, chunk) in bytes.chunks(PK_SIZE).enumerate() {
+        let point: [u8; PK_SIZE] = chunk.try_into().expect("chunks of a multiple of PK_SIZE bytes are PK_SIZE long");
+        if point == G1_IDENTITY {
+            return Err(format!("{field}: coefficient {k} is the point at infinity"));
+        }
+        blsttc::PublicKey::from_bytes(point).map_err(|_| format!("{field}: coefficient {k} is not a point of G1"))?;
+    }
+    PublicKeySet::from_bytes(bytes).map_err(|_| format!("{field}: not a public key set"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::address::default_addresses;
+    use crate::generate;
+    use rand::SeedableRng;
+
+    #[test]
+    fn files_round_trip_through_toml() {
+        let quorum = Quorum::new(4, 1).expect("valid quorum");
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(3);
+        let cluster = generate(quorum, default_addresses(quorum), &mut rng).expect("default addresses fit");
+        let Ok(Parsed::Cluster(public)) = parse(&cluster.public().to_toml()) else {
+            panic!("the cluster file does not parse back");
+        };
+        assert_eq!(&public, cluster.public());
+        for replica in cluster.replicas() {
+            let Ok(Parsed::Replica(parsed)) = parse(&replica.to_toml()) else {
+                panic!("replica {} does not parse back", replica.index().0);
+            };
+            assert_eq!(parsed.mismatches(&public), Vec::<String>::new());
+            assert_eq!(parsed.to_toml(), replica.to_toml());
+        }
+    }
+
+    #[test]
+    fn toml_errors_do_not_quote_the_file() {
+        let text = "format = \"fides-replica-v1\"\n[secrets]\nsigning_share = \"deadbeef\" junk\n";
+        let Err(reason) = parse(text) else { panic!("garbage parsed") };
+        assert!(reason.starts_with("line 3:"), "{reason}");
+        assert!(!reason.contains("deadbeef"), "{reason}");
+    }
+}

@@ -1,0 +1,63 @@
+//! A summary of a cluster or replica file that a person can read. It never shows a secret.
+
+use std::fmt::Write;
+use std::path::Path;
+
+use crate::format::{read_any, Parsed};
+use crate::{ClusterFile, DealerError, ReplicaFile};
+
+/// Read `path`, a cluster or a replica file, and summarise it. The summary of a replica file
+/// shows the public keys its secrets correspond to, never the secrets.
+pub fn inspect(path: &Path) -> Result<String, DealerError> {
+    Ok(match read_any(path)? {
+        Parsed::Cluster(cluster) => summarise_cluster(path, &cluster),
+        Parsed::Replica(replica) => summarise_replica(path, &replica),
+    })
+}
+
+fn summarise_cluster(path: &Path, cluster: &ClusterFile) -> String {
+    let quorum = cluster.quorum();
+    let mut out = String::new();
+    let _ = writeln!(out, "{}: public cluster file (fides-cluster-v1)", path.display());
+    let _ = writeln!(out, "  cluster id   {}", cluster.id());
+    let _ = writeln!(
+        out,
+        "  replicas     n = {}, tolerating t = {} Byzantine; t + 1 = {} shares combine",
+        quorum.n(),
+        quorum.t(),
+        quorum.one_honest()
+    );
+    let _ = writeln!(out, "  public keys (BLS12-381 G1, compressed):");
+    for (name, set) in [("signing", cluster.signing()), ("coin", cluster.coin()), ("encryption", cluster.encryption())]
+    {
+        let _ = writeln!(out, "    {name:<11}{}", hex::encode(set.public_key().to_bytes()));
+    }
+    let _ = writeln!(out, "  replicas (index, address, Ed25519 identity):");
+    for replica in cluster.replicas() {
+        let identity = hex::encode(replica.identity.to_bytes());
+        let _ = writeln!(out, "    {:<5}{:<24}{identity}", replica.index.0, replica.address.to_string());
+    }
+    out
+}
+
+fn summarise_replica(path: &Path, replica: &ReplicaFile) -> String {
+    let quorum = replica.quorum();
+    let mut out = String::new();
+    let _ = writeln!(out, "{}: PRIVATE replica file (fides-replica-v1); secrets not shown", path.display());
+    let _ = writeln!(out, "  cluster id   {}", replica.cluster_id());
+    let _ = writeln!(out, "  replica      index {} of n = {}, t = {}", replica.index().0, quorum.n(), quorum.t());
+    let _ = writeln!(
+        out,
+        "  identity     {} (Ed25519 public key)",
+        hex::encode(replica.identity().verifying_key().to_bytes())
+    );
+    let _ = writeln!(out, "  its shares correspond to the public key shares (BLS12-381 G1, compressed):");
+    for (name, share) in [
+        ("signing", replica.signing_share()),
+        ("coin", replica.coin_share()),
+        ("encryption", replica.encryption_share()),
+    ] {
+        let _ = writeln!(out, "    {name:<11}{}", hex::encode(share.public_key_share().to_bytes()));
+    }
+    out
+}

@@ -1,0 +1,50 @@
+//! The trusted dealer: key material and configuration files of a Fides cluster.
+//!
+//! What it deals, for a [`Quorum`] of `n` replicas tolerating `t` Byzantine ones, from a CSPRNG:
+//! - three independent BLS12-381 threshold key sets of threshold `t` (any `t + 1` shares combine,
+//!   `t` shares reveal nothing), on blsttc: *signing*, for everything the cluster signs; *coin*,
+//!   for the common coin of binary agreement, separate so that a coin value can never be
+//!   replayed as a signature; *encryption*, for threshold decryption. Share `i` is the secret
+//!   polynomial evaluated at `i + 1`, as blsttc does.
+//! - one Ed25519 identity per replica, which authenticates it to its peers.
+//!
+//! Rules:
+//! - [`generate`] deals a [`Cluster`] in memory: a public [`ClusterFile`] and one private
+//!   [`ReplicaFile`] per replica. [`write()`] puts them in a directory as `cluster.toml` and
+//!   `replica-<i>.toml` (created with mode 0600), each through a temporary file and a rename,
+//!   replica files first and the cluster file last: an interrupted run leaves no cluster file.
+//! - [`read_cluster`] and [`read_replica`] refuse any file whose keys do not decode, whose sizes
+//!   are not a valid quorum, or whose `cluster_id` is not the hash of its key material; a replica
+//!   file from another cluster is caught by [`ReplicaFile::mismatches`].
+//! - [`verify_dir`] checks every private file against the public one and combines `t + 1` shares
+//!   of each key set; [`inspect`] summarises a file without showing a secret.
+//! - every error about a file names the file and never quotes a secret.
+//!
+//! Trust: the dealer knows every secret. It must run on a machine the operators trust, and its
+//! output directory must be deleted once each replica file has reached its replica. A
+//! distributed key generation would remove this assumption; Fides does not have one yet.
+//!
+//! Deviations from the papers (Cachin, Kursawe and Shoup's coin; HoneyBadgerBFT's threshold
+//! encryption): none in the key material; the trusted dealer is the setup they assume.
+
+#![forbid(unsafe_code)]
+
+mod address;
+mod cluster;
+mod error;
+mod format;
+mod inspect;
+mod shares;
+mod verify;
+mod write;
+
+pub use address::{default_addresses, parse_addresses, Address, DEFAULT_PORT_FIRST};
+pub use cluster::{
+    generate, Cluster, ClusterFile, ClusterId, ReplicaFile, ReplicaInfo, CLUSTER_FORMAT, REPLICA_FORMAT,
+};
+pub use error::DealerError;
+pub use fides_types::Quorum;
+pub use format::{read_cluster, read_replica};
+pub use inspect::inspect;
+pub use verify::{verify_dir, VerifyReport};
+pub use write::{replica_file_name, write, CLUSTER_FILE_NAME};

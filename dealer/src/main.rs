@@ -1,0 +1,85 @@
+//! `dealer`: deal, inspect and verify the key material and configuration files of a Fides cluster.
+
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use fides_dealer::{default_addresses, generate, inspect, parse_addresses, verify_dir, write, Quorum};
+
+/// The trusted dealer of a Fides cluster.
+#[derive(Parser)]
+#[command(name = "dealer", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Deal a cluster: a private replica-0.toml, replica-1.toml, … per replica and a public cluster.toml.
+    Init {
+        /// Number of replicas (1 to 1024).
+        #[arg(short = 'n')]
+        n: u32,
+        /// Number of Byzantine replicas tolerated; n must be at least 3t + 1.
+        #[arg(short = 't')]
+        t: u32,
+        /// Output directory; created if missing, must be empty unless --force.
+        #[arg(long)]
+        out: PathBuf,
+        /// Comma-separated HOST:PORT, one per replica in index order
+        /// [default: 127.0.0.1:7100, 127.0.0.1:7101, …].
+        #[arg(long)]
+        addresses: Option<String>,
+        /// Replace the cluster files of a non-empty output directory.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print a summary of a cluster or replica file; never prints a secret.
+    Inspect {
+        /// The file.
+        file: PathBuf,
+    },
+    /// Check that the replica files of a directory match its cluster file.
+    Verify {
+        /// The directory made by `dealer init`.
+        dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("dealer: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Init { n, t, out, addresses, force } => {
+            let quorum = Quorum::new(n, t)?;
+            let addresses = match addresses {
+                Some(list) => parse_addresses(&list, quorum)?,
+                None => default_addresses(quorum),
+            };
+            let cluster = generate(quorum, addresses, &mut rand::rngs::OsRng)?;
+            write(&out, &cluster, force)?;
+            println!("dealt cluster {}: n = {n}, t = {t}", cluster.public().id());
+            println!("  {} (public)", out.join(fides_dealer::CLUSTER_FILE_NAME).display());
+            println!("  {}/replica-0.toml … replica-{}.toml (SECRET, mode 0600)", out.display(), n - 1);
+            println!("give replica-<i>.toml to replica i only, then delete them here");
+        }
+        Command::Inspect { file } => print!("{}", inspect(&file)?),
+        Command::Verify { dir } => {
+            let report = verify_dir(&dir).with_context(|| format!("verify {} failed", dir.display()))?;
+            println!("{report}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,324 @@
+//! The `dealer` binary, run as an operator would run it.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn dealer(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dealer")).args(args).output().expect("the dealer binary runs")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn init(dir: &Path, n: u32, t: u32) {
+    let output = dealer(&["init", "-n", &n.to_string(), "-t", &t.to_string(), "--out", path_str(dir)]);
+    assert!(output.status.success(), "init -n {n} -t {t} failed: {}", stderr(&output));
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().expect("temporary paths are UTF-8")
+}
+
+fn out_dir() -> (tempfile::TempDir, PathBuf) {
+    let root = tempfile::tempdir().expect("a temporary directory");
+    let dir = root.path().join("cluster");
+    (root, dir)
+}
+
+fn verify(dir: &Path) -> Output {
+    dealer(&["verify", path_str(dir)])
+}
+
+fn assert_refused(output: &Output, needle: &str) {
+    assert!(!output.status.success(), "accepted; stdout: {}", stdout(output));
+    assert!(stderr(output).contains(needle), "stderr does not mention {needle:?}: {}", stderr(output));
+}
+
+/// The value of `key = "…"` in a TOML file.
+fn value_of(text: &str, key: &str) -> String {
+    let line = text
+        .lines()
+        .find(|line| line.starts_with(&format!("{key} = ")))
+        .unwrap_or_else(|| panic!("no {key} in the file"));
+    line.split('"').nth(1).expect("a quoted value").to_string()
+}
+
+fn replace_value(path: &Path, key: &str, new_value: &str) {
+    let text = fs::read_to_string(path).expect("replica file readable");
+    let old_value = value_of(&text, key);
+    fs::write(path, text.replace(&old_value, new_value)).expect("replica file writable");
+}
+
+/// Flip one hex digit in the middle of `key`'s value.
+fn flip_one_hex_digit(path: &Path, key: &str) {
+    let text = fs::read_to_string(path).expect("replica file readable");
+    let mut value = value_of(&text, key).into_bytes();
+    let middle = value.len() / 2;
+    value[middle] = if value[middle] == b'0' { b'1' } else { b'0' };
+    replace_value(path, key, &String::from_utf8(value).expect("hex is ASCII"));
+}
+
+#[test]
+fn init_then_verify_succeeds() {
+    let (_root, dir) = out_dir();
+    init(&dir, 4, 1);
+    let output = verify(&dir);
+    assert!(output.status.success(), "verify failed: {}", stderr(&output));
+    assert!(stdout(&output).starts_with("OK"), "{}", stdout(&output));
+    let names: Vec<String> = (0..4).map(|i| format!("replica-{i}.toml")).collect();
+    for name in names.iter().map(String::as_str).chain(["cluster.toml"]) {
+        assert!(dir.join(name).is_file(), "{name} not written");
+    }
+}
+
+#[test]
+fn a_cluster_of_31_replicas_verifies() {
+    let (_root, dir) = out_dir();
+    init(&dir, 31, 10);
+    let output = verify(&dir);
+    assert!(output.status.success(), "verify failed: {}", stderr(&output));
+}
+
+#[test]
+fn replica_files_are_private_and_the_cluster_file_is_not() {
+    let (_root, dir) = out_dir();
+    init(&dir, 4, 1);
+    for i in 0..4 {
+        let mode = fs::metadata(dir.join(format!("replica-{i}.toml"))).expect("written").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "replica-{i}.toml has mode {mode:o}");
+    }
+    let mode = fs::metadata(dir.join("cluster.toml")).expect("written").permissions().mode();
+    assert_eq!(mode & 0o077, 0o044, "cluster.toml has mode {mode:o}");
+}
+
+#[test]
+fn too_few_replicas_for_t_are_refused() {
+    let (_root, dir) = out_dir();
+    assert_refused(&dealer(&["init", "-n", "3", "-t", "1", "--out", path_str(&dir)]), "3t + 1");
+    assert!(!dir.exists(), "a refused init wrote files");
+}
+
+#[test]
+fn zero_replicas_are_refused() {
+    let (_root, dir) = out_dir();
+    assert_refused(&dealer(&["init", "-n", "0", "-t", "0", "--out", path_str(&dir)]), "n = 0");
+}
+
+#[test]
+fn more_than_1024_replicas_are_refused() {
+    let (_root, dir) = out_dir();
+    assert_refused(&dealer(&["init", "-n", "1025", "-t", "1", "--out", path_str(&dir)]), "1024");
+}
+
+#[test]
+fn a_non_empty_directory_needs_force() {
+    let (_root, dir) = out_dir();
+    fs::create_dir(&dir).expect("directory created");
+    fs::write(dir.join("notes.txt"), "keep me").expect("file written");
+    assert_refused(&dealer(&["init", "-n", "4", "-t", "1", "--out", path_str(&dir)]), "--force");
+    assert!(!dir.join("cluster.toml").exists());
+    let output = dealer(&["init", "-n", "4", "-t", "1", "--out", path_str(&dir), "--force"]);
+    assert!(output.status.success(), "init --force failed: {}", stderr(&output));
+    assert!(verify(&dir).status.success());
+    assert!(dir.join("notes.txt").exists(), "--force removed a file that is not the dealer's");
+}
+
+#[test]
+fn forcing_a_smaller_cluster_over_a_larger_one_removes_its_replica_files() {
+    let (_root, dir) = out_dir();
+    init(&dir, 7, 2);
+    let output = dealer(&["init", "-n", "4", "-t", "1", "--out", path_str(&dir), "--force"]);
+    assert!(output.status.success(), "init --force failed: {}", stderr(&output));
+    assert!(!dir.join("replica-6.toml").exists());
+    let output = verify(&dir);
+    assert!(output.status.success(), "verify failed: {}", stderr(&output));
+}
+
+#[test]
+fn address_lists_of_the_wrong_length_are_refused() {
+    let (_root, dir) = out_dir();
+    let list = "10.0.0.1:7100,10.0.0.2:7100,10.0.0.3:7100";
+    assert_refused(&dealer(&["init", "-n", "4", "-t", "1", "--out", path_str(&dir), "--addresses", list]), "n = 4");
+}
+
+#[test]
+fn malformed_address_lists_are_refused() {
+    let (_root, dir) = out_dir();
+    let cases = [
+        ("10.0.0.1:7100,10.0.0.2,10.0.0.3:7100,10.0.0.4:7100", "10.0.0.2"),
+        ("a:1,b:2,c:99999,d:4", "65535"),
+        ("a:1,,c:3,d:4", "empty entry"),
+        ("a:1,b:2,c:3,d:4,", "empty entry"),
+        ("a:1,b:2,a:1,d:4", "more than once"),
+        ("a b:1,b:2,c:3,d:4", "a b"),
+    ];
+    for (list, needle) in cases {
+        let output = dealer(&["init", "-n", "4", "-t", "1", "--out", path_str(&dir), "--addresses", list]);
+        assert_refused(&output, needle);
+    }
+    assert!(!dir.exists(), "a refused init wrote files");
+}
+
+#[test]
+fn given_addresses_are_used_in_order() {
+    let (_root, dir) = out_dir();
+    let list = "r0.example.org:7100,10.0.0.2:7200,[::1]:7300,r3.example.org:7400";
+    let output = dealer(&["init", "-n", "4", "-t", "1", "--out", path_str(&dir), "--addresses", list]);
+    assert!(output.status.success(), "init failed: {}", stderr(&output));
+    let summary = stdout(&dealer(&["inspect", path_str(&dir.join("cluster.toml"))]));
+    let positions: Vec<usize> = list.split(',').map(|a| summary.find(a).expect("address shown")).collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{summary}");
+}
+
+#[test]
+fn default_addresses_are_consecutive_loopback_ports_from_7100() {
+    let (_root, dir) = out_dir();
+    init(&dir, 4, 1);
+    let text = fs::read_to_string(dir.join("cluster.toml")).expect("cluster file readable");
+    for port in 7100..7104 {
+        assert!(text.contains(&format!("\"127.0.0.1:{port}\"")), "{text}");
+    }
+}
+
+fn assert_verify_names(dir: &Path, file: &str) {
+    let output = verify(dir);
+    assert_refused(&output, file);
+}
+
+#[test]
+fn verify_names_the_file_with_a_flipped_digit_in_any_share() {
+    for key in ["signing_share", "coin_share", "encryption_share", "identity"] {
+        let (_root, dir) = out_dir();
+        init(&dir, 4, 1);
+        flip_one_hex_digit(&dir.join("replica-2.toml"), key);
+        let output = verify(&dir);
+        assert_refused(&output, "replica-2.toml");
+        for other in ["replica-0.toml", "replica-1.toml", "replica-3.toml"] {
+            assert!(!stderr(&output).contains(other), "{key}: {other} blamed: {}", stderr(&output));
+        }
+    }
+}
+
+#[test]
+fn verify_names_both_files_when_shares_are_swapped() {
+    for key in ["signing_share", "coin_share", "encryption_share"] {
+        let (_root, dir) = out_dir();
+        init(&dir, 4, 1);
+        let (one, two) = (dir.join("replica-1.toml"), dir.join("replica-2.toml"));
+        let share_one = value_of(&fs::read_to_string(&one).expect("readable"), key);
+        let share_two = value_of(&fs::read_to_string(&two).expect("readable"), key);
+        replace_value(&one, key, &share_two);
+        replace_value(&two, key, &share_one);
+        let output = verify(&dir);
+        assert_refused(&output, "replica-1.toml");
+        assert_refused(&output, "replica-2.toml");
+    }
+}
+
+#[test]
+fn verify_names_swapped_replica_files() {
+    let (_root, dir) = out_dir();
+    init(&dir, 4, 1);
+    let (one, two, spare) = (dir.join("replica-1.toml"), dir.join("replica-2.toml"), dir.join("spare"));
+    fs::rename(&one, &spare).expect("renamed");
+    fs::rename(&two, &one).expect("renamed");
+    fs::rename(&spare, &two).expect("renamed");
+    assert_refused(&verify(&dir), "replica-1.toml");
+}
+
+#[test]
+fn verify_names_a_missing_replica_file() {
+    let (_root, dir) = out_dir();
+    init(&dir, 4, 1);
+    fs::remove_file(dir.join("replica-3.toml")).expect("removed");
+    assert_verify_names(&dir, "replica-3.toml");
+}
+
+#[test]
+fn verify_names_a_malformed_replica_file() {
+    let (_root, dir) = out_dir();
+    init(&dir, 4, 1);
+    fs::write(dir.join("replica-0.toml"), "format = \"fides-replica-v1\"\nindex = [\n").expect("written");
+    assert_verify_names(&dir, "replica-0.toml");
+}
+
+#[test]
+fn verify_names_a_replica_file_of_another_cluster() {
+    let (_root, dir) = out_dir();
+    let (_other_root, other) = out_dir();
+    init(&dir, 4, 1);
+    init(&other, 4, 1);
+    fs::copy(other.join("replica-1.toml"), dir.join("replica-1.toml")).expect("copied");
+    let output = verify(&dir);
+    assert_refused(&output, "replica-1.toml");
+    assert_refused(&output, "cluster");
+}
+
+#[test]
+fn verify_refuses_a_tampered_cluster_file() {
+    let (_root, dir) = out_dir();
+    init(&dir, 4, 1);
+    let path = dir.join("cluster.toml");
+    let text = fs::read_to_string(&path).expect("readable");
+    fs::write(&path, text.replace("127.0.0.1:7102", "127.0.0.1:7101")).expect("written");
+    assert_verify_names(&dir, "cluster.toml");
+}
+
+#[test]
+fn verify_refuses_a_directory_without_cluster_file() {
+    let (_root, dir) = out_dir();
+    init(&dir, 4, 1);
+    fs::remove_file(dir.join("cluster.toml")).expect("removed");
+    assert_verify_names(&dir, "cluster.toml");
+}
+
+#[test]
+fn verify_refuses_a_readable_replica_file() {
+    let (_root, dir) = out_dir();
+    init(&dir, 4, 1);
+    let path = dir.join("replica-0.toml");
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).expect("chmod");
+    assert_verify_names(&dir, "replica-0.toml");
+}
+
+#[test]
+fn inspect_prints_no_secret() {
+    let (_root, dir) = out_dir();
+    init(&dir, 4, 1);
+    let secrets: Vec<String> = (0..4)
+        .flat_map(|i| {
+            let text = fs::read_to_string(dir.join(format!("replica-{i}.toml"))).expect("readable");
+            ["signing_share", "coin_share", "encryption_share", "identity"].map(|key| value_of(&text, key))
+        })
+        .collect();
+    let cluster_id = value_of(&fs::read_to_string(dir.join("cluster.toml")).expect("readable"), "cluster_id");
+    for name in ["cluster.toml", "replica-0.toml", "replica-3.toml"] {
+        let output = dealer(&["inspect", path_str(&dir.join(name))]);
+        assert!(output.status.success(), "inspect {name} failed: {}", stderr(&output));
+        let printed = format!("{}{}", stdout(&output), stderr(&output)).to_lowercase();
+        assert!(printed.contains(&cluster_id), "{name}: no cluster id in {printed}");
+        for secret in &secrets {
+            assert!(!printed.contains(&secret.to_lowercase()), "{name}: a secret is printed");
+        }
+    }
+}
+
+#[test]
+fn inspect_of_a_tampered_replica_file_quotes_no_secret() {
+    let (_root, dir) = out_dir();
+    init(&dir, 4, 1);
+    let path = dir.join("replica-1.toml");
+    let text = fs::read_to_string(&path).expect("readable");
+    let share = value_of(&text, "coin_share");
+    fs::write(&path, text.replace(&share, &format!("{share}zz"))).expect("written");
+    let output = dealer(&["inspect", path_str(&path)]);
+    assert_refused(&output, "replica-1.toml");
+    assert!(!stderr(&output).contains(&share));
+}

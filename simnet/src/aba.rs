@@ -330,6 +330,12 @@ pub struct AbaSummary {
     pub cpu_micros_per_node: f64,
     /// Threshold-coin rounds whose coin the content-aware adversary learned early.
     pub coins_learned: u32,
+    /// Virtual time at which the last honest replica decided, in microseconds.
+    pub decided_at_worst: Micros,
+    /// The Byzantine replicas.
+    pub byzantine: Vec<NodeIndex>,
+    /// Messages delivered.
+    pub deliveries: u64,
 }
 
 /// Run one case and check it with the independent checkers.
@@ -342,9 +348,24 @@ pub fn run_case_with(case: &AbaCase, cpu: Option<crate::CpuModel>) -> Result<Aba
     let quorum = Quorum::with_max_faults(case.n).map_err(|e| e.to_string())?;
     let mut rng = ChaCha8Rng::seed_from_u64(case.seed);
     let scenario = AbaScenario::new(quorum, case.validated, case.conf_phase, case.seed, &mut rng);
+    run_scenario(case, &scenario, cpu, &mut rng)
+}
+
+/// Run one case on a given scenario (keys and proposals), drawing the Byzantine replicas and the
+/// schedule from `rng`, and check it.
+pub fn run_scenario(
+    case: &AbaCase,
+    scenario: &AbaScenario,
+    cpu: Option<crate::CpuModel>,
+    rng: &mut ChaCha8Rng,
+) -> Result<AbaSummary, String> {
+    let quorum = scenario.quorum;
     let mut indices: Vec<NodeIndex> = quorum.nodes().collect();
-    indices.shuffle(&mut rng);
-    let byzantine: Vec<NodeIndex> = indices.into_iter().take(quorum.t() as usize).collect();
+    indices.shuffle(rng);
+    let byzantine: Vec<NodeIndex> = match case.byzantine {
+        Behaviour::Honest => Vec::new(),
+        _ => indices.into_iter().take(quorum.t() as usize).collect(),
+    };
     let behaviours: Vec<Behaviour> = quorum
         .nodes()
         .map(|i| if byzantine.contains(&i) { case.byzantine.clone() } else { Behaviour::Honest })
@@ -353,17 +374,19 @@ pub fn run_case_with(case: &AbaCase, cpu: Option<crate::CpuModel>) -> Result<Aba
     let input = |i: NodeIndex| scenario.input(i);
     let (report, coins_learned) = match case.scheduler {
         SchedulerKind::Random => {
-            let scheduler = RandomScheduler::new(quorum, &mut rng);
-            (Network::new(quorum, &scenario, &behaviours, scheduler, config).run(input), 0)
+            let scheduler = RandomScheduler::new(quorum, rng);
+            (Network::new(quorum, scenario, &behaviours, scheduler, config).run(input), 0)
         }
         SchedulerKind::ContentAware => {
-            let scheduler = SplitScheduler::new(quorum, byzantine.clone(), &scenario);
-            let network = Network::new(quorum, &scenario, &behaviours, scheduler, config);
+            let scheduler = SplitScheduler::new(quorum, byzantine.clone(), scenario);
+            let network = Network::new(quorum, scenario, &behaviours, scheduler, config);
             let (report, scheduler) = network.run_keeping_scheduler(input);
             (report, scheduler.coins_learned)
         }
     };
-    check_report(case, &scenario, &report, coins_learned)
+    let mut summary = check_report(case, scenario, &report, coins_learned)?;
+    summary.byzantine = byzantine;
+    Ok(summary)
 }
 
 fn check_report(
@@ -395,7 +418,7 @@ fn check_report(
     let honest = rounds.len().max(1) as f64;
     let n = report.stats.len() as f64;
     let honest_cpu: u64 =
-        report.stats.iter().zip(&report.outputs).filter(|(_, o)| o.is_some()).map(|(s, _)| s.cpu_micros).sum();
+        report.stats.iter().zip(&report.outputs).filter(|(_, o)| o.is_some()).map(|(s, _)| s.cpu_nanos).sum();
     Ok(AbaSummary {
         value,
         rounds_worst: rounds.iter().copied().max().unwrap_or(0),
@@ -404,7 +427,10 @@ fn check_report(
         trace: report.trace_hex(),
         messages_per_node: report.stats.iter().map(|s| s.messages_sent as f64).sum::<f64>() / n,
         bytes_per_node: report.stats.iter().map(|s| s.bytes_sent as f64).sum::<f64>() / n,
-        cpu_micros_per_node: honest_cpu as f64 / honest,
+        cpu_micros_per_node: honest_cpu as f64 / 1_000.0 / honest,
         coins_learned,
+        decided_at_worst: report.outputs.iter().flatten().filter_map(|o| o.first()).map(|p| p.at).max().unwrap_or(0),
+        byzantine: Vec::new(),
+        deliveries: report.deliveries,
     })
 }

@@ -162,8 +162,8 @@ pub struct NodeStats {
     pub messages_sent: u64,
     /// Bytes sent (summed over recipients).
     pub bytes_sent: u64,
-    /// CPU time spent in handlers, in microseconds (measured in both modes).
-    pub cpu_micros: u64,
+    /// CPU time spent in handlers, in nanoseconds (measured in both modes).
+    pub cpu_nanos: u64,
 }
 
 /// The result of a run.
@@ -300,7 +300,7 @@ where
             match &mut self.nodes[i] {
                 Node::Honest(protocol) => {
                     let step = protocol.handle_input(input(index), &mut self.node_rngs[i]);
-                    let cpu = elapsed_micros(started);
+                    let cpu = elapsed_nanos(started);
                     match step {
                         Ok(step) => self.after_honest_step(index, step, cpu),
                         Err(error) => panic!("honest input refused at {index}: {error}"),
@@ -308,7 +308,7 @@ where
                 }
                 Node::Byzantine(actor) => {
                     let sends = actor.start(&mut self.node_rngs[i]);
-                    let cpu = elapsed_micros(started);
+                    let cpu = elapsed_nanos(started);
                     self.after_byzantine_step(index, sends, cpu);
                 }
             }
@@ -365,22 +365,26 @@ where
                         step
                     }
                 };
-                let cpu = elapsed_micros(started);
+                let cpu = elapsed_nanos(started);
                 self.after_honest_step(to, step, cpu);
             }
             Node::Byzantine(actor) => {
                 let sends = actor.receive(from, &bytes, &mut self.node_rngs[i]);
-                let cpu = elapsed_micros(started);
+                let cpu = elapsed_nanos(started);
                 self.after_byzantine_step(to, sends, cpu);
             }
         }
     }
 
-    fn charge(&mut self, index: NodeIndex, cpu: Micros) {
+    /// Charge `nanos` of handler CPU to replica `index` (to its clock in CPU-accounting mode,
+    /// carrying the sub-microsecond remainder so that short handlers still add up).
+    fn charge(&mut self, index: NodeIndex, nanos: u64) {
         let i = index.as_usize();
-        self.report.stats[i].cpu_micros += cpu;
+        let before = self.report.stats[i].cpu_nanos;
+        let after = before + nanos;
+        self.report.stats[i].cpu_nanos = after;
         if self.config.cpu.is_some() {
-            self.clocks[i] += cpu;
+            self.clocks[i] += after / 1_000 - before / 1_000;
         }
     }
 
@@ -441,6 +445,6 @@ where
     }
 }
 
-fn elapsed_micros(started: Instant) -> Micros {
-    started.elapsed().as_micros() as Micros
+fn elapsed_nanos(started: Instant) -> u64 {
+    u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }

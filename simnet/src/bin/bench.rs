@@ -1,0 +1,125 @@
+//! Protocol benchmarks in the simulator's CPU-accounting mode (the method of hbbft's
+//! `examples/simulation`): each handler call's measured CPU time is charged to its replica's
+//! virtual clock, and a message arrives `lag + size / bandwidth` after it was sent.
+//!
+//! `bench aba [-n N]…` prints, per cluster size: mean and worst rounds to decide, messages and bytes
+//! sent per replica, CPU per replica per decision, and the virtual time to the last decision.
+
+use anyhow::{bail, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use simnet::aba::{run_case_with, AbaCase, AbaSummary, SchedulerKind};
+use simnet::{Behaviour, CpuModel};
+
+#[derive(Parser)]
+#[command(about = "Fides protocol benchmarks (simulated network, measured CPU)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Binary agreement: one instance per run, every replica proposing.
+    Aba(AbaArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Proposals {
+    /// Honest replicas propose at random (the coin decides; the costly case).
+    Mixed,
+    /// Every honest replica proposes the same value.
+    Unanimous,
+}
+
+#[derive(clap::Args)]
+struct AbaArgs {
+    /// Cluster sizes (t is the largest that n tolerates); default 4, 7, 10, 16, 31.
+    #[arg(short = 'n', long = "nodes")]
+    nodes: Vec<u32>,
+    /// Instances per size.
+    #[arg(long, default_value_t = 20)]
+    runs: u64,
+    /// Message latency in milliseconds.
+    #[arg(long, default_value_t = 1)]
+    lag: u64,
+    /// Link bandwidth in kbit/s.
+    #[arg(long, default_value_t = 1_000_000)]
+    bw: u64,
+    /// What the honest replicas propose.
+    #[arg(long, value_enum, default_value_t = Proposals::Mixed)]
+    proposals: Proposals,
+    /// Validated agreement (votes for 1 carry a justification).
+    #[arg(long)]
+    validated: bool,
+    /// Make t replicas Byzantine of this kind (crash, silent, equivocator, garbage, replayer,
+    /// impersonator); their CPU is not counted.
+    #[arg(long)]
+    byzantine: Option<String>,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Aba(args) => aba(args),
+    }
+}
+
+fn aba(args: AbaArgs) -> Result<()> {
+    if args.runs == 0 || args.bw == 0 {
+        bail!("--runs and --bw must be positive");
+    }
+    let byzantine = match &args.byzantine {
+        None => Behaviour::Honest,
+        Some(name) => match Behaviour::byzantine_kinds().into_iter().find(|b| b.name() == name) {
+            Some(kind) => kind,
+            None => bail!("unknown Byzantine kind {name:?}"),
+        },
+    };
+    let sizes = if args.nodes.is_empty() { vec![4, 7, 10, 16, 31] } else { args.nodes.clone() };
+    let cpu = CpuModel { lag: args.lag * 1_000, bandwidth_bps: args.bw * 1_000 };
+    println!(
+        "binary agreement, {} runs per size, {} proposals{}, lag {} ms, bandwidth {} kbit/s, Byzantine: {}",
+        args.runs,
+        match args.proposals {
+            Proposals::Mixed => "mixed",
+            Proposals::Unanimous => "unanimous",
+        },
+        if args.validated { ", validated" } else { "" },
+        args.lag,
+        args.bw,
+        if byzantine == Behaviour::Honest { "none".to_string() } else { format!("t {}", byzantine.name()) }
+    );
+    println!(
+        "{:>4} {:>3} | {:>11} {:>12} | {:>10} {:>11} | {:>17} | {:>15}",
+        "n", "t", "rounds mean", "rounds worst", "msgs/node", "bytes/node", "CPU µs/decision", "decided at (ms)"
+    );
+    for n in sizes {
+        let mut summaries: Vec<AbaSummary> = Vec::new();
+        for run in 0..args.runs {
+            // Seeds ≡ 2, 3 (mod 4) give mixed proposals, ≡ 0, 1 unanimous ones (see AbaScenario).
+            let seed = 4 * run + 2 * u64::from(matches!(args.proposals, Proposals::Mixed)) + run % 2;
+            let case = AbaCase {
+                scheduler: SchedulerKind::Random,
+                validated: args.validated,
+                ..AbaCase::new(n, byzantine.clone(), seed)
+            };
+            match run_case_with(&case, Some(cpu)) {
+                Ok(summary) => summaries.push(summary),
+                Err(error) => bail!("n = {n}, seed {seed}: {error}"),
+            }
+        }
+        let count = summaries.len() as f64;
+        let mean = |f: &dyn Fn(&AbaSummary) -> f64| summaries.iter().map(f).sum::<f64>() / count;
+        println!(
+            "{:>4} {:>3} | {:>11.2} {:>12} | {:>10.0} {:>11.0} | {:>17.0} | {:>15.2}",
+            n,
+            (n - 1) / 3,
+            mean(&|s| s.rounds_mean),
+            summaries.iter().map(|s| s.rounds_worst).max().unwrap_or(0),
+            mean(&|s| s.messages_per_node),
+            mean(&|s| s.bytes_per_node),
+            mean(&|s| s.cpu_micros_per_node),
+            mean(&|s| s.decided_at_worst as f64 / 1_000.0),
+        );
+    }
+    Ok(())
+}

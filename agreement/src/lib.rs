@@ -28,6 +28,13 @@
 //! `est = b`. Upon `TERM(b)` from `t + 1` replicas it decides `b` (some honest replica did); upon
 //! `TERM(b)` from `2t + 1` it terminates: then every honest replica receives `t + 1` of them.
 //!
+//! Catching up: messages more than `rounds_future_max` rounds ahead are dropped (a fault, kept
+//! bounded). The receiver remembers, per sender, the range of rounds it dropped, and on entering
+//! such a round sends that sender `RESEND(r)`; a replica answers a `RESEND(r)` for a round it has
+//! been in, once per asker and round, with what it sent there (kept for this when the rest of the
+//! round's state is pruned). An honest replica that is far behind therefore still gets every
+//! message it needs, however far ahead the others ran.
+//!
 //! Coin schedule: round `r` uses the coin `true` if `r % 3 == 0`, `false` if `r % 3 == 1`, and the
 //! threshold coin if `r % 3 == 2`. Safety never depends on the coin; termination needs only that
 //! the threshold rounds recur. With all honest replicas proposing the same value the fixed rounds
@@ -49,18 +56,23 @@
 //! - CONF is sent only in threshold-coin rounds, where it is what stops a scheduler that sees
 //!   the coin early (HoneyBadgerBFT issue 59). In fixed-coin rounds the coin is public anyway.
 //! - Only the first `AUX`, `CONF`, coin share and `TERM` of each sender per round count; a second
-//!   different one is an equivocation fault.
+//!   different one is an equivocation fault, the same one again is ignored (answers to `RESEND`
+//!   repeat messages legitimately).
+//! - `RESEND` is ours: the papers assume unbounded buffers, which a replica facing Byzantine
+//!   peers cannot have.
+//! - State of rounds before the previous one is pruned to the BVAL counts (for relaying) and what
+//!   this replica sent (for answering `RESEND`).
 
 #![forbid(unsafe_code)]
 
 mod message;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use fides_crypto::blsttc::{G2Affine, SignatureShare, SIG_SIZE};
 use fides_crypto::{domain, hash_to_g2, sha256, CombineError, ThresholdKeys};
-use fides_types::{FaultKind, NodeIndex, Protocol, Quorum, Round, Step};
+use fides_types::{FaultKind, NodeIndex, Outgoing, Protocol, Quorum, Round, Step, Target};
 
 pub use message::{BoolSet, Message, JUSTIFICATION_WIRE_MAX};
 
@@ -105,7 +117,9 @@ impl<F: Fn(&[u8]) -> bool> Validator for F {
 pub struct Config {
     /// Identifies the instance; it is signed by the coin, so two instances never share a coin.
     pub instance: Vec<u8>,
-    /// Rounds beyond the current one whose messages are kept; a message further ahead is a fault.
+    /// Rounds beyond the current one whose messages are kept; a message further ahead is a
+    /// `RoundTooFar` fault, dropped, and asked for again with `RESEND` when this replica gets
+    /// there. Not proof of malice: an honest replica can be that far ahead of a slow one.
     pub rounds_future_max: u32,
     /// Longest justification accepted.
     pub justification_len_max: usize,
@@ -159,18 +173,35 @@ struct RoundState {
     bval_sent: [bool; 2],
     bin_values: BoolSet,
     aux_received: BTreeMap<NodeIndex, bool>,
-    aux_sent: bool,
+    /// The AUX we sent.
+    aux_own: Option<bool>,
     conf_received: BTreeMap<NodeIndex, BoolSet>,
-    conf_sent: bool,
+    /// The CONF we sent.
+    conf_own: Option<BoolSet>,
     vals: Option<BoolSet>,
     /// Every coin share received, compressed, one per sender.
     coin_shares: BTreeMap<NodeIndex, [u8; SIG_SIZE]>,
     /// Senders whose share is not yet decompressed, in arrival order.
-    coin_shares_pending: std::collections::VecDeque<NodeIndex>,
+    coin_shares_pending: VecDeque<NodeIndex>,
     /// Shares decompressed for combining and not (yet) found invalid.
     coin_shares_decoded: BTreeMap<NodeIndex, SignatureShare>,
-    coin_sent: bool,
+    /// The coin share we sent.
+    coin_share_own: Option<[u8; SIG_SIZE]>,
     coin: Option<bool>,
+    /// Replicas whose RESEND of this round we answered.
+    resent_to: BTreeSet<NodeIndex>,
+}
+
+impl RoundState {
+    /// Forget what only the current round needs: kept are the BVAL counts (for relaying) and
+    /// what we sent ourselves (for answering RESEND).
+    fn prune(&mut self) {
+        self.aux_received = BTreeMap::new();
+        self.conf_received = BTreeMap::new();
+        self.coin_shares = BTreeMap::new();
+        self.coin_shares_pending = VecDeque::new();
+        self.coin_shares_decoded = BTreeMap::new();
+    }
 }
 
 /// One instance of binary agreement at one replica.
@@ -185,7 +216,12 @@ pub struct BinaryAgreement<V: Validator = Unvalidated> {
     rounds: BTreeMap<Round, RoundState>,
     /// Justifications for 1 known to pass the predicate (at most a few distinct ones are kept).
     justifications_valid: Vec<Vec<u8>>,
+    /// SHA-256 of justifications known to fail it (bounded), so a peer cannot make the predicate
+    /// run again and again on the same bytes.
+    justifications_invalid: BTreeSet<[u8; 32]>,
     decision: Option<Decision>,
+    /// The round in which this replica decided by the coin (not by TERM).
+    decided_by_coin: Option<Round>,
     term_received: BTreeMap<NodeIndex, bool>,
     term_sent: bool,
     terminated: bool,
@@ -193,6 +229,9 @@ pub struct BinaryAgreement<V: Validator = Unvalidated> {
     /// Replicas that sent an invalid coin share: their later shares are verified one by one
     /// before they may spoil an optimistic combination.
     coin_suspects: BTreeSet<NodeIndex>,
+    /// Per sender, the lowest and highest round of its messages dropped for being too far ahead;
+    /// on reaching such a round we ask the sender to send that round again.
+    dropped: BTreeMap<NodeIndex, (Round, Round)>,
 }
 
 impl<V: Validator> std::fmt::Debug for BinaryAgreement<V> {
@@ -217,6 +256,7 @@ fn coin_fixed(round: Round) -> Option<bool> {
 }
 
 const JUSTIFICATIONS_CACHED_MAX: usize = 4;
+const JUSTIFICATIONS_INVALID_CACHED_MAX: usize = 256;
 
 impl<V: Validator> BinaryAgreement<V> {
     /// A new instance at replica `our_index`, using the coin key set `coin_keys`.
@@ -237,12 +277,15 @@ impl<V: Validator> BinaryAgreement<V> {
             estimate: None,
             rounds: BTreeMap::new(),
             justifications_valid: Vec::new(),
+            justifications_invalid: BTreeSet::new(),
             decision: None,
+            decided_by_coin: None,
             term_received: BTreeMap::new(),
             term_sent: false,
             terminated: false,
             coin_points: BTreeMap::new(),
             coin_suspects: BTreeSet::new(),
+            dropped: BTreeMap::new(),
         }
     }
 
@@ -274,6 +317,7 @@ impl<V: Validator> BinaryAgreement<V> {
         };
         self.estimate = Some(value);
         self.send_bval(self.round, value, &mut step);
+        self.relay_bvals(self.round, &mut step);
         self.try_progress(&mut step);
         Ok(step)
     }
@@ -296,21 +340,26 @@ impl<V: Validator> BinaryAgreement<V> {
             Message::Conf { round, values } => self.handle_conf(from, round, values, &mut step),
             Message::Coin { round, share } => self.handle_coin(from, round, share, &mut step),
             Message::Term { value, justification } => self.handle_term(from, value, justification, &mut step),
+            Message::Resend { round } => self.handle_resend(from, round, &mut step),
         }
         self.try_progress(&mut step);
         step
     }
 
-    /// The state of `round` if its messages are to be kept, or a fault.
-    fn round_state(&mut self, from: NodeIndex, round: Round, step: &mut AbaStep) -> Option<&mut RoundState> {
+    /// Whether a message of `round` is kept. Rounds too far ahead are dropped (and remembered, to
+    /// be asked for again); rounds before the previous one keep only their BVAL counts.
+    fn admit(&mut self, from: NodeIndex, round: Round, only_current: bool, step: &mut AbaStep) -> bool {
         if round.0 > self.round.0.saturating_add(self.config.rounds_future_max) {
+            let range = self.dropped.entry(from).or_insert((round, round));
+            range.0 = range.0.min(round);
+            range.1 = range.1.max(round);
             step.fault(from, FaultKind::RoundTooFar);
-            return None;
+            return false;
         }
-        Some(self.rounds.entry(round).or_default())
+        !(only_current && round.0.saturating_add(1) < self.round.0)
     }
 
-    /// Check a justification carried by a message for `value`; record a fault if it fails.
+    /// Whether a justification carried by a message for `value` is acceptable; a fault if not.
     fn accept_justification(
         &mut self,
         from: NodeIndex,
@@ -329,7 +378,19 @@ impl<V: Validator> BinaryAgreement<V> {
         if self.justifications_valid.contains(&justification) {
             return true;
         }
-        if justification.len() > self.config.justification_len_max || !self.validator.is_valid(&justification) {
+        let digest = (justification.len() <= self.config.justification_len_max).then(|| sha256(&justification));
+        let valid = match digest {
+            None => false,
+            Some(digest) if self.justifications_invalid.contains(&digest) => false,
+            Some(digest) => {
+                let valid = self.validator.is_valid(&justification);
+                if !valid && self.justifications_invalid.len() < JUSTIFICATIONS_INVALID_CACHED_MAX {
+                    self.justifications_invalid.insert(digest);
+                }
+                valid
+            }
+        };
+        if !valid {
             step.fault(from, FaultKind::InvalidJustification);
             return false;
         }
@@ -349,7 +410,7 @@ impl<V: Validator> BinaryAgreement<V> {
     fn justification_for(&self, value: bool) -> Vec<u8> {
         if value && self.validator.requires_justification() {
             // Invariant: a replica only votes 1 after proposing 1 with a valid justification or
-            // after 2t + 1 justified BVAL(1), each of which was remembered.
+            // after a justified BVAL(1) or TERM(1), each of which was remembered.
             self.justifications_valid.first().cloned().expect("a replica that votes 1 holds a justification for it")
         } else {
             Vec::new()
@@ -357,24 +418,30 @@ impl<V: Validator> BinaryAgreement<V> {
     }
 
     fn handle_bval(&mut self, from: NodeIndex, round: Round, value: bool, justification: Vec<u8>, step: &mut AbaStep) {
+        if !self.admit(from, round, false, step) {
+            return;
+        }
+        let v = usize::from(value);
+        if self.rounds.get(&round).is_some_and(|state| state.bval_received[v].contains(&from)) {
+            return; // The same vote again (e.g. answering our RESEND): nothing new.
+        }
         if !self.accept_justification(from, value, justification, step) {
             return;
         }
-        let Some(state) = self.round_state(from, round, step) else { return };
-        if !state.bval_received[usize::from(value)].insert(from) {
-            step.fault(from, FaultKind::Duplicate);
-            return;
-        }
+        self.rounds.entry(round).or_default().bval_received[v].insert(from);
         self.relay_bvals(round, step);
     }
 
     fn handle_aux(&mut self, from: NodeIndex, round: Round, value: bool, step: &mut AbaStep) {
-        let Some(state) = self.round_state(from, round, step) else { return };
+        if !self.admit(from, round, true, step) {
+            return;
+        }
+        let state = self.rounds.entry(round).or_default();
         match state.aux_received.get(&from) {
             None => {
                 state.aux_received.insert(from, value);
             }
-            Some(&earlier) if earlier == value => step.fault(from, FaultKind::Duplicate),
+            Some(&earlier) if earlier == value => {}
             Some(_) => step.fault(from, FaultKind::Equivocation),
         }
     }
@@ -384,12 +451,15 @@ impl<V: Validator> BinaryAgreement<V> {
             step.fault(from, FaultKind::EmptySet);
             return;
         }
-        let Some(state) = self.round_state(from, round, step) else { return };
+        if !self.admit(from, round, true, step) {
+            return;
+        }
+        let state = self.rounds.entry(round).or_default();
         match state.conf_received.get(&from) {
             None => {
                 state.conf_received.insert(from, values);
             }
-            Some(&earlier) if earlier == values => step.fault(from, FaultKind::Duplicate),
+            Some(&earlier) if earlier == values => {}
             Some(_) => step.fault(from, FaultKind::Equivocation),
         }
     }
@@ -400,7 +470,10 @@ impl<V: Validator> BinaryAgreement<V> {
             step.fault(from, FaultKind::InvalidCoinShare);
             return;
         }
-        let Some(state) = self.round_state(from, round, step) else { return };
+        if !self.admit(from, round, true, step) {
+            return;
+        }
+        let state = self.rounds.entry(round).or_default();
         if state.coin.is_some() {
             return;
         }
@@ -409,21 +482,54 @@ impl<V: Validator> BinaryAgreement<V> {
                 state.coin_shares.insert(from, share);
                 state.coin_shares_pending.push_back(from);
             }
-            Some(earlier) if *earlier == share => step.fault(from, FaultKind::Duplicate),
+            Some(earlier) if *earlier == share => {}
             Some(_) => step.fault(from, FaultKind::Equivocation),
         }
     }
 
     fn handle_term(&mut self, from: NodeIndex, value: bool, justification: Vec<u8>, step: &mut AbaStep) {
-        if !self.accept_justification(from, value, justification, step) {
+        match self.term_received.get(&from) {
+            Some(&earlier) if earlier == value => return,
+            Some(_) => {
+                step.fault(from, FaultKind::Equivocation);
+                return;
+            }
+            None => {}
+        }
+        if self.accept_justification(from, value, justification, step) {
+            self.term_received.insert(from, value);
+        }
+    }
+
+    /// Send `from` again what we sent in `round`, once per replica and round. Only rounds we have
+    /// been in are answered; what we sent there is kept for this.
+    fn handle_resend(&mut self, from: NodeIndex, round: Round, step: &mut AbaStep) {
+        if round > self.round {
             return;
         }
-        match self.term_received.get(&from) {
-            None => {
-                self.term_received.insert(from, value);
+        let justification_one = self.justifications_valid.first().cloned();
+        let Some(state) = self.rounds.get_mut(&round) else { return };
+        if !state.resent_to.insert(from) {
+            return;
+        }
+        let to = Target::Node(from);
+        for value in [false, true] {
+            if state.bval_sent[usize::from(value)] {
+                let justification = match (value && self.validator.requires_justification(), &justification_one) {
+                    (true, Some(j)) => j.clone(),
+                    _ => Vec::new(),
+                };
+                step.messages.push(Outgoing { target: to, message: Message::BVal { round, value, justification } });
             }
-            Some(&earlier) if earlier == value => step.fault(from, FaultKind::Duplicate),
-            Some(_) => step.fault(from, FaultKind::Equivocation),
+        }
+        if let Some(value) = state.aux_own {
+            step.messages.push(Outgoing { target: to, message: Message::Aux { round, value } });
+        }
+        if let Some(values) = state.conf_own {
+            step.messages.push(Outgoing { target: to, message: Message::Conf { round, values } });
+        }
+        if let Some(share) = state.coin_share_own {
+            step.messages.push(Outgoing { target: to, message: Message::Coin { round, share } });
         }
     }
 
@@ -442,10 +548,7 @@ impl<V: Validator> BinaryAgreement<V> {
             return;
         }
         self.try_terminate_by_term(step);
-        if self.terminated {
-            return;
-        }
-        if self.estimate.is_none() {
+        if self.terminated || self.estimate.is_none() {
             return;
         }
         loop {
@@ -456,18 +559,39 @@ impl<V: Validator> BinaryAgreement<V> {
             let estimate = match vals.single() {
                 Some(value) => {
                     if value == coin {
-                        self.decide(value, round, step);
+                        self.decide(value, Some(round), step);
                     }
                     value
                 }
                 None => coin,
             };
             let Some(next) = round.next() else { return };
-            self.estimate = Some(estimate);
-            self.round = next;
-            // Rounds before the previous one are kept only for relaying BVAL.
-            self.send_bval(next, estimate, step);
-            self.relay_bvals(next, step);
+            self.enter_round(next, estimate, step);
+        }
+    }
+
+    /// Move to round `next` with `estimate`: vote, relay, forget what old rounds no longer need,
+    /// and ask again for messages of `next` that were dropped as too far ahead.
+    fn enter_round(&mut self, next: Round, estimate: bool, step: &mut AbaStep) {
+        self.estimate = Some(estimate);
+        self.round = next;
+        if let Some(old) = next.0.checked_sub(2).map(Round) {
+            if let Some(state) = self.rounds.get_mut(&old) {
+                state.prune();
+            }
+            self.coin_points.remove(&old);
+        }
+        self.send_bval(next, estimate, step);
+        self.relay_bvals(next, step);
+        let mut asked = Vec::new();
+        self.dropped.retain(|sender, (low, high)| {
+            if *low <= next && next <= *high {
+                asked.push(*sender);
+            }
+            *high > next
+        });
+        for sender in asked {
+            step.messages.push(Outgoing { target: Target::Node(sender), message: Message::Resend { round: next } });
         }
     }
 
@@ -492,8 +616,8 @@ impl<V: Validator> BinaryAgreement<V> {
         for value in [false, true] {
             if state.bval_received[usize::from(value)].len() >= majority && !state.bin_values.contains(value) {
                 state.bin_values.insert(value);
-                if !state.aux_sent {
-                    state.aux_sent = true;
+                if state.aux_own.is_none() {
+                    state.aux_own = Some(value);
                     step.broadcast(Message::Aux { round, value });
                 }
             }
@@ -513,15 +637,15 @@ impl<V: Validator> BinaryAgreement<V> {
         let mut aux_vals = BoolSet::default();
         let aux_count =
             state.aux_received.values().filter(|v| bin_values.contains(**v)).inspect(|v| aux_vals.insert(**v)).count();
-        if aux_count < available && !state.conf_sent {
+        if aux_count < available && state.conf_own.is_none() {
             return None;
         }
         if !conf_phase {
             state.vals = Some(aux_vals);
             return state.vals;
         }
-        if !state.conf_sent {
-            state.conf_sent = true;
+        if state.conf_own.is_none() {
+            state.conf_own = Some(bin_values);
             step.broadcast(Message::Conf { round, values: bin_values });
         }
         let mut conf_vals = BoolSet::default();
@@ -547,20 +671,26 @@ impl<V: Validator> BinaryAgreement<V> {
             .coin_points
             .entry(round)
             .or_insert_with(|| hash_to_g2(domain::COIN, &[&self.config.instance, &round.0.to_le_bytes()]));
-        let decided = self.decision.as_ref().map(|d| d.value);
+        // After this replica decided b by the coin in an earlier round, every honest estimate is
+        // b, so `vals = {b}` whatever the coin: the share still goes out for the others, but
+        // combining would be wasted pairings. (Not after a decision by TERM: this replica may
+        // be behind the round where the others decided, and must follow the rules there.)
+        let shortcut = self
+            .decided_by_coin
+            .filter(|decided_in| *decided_in < round)
+            .and_then(|_| self.decision.as_ref().map(|d| d.value));
         let needed = self.coin_keys.shares_needed();
         let state = self.rounds.get_mut(&round)?;
         if let Some(coin) = state.coin {
             return Some(coin);
         }
-        if !state.coin_sent {
-            state.coin_sent = true;
-            step.broadcast(Message::Coin { round, share: self.coin_keys.sign_share(point).to_bytes() });
+        if state.coin_share_own.is_none() {
+            let share = self.coin_keys.sign_share(point).to_bytes();
+            state.coin_share_own = Some(share);
+            step.broadcast(Message::Coin { round, share });
         }
-        if let Some(value) = decided {
-            // After a decision of b every honest estimate is b, so vals = {b} whatever the coin:
-            // the share above lets the others go on, and combining would be wasted pairings.
-            return Some(value);
+        if shortcut.is_some() {
+            return shortcut;
         }
         loop {
             while state.coin_shares_decoded.len() < needed {
@@ -601,13 +731,16 @@ impl<V: Validator> BinaryAgreement<V> {
         }
     }
 
-    fn decide(&mut self, value: bool, round: Round, step: &mut AbaStep) {
+    /// Decide `value`; `by_coin` is the round when the decision came from rule 6, `None` when it
+    /// came from `t + 1` TERM.
+    fn decide(&mut self, value: bool, by_coin: Option<Round>, step: &mut AbaStep) {
         if self.decision.is_some() {
             return;
         }
         let justification = (value && self.validator.requires_justification()).then(|| self.justification_for(true));
-        let decision = Decision { value, justification, round };
+        let decision = Decision { value, justification, round: self.round };
         self.decision = Some(decision.clone());
+        self.decided_by_coin = by_coin;
         step.outputs.push(decision);
         if !self.term_sent {
             self.term_sent = true;
@@ -620,7 +753,7 @@ impl<V: Validator> BinaryAgreement<V> {
         for value in [false, true] {
             let count = self.term_received.values().filter(|v| **v == value).count();
             if count >= self.quorum.one_honest() as usize && self.decision.is_none() {
-                self.decide(value, self.round, step);
+                self.decide(value, None, step);
             }
             let decided_this = self.decision.as_ref().is_some_and(|d| d.value == value);
             if count >= self.quorum.honest_majority() as usize && decided_this {

@@ -95,6 +95,11 @@ pub enum Message {
         /// subgroup check) only when it is one of the `t + 1` shares being combined.
         share: [u8; SIG_SIZE],
     },
+    /// The sender dropped messages of `round` as too far ahead, and now needs them.
+    Resend {
+        /// Round.
+        round: Round,
+    },
     /// The sender decided `value`.
     Term {
         /// Value decided.
@@ -109,6 +114,7 @@ const TAG_AUX: u8 = 1;
 const TAG_CONF: u8 = 2;
 const TAG_COIN: u8 = 3;
 const TAG_TERM: u8 = 4;
+const TAG_RESEND: u8 = 5;
 
 impl Wire for Message {
     fn encode(&self, out: &mut Vec<u8>) {
@@ -133,6 +139,10 @@ impl Wire for Message {
                 out.push(TAG_COIN);
                 out.extend_from_slice(&round.0.to_le_bytes());
                 out.extend_from_slice(share);
+            }
+            Message::Resend { round } => {
+                out.push(TAG_RESEND);
+                out.extend_from_slice(&round.0.to_le_bytes());
             }
             Message::Term { value, justification } => {
                 out.push(TAG_TERM);
@@ -167,6 +177,7 @@ impl Wire for Message {
                 value: reader.bool()?,
                 justification: reader.bytes(JUSTIFICATION_WIRE_MAX)?.to_vec(),
             }),
+            TAG_RESEND => Ok(Message::Resend { round: Round(reader.u32()?) }),
             other => Err(DecodeError::Invalid { what: "message tag", value: u64::from(other) }),
         }
     }
@@ -188,6 +199,7 @@ mod tests {
             Message::Conf { round: Round(2), values: BoolSet::BOTH },
             Message::Coin { round: Round(5), share },
             Message::Term { value: false, justification: Vec::new() },
+            Message::Resend { round: Round(9) },
         ];
         for message in messages {
             assert_eq!(Message::from_bytes(&message.to_bytes()), Ok(message));
@@ -201,7 +213,7 @@ mod tests {
             let mut bytes = vec![0u8; len % 200];
             rng.fill_bytes(&mut bytes);
             if let Some(first) = bytes.first_mut() {
-                *first %= 6;
+                *first %= 7;
             }
             let _ = Message::from_bytes(&bytes);
         }

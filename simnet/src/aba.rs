@@ -196,7 +196,10 @@ impl Scenario for AbaScenario {
                 }
                 Message::Coin { round, share }.to_bytes()
             }
-            5 => Message::Term { value, justification: junk(rng, 40) }.to_bytes(),
+            5 => match rng.gen_bool(0.5) {
+                true => Message::Term { value, justification: junk(rng, 40) }.to_bytes(),
+                false => Message::Resend { round }.to_bytes(),
+            },
             6 => {
                 // A BVAL whose justification claims a length of nearly 4 GiB.
                 let mut bytes = vec![0u8];
@@ -296,6 +299,7 @@ impl Scheduler<Message> for SplitScheduler {
                 slow
             }
             Message::Term { .. } => slow,
+            Message::Resend { .. } => fast,
             Message::BVal { round, value, .. } | Message::Aux { round, value } => match self.coin(*round) {
                 Some(coin) if *value == coin && self.is_victim(to, *round) => slow,
                 Some(_) => fast,
@@ -384,6 +388,9 @@ pub fn run_scenario(
             (report, scheduler.coins_learned)
         }
     };
+    check::faults_only_against(&report, &byzantine).map_err(|e| {
+        format!("{e} (n={}, byzantine={}, scheduler={:?})", case.n, case.byzantine.name(), case.scheduler)
+    })?;
     let mut summary = check_report(case, scenario, &report, coins_learned)?;
     summary.byzantine = byzantine;
     Ok(summary)

@@ -1,6 +1,8 @@
 //! Invariant checkers, written from the specification of agreement and independently of the
 //! protocol code: they see only what honest replicas proposed and output.
 
+use fides_types::{FaultKind, NodeIndex};
+
 use crate::Report;
 
 /// The predicate of validated runs, restated here so that the checker does not trust the copy
@@ -82,4 +84,20 @@ pub fn binary_agreement(
         }
     }
     Ok(value)
+}
+
+/// Check that honest replicas recorded faults only against Byzantine ones. The one exception is
+/// `RoundTooFar`: under enough asynchrony an honest replica can be that far ahead of another.
+pub fn faults_only_against<O>(report: &Report<O>, byzantine: &[NodeIndex]) -> Result<(), String> {
+    match report
+        .faults
+        .iter()
+        .find(|(_, fault)| !byzantine.contains(&fault.node) && fault.kind != FaultKind::RoundTooFar)
+    {
+        Some((reporter, fault)) => Err(format!(
+            "fault attribution: honest replica {} recorded {:?} against honest replica {}",
+            reporter, fault.kind, fault.node
+        )),
+        None => Ok(()),
+    }
 }

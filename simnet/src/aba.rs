@@ -340,6 +340,8 @@ pub struct AbaSummary {
     pub byzantine: Vec<NodeIndex>,
     /// Messages delivered.
     pub deliveries: u64,
+    /// Messages a Byzantine actor tried to send under another replica's name.
+    pub impersonations_refused: u64,
 }
 
 /// Run one case and check it with the independent checkers.
@@ -439,5 +441,6 @@ fn check_report(
         decided_at_worst: report.outputs.iter().flatten().filter_map(|o| o.first()).map(|p| p.at).max().unwrap_or(0),
         byzantine: Vec::new(),
         deliveries: report.deliveries,
+        impersonations_refused: report.impersonations_refused,
     })
 }

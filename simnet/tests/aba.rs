@@ -22,7 +22,7 @@ fn suite(byzantine: &Behaviour, scheduler: SchedulerKind, validated: bool, seeds
             let case = AbaCase { scheduler, validated, ..AbaCase::new(n, byzantine.clone(), seed) };
             let summary = run_case(&case)?;
             if summary.rounds_worst > ROUNDS_BOUND {
-                return Err(format!("termination: took {} rounds, bound {ROUNDS_BOUND}", summary.rounds_worst));
+                return Err(format!("termination: took {} rounds, bound {ROUNDS_BOUND} (n={n})", summary.rounds_worst));
             }
             Ok(summary)
         });
@@ -105,7 +105,7 @@ fn content_aware_scheduler_cannot_stop_binary_agreement() {
                 };
                 let summary = run_case(&case)?;
                 if summary.rounds_worst > ROUNDS_BOUND {
-                    return Err(format!("termination: took {} rounds", summary.rounds_worst));
+                    return Err(format!("termination: took {} rounds (n={n})", summary.rounds_worst));
                 }
                 Ok(summary)
             });
@@ -141,6 +141,14 @@ fn garbage_and_replays_are_recorded_as_faults() {
     let honest: usize =
         (0..10).map(|seed| run_case(&AbaCase::new(7, Behaviour::Silent, seed)).expect("passes").faults).sum();
     assert_eq!(honest, 0, "silent replicas send nothing to be at fault for");
+}
+
+#[test]
+fn impersonation_attempts_are_delivered_under_the_real_sender() {
+    let attempts: u64 = (0..10)
+        .map(|seed| run_case(&AbaCase::new(7, Behaviour::Impersonator, seed)).expect("passes").impersonations_refused)
+        .sum();
+    assert!(attempts > 0, "the impersonator never tried");
 }
 
 #[test]

@@ -318,17 +318,17 @@ impl Scheduler<Message> for SplitScheduler {
 pub struct AbaSummary {
     /// The value decided.
     pub value: bool,
-    /// The latest round in which an honest replica decided.
+    /// The latest round in which an honest replica decided (rounds count from 0).
     pub rounds_worst: u32,
-    /// Mean over honest replicas of the round they decided in.
+    /// Mean over honest replicas of the round they decided in (rounds count from 0).
     pub rounds_mean: f64,
     /// Faults recorded by honest replicas.
     pub faults: usize,
     /// The trace hash.
     pub trace: String,
-    /// Messages sent per replica, mean over all.
+    /// Messages sent per honest replica (one per recipient, itself included).
     pub messages_per_node: f64,
-    /// Bytes sent per replica, mean over all.
+    /// Bytes sent per honest replica.
     pub bytes_per_node: f64,
     /// Handler CPU per honest replica, in microseconds.
     pub cpu_micros_per_node: f64,
@@ -425,18 +425,18 @@ fn check_report(
     let rounds: Vec<u32> =
         report.outputs.iter().flatten().filter_map(|outputs| outputs.first()).map(|p| p.output.round.0).collect();
     let honest = rounds.len().max(1) as f64;
-    let n = report.stats.len() as f64;
-    let honest_cpu: u64 =
-        report.stats.iter().zip(&report.outputs).filter(|(_, o)| o.is_some()).map(|(s, _)| s.cpu_nanos).sum();
+    let honest_stats: Vec<&crate::NodeStats> =
+        report.stats.iter().zip(&report.outputs).filter(|(_, o)| o.is_some()).map(|(s, _)| s).collect();
+    let honest_sum = |f: fn(&crate::NodeStats) -> u64| honest_stats.iter().map(|s| f(s)).sum::<u64>() as f64;
     Ok(AbaSummary {
         value,
         rounds_worst: rounds.iter().copied().max().unwrap_or(0),
         rounds_mean: rounds.iter().map(|r| f64::from(*r)).sum::<f64>() / honest,
         faults: report.faults.len(),
         trace: report.trace_hex(),
-        messages_per_node: report.stats.iter().map(|s| s.messages_sent as f64).sum::<f64>() / n,
-        bytes_per_node: report.stats.iter().map(|s| s.bytes_sent as f64).sum::<f64>() / n,
-        cpu_micros_per_node: honest_cpu as f64 / 1_000.0 / honest,
+        messages_per_node: honest_sum(|s| s.messages_sent) / honest,
+        bytes_per_node: honest_sum(|s| s.bytes_sent) / honest,
+        cpu_micros_per_node: honest_sum(|s| s.cpu_nanos) / 1_000.0 / honest,
         coins_learned,
         decided_at_worst: report.outputs.iter().flatten().filter_map(|o| o.first()).map(|p| p.at).max().unwrap_or(0),
         byzantine: Vec::new(),

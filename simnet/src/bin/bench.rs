@@ -2,8 +2,9 @@
 //! `examples/simulation`): each handler call's measured CPU time is charged to its replica's
 //! virtual clock, and a message arrives `lag + size / bandwidth` after it was sent.
 //!
-//! `bench aba [-n N]…` prints, per cluster size: mean and worst rounds to decide, messages and bytes
-//! sent per replica, CPU per replica per decision, and the virtual time to the last decision.
+//! `bench aba [-n N]…` prints, per cluster size: the mean and worst round of decision (rounds count
+//! from 0, so 0 means the first round), messages and bytes sent per honest replica, CPU per honest
+//! replica per decision, and the virtual time to the last decision.
 
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -90,7 +91,7 @@ fn aba(args: AbaArgs) -> Result<()> {
     );
     println!(
         "{:>4} {:>3} | {:>11} {:>12} | {:>10} {:>11} | {:>17} | {:>15}",
-        "n", "t", "rounds mean", "rounds worst", "msgs/node", "bytes/node", "CPU µs/decision", "decided at (ms)"
+        "n", "t", "round mean", "round worst", "msgs/node", "bytes/node", "CPU µs/decision", "decided at (ms)"
     );
     for n in sizes {
         let mut summaries: Vec<AbaSummary> = Vec::new();

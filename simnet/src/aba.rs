@@ -1,10 +1,12 @@
 //! Binary agreement under the simulator: the scenario, the content-aware scheduler of the known
 //! attack on threshold-coin ABA, and one call that runs and checks an instance.
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
 use std::sync::Arc;
 
-use fides_agreement::{BinaryAgreement, Config, Decision, Message, Validator, Vote};
+use fides_agreement::{BinaryAgreement, BoolSet, Config, Decision, Message, Validator, Vote};
 use fides_crypto::blsttc::{SecretKeySet, SignatureShare, SIG_SIZE};
 use fides_crypto::{domain, hash_to_g2, sha256, PublicShares, ThresholdKeys};
 use fides_types::codec::Wire;
@@ -14,7 +16,8 @@ use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::check::{self, BinaryOutcome};
-use crate::{Behaviour, Micros, Network, RandomScheduler, Report, RunConfig, Scenario, Scheduler};
+use crate::{Behaviour, Byzantine, ByzantineSend, Micros, Network, RandomScheduler, Report, RunConfig, Scenario, Scheduler};
+use fides_types::Target;
 
 /// The predicate of validated runs: a justification is `proof:` and at most 64 bytes.
 pub fn predicate(justification: &[u8]) -> bool {
@@ -83,6 +86,7 @@ impl AbaCase {
 pub struct AbaScenario {
     quorum: Quorum,
     keys: Vec<Arc<ThresholdKeys>>,
+    adversary: SharedAdversary,
     proposals: Vec<bool>,
     validator: AbaValidator,
     conf_phase: bool,
@@ -103,13 +107,36 @@ impl AbaScenario {
             })
             .collect();
         let validator = if validated { AbaValidator::Predicate } else { AbaValidator::Plain };
-        AbaScenario { quorum, keys, proposals, validator, conf_phase, instance: b"simnet/aba/0".to_vec() }
+        Self::build(quorum, keys, proposals, validator, conf_phase)
     }
 
     /// A scenario with given coin keys (the dealer's) and proposals.
     pub fn with_keys(quorum: Quorum, keys: Vec<Arc<ThresholdKeys>>, proposals: Vec<bool>, validated: bool) -> Self {
         let validator = if validated { AbaValidator::Predicate } else { AbaValidator::Plain };
-        AbaScenario { quorum, keys, proposals, validator, conf_phase: true, instance: b"simnet/aba/0".to_vec() }
+        Self::build(quorum, keys, proposals, validator, true)
+    }
+
+    fn build(
+        quorum: Quorum,
+        keys: Vec<Arc<ThresholdKeys>>,
+        proposals: Vec<bool>,
+        validator: AbaValidator,
+        conf_phase: bool,
+    ) -> Self {
+        let instance = b"simnet/aba/0".to_vec();
+        let adversary = Rc::new(RefCell::new(Adversary {
+            byzantine: Vec::new(),
+            keys: keys.clone(),
+            instance: instance.clone(),
+            coins: BTreeMap::new(),
+            coins_learned: 0,
+        }));
+        AbaScenario { quorum, keys, adversary, proposals, validator, conf_phase, instance }
+    }
+
+    /// The adversary of this run: which replicas it controls, what it learned.
+    pub fn adversary(&self) -> &SharedAdversary {
+        &self.adversary
     }
 
     fn keys_from(quorum: Quorum, set: &SecretKeySet) -> Vec<Arc<ThresholdKeys>> {
@@ -142,6 +169,16 @@ impl AbaScenario {
 
 impl Scenario for AbaScenario {
     type P = Aba;
+
+    fn adaptive(&self, index: NodeIndex) -> Box<dyn Byzantine<Aba>> {
+        Box::new(Splitter {
+            index,
+            quorum: self.quorum,
+            adversary: Rc::clone(&self.adversary),
+            rounds_voted: BTreeSet::new(),
+            rounds_split: BTreeSet::new(),
+        })
+    }
 
     fn honest(&self, index: NodeIndex) -> Aba {
         self.instance_at(index, &self.instance)
@@ -217,39 +254,20 @@ impl Scenario for AbaScenario {
     }
 }
 
-/// The adversary of HoneyBadgerBFT issue 59: it controls the Byzantine replicas' coin shares, so
-/// one honest share is enough for it to know a round's coin before any honest replica does. It
-/// then delays, towards half of the honest replicas, every vote for the coin's value, so that
-/// they see only the other value and end the round disagreeing with those that saw both; it
-/// holds back coin shares and TERM messages as long as it may. Every delay stays finite.
-pub struct SplitScheduler {
-    quorum: Quorum,
+/// What the adversary knows, shared by its Byzantine replicas and its scheduler: every Byzantine
+/// replica's coin key share, so that one honest share tells it a round's coin.
+pub struct Adversary {
     byzantine: Vec<NodeIndex>,
     keys: Vec<Arc<ThresholdKeys>>,
     instance: Vec<u8>,
-    shares: BTreeMap<Round, BTreeMap<NodeIndex, SignatureShare>>,
     coins: BTreeMap<Round, bool>,
-    /// Threshold-coin rounds whose coin it learned from an honest share before using it.
+    /// Threshold-coin rounds whose coin it learned from an honest share.
     pub coins_learned: u32,
 }
 
-const HOLD: Micros = 400_000;
-
-impl SplitScheduler {
-    /// An adversary controlling the replicas in `byzantine`.
-    pub fn new(quorum: Quorum, byzantine: Vec<NodeIndex>, scenario: &AbaScenario) -> Self {
-        SplitScheduler {
-            quorum,
-            byzantine,
-            keys: scenario.keys.clone(),
-            instance: scenario.instance.clone(),
-            shares: BTreeMap::new(),
-            coins: BTreeMap::new(),
-            coins_learned: 0,
-        }
-    }
-
-    fn coin(&self, round: Round) -> Option<bool> {
+impl Adversary {
+    /// The coin of `round`, if the adversary knows it.
+    pub fn coin(&self, round: Round) -> Option<bool> {
         match round.0 % 3 {
             0 => Some(true),
             1 => Some(false),
@@ -257,26 +275,54 @@ impl SplitScheduler {
         }
     }
 
-    /// With one honest share and the Byzantine replicas' own, the adversary combines the coin.
+    fn point(&self, round: Round) -> fides_crypto::blsttc::G2Affine {
+        hash_to_g2(domain::COIN, &[&self.instance, &round.0.to_le_bytes()])
+    }
+
+    /// With one honest share and the Byzantine replicas' own, combine the coin.
     fn learn(&mut self, round: Round, from: NodeIndex, share: &[u8; SIG_SIZE]) {
-        if self.coins.contains_key(&round) || self.byzantine.contains(&from) || self.byzantine.is_empty() {
+        if self.coin(round).is_some() || self.byzantine.contains(&from) || self.byzantine.is_empty() {
             return;
         }
         let Ok(share) = SignatureShare::from_bytes(*share) else { return };
-        let point = hash_to_g2(domain::COIN, &[&self.instance, &round.0.to_le_bytes()]);
-        let shares = self.shares.entry(round).or_default();
+        let point = self.point(round);
+        let mut shares = BTreeMap::new();
         shares.insert(from, share);
         for b in &self.byzantine {
             shares.insert(*b, self.keys[b.as_usize()].sign_share(point));
         }
-        if let Ok(signature) = self.keys[0].combine(shares, point) {
+        if let Ok(signature) = self.keys[from.as_usize()].combine(&shares, point) {
             self.coins.insert(round, sha256(&signature.to_bytes())[0] & 1 == 1);
             self.coins_learned += 1;
         }
     }
 
+    /// The honest replicas the adversary pushes towards the coin's opposite in `round`; the
+    /// others it lets see both values.
     fn is_victim(&self, to: NodeIndex, round: Round) -> bool {
         !self.byzantine.contains(&to) && (to.0 + round.0) % 2 == 0
+    }
+}
+
+/// The adversary shared by a run's attackers and scheduler.
+pub type SharedAdversary = Rc<RefCell<Adversary>>;
+
+/// The content-aware scheduler of the known attack on threshold-coin agreement (HoneyBadgerBFT
+/// issue 59). It reads every message; from the first honest coin share of a round it knows the
+/// coin (it holds the Byzantine shares). It then delays, towards half of the honest replicas,
+/// every vote for the coin's value, so that they see only the other value and end the round
+/// disagreeing with those that saw both; it holds back coin shares and TERM messages as long as
+/// it may. Every delay stays finite.
+pub struct SplitScheduler {
+    adversary: SharedAdversary,
+}
+
+const HOLD: Micros = 400_000;
+
+impl SplitScheduler {
+    /// The scheduler of `adversary`.
+    pub fn new(adversary: SharedAdversary) -> Self {
+        SplitScheduler { adversary }
     }
 }
 
@@ -292,24 +338,100 @@ impl Scheduler<Message> for SplitScheduler {
         let fast = rng.gen_range(100..2_000);
         let slow = HOLD + rng.gen_range(0..HOLD);
         let Some(message) = message else { return fast };
-        let _ = self.quorum;
+        let mut adversary = self.adversary.borrow_mut();
         match message {
             Message::Coin { round, share } => {
-                self.learn(*round, from, share);
+                adversary.learn(*round, from, share);
                 slow
             }
             Message::Term { .. } => slow,
             Message::Resend { .. } => fast,
-            Message::BVal { round, value, .. } | Message::Aux { round, value } => match self.coin(*round) {
-                Some(coin) if *value == coin && self.is_victim(to, *round) => slow,
+            Message::BVal { round, value, .. } | Message::Aux { round, value } => match adversary.coin(*round) {
+                Some(coin) if *value == coin && adversary.is_victim(to, *round) => slow,
                 Some(_) => fast,
                 None => rng.gen_range(100..HOLD / 4),
             },
-            Message::Conf { round, values } => match self.coin(*round) {
-                Some(coin) if values.contains(coin) && self.is_victim(to, *round) => slow,
+            Message::Conf { round, values } => match adversary.coin(*round) {
+                Some(coin) if values.contains(coin) && adversary.is_victim(to, *round) => slow,
                 _ => fast,
             },
         }
+    }
+}
+
+/// The attacker of [`Behaviour::Adaptive`]: it votes for both values in every round so that both
+/// stay alive, and once it knows a round's coin it sends the victims `AUX`/`CONF` for the
+/// opposite value only and the others for both, so that the honest estimates stay split. It
+/// sends valid coin shares (withholding them would only slow itself down: honest ones suffice).
+struct Splitter {
+    index: NodeIndex,
+    quorum: Quorum,
+    adversary: SharedAdversary,
+    rounds_voted: BTreeSet<Round>,
+    rounds_split: BTreeSet<Round>,
+}
+
+/// Rounds the splitter takes part in; beyond, it falls silent (runs stay finite).
+const SPLITTER_ROUNDS_MAX: u32 = 200;
+
+impl Splitter {
+    fn act(&mut self, round: Round) -> Vec<ByzantineSend> {
+        let mut sends = Vec::new();
+        if round.0 > SPLITTER_ROUNDS_MAX {
+            return sends;
+        }
+        for r in (0..=round.0).map(Round) {
+            if self.rounds_voted.insert(r) {
+                for value in [false, true] {
+                    let message = Message::BVal { round: r, value, justification: Vec::new() };
+                    sends.push(ByzantineSend::new(Target::All, message.to_bytes()));
+                }
+            }
+            if self.rounds_split.contains(&r) {
+                continue;
+            }
+            let adversary = self.adversary.borrow();
+            let Some(coin) = adversary.coin(r) else { continue };
+            self.rounds_split.insert(r);
+            for to in self.quorum.nodes() {
+                let (aux, conf) = if adversary.is_victim(to, r) {
+                    (!coin, BoolSet::single_of(!coin))
+                } else {
+                    (coin, BoolSet::BOTH)
+                };
+                let target = Target::Node(to);
+                sends.push(ByzantineSend::new(target, Message::Aux { round: r, value: aux }.to_bytes()));
+                sends.push(ByzantineSend::new(target, Message::Conf { round: r, values: conf }.to_bytes()));
+            }
+            if coin_is_threshold(r) {
+                let share = adversary.keys[self.index.as_usize()].sign_share(adversary.point(r)).to_bytes();
+                sends.push(ByzantineSend::new(Target::All, Message::Coin { round: r, share }.to_bytes()));
+            }
+        }
+        sends
+    }
+}
+
+fn coin_is_threshold(round: Round) -> bool {
+    round.0 % 3 == 2
+}
+
+impl Byzantine<Aba> for Splitter {
+    fn start(&mut self, _rng: &mut ChaCha8Rng) -> Vec<ByzantineSend> {
+        self.act(Round(0))
+    }
+
+    fn receive(&mut self, from: NodeIndex, bytes: &[u8], _rng: &mut ChaCha8Rng) -> Vec<ByzantineSend> {
+        let round = match Message::from_bytes(bytes) {
+            Ok(Message::BVal { round, .. } | Message::Aux { round, .. } | Message::Conf { round, .. }) => round,
+            Ok(Message::Coin { round, share }) => {
+                self.adversary.borrow_mut().learn(round, from, &share);
+                round
+            }
+            _ => return Vec::new(),
+        };
+        let latest = self.rounds_voted.last().copied().unwrap_or_default().max(round);
+        self.act(latest)
     }
 }
 
@@ -378,18 +500,18 @@ pub fn run_scenario(
         .collect();
     let config = RunConfig { seed: case.seed, deliveries_max: 2_000_000, cpu };
     let input = |i: NodeIndex| scenario.input(i);
-    let (report, coins_learned) = match case.scheduler {
+    scenario.adversary.borrow_mut().byzantine = byzantine.clone();
+    let report = match case.scheduler {
         SchedulerKind::Random => {
             let scheduler = RandomScheduler::new(quorum, rng);
-            (Network::new(quorum, scenario, &behaviours, scheduler, config).run(input), 0)
+            Network::new(quorum, scenario, &behaviours, scheduler, config).run(input)
         }
         SchedulerKind::ContentAware => {
-            let scheduler = SplitScheduler::new(quorum, byzantine.clone(), scenario);
-            let network = Network::new(quorum, scenario, &behaviours, scheduler, config);
-            let (report, scheduler) = network.run_keeping_scheduler(input);
-            (report, scheduler.coins_learned)
+            let scheduler = SplitScheduler::new(Rc::clone(&scenario.adversary));
+            Network::new(quorum, scenario, &behaviours, scheduler, config).run(input)
         }
     };
+    let coins_learned = scenario.adversary.borrow().coins_learned;
     check::faults_only_against(&report, &byzantine).map_err(|e| {
         format!("{e} (n={}, byzantine={}, scheduler={:?})", case.n, case.byzantine.name(), case.scheduler)
     })?;

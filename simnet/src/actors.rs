@@ -26,6 +26,10 @@ pub trait Scenario {
     /// Bytes a garbage actor sends: well-formed messages with out-of-range fields, invalid
     /// cryptographic material, huge length prefixes, truncations.
     fn garbage(&self, rng: &mut ChaCha8Rng) -> Vec<u8>;
+
+    /// The protocol-specific attacker of [`Behaviour::Adaptive`] at `index`: it may share what it
+    /// knows with the other attackers and with a content-aware scheduler.
+    fn adaptive(&self, index: NodeIndex) -> Box<dyn Byzantine<Self::P>>;
 }
 
 /// What a replica does.
@@ -48,6 +52,10 @@ pub enum Behaviour {
     Replayer,
     /// Tries to send messages under the names of the replicas it received them from.
     Impersonator,
+    /// A protocol-specific attacker that the scenario supplies, coordinated with the other
+    /// attackers and the content-aware scheduler (for agreement: it learns each round's coin and
+    /// votes so as to split the honest replicas around it).
+    Adaptive,
 }
 
 impl Behaviour {
@@ -60,6 +68,7 @@ impl Behaviour {
             Behaviour::Garbage,
             Behaviour::Replayer,
             Behaviour::Impersonator,
+            Behaviour::Adaptive,
         ]
     }
 
@@ -73,6 +82,7 @@ impl Behaviour {
             Behaviour::Garbage => "garbage",
             Behaviour::Replayer => "replayer",
             Behaviour::Impersonator => "impersonator",
+            Behaviour::Adaptive => "adaptive",
         }
     }
 }
@@ -89,7 +99,8 @@ pub struct ByzantineSend {
 }
 
 impl ByzantineSend {
-    fn new(target: Target, bytes: Vec<u8>) -> Self {
+    /// A message under the actor's own name.
+    pub fn new(target: Target, bytes: Vec<u8>) -> Self {
         ByzantineSend { target, bytes, claimed_from: None }
     }
 }
@@ -136,6 +147,7 @@ where
             quorum,
             sent: 0,
         }),
+        Behaviour::Adaptive => scenario.adaptive(index),
         Behaviour::Impersonator => Box::new(Impersonator {
             inner: scenario.honest(index),
             input: Some(scenario.input(index)),

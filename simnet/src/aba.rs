@@ -16,7 +16,9 @@ use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::check::{self, BinaryOutcome};
-use crate::{Behaviour, Byzantine, ByzantineSend, Micros, Network, RandomScheduler, Report, RunConfig, Scenario, Scheduler};
+use crate::{
+    Behaviour, Byzantine, ByzantineSend, Micros, Network, RandomScheduler, Report, RunConfig, Scenario, Scheduler,
+};
 use fides_types::Target;
 
 /// The predicate of validated runs: a justification is `proof:` and at most 64 bytes.
@@ -129,6 +131,7 @@ impl AbaScenario {
             keys: keys.clone(),
             instance: instance.clone(),
             coins: BTreeMap::new(),
+            coins_fresh: Vec::new(),
             coins_learned: 0,
         }));
         AbaScenario { quorum, keys, adversary, proposals, validator, conf_phase, instance }
@@ -261,6 +264,8 @@ pub struct Adversary {
     keys: Vec<Arc<ThresholdKeys>>,
     instance: Vec<u8>,
     coins: BTreeMap<Round, bool>,
+    /// Rounds whose coin was learned since the scheduler last re-timed messages.
+    coins_fresh: Vec<Round>,
     /// Threshold-coin rounds whose coin it learned from an honest share.
     pub coins_learned: u32,
 }
@@ -293,14 +298,30 @@ impl Adversary {
         }
         if let Ok(signature) = self.keys[from.as_usize()].combine(&shares, point) {
             self.coins.insert(round, sha256(&signature.to_bytes())[0] & 1 == 1);
+            self.coins_fresh.push(round);
             self.coins_learned += 1;
         }
     }
 
-    /// The honest replicas the adversary pushes towards the coin's opposite in `round`; the
-    /// others it lets see both values.
+    /// The honest replicas the adversary pushes towards the coin's opposite in `round` (`t + 1`
+    /// of them, in rotation: with the `t` attackers' votes they make the `n - t` AUX for the
+    /// opposite value that a victim needs); the others it lets see both values.
     fn is_victim(&self, to: NodeIndex, round: Round) -> bool {
-        !self.byzantine.contains(&to) && (to.0 + round.0) % 2 == 0
+        let honest: Vec<NodeIndex> = self.honest().collect();
+        let Some(position) = honest.iter().position(|i| *i == to) else { return false };
+        let victims = self.byzantine.len() + 1;
+        (position + honest.len() - round.0 as usize % honest.len()) % honest.len() < victims
+    }
+
+    fn honest(&self) -> impl Iterator<Item = NodeIndex> + '_ {
+        (0..self.keys.len() as u32).map(NodeIndex).filter(|i| !self.byzantine.contains(i))
+    }
+
+    /// In a threshold-coin round, the honest replica the adversary lets finish first (seeing both
+    /// values, so that it cannot decide), to get the first honest coin share out of it.
+    fn leader(&self, round: Round) -> Option<NodeIndex> {
+        let honest: Vec<NodeIndex> = self.honest().collect();
+        honest.get(round.0 as usize % honest.len().max(1)).copied()
     }
 }
 
@@ -308,60 +329,153 @@ impl Adversary {
 pub type SharedAdversary = Rc<RefCell<Adversary>>;
 
 /// The content-aware scheduler of the known attack on threshold-coin agreement (HoneyBadgerBFT
-/// issue 59). It reads every message; from the first honest coin share of a round it knows the
-/// coin (it holds the Byzantine shares). It then delays, towards half of the honest replicas,
-/// every vote for the coin's value, so that they see only the other value and end the round
-/// disagreeing with those that saw both; it holds back coin shares and TERM messages as long as
-/// it may. Every delay stays finite.
+/// issue 59). It reads every message. While a round's coin is unknown it lets one honest
+/// *leader* finish the round seeing both values and parks the other replicas' AUX and CONF; from
+/// the leader's coin share (with the Byzantine ones) it learns the coin, and it re-times what is
+/// in flight: towards the *victims* (half of the honest replicas) votes for the coin's value are
+/// parked so they end the round with the opposite value, the others see both and take the coin,
+/// and the honest estimates stay split. In fixed-coin rounds it knows the coin from the start.
+/// Coin shares and TERMs are parked. A parked message arrives at its deadline (`HOLD`) at the
+/// latest: the network stays asynchronous, not lossy.
+///
+/// With the [`Behaviour::Adaptive`] attackers it keeps fixed-coin rounds from deciding; in
+/// threshold-coin rounds the CONF phase makes the first honest share come out only after `n - t`
+/// replicas fixed their candidate sets, so the re-timing comes too late to matter.
 pub struct SplitScheduler {
     adversary: SharedAdversary,
+    n: u32,
+    retiming: Vec<Round>,
+    /// Votes for the coin's value let through to each victim per round: `t + 1` of them, so that
+    /// it relays the value (the others need those relays to see it) but never counts `2t + 1`.
+    let_through: BTreeMap<(Round, NodeIndex), u32>,
 }
 
 const HOLD: Micros = 400_000;
 
 impl SplitScheduler {
-    /// The scheduler of `adversary`.
-    pub fn new(adversary: SharedAdversary) -> Self {
-        SplitScheduler { adversary }
+    /// The scheduler of `adversary` in a cluster of `n`.
+    pub fn new(adversary: SharedAdversary, n: u32) -> Self {
+        SplitScheduler { adversary, n, retiming: Vec::new(), let_through: BTreeMap::new() }
     }
+
+    /// When `message` from `from` should reach `to`, as an absolute time.
+    fn arrival(
+        &mut self,
+        now: Micros,
+        from: NodeIndex,
+        to: NodeIndex,
+        message: &Message,
+        rng: &mut ChaCha8Rng,
+    ) -> Micros {
+        let fast = now + rng.gen_range(100..2_000);
+        let medium = now + rng.gen_range(3_000..6_000);
+        let late = now + rng.gen_range(8_000..12_000);
+        let later = now + rng.gen_range(25_000..35_000);
+        let parked = now + HOLD + rng.gen_range(0..HOLD / 4);
+        let mut adversary = self.adversary.borrow_mut();
+        let (round, kind) = match message {
+            Message::Resend { .. } => return fast,
+            Message::Term { .. } => return parked,
+            Message::Coin { round, share } => {
+                adversary.learn(*round, from, share);
+                return parked;
+            }
+            Message::BVal { round, value, .. } => (*round, VoteKind::BVal(*value)),
+            Message::Aux { round, value } => (*round, VoteKind::Aux(*value)),
+            Message::Conf { round, values } => (*round, VoteKind::Conf(*values)),
+        };
+        let Some(coin) = adversary.coin(round) else {
+            // Coin unknown: split the first values between replicas, let the leader finish.
+            return match kind {
+                VoteKind::BVal(value) if (to.0 + u32::from(value)) % 2 == 0 => fast,
+                VoteKind::BVal(_) => medium,
+                _ if Some(to) == adversary.leader(round) => late,
+                _ => parked,
+            };
+        };
+        let victim = adversary.is_victim(to, round);
+        match (kind, victim) {
+            // Victims: the opposite value first and alone; t + 1 votes for the coin's value so
+            // that they relay it (the others need those relays), never 2t + 1.
+            (VoteKind::BVal(value), true) if value != coin => fast,
+            (VoteKind::BVal(_), true) => {
+                let through = self.let_through.entry((round, to)).or_insert(0);
+                if *through <= (self.n - 1) / 3 {
+                    *through += 1;
+                    medium
+                } else {
+                    parked
+                }
+            }
+            (VoteKind::Aux(value), true) if value != coin => medium,
+            (VoteKind::Conf(values), true) if !values.contains(coin) => medium,
+            (VoteKind::Aux(_) | VoteKind::Conf(_), true) => parked,
+            // The others: the coin's value first (so their AUX carries it), then the opposite;
+            // then the attackers' AUX for the opposite value, then AUX for the coin's value,
+            // then the rest, so that they count both values.
+            (VoteKind::BVal(value), false) if value == coin => fast,
+            (VoteKind::BVal(_), false) => medium,
+            (VoteKind::Aux(_) | VoteKind::Conf(_), false) if adversary.byzantine.contains(&from) => medium,
+            (VoteKind::Aux(value), false) if value == coin => late,
+            (VoteKind::Conf(values), false) if values == BoolSet::BOTH => late,
+            (VoteKind::Aux(_) | VoteKind::Conf(_), false) => later,
+        }
+    }
+}
+
+/// The kind of a vote, for the scheduler's table.
+#[derive(Clone, Copy)]
+enum VoteKind {
+    BVal(bool),
+    Aux(bool),
+    Conf(BoolSet),
 }
 
 impl Scheduler<Message> for SplitScheduler {
     fn delay(
         &mut self,
-        _now: Micros,
+        now: Micros,
         from: NodeIndex,
         to: NodeIndex,
         message: Option<&Message>,
         rng: &mut ChaCha8Rng,
     ) -> Micros {
-        let fast = rng.gen_range(100..2_000);
-        let slow = HOLD + rng.gen_range(0..HOLD);
-        let Some(message) = message else { return fast };
-        let mut adversary = self.adversary.borrow_mut();
         match message {
-            Message::Coin { round, share } => {
-                adversary.learn(*round, from, share);
-                slow
-            }
-            Message::Term { .. } => slow,
-            Message::Resend { .. } => fast,
-            Message::BVal { round, value, .. } | Message::Aux { round, value } => match adversary.coin(*round) {
-                Some(coin) if *value == coin && adversary.is_victim(to, *round) => slow,
-                Some(_) => fast,
-                None => rng.gen_range(100..HOLD / 4),
-            },
-            Message::Conf { round, values } => match adversary.coin(*round) {
-                Some(coin) if values.contains(coin) && adversary.is_victim(to, *round) => slow,
-                _ => fast,
-            },
+            Some(message) => self.arrival(now, from, to, message, rng) - now,
+            None => rng.gen_range(100..2_000),
         }
+    }
+
+    fn wants_retime(&mut self) -> bool {
+        self.retiming = std::mem::take(&mut self.adversary.borrow_mut().coins_fresh);
+        for round in &self.retiming {
+            self.let_through.retain(|(r, _), _| r != round);
+        }
+        !self.retiming.is_empty()
+    }
+
+    fn retime(
+        &mut self,
+        now: Micros,
+        _arrival: Micros,
+        from: NodeIndex,
+        to: NodeIndex,
+        message: Option<&Message>,
+        rng: &mut ChaCha8Rng,
+    ) -> Option<Micros> {
+        let message = message?;
+        let round = match message {
+            Message::BVal { round, .. } | Message::Aux { round, .. } | Message::Conf { round, .. } => *round,
+            _ => return None,
+        };
+        self.retiming.contains(&round).then(|| self.arrival(now, from, to, message, rng))
     }
 }
 
 /// The attacker of [`Behaviour::Adaptive`]: it votes for both values in every round so that both
-/// stay alive, and once it knows a round's coin it sends the victims `AUX`/`CONF` for the
-/// opposite value only and the others for both, so that the honest estimates stay split. It
+/// stay alive, and once it knows a round's coin it sends everyone `AUX` for the opposite value,
+/// the victims `CONF` for the opposite value and the others `CONF` for both, so that the honest
+/// estimates stay split. It
 /// sends valid coin shares (withholding them would only slow itself down: honest ones suffice).
 struct Splitter {
     index: NodeIndex,
@@ -397,7 +511,7 @@ impl Splitter {
                 let (aux, conf) = if adversary.is_victim(to, r) {
                     (!coin, BoolSet::single_of(!coin))
                 } else {
-                    (coin, BoolSet::BOTH)
+                    (!coin, BoolSet::BOTH)
                 };
                 let target = Target::Node(to);
                 sends.push(ByzantineSend::new(target, Message::Aux { round: r, value: aux }.to_bytes()));
@@ -507,7 +621,7 @@ pub fn run_scenario(
             Network::new(quorum, scenario, &behaviours, scheduler, config).run(input)
         }
         SchedulerKind::ContentAware => {
-            let scheduler = SplitScheduler::new(Rc::clone(&scenario.adversary));
+            let scheduler = SplitScheduler::new(Rc::clone(&scenario.adversary), quorum.n());
             Network::new(quorum, scenario, &behaviours, scheduler, config).run(input)
         }
     };

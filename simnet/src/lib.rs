@@ -69,6 +69,26 @@ pub trait Scheduler<M> {
         message: Option<&M>,
         rng: &mut ChaCha8Rng,
     ) -> Micros;
+
+    /// Whether the scheduler learned something that makes it want to re-time the messages in
+    /// flight (asked after every delivery).
+    fn wants_retime(&mut self) -> bool {
+        false
+    }
+
+    /// A new arrival time for a message in flight that would arrive at `arrival`; `None` leaves
+    /// it. Times before `now` are raised to `now`.
+    fn retime(
+        &mut self,
+        _now: Micros,
+        _arrival: Micros,
+        _from: NodeIndex,
+        _to: NodeIndex,
+        _message: Option<&M>,
+        _rng: &mut ChaCha8Rng,
+    ) -> Option<Micros> {
+        None
+    }
 }
 
 /// A temporary partition: while it lasts, messages between the two sides wait until it heals.
@@ -323,6 +343,9 @@ where
             }
             let delivery = self.pending.remove(&sequence).expect("every queued sequence has a delivery");
             self.deliver(at, delivery);
+            if self.config.cpu.is_none() && self.scheduler.wants_retime() {
+                self.retime();
+            }
         }
         if !self.all_honest_terminated() && self.queue.is_empty() {
             self.report.stalled = true;
@@ -330,6 +353,27 @@ where
         self.report.time_end = self.now;
         self.report.trace_hash = self.trace.finalize().into();
         (self.report, self.scheduler)
+    }
+
+    /// Let the scheduler move messages in flight (never into the past).
+    fn retime(&mut self) {
+        let mut entries: Vec<(Micros, u64)> = self.queue.drain().map(|Reverse(entry)| entry).collect();
+        entries.sort_unstable();
+        for (arrival, sequence) in &mut entries {
+            let delivery = &self.pending[sequence];
+            let message = P::Message::from_bytes(&delivery.bytes).ok();
+            if let Some(new) = self.scheduler.retime(
+                self.now,
+                *arrival,
+                delivery.from,
+                delivery.to,
+                message.as_ref(),
+                &mut self.net_rng,
+            ) {
+                *arrival = new.max(self.now);
+            }
+        }
+        self.queue.extend(entries.into_iter().map(Reverse));
     }
 
     fn all_honest_terminated(&self) -> bool {

@@ -221,6 +221,39 @@ mod tests {
         assert!(Message::from_bytes(&[TAG_AUX, 0, 0, 0, 0, 2]).is_err());
     }
 
+    /// Any bytes that decode re-encode to themselves: one message, one encoding. Checked on
+    /// valid encodings with bytes flipped, cut off or appended.
+    #[test]
+    fn mutated_encodings_decode_to_the_same_bytes_or_not_at_all() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let mut decoded = 0;
+        for _ in 0..20_000 {
+            let round = Round(rng.gen_range(0..4));
+            let message = match rng.gen_range(0..6) {
+                0 => Message::BVal { round, value: rng.gen(), justification: vec![7; rng.gen_range(0..8)] },
+                1 => Message::Aux { round, value: rng.gen() },
+                2 => Message::Conf { round, values: BoolSet(rng.gen_range(1..4)) },
+                3 => Message::Coin { round, share: [rng.gen(); SIG_SIZE] },
+                4 => Message::Term { value: rng.gen(), justification: vec![1; rng.gen_range(0..8)] },
+                _ => Message::Resend { round },
+            };
+            let mut bytes = message.to_bytes();
+            match rng.gen_range(0..3) {
+                0 => {
+                    let at = rng.gen_range(0..bytes.len());
+                    bytes[at] ^= 1 << rng.gen_range(0..8);
+                }
+                1 => bytes.truncate(rng.gen_range(0..bytes.len())),
+                _ => bytes.push(rng.gen()),
+            }
+            if let Ok(again) = Message::from_bytes(&bytes) {
+                decoded += 1;
+                assert_eq!(again.to_bytes(), bytes, "{again:?} has two encodings");
+            }
+        }
+        assert!(decoded > 1_000, "the mutations should often stay valid: {decoded}");
+    }
+
     #[test]
     fn bool_set_operations() {
         let mut set = BoolSet::default();

@@ -25,6 +25,10 @@ pub use blsttc;
 pub mod domain {
     /// The common coin of binary agreement: a threshold signature on (instance, round).
     pub const COIN: &[u8] = b"fides/v1/aba-coin";
+    /// A leaf of the Merkle tree over the erasure-coded shards of a reliable broadcast.
+    pub const RBC_LEAF: &[u8] = b"fides/v1/rbc-leaf";
+    /// An inner node of that tree.
+    pub const RBC_NODE: &[u8] = b"fides/v1/rbc-node";
     /// The dealer's self-test of a threshold signature key set.
     pub const DEALER_CHECK: &[u8] = b"fides/v1/dealer-check";
     /// The cluster id: SHA-256 of a cluster's public key material, made by the dealer.

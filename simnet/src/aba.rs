@@ -187,12 +187,12 @@ impl Scenario for AbaScenario {
         self.instance_at(index, &self.instance)
     }
 
-    fn input(&self, index: NodeIndex) -> Vote {
-        self.vote(self.proposals[index.as_usize()], index)
+    fn input(&self, index: NodeIndex) -> Option<Vote> {
+        Some(self.vote(self.proposals[index.as_usize()], index))
     }
 
-    fn input_other(&self, index: NodeIndex) -> Vote {
-        self.vote(!self.proposals[index.as_usize()], index)
+    fn input_other(&self, index: NodeIndex) -> Option<Vote> {
+        Some(self.vote(!self.proposals[index.as_usize()], index))
     }
 
     fn other_instance(&self, index: NodeIndex) -> Aba {

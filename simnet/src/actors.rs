@@ -14,11 +14,11 @@ pub trait Scenario {
     /// A fresh honest instance at `index`.
     fn honest(&self, index: NodeIndex) -> Self::P;
 
-    /// The input an honest replica at `index` gets.
-    fn input(&self, index: NodeIndex) -> <Self::P as Protocol>::Input;
+    /// The input an honest replica at `index` gets, if any.
+    fn input(&self, index: NodeIndex) -> Option<<Self::P as Protocol>::Input>;
 
     /// Another input, for the second face of an equivocator.
-    fn input_other(&self, index: NodeIndex) -> <Self::P as Protocol>::Input;
+    fn input_other(&self, index: NodeIndex) -> Option<<Self::P as Protocol>::Input>;
 
     /// An honest instance of a *different* protocol instance, whose messages a replayer mixes in.
     fn other_instance(&self, index: NodeIndex) -> Self::P;
@@ -127,33 +127,27 @@ where
 {
     match behaviour {
         Behaviour::Honest => unreachable!("honest replicas are not actors"),
-        Behaviour::Crash { after } => Box::new(Crash {
-            inner: scenario.honest(index),
-            input: Some(scenario.input(index)),
-            handled: 0,
-            after: *after,
-        }),
+        Behaviour::Crash { after } => {
+            Box::new(Crash { inner: scenario.honest(index), input: scenario.input(index), handled: 0, after: *after })
+        }
         Behaviour::Silent => Box::new(Silent),
         Behaviour::Equivocator => Box::new(Equivocator {
             faces: [scenario.honest(index), scenario.honest(index)],
-            inputs: [Some(scenario.input(index)), Some(scenario.input_other(index))],
+            inputs: [scenario.input(index), scenario.input_other(index)],
             quorum,
         }),
         Behaviour::Garbage => Box::new(Garbage { garbage: garbage_samples(scenario), quorum, sent: 0 }),
         Behaviour::Replayer => Box::new(Replayer {
             other: scenario.other_instance(index),
-            input: Some(scenario.input_other(index)),
+            input: scenario.input_other(index),
             seen: Vec::new(),
             quorum,
             sent: 0,
         }),
         Behaviour::Adaptive => scenario.adaptive(index),
-        Behaviour::Impersonator => Box::new(Impersonator {
-            inner: scenario.honest(index),
-            input: Some(scenario.input(index)),
-            quorum,
-            forwarded: 0,
-        }),
+        Behaviour::Impersonator => {
+            Box::new(Impersonator { inner: scenario.honest(index), input: scenario.input(index), quorum, forwarded: 0 })
+        }
     }
 }
 

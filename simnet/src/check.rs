@@ -101,3 +101,47 @@ pub fn faults_only_against<O>(report: &Report<O>, byzantine: &[NodeIndex]) -> Re
         None => Ok(()),
     }
 }
+
+/// Check reliable broadcast from what honest replicas delivered (`Some(value)`, or `None` for "the
+/// proposer dispersed no valid value"): at most one delivery each, agreement, totality (one
+/// delivered, so did all), and validity (an honest proposer's value is delivered by all).
+/// `proposed` is the value of an honest proposer, `None` for a Byzantine one. Returns how many
+/// honest replicas delivered.
+pub fn reliable_broadcast(
+    deliveries: &[Option<Vec<Option<Vec<u8>>>>],
+    proposed: Option<&[u8]>,
+) -> Result<usize, String> {
+    let mut first: Option<&Option<Vec<u8>>> = None;
+    let mut delivered = 0;
+    let mut honest = 0;
+    for (index, list) in deliveries.iter().enumerate() {
+        let Some(list) = list else { continue };
+        honest += 1;
+        match list.as_slice() {
+            [] => continue,
+            [one] => {
+                delivered += 1;
+                match first {
+                    None => first = Some(one),
+                    Some(earlier) if earlier != one => {
+                        return Err(format!("agreement: replica {index} delivered something else"))
+                    }
+                    Some(_) => {}
+                }
+            }
+            more => return Err(format!("integrity: replica {index} delivered {} times", more.len())),
+        }
+    }
+    if delivered > 0 && delivered < honest {
+        return Err(format!("totality: {delivered} of {honest} honest replicas delivered"));
+    }
+    if let Some(value) = proposed {
+        if delivered < honest {
+            return Err(format!("validity: honest proposer, only {delivered} of {honest} delivered"));
+        }
+        if first.and_then(|d| d.as_deref()) != Some(value) {
+            return Err("validity: honest proposer, another value delivered".to_string());
+        }
+    }
+    Ok(delivered)
+}

@@ -24,6 +24,7 @@
 pub mod aba;
 pub mod actors;
 pub mod check;
+pub mod rbc;
 pub mod seeds;
 
 use std::cmp::Reverse;
@@ -305,21 +306,25 @@ where
         }
     }
 
-    /// Start every replica (honest ones get `input(i)`) and run until every honest replica has
+    /// Start every replica (honest ones get `input(i)` where it is `Some`) and run until every honest replica has
     /// terminated, nothing is in flight, or `deliveries_max` is reached.
-    pub fn run(self, input: impl FnMut(NodeIndex) -> P::Input) -> Report<P::Output> {
+    pub fn run(self, input: impl FnMut(NodeIndex) -> Option<P::Input>) -> Report<P::Output> {
         self.run_keeping_scheduler(input).0
     }
 
     /// [`Network::run`], handing back the scheduler too, e.g. to read what a content-aware one
     /// learned.
-    pub fn run_keeping_scheduler(mut self, mut input: impl FnMut(NodeIndex) -> P::Input) -> (Report<P::Output>, S) {
+    pub fn run_keeping_scheduler(
+        mut self,
+        mut input: impl FnMut(NodeIndex) -> Option<P::Input>,
+    ) -> (Report<P::Output>, S) {
         for index in self.quorum.nodes() {
             let i = index.as_usize();
             let started = Instant::now();
             match &mut self.nodes[i] {
                 Node::Honest(protocol) => {
-                    let step = protocol.handle_input(input(index), &mut self.node_rngs[i]);
+                    let Some(value) = input(index) else { continue };
+                    let step = protocol.handle_input(value, &mut self.node_rngs[i]);
                     let cpu = elapsed_nanos(started);
                     match step {
                         Ok(step) => self.after_honest_step(index, step, cpu),

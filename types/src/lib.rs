@@ -190,6 +190,12 @@ pub enum FaultKind {
     UnexpectedJustification,
     /// A value set that is empty where it may not be.
     EmptySet,
+    /// A message only one replica may send, from another one.
+    NotProposer,
+    /// A shard whose Merkle proof does not verify, or that is not the sender's.
+    InvalidProof,
+    /// A length above the configured bound.
+    TooLong,
 }
 
 /// The result of handling one input or message.

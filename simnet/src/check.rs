@@ -145,3 +145,49 @@ pub fn reliable_broadcast(
     }
     Ok(delivered)
 }
+
+/// An agreed subset as the checker sees it: proposer → delivered value (`None`: invalid).
+pub type SubsetView = std::collections::BTreeMap<u32, Option<Vec<u8>>>;
+
+/// Check the common subset: every honest replica outputs exactly once and terminates; all
+/// outputs are equal; the subset has at least `n - t` members; every honest member's entry is its
+/// proposal. `proposals` has `Some` for honest replicas. Returns the subset's size.
+pub fn common_subset(
+    outputs: &[Option<Vec<SubsetView>>],
+    terminated: &[Option<bool>],
+    proposals: &[Option<Vec<u8>>],
+    n: u32,
+    t: u32,
+) -> Result<usize, String> {
+    let mut agreed: Option<&SubsetView> = None;
+    for (index, list) in outputs.iter().enumerate() {
+        let Some(list) = list else { continue };
+        let subset = match list.as_slice() {
+            [one] => one,
+            [] => return Err(format!("termination: honest replica {index} output nothing")),
+            more => return Err(format!("integrity: honest replica {index} output {} times", more.len())),
+        };
+        if terminated.get(index).copied().flatten() != Some(true) {
+            return Err(format!("termination: honest replica {index} output but did not terminate"));
+        }
+        match agreed {
+            None => agreed = Some(subset),
+            Some(earlier) if earlier != subset => {
+                return Err(format!("agreement: replica {index} output another subset"))
+            }
+            Some(_) => {}
+        }
+    }
+    let subset = agreed.ok_or("no honest replica")?;
+    if subset.len() < (n - t) as usize {
+        return Err(format!("validity: subset of {} members, n - t = {}", subset.len(), n - t));
+    }
+    for (proposer, value) in subset {
+        if let Some(Some(proposal)) = proposals.get(*proposer as usize) {
+            if value.as_ref() != Some(proposal) {
+                return Err(format!("validity: honest proposer {proposer}'s entry is not its proposal"));
+            }
+        }
+    }
+    Ok(subset.len())
+}

@@ -22,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 pub mod aba;
+pub mod acs;
 pub mod actors;
 pub mod check;
 pub mod rbc;

@@ -8,5 +8,6 @@
 #![forbid(unsafe_code)]
 
 pub mod acs;
+pub mod epoch;
 pub mod merkle;
 pub mod rbc;

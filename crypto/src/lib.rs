@@ -15,7 +15,9 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 
-use blsttc::{G2Affine, PublicKeySet, PublicKeyShare, SecretKeyShare, Signature, SignatureShare};
+use blsttc::{
+    Ciphertext, DecryptionShare, G2Affine, PublicKeySet, PublicKeyShare, SecretKeyShare, Signature, SignatureShare,
+};
 use fides_types::NodeIndex;
 use sha2::{Digest, Sha256};
 
@@ -134,6 +136,23 @@ impl ThresholdKeys {
     /// Whether our secret share matches the public key share at our index.
     pub fn is_consistent(&self) -> bool {
         self.public.share(self.index) == Some(&self.secret.public_key_share())
+    }
+
+    /// Our decryption share of `ciphertext` (the caller checked `ciphertext.verify()`).
+    pub fn decrypt_share(&self, ciphertext: &Ciphertext) -> DecryptionShare {
+        self.secret.decrypt_share_no_verify(ciphertext)
+    }
+
+    /// Whether `share` is `from`'s valid decryption share of `ciphertext`.
+    pub fn verify_decryption_share(&self, from: NodeIndex, share: &DecryptionShare, ciphertext: &Ciphertext) -> bool {
+        self.public.share(from).is_some_and(|key| key.verify_decryption_share(share, ciphertext))
+    }
+
+    /// Combine `t + 1` decryption shares (unchecked: the caller must check the plaintext, e.g.
+    /// by a digest inside it, and fall back to [`ThresholdKeys::verify_decryption_share`]).
+    pub fn decrypt(&self, shares: &BTreeMap<NodeIndex, DecryptionShare>, ciphertext: &Ciphertext) -> Option<Vec<u8>> {
+        let chosen = shares.iter().take(self.shares_needed()).map(|(i, s)| (i.as_usize(), s));
+        self.public.set.decrypt(chosen, ciphertext).ok()
     }
 
     /// Our signature share on a point of G2.

@@ -191,3 +191,48 @@ pub fn common_subset(
     }
     Ok(subset.len())
 }
+
+/// Check atomic broadcast from the delivered logs of honest replicas, taken at one moment: total
+/// order (every log is a prefix of the longest), at-most-once, validity (every request given to
+/// an honest replica is in every log), and agreed time (non-decreasing, within the honest
+/// clocks). Returns the number of epochs of the longest log.
+pub fn atomic_broadcast(
+    logs: &[Option<Vec<fides_atomic_broadcast::epoch::Batch>>],
+    given: &std::collections::BTreeSet<(u64, u64)>,
+    honest_clocks: &[u64],
+) -> Result<u64, String> {
+    let honest: Vec<&Vec<fides_atomic_broadcast::epoch::Batch>> = logs.iter().flatten().collect();
+    let longest = honest.iter().max_by_key(|l| l.len()).ok_or("no honest replica")?;
+    for (index, log) in honest.iter().enumerate() {
+        if log.as_slice() != &longest[..log.len()] {
+            return Err(format!("total order: honest log {index} is not a prefix of the longest"));
+        }
+        let delivered: std::collections::BTreeSet<(u64, u64)> =
+            log.iter().flat_map(|b| b.requests.iter().map(|r| (r.client, r.id))).collect();
+        if let Some(missing) = given.iter().find(|key| !delivered.contains(key)) {
+            return Err(format!("validity: honest log {index} lacks request {missing:?}"));
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let low = honest_clocks.iter().min().copied().unwrap_or(0);
+    let high = honest_clocks.iter().max().copied().unwrap_or(u64::MAX);
+    let mut time = 0;
+    for (position, batch) in longest.iter().enumerate() {
+        if batch.epoch != position as u64 {
+            return Err(format!("order: batch {position} is of epoch {}", batch.epoch));
+        }
+        if batch.time < time || batch.time < low || batch.time > high {
+            return Err(format!("agreed time: epoch {} at {}, honest clocks {low}..={high}", batch.epoch, batch.time));
+        }
+        time = batch.time;
+        for request in &batch.requests {
+            if !seen.insert((request.client, request.id)) {
+                return Err(format!("at-most-once: ({}, {}) delivered twice", request.client, request.id));
+            }
+        }
+    }
+    if let Some(missing) = given.iter().find(|key| !seen.contains(key)) {
+        return Err(format!("validity: request {missing:?} given to an honest replica was never delivered"));
+    }
+    Ok(longest.len() as u64)
+}

@@ -22,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 pub mod aba;
+pub mod abc;
 pub mod acs;
 pub mod actors;
 pub mod check;
@@ -209,6 +210,8 @@ pub struct Report<O> {
     pub time_end: Micros,
     /// Whether the run stopped because of `deliveries_max` with honest replicas still running.
     pub stalled: bool,
+    /// Whether the run stopped because the caller's `done` held.
+    pub done_early: bool,
     /// SHA-256 over every delivery (time, sender, recipient, bytes).
     pub trace_hash: [u8; 32],
 }
@@ -251,6 +254,7 @@ pub struct Network<P: Protocol, S: Scheduler<P::Message>> {
     clocks: Vec<Micros>,
     report: Report<P::Output>,
     trace: Sha256,
+    outputs_new: bool,
 }
 
 impl<P: Protocol + 'static, S: Scheduler<P::Message>> Network<P, S>
@@ -288,6 +292,7 @@ where
             deliveries: 0,
             time_end: 0,
             stalled: false,
+            done_early: false,
             trace_hash: [0; 32],
         };
         Network {
@@ -304,6 +309,7 @@ where
             clocks: vec![0; n],
             report,
             trace: Sha256::new(),
+            outputs_new: false,
         }
     }
 
@@ -315,9 +321,17 @@ where
 
     /// [`Network::run`], handing back the scheduler too, e.g. to read what a content-aware one
     /// learned.
-    pub fn run_keeping_scheduler(
+    pub fn run_keeping_scheduler(self, input: impl FnMut(NodeIndex) -> Option<P::Input>) -> (Report<P::Output>, S) {
+        self.run_until(input, |_| false)
+    }
+
+    /// [`Network::run_keeping_scheduler`], also stopping as soon as `done` holds of the honest
+    /// replicas' outputs (asked after each step that output something): for protocols that never
+    /// terminate, such as atomic broadcast.
+    pub fn run_until(
         mut self,
         mut input: impl FnMut(NodeIndex) -> Option<P::Input>,
+        mut done: impl FnMut(&[Option<Vec<Produced<P::Output>>>]) -> bool,
     ) -> (Report<P::Output>, S) {
         for index in self.quorum.nodes() {
             let i = index.as_usize();
@@ -343,6 +357,10 @@ where
             if self.all_honest_terminated() {
                 break;
             }
+            if std::mem::take(&mut self.outputs_new) && done(&self.report.outputs) {
+                self.report.done_early = true;
+                break;
+            }
             if self.report.deliveries >= self.config.deliveries_max {
                 self.report.stalled = true;
                 break;
@@ -353,7 +371,7 @@ where
                 self.retime();
             }
         }
-        if !self.all_honest_terminated() && self.queue.is_empty() {
+        if !self.all_honest_terminated() && self.queue.is_empty() && !self.report.done_early {
             self.report.stalled = true;
         }
         self.report.time_end = self.now;
@@ -443,6 +461,7 @@ where
         let i = index.as_usize();
         let at = self.clocks[i];
         if let Some(outputs) = &mut self.report.outputs[i] {
+            self.outputs_new |= !step.outputs.is_empty();
             outputs.extend(step.outputs.into_iter().map(|output| Produced { at, output }));
         }
         self.report.faults.extend(step.faults.into_iter().map(|fault| (index, fault)));

@@ -196,6 +196,12 @@ pub enum FaultKind {
     InvalidProof,
     /// A length above the configured bound.
     TooLong,
+    /// An epoch beyond the buffering bound.
+    EpochTooFar,
+    /// A threshold ciphertext that does not verify.
+    InvalidCiphertext,
+    /// A decryption share that does not verify.
+    InvalidDecryptionShare,
 }
 
 /// The result of handling one input or message.

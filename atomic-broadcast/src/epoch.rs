@@ -1,0 +1,685 @@
+//! Atomic broadcast in epochs (HoneyBadgerBFT with agreed time): one total order of client
+//! requests that t Byzantine replicas can neither fork, stall nor censor by content.
+//!
+//! # Rules
+//!
+//! - A replica keeps a bounded queue of requests, each identified by `(client, id)`.
+//! - **Epoch e** is a common subset of session `session || e`. A replica starts it when it has
+//!   requests not yet proposed and `e` is within `epochs_in_flight` of the next epoch to deliver,
+//!   or joins it (and every epoch before it) on the first message of `e`. Starting means proposing: a random
+//!   `⌈batch_size / n⌉` of the first `batch_size` queued requests not proposed in an epoch still
+//!   in flight, with the replica's clock, as `SHA-256(contribution) || contribution`, encrypted
+//!   under the cluster's threshold encryption key — nobody can censor by content.
+//! - Once the subset of epoch e is agreed, each valid ciphertext in it gets our decryption share.
+//!   `t + 1` shares are combined optimistically; the digest inside tells a correct decryption, and
+//!   only when it fails is each share verified (the bad ones are faults; their senders' later
+//!   shares are verified first). A ciphertext that does not verify, or whose correct decryption
+//!   is no contribution, is skipped.
+//! - Epochs are delivered in order. The **agreed time** of an epoch is the lower median of the
+//!   clocks of its contributions (at least `n - t`, so at most `t` are Byzantine and the median
+//!   lies within the honest clocks), and never less than the previous epoch's.
+//! - A request is executed at most once: an id already executed within the last
+//!   `dedup_window_epochs` epochs is dropped from a batch. An id older than the window is
+//!   forgotten and would be executed again; clients must not reuse ids (see
+//!   `docs/atomic-broadcast.md`).
+//!
+//! Several epochs run at once; each epoch's common subset is kept until it terminated (others
+//! may still need our messages), then dropped. Messages for epochs more than
+//! `epochs_future_max` ahead are a fault (`EpochTooFar`); catching up from far behind is the job
+//! of checkpoints (not built yet).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+
+use fides_crypto::blsttc::{Ciphertext, DecryptionShare, PK_SIZE};
+use fides_crypto::{sha256, ThresholdKeys};
+use fides_types::codec::{put_bytes, DecodeError, Reader, Wire};
+use fides_types::{FaultKind, NodeIndex, Outgoing, Protocol, Quorum, Step};
+use rand::seq::SliceRandom;
+
+use crate::acs::{self, CommonSubset, Subset};
+use crate::rbc::{self, Delivery};
+
+/// A client request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    /// The client.
+    pub client: u64,
+    /// The client's id for it; `(client, id)` names the request.
+    pub id: u64,
+    /// What the client asks.
+    pub payload: Vec<u8>,
+}
+
+impl Request {
+    fn key(&self) -> (u64, u64) {
+        (self.client, self.id)
+    }
+}
+
+/// The largest payload the decoder accepts.
+pub const PAYLOAD_WIRE_MAX: usize = 1024 * 1024;
+/// The most requests one contribution may hold.
+pub const CONTRIBUTION_REQUESTS_MAX: u32 = 1 << 20;
+
+impl Wire for Request {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.client.to_le_bytes());
+        out.extend_from_slice(&self.id.to_le_bytes());
+        put_bytes(out, &self.payload);
+    }
+
+    fn decode(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Request { client: reader.u64()?, id: reader.u64()?, payload: reader.bytes(PAYLOAD_WIRE_MAX)?.to_vec() })
+    }
+}
+
+/// What one replica contributes to an epoch (inside the ciphertext).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Contribution {
+    clock: u64,
+    requests: Vec<Request>,
+}
+
+impl Wire for Contribution {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.clock.to_le_bytes());
+        out.extend_from_slice(&(self.requests.len() as u32).to_le_bytes());
+        for request in &self.requests {
+            request.encode(out);
+        }
+    }
+
+    fn decode(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let clock = reader.u64()?;
+        let count = reader.u32()?;
+        if count > CONTRIBUTION_REQUESTS_MAX {
+            return Err(DecodeError::TooLong { len: u64::from(count), max: u64::from(CONTRIBUTION_REQUESTS_MAX) });
+        }
+        let requests = (0..count).map(|_| Request::decode(reader)).collect::<Result<_, _>>()?;
+        Ok(Contribution { clock, requests })
+    }
+}
+
+/// An ordered batch: what an epoch delivers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Batch {
+    /// The epoch.
+    pub epoch: u64,
+    /// The agreed time (the unit is the caller's clock's).
+    pub time: u64,
+    /// The requests, each executed here for the first time.
+    pub requests: Vec<Request>,
+}
+
+/// What the caller gives a replica.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// A request to order.
+    Submit(Request),
+    /// The local clock's reading.
+    Clock(u64),
+    /// Both at once: the clock, then requests (for starting a replica).
+    Start {
+        /// The clock.
+        clock: u64,
+        /// Requests.
+        requests: Vec<Request>,
+    },
+}
+
+/// A message of atomic broadcast.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    /// For the common subset of an epoch.
+    Subset {
+        /// The epoch.
+        epoch: u64,
+        /// The message.
+        message: acs::Message,
+    },
+    /// The sender's decryption share of `proposer`'s ciphertext in `epoch`.
+    Decryption {
+        /// The epoch.
+        epoch: u64,
+        /// Whose ciphertext.
+        proposer: NodeIndex,
+        /// The share, compressed.
+        share: [u8; PK_SIZE],
+    },
+}
+
+impl Wire for Message {
+    fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            Message::Subset { epoch, message } => {
+                out.push(0);
+                out.extend_from_slice(&epoch.to_le_bytes());
+                message.encode(out);
+            }
+            Message::Decryption { epoch, proposer, share } => {
+                out.push(1);
+                out.extend_from_slice(&epoch.to_le_bytes());
+                out.extend_from_slice(&proposer.0.to_le_bytes());
+                out.extend_from_slice(share);
+            }
+        }
+    }
+
+    fn decode(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        match reader.u8()? {
+            0 => Ok(Message::Subset { epoch: reader.u64()?, message: acs::Message::decode(reader)? }),
+            1 => Ok(Message::Decryption {
+                epoch: reader.u64()?,
+                proposer: NodeIndex(reader.u32()?),
+                share: reader.array()?,
+            }),
+            other => Err(DecodeError::Invalid { what: "message tag", value: u64::from(other) }),
+        }
+    }
+}
+
+/// Configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Names this broadcast; epochs are sessions `session || epoch`.
+    pub session: Vec<u8>,
+    /// Requests considered per proposal (each replica proposes `⌈batch_size / n⌉` of them).
+    pub batch_size: usize,
+    /// Epochs started ahead of the next one to deliver.
+    pub epochs_in_flight: u64,
+    /// Epochs ahead whose messages are kept.
+    pub epochs_future_max: u64,
+    /// Bound of the request queue.
+    pub queue_max: usize,
+    /// Longest request payload.
+    pub payload_len_max: usize,
+    /// Epochs for which executed ids are remembered.
+    pub dedup_window_epochs: u64,
+}
+
+impl Config {
+    /// Defaults for session `session`.
+    pub fn new(session: impl Into<Vec<u8>>) -> Self {
+        Config {
+            session: session.into(),
+            batch_size: 1_000,
+            epochs_in_flight: 3,
+            epochs_future_max: 16,
+            queue_max: 100_000,
+            payload_len_max: 64 * 1024,
+            dedup_window_epochs: 10_000,
+        }
+    }
+}
+
+/// Local errors.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The queue is full: try later or another replica.
+    #[error("the request queue is full ({0} requests)")]
+    QueueFull(usize),
+    /// The payload is above the bound.
+    #[error("payload of {len} bytes is above the bound of {max}")]
+    PayloadTooLong {
+        /// Length.
+        len: usize,
+        /// Bound.
+        max: usize,
+    },
+    /// Our proposal was refused by the common subset.
+    #[error(transparent)]
+    Subset(#[from] acs::Error),
+}
+
+/// The step type of atomic broadcast.
+pub type AbcStep = Step<Message, Batch>;
+
+#[derive(Default)]
+struct Decryption {
+    ciphertext: Option<Ciphertext>,
+    shares: BTreeMap<NodeIndex, [u8; PK_SIZE]>,
+    /// `None` until decided; `Some(None)` when the proposer's ciphertext holds no contribution.
+    contribution: Option<Option<Contribution>>,
+}
+
+struct EpochState {
+    subset: CommonSubset,
+    proposed: bool,
+    agreed: Option<BTreeMap<NodeIndex, Decryption>>,
+    /// Shares that came before the subset was known: (proposer, sender) → share.
+    early: BTreeMap<(NodeIndex, NodeIndex), [u8; PK_SIZE]>,
+    delivered: bool,
+}
+
+/// Atomic broadcast at one replica.
+pub struct AtomicBroadcast {
+    quorum: Quorum,
+    our_index: NodeIndex,
+    config: Config,
+    coin_keys: Arc<ThresholdKeys>,
+    encryption_keys: Arc<ThresholdKeys>,
+    clock: u64,
+    queue: VecDeque<Request>,
+    queued: BTreeSet<(u64, u64)>,
+    /// Requests proposed in an epoch not yet delivered, with that epoch.
+    in_flight: BTreeMap<(u64, u64), u64>,
+    epochs: BTreeMap<u64, EpochState>,
+    next_epoch: u64,
+    time: u64,
+    executed: BTreeSet<(u64, u64)>,
+    executed_by_epoch: VecDeque<(u64, Vec<(u64, u64)>)>,
+    share_suspects: BTreeSet<NodeIndex>,
+}
+
+impl std::fmt::Debug for AtomicBroadcast {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AtomicBroadcast")
+            .field("our_index", &self.our_index)
+            .field("next_epoch", &self.next_epoch)
+            .field("queue", &self.queue.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl AtomicBroadcast {
+    /// A replica with the cluster's coin and encryption keys.
+    pub fn new(
+        quorum: Quorum,
+        our_index: NodeIndex,
+        config: Config,
+        coin_keys: Arc<ThresholdKeys>,
+        encryption_keys: Arc<ThresholdKeys>,
+    ) -> Self {
+        AtomicBroadcast {
+            quorum,
+            our_index,
+            config,
+            coin_keys,
+            encryption_keys,
+            clock: 0,
+            queue: VecDeque::new(),
+            queued: BTreeSet::new(),
+            in_flight: BTreeMap::new(),
+            epochs: BTreeMap::new(),
+            next_epoch: 0,
+            time: 0,
+            executed: BTreeSet::new(),
+            executed_by_epoch: VecDeque::new(),
+            share_suspects: BTreeSet::new(),
+        }
+    }
+
+    /// The next epoch to deliver.
+    pub fn next_epoch(&self) -> u64 {
+        self.next_epoch
+    }
+
+    /// Requests waiting in the queue.
+    pub fn queue_len(&self) -> usize {
+        self.queue.len()
+    }
+
+    fn submit(&mut self, request: Request) -> Result<(), Error> {
+        if request.payload.len() > self.config.payload_len_max {
+            return Err(Error::PayloadTooLong { len: request.payload.len(), max: self.config.payload_len_max });
+        }
+        let key = request.key();
+        if self.executed.contains(&key) || self.queued.contains(&key) {
+            return Ok(());
+        }
+        if self.queue.len() >= self.config.queue_max {
+            return Err(Error::QueueFull(self.queue.len()));
+        }
+        self.queued.insert(key);
+        self.queue.push_back(request);
+        Ok(())
+    }
+
+    /// Handle an input.
+    pub fn handle_input(&mut self, input: Input, rng: &mut dyn rand::RngCore) -> Result<AbcStep, Error> {
+        match input {
+            Input::Submit(request) => self.submit(request)?,
+            Input::Clock(now) => self.clock = self.clock.max(now),
+            Input::Start { clock, requests } => {
+                self.clock = self.clock.max(clock);
+                for request in requests {
+                    self.submit(request)?;
+                }
+            }
+        }
+        let mut step = AbcStep::default();
+        self.start_epochs(rng, &mut step)?;
+        Ok(step)
+    }
+
+    /// Handle a message from `from`.
+    pub fn handle(&mut self, from: NodeIndex, message: Message, rng: &mut dyn rand::RngCore) -> AbcStep {
+        let mut step = AbcStep::default();
+        let epoch = match &message {
+            Message::Subset { epoch, .. } | Message::Decryption { epoch, .. } => *epoch,
+        };
+        if epoch >= self.next_epoch.saturating_add(self.config.epochs_future_max) {
+            step.fault(from, FaultKind::EpochTooFar);
+            return step;
+        }
+        if epoch < self.next_epoch && !self.epochs.contains_key(&epoch) {
+            return step; // Delivered and dropped: nothing needed from it any more.
+        }
+        // Take part in this epoch and every one before it: epochs are delivered in order, so a
+        // later one is of no use unless the earlier ones run too.
+        for earlier in self.next_epoch..=epoch {
+            if let Err(error) = self.join(earlier, rng, &mut step) {
+                // Our own proposal is bounded to fit: failing is a local bug, never a peer's doing.
+                panic!("proposing in epoch {earlier} failed: {error}");
+            }
+        }
+        match message {
+            Message::Subset { message, .. } => {
+                let Some(state) = self.epochs.get_mut(&epoch) else { return step };
+                let inner = state.subset.handle(from, message);
+                self.absorb(epoch, inner, &mut step);
+            }
+            Message::Decryption { proposer, share, .. } => self.handle_share(epoch, proposer, from, share, &mut step),
+        }
+        self.deliver(&mut step);
+        if let Err(error) = self.start_epochs(rng, &mut step) {
+            panic!("proposing failed: {error}");
+        }
+        step
+    }
+
+    /// Start epochs while we have requests not in flight and room in the window.
+    fn start_epochs(&mut self, rng: &mut dyn rand::RngCore, step: &mut AbcStep) -> Result<(), Error> {
+        for epoch in self.next_epoch..self.next_epoch + self.config.epochs_in_flight {
+            if !self.queue.iter().any(|r| !self.in_flight.contains_key(&r.key())) {
+                break;
+            }
+            if self.epochs.get(&epoch).is_some_and(|s| s.proposed) {
+                continue;
+            }
+            self.join(epoch, rng, step)?;
+        }
+        Ok(())
+    }
+
+    /// Make sure we take part in `epoch`: create it and propose our contribution.
+    fn join(&mut self, epoch: u64, rng: &mut dyn rand::RngCore, step: &mut AbcStep) -> Result<(), Error> {
+        if epoch < self.next_epoch {
+            return Ok(());
+        }
+        if !self.epochs.contains_key(&epoch) {
+            let mut session = self.config.session.clone();
+            session.extend_from_slice(b"/epoch/");
+            session.extend_from_slice(&epoch.to_le_bytes());
+            let subset = CommonSubset::new(
+                self.quorum,
+                self.our_index,
+                &session,
+                Arc::clone(&self.coin_keys),
+                rbc::Config { value_len_max: self.ciphertext_len_max() },
+            );
+            self.epochs.insert(
+                epoch,
+                EpochState { subset, proposed: false, agreed: None, early: BTreeMap::new(), delivered: false },
+            );
+        }
+        if self.epochs.get(&epoch).is_some_and(|s| s.proposed) {
+            return Ok(());
+        }
+        let contribution = Contribution { clock: self.clock, requests: self.choose(epoch, rng) };
+        let body = contribution.to_bytes();
+        let mut plaintext = sha256(&body).to_vec();
+        plaintext.extend_from_slice(&body);
+        let mut rng = rng;
+        let ciphertext = self.encryption_keys.public().public_key().encrypt_with_rng(&mut rng, &plaintext);
+        let Some(state) = self.epochs.get_mut(&epoch) else { return Ok(()) };
+        state.proposed = true;
+        let inner = state.subset.propose(&ciphertext.to_bytes())?;
+        self.absorb(epoch, inner, step);
+        Ok(())
+    }
+
+    /// The longest ciphertext an honest replica makes: the most requests it proposes at the
+    /// longest payload, with their framing, the digest, and the ciphertext's two points.
+    fn ciphertext_len_max(&self) -> usize {
+        let requests = self.config.batch_size.div_ceil(self.quorum.n() as usize).max(1);
+        let request = 8 + 8 + 4 + self.config.payload_len_max;
+        48 + 96 + 32 + 8 + 4 + requests * request
+    }
+
+    /// A random `⌈batch_size / n⌉` of the first `batch_size` queued requests not in flight.
+    fn choose(&mut self, epoch: u64, rng: &mut dyn rand::RngCore) -> Vec<Request> {
+        let candidates: Vec<&Request> =
+            self.queue.iter().filter(|r| !self.in_flight.contains_key(&r.key())).take(self.config.batch_size).collect();
+        let amount = self.config.batch_size.div_ceil(self.quorum.n() as usize).max(1);
+        let mut rng = rng;
+        let chosen: Vec<Request> = candidates.choose_multiple(&mut rng, amount).map(|r| (*r).clone()).collect();
+        for request in &chosen {
+            self.in_flight.insert(request.key(), epoch);
+        }
+        chosen
+    }
+
+    fn absorb(&mut self, epoch: u64, inner: acs::AcsStep, step: &mut AbcStep) {
+        step.faults.extend(inner.faults);
+        step.messages.extend(
+            inner
+                .messages
+                .into_iter()
+                .map(|m| Outgoing { target: m.target, message: Message::Subset { epoch, message: m.message } }),
+        );
+        for subset in inner.outputs {
+            self.on_subset(epoch, subset, step);
+        }
+    }
+
+    /// The subset of `epoch` is agreed: send our decryption shares.
+    fn on_subset(&mut self, epoch: u64, subset: Subset, step: &mut AbcStep) {
+        let mut agreed = BTreeMap::new();
+        for (proposer, delivery) in subset {
+            let ciphertext = match delivery {
+                Delivery::Value(bytes) => Ciphertext::from_bytes(&bytes).ok().filter(Ciphertext::verify),
+                Delivery::Invalid => None,
+            };
+            let mut decryption = Decryption { ciphertext, ..Decryption::default() };
+            match &decryption.ciphertext {
+                Some(ciphertext) => {
+                    let share = self.encryption_keys.decrypt_share(ciphertext).to_bytes();
+                    step.broadcast(Message::Decryption { epoch, proposer, share });
+                }
+                None => {
+                    step.fault(proposer, FaultKind::InvalidCiphertext);
+                    decryption.contribution = Some(None);
+                }
+            }
+            agreed.insert(proposer, decryption);
+        }
+        let Some(state) = self.epochs.get_mut(&epoch) else { return };
+        for ((proposer, sender), share) in std::mem::take(&mut state.early) {
+            if let Some(decryption) = agreed.get_mut(&proposer) {
+                decryption.shares.entry(sender).or_insert(share);
+            }
+        }
+        let proposers: Vec<NodeIndex> = agreed.keys().copied().collect();
+        state.agreed = Some(agreed);
+        for proposer in proposers {
+            self.try_decrypt(epoch, proposer, step);
+        }
+    }
+
+    fn handle_share(
+        &mut self,
+        epoch: u64,
+        proposer: NodeIndex,
+        from: NodeIndex,
+        share: [u8; PK_SIZE],
+        step: &mut AbcStep,
+    ) {
+        if !self.quorum.contains(proposer) {
+            step.fault(from, FaultKind::WrongInstance);
+            return;
+        }
+        let Some(state) = self.epochs.get_mut(&epoch) else { return };
+        match &mut state.agreed {
+            None => {
+                if state.early.len() < (self.quorum.n() as usize).pow(2) {
+                    state.early.entry((proposer, from)).or_insert(share);
+                }
+                return;
+            }
+            Some(agreed) => {
+                let Some(decryption) = agreed.get_mut(&proposer) else {
+                    step.fault(from, FaultKind::WrongInstance);
+                    return;
+                };
+                if let Some(earlier) = decryption.shares.get(&from) {
+                    if *earlier != share {
+                        step.fault(from, FaultKind::Equivocation);
+                    }
+                    return;
+                }
+                decryption.shares.insert(from, share);
+            }
+        }
+        self.try_decrypt(epoch, proposer, step);
+    }
+
+    /// Decrypt `proposer`'s ciphertext of `epoch` once `t + 1` shares are in.
+    fn try_decrypt(&mut self, epoch: u64, proposer: NodeIndex, step: &mut AbcStep) {
+        let needed = self.encryption_keys.shares_needed();
+        let keys = Arc::clone(&self.encryption_keys);
+        let Some(decryption) =
+            self.epochs.get_mut(&epoch).and_then(|s| s.agreed.as_mut()).and_then(|a| a.get_mut(&proposer))
+        else {
+            return;
+        };
+        if decryption.contribution.is_some() {
+            return;
+        }
+        let Some(ciphertext) = decryption.ciphertext.clone() else { return };
+        loop {
+            let mut usable: BTreeMap<NodeIndex, DecryptionShare> = BTreeMap::new();
+            let mut bad = Vec::new();
+            for (sender, bytes) in &decryption.shares {
+                if usable.len() == needed {
+                    break;
+                }
+                match DecryptionShare::from_bytes(*bytes) {
+                    Ok(share)
+                        if !self.share_suspects.contains(sender)
+                            || keys.verify_decryption_share(*sender, &share, &ciphertext) =>
+                    {
+                        usable.insert(*sender, share);
+                    }
+                    _ => bad.push(*sender),
+                }
+            }
+            if bad.is_empty() && usable.len() < needed {
+                return;
+            }
+            if bad.is_empty() {
+                if let Some(plaintext) = keys.decrypt(&usable, &ciphertext) {
+                    if let Some(contribution) = open(&plaintext) {
+                        decryption.contribution = Some(Some(contribution));
+                        return;
+                    }
+                }
+                // Either a bad share spoiled it or the proposer encrypted no contribution.
+                bad = usable
+                    .iter()
+                    .filter(|(s, share)| !keys.verify_decryption_share(**s, share, &ciphertext))
+                    .map(|(s, _)| *s)
+                    .collect();
+                if bad.is_empty() {
+                    decryption.contribution = Some(None);
+                    step.fault(proposer, FaultKind::InvalidCiphertext);
+                    return;
+                }
+            }
+            for sender in bad {
+                decryption.shares.remove(&sender);
+                self.share_suspects.insert(sender);
+                step.fault(sender, FaultKind::InvalidDecryptionShare);
+            }
+        }
+    }
+
+    /// Deliver every epoch, in order, whose contributions are all decided.
+    fn deliver(&mut self, step: &mut AbcStep) {
+        loop {
+            let epoch = self.next_epoch;
+            let Some(state) = self.epochs.get_mut(&epoch) else { break };
+            let Some(agreed) = &state.agreed else { break };
+            if agreed.values().any(|d| d.contribution.is_none()) {
+                break;
+            }
+            let contributions: Vec<Contribution> =
+                agreed.values().filter_map(|d| d.contribution.clone().flatten()).collect();
+            state.delivered = true;
+            let mut clocks: Vec<u64> = contributions.iter().map(|c| c.clock).collect();
+            clocks.sort_unstable();
+            if let Some(median) = clocks.get(clocks.len().saturating_sub(1) / 2) {
+                self.time = self.time.max(*median);
+            }
+            let mut requests = Vec::new();
+            let mut keys = Vec::new();
+            for request in contributions.into_iter().flat_map(|c| c.requests) {
+                let key = request.key();
+                if self.executed.insert(key) {
+                    keys.push(key);
+                    requests.push(request);
+                }
+            }
+            for key in &keys {
+                self.queued.remove(key);
+            }
+            self.queue.retain(|r| !self.executed.contains(&r.key()));
+            self.in_flight.retain(|_, e| *e != epoch);
+            self.executed_by_epoch.push_back((epoch, keys));
+            while self.executed_by_epoch.front().is_some_and(|(e, _)| e + self.config.dedup_window_epochs <= epoch) {
+                if let Some((_, expired)) = self.executed_by_epoch.pop_front() {
+                    for key in expired {
+                        self.executed.remove(&key);
+                    }
+                }
+            }
+            step.outputs.push(Batch { epoch, time: self.time, requests });
+            self.next_epoch += 1;
+        }
+        self.epochs.retain(|_, s| !(s.delivered && s.subset.terminated()));
+    }
+}
+
+/// The contribution inside a plaintext, if its digest matches.
+fn open(plaintext: &[u8]) -> Option<Contribution> {
+    let (digest, body) = plaintext.split_at_checked(32)?;
+    if sha256(body) != digest {
+        return None;
+    }
+    Contribution::from_bytes(body).ok()
+}
+
+impl Protocol for AtomicBroadcast {
+    type Input = Input;
+    type Message = Message;
+    type Output = Batch;
+    type Error = Error;
+
+    fn our_index(&self) -> NodeIndex {
+        self.our_index
+    }
+
+    fn handle_input(&mut self, input: Input, rng: &mut dyn rand::RngCore) -> Result<AbcStep, Error> {
+        AtomicBroadcast::handle_input(self, input, rng)
+    }
+
+    fn handle_message(&mut self, from: NodeIndex, message: Message, rng: &mut dyn rand::RngCore) -> AbcStep {
+        self.handle(from, message, rng)
+    }
+
+    /// Never: a replica may be asked to join a new epoch at any time.
+    fn terminated(&self) -> bool {
+        false
+    }
+}

@@ -1,0 +1,170 @@
+//! Atomic broadcast under the simulator: requests given to one or to 2t + 1 replicas, clocks
+//! that differ, and checks of total order, validity, at-most-once and agreed time.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use fides_atomic_broadcast::epoch::{AtomicBroadcast, Batch, Config, Input, Message, Request};
+use fides_crypto::blsttc::SecretKeySet;
+use fides_crypto::{PublicShares, ThresholdKeys};
+use fides_types::codec::Wire;
+use fides_types::{NodeIndex, Quorum};
+use rand::seq::SliceRandom;
+use rand::{Rng, RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::check;
+use crate::{Behaviour, Byzantine, Network, RandomScheduler, RunConfig, Scenario};
+
+/// One run of atomic broadcast.
+#[derive(Clone, Debug)]
+pub struct AbcCase {
+    /// Replicas.
+    pub n: u32,
+    /// What the `t` Byzantine replicas do.
+    pub byzantine: Behaviour,
+    /// Requests in all.
+    pub requests: usize,
+    /// The seed.
+    pub seed: u64,
+}
+
+/// The scenario: keys, each replica's clock and requests.
+pub struct AbcScenario {
+    quorum: Quorum,
+    coin: Vec<Arc<ThresholdKeys>>,
+    encryption: Vec<Arc<ThresholdKeys>>,
+    clocks: Vec<u64>,
+    requests: Vec<Vec<Request>>,
+    config: Config,
+}
+
+fn keys(quorum: Quorum, rng: &mut ChaCha8Rng) -> Vec<Arc<ThresholdKeys>> {
+    let set = SecretKeySet::random(quorum.t() as usize, rng);
+    let public = Arc::new(PublicShares::new(set.public_keys(), quorum.n()));
+    quorum
+        .nodes()
+        .map(|i| Arc::new(ThresholdKeys::with_shared(i, Arc::clone(&public), set.secret_key_share(i.as_usize()))))
+        .collect()
+}
+
+impl AbcScenario {
+    fn instance(&self, index: NodeIndex, session: &[u8]) -> AtomicBroadcast {
+        let mut config = self.config.clone();
+        config.session = session.to_vec();
+        let i = index.as_usize();
+        AtomicBroadcast::new(self.quorum, index, config, Arc::clone(&self.coin[i]), Arc::clone(&self.encryption[i]))
+    }
+}
+
+impl Scenario for AbcScenario {
+    type P = AtomicBroadcast;
+
+    fn honest(&self, index: NodeIndex) -> AtomicBroadcast {
+        self.instance(index, &self.config.session)
+    }
+
+    fn input(&self, index: NodeIndex) -> Option<Input> {
+        let i = index.as_usize();
+        Some(Input::Start { clock: self.clocks[i], requests: self.requests[i].clone() })
+    }
+
+    fn input_other(&self, index: NodeIndex) -> Option<Input> {
+        // A Byzantine face: a clock far off, and requests of its own.
+        let request = Request { client: 1_000 + u64::from(index.0), id: 0, payload: b"byzantine".to_vec() };
+        Some(Input::Start { clock: u64::MAX / 2, requests: vec![request] })
+    }
+
+    fn other_instance(&self, index: NodeIndex) -> AtomicBroadcast {
+        self.instance(index, b"simnet/abc/other")
+    }
+
+    fn garbage(&self, rng: &mut ChaCha8Rng) -> Vec<u8> {
+        let epoch = rng.gen_range(0..20);
+        match rng.gen_range(0..3) {
+            0 => {
+                let mut share = [0u8; 48];
+                rng.fill_bytes(&mut share);
+                Message::Decryption { epoch, proposer: NodeIndex(rng.gen_range(0..self.quorum.n() + 1)), share }
+                    .to_bytes()
+            }
+            1 => {
+                let share = fides_crypto::blsttc::DecryptionShare::from_bytes([0u8; 48])
+                    .map(|s| s.to_bytes())
+                    .unwrap_or([0; 48]);
+                Message::Decryption { epoch, proposer: NodeIndex(0), share }.to_bytes()
+            }
+            _ => {
+                let mut bytes = vec![0u8; rng.gen_range(0..100)];
+                rng.fill_bytes(&mut bytes);
+                bytes
+            }
+        }
+    }
+
+    fn adaptive(&self, index: NodeIndex) -> Box<dyn Byzantine<AtomicBroadcast>> {
+        // The equivocator is the sharpest generic attacker here: two faces, two clocks.
+        crate::actors::make(&Behaviour::Equivocator, index, self, self.quorum)
+    }
+}
+
+/// Run one case and check it; the number of epochs delivered.
+pub fn run_case(case: &AbcCase) -> Result<u64, String> {
+    let quorum = Quorum::with_max_faults(case.n).map_err(|e| e.to_string())?;
+    let mut rng = ChaCha8Rng::seed_from_u64(case.seed);
+    let coin = keys(quorum, &mut rng);
+    let encryption = keys(quorum, &mut rng);
+    let mut indices: Vec<NodeIndex> = quorum.nodes().collect();
+    indices.shuffle(&mut rng);
+    let byzantine: Vec<NodeIndex> = indices.iter().copied().take(quorum.t() as usize).collect();
+    let honest: Vec<NodeIndex> = quorum.nodes().filter(|i| !byzantine.contains(i)).collect();
+    let clocks: Vec<u64> = quorum.nodes().map(|_| 1_000_000 + rng.gen_range(0..5_000)).collect();
+    // Each request goes to one honest replica, or to 2t + 1 replicas chosen at random (which may
+    // include Byzantine ones).
+    let mut requests: Vec<Vec<Request>> = vec![Vec::new(); quorum.n() as usize];
+    for id in 0..case.requests as u64 {
+        let request = Request { client: id % 3, id, payload: vec![id as u8; rng.gen_range(1..40)] };
+        let targets: Vec<NodeIndex> = if rng.gen_bool(0.5) {
+            vec![*honest.choose(&mut rng).expect("there are honest replicas")]
+        } else {
+            indices.choose_multiple(&mut rng, quorum.honest_majority() as usize).copied().collect()
+        };
+        for target in targets {
+            requests[target.as_usize()].push(request.clone());
+        }
+    }
+    let mut config = Config::new(b"simnet/abc".to_vec());
+    config.batch_size = 8;
+    let scenario = AbcScenario { quorum, coin, encryption, clocks: clocks.clone(), requests, config };
+    let behaviours: Vec<Behaviour> = quorum
+        .nodes()
+        .map(|i| if byzantine.contains(&i) { case.byzantine.clone() } else { Behaviour::Honest })
+        .collect();
+    let scheduler = RandomScheduler::new(quorum, &mut rng);
+    let run = RunConfig { seed: case.seed, deliveries_max: 5_000_000, cpu: None };
+    let given: BTreeSet<(u64, u64)> =
+        honest.iter().flat_map(|i| scenario.requests[i.as_usize()].iter().map(|r| (r.client, r.id))).collect();
+    // Atomic broadcast never terminates (a Byzantine replica can keep starting epochs): the run
+    // stops once every honest replica delivered every request given to an honest one.
+    let everything_delivered = |outputs: &[Option<Vec<crate::Produced<Batch>>>]| {
+        outputs.iter().flatten().all(|log| {
+            let delivered: BTreeSet<(u64, u64)> =
+                log.iter().flat_map(|p| p.output.requests.iter().map(|r| (r.client, r.id))).collect();
+            given.is_subset(&delivered)
+        })
+    };
+    let network = Network::new(quorum, &scenario, &behaviours, scheduler, run);
+    let (report, _) = network.run_until(|i| scenario.input(i), everything_delivered);
+    let context = |e: String| format!("{e} (n={}, byzantine={})", case.n, case.byzantine.name());
+    check::faults_only_against(&report, &byzantine).map_err(context)?;
+    if !report.done_early {
+        return Err(context(format!(
+            "validity: run ended ({} deliveries) before every request was delivered",
+            report.deliveries
+        )));
+    }
+    let logs: Vec<Option<Vec<Batch>>> =
+        report.outputs.iter().map(|o| o.as_ref().map(|list| list.iter().map(|p| p.output.clone()).collect())).collect();
+    let honest_clocks: Vec<u64> = honest.iter().map(|i| clocks[i.as_usize()]).collect();
+    check::atomic_broadcast(&logs, &given, &honest_clocks).map_err(context)
+}

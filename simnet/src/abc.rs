@@ -114,6 +114,31 @@ pub fn run_case(case: &AbcCase) -> Result<u64, String> {
     let mut rng = ChaCha8Rng::seed_from_u64(case.seed);
     let coin = keys(quorum, &mut rng);
     let encryption = keys(quorum, &mut rng);
+    run_with_keys(case, coin, encryption, &mut rng).map(|summary| summary.epochs)
+}
+
+/// What a checked run delivered, as every honest replica agrees.
+#[derive(Clone, Debug)]
+pub struct AbcSummary {
+    /// Epochs delivered (by the replica furthest ahead).
+    pub epochs: u64,
+    /// Requests delivered.
+    pub requests: usize,
+    /// The agreed time of each epoch.
+    pub times: Vec<u64>,
+    /// The Byzantine replicas.
+    pub byzantine: Vec<NodeIndex>,
+}
+
+/// Run one case with given coin and encryption keys (e.g. the dealer's) and check it.
+pub fn run_with_keys(
+    case: &AbcCase,
+    coin: Vec<Arc<ThresholdKeys>>,
+    encryption: Vec<Arc<ThresholdKeys>>,
+    rng: &mut ChaCha8Rng,
+) -> Result<AbcSummary, String> {
+    let quorum = Quorum::with_max_faults(case.n).map_err(|e| e.to_string())?;
+    let mut rng = rng;
     let mut indices: Vec<NodeIndex> = quorum.nodes().collect();
     indices.shuffle(&mut rng);
     let byzantine: Vec<NodeIndex> = indices.iter().copied().take(quorum.t() as usize).collect();
@@ -166,5 +191,12 @@ pub fn run_case(case: &AbcCase) -> Result<u64, String> {
     let logs: Vec<Option<Vec<Batch>>> =
         report.outputs.iter().map(|o| o.as_ref().map(|list| list.iter().map(|p| p.output.clone()).collect())).collect();
     let honest_clocks: Vec<u64> = honest.iter().map(|i| clocks[i.as_usize()]).collect();
-    check::atomic_broadcast(&logs, &given, &honest_clocks).map_err(context)
+    let epochs = check::atomic_broadcast(&logs, &given, &honest_clocks).map_err(context)?;
+    let longest = logs.iter().flatten().max_by_key(|l| l.len()).cloned().unwrap_or_default();
+    Ok(AbcSummary {
+        epochs,
+        requests: longest.iter().map(|b| b.requests.len()).sum(),
+        times: longest.iter().map(|b| b.time).collect(),
+        byzantine,
+    })
 }

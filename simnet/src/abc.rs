@@ -138,9 +138,8 @@ pub fn run_with_keys(
     rng: &mut ChaCha8Rng,
 ) -> Result<AbcSummary, String> {
     let quorum = Quorum::with_max_faults(case.n).map_err(|e| e.to_string())?;
-    let mut rng = rng;
     let mut indices: Vec<NodeIndex> = quorum.nodes().collect();
-    indices.shuffle(&mut rng);
+    indices.shuffle(rng);
     let byzantine: Vec<NodeIndex> = indices.iter().copied().take(quorum.t() as usize).collect();
     let honest: Vec<NodeIndex> = quorum.nodes().filter(|i| !byzantine.contains(i)).collect();
     let clocks: Vec<u64> = quorum.nodes().map(|_| 1_000_000 + rng.gen_range(0..5_000)).collect();
@@ -150,9 +149,9 @@ pub fn run_with_keys(
     for id in 0..case.requests as u64 {
         let request = Request { client: id % 3, id, payload: vec![id as u8; rng.gen_range(1..40)] };
         let targets: Vec<NodeIndex> = if rng.gen_bool(0.5) {
-            vec![*honest.choose(&mut rng).expect("there are honest replicas")]
+            vec![*honest.choose(rng).expect("there are honest replicas")]
         } else {
-            indices.choose_multiple(&mut rng, quorum.honest_majority() as usize).copied().collect()
+            indices.choose_multiple(rng, quorum.honest_majority() as usize).copied().collect()
         };
         for target in targets {
             requests[target.as_usize()].push(request.clone());
@@ -165,7 +164,7 @@ pub fn run_with_keys(
         .nodes()
         .map(|i| if byzantine.contains(&i) { case.byzantine.clone() } else { Behaviour::Honest })
         .collect();
-    let scheduler = RandomScheduler::new(quorum, &mut rng);
+    let scheduler = RandomScheduler::new(quorum, rng);
     let run = RunConfig { seed: case.seed, deliveries_max: 5_000_000, cpu: None };
     let given: BTreeSet<(u64, u64)> =
         honest.iter().flat_map(|i| scenario.requests[i.as_usize()].iter().map(|r| (r.client, r.id))).collect();

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use fides_agreement::{self as agreement, BinaryAgreement, Unvalidated, Vote};
 use fides_crypto::ThresholdKeys;
 use fides_types::codec::{DecodeError, Reader, Wire};
-use fides_types::{FaultKind, NodeIndex, Outgoing, Protocol, Quorum, Step};
+use fides_types::{FaultKind, NodeIndex, Protocol, Quorum, Step};
 
 use crate::rbc::{self, Delivery, ReliableBroadcast};
 
@@ -182,27 +182,13 @@ impl CommonSubset {
     }
 
     fn absorb_broadcast(&mut self, proposer: NodeIndex, inner: rbc::RbcStep, step: &mut AcsStep) {
-        step.faults.extend(inner.faults);
-        step.messages.extend(
-            inner
-                .messages
-                .into_iter()
-                .map(|m| Outgoing { target: m.target, message: Message::Broadcast { proposer, message: m.message } }),
-        );
-        for delivery in inner.outputs {
+        for delivery in inner.lift_into(step, |message| Message::Broadcast { proposer, message }) {
             self.delivered.insert(proposer, delivery);
         }
     }
 
     fn absorb_agreement(&mut self, proposer: NodeIndex, inner: agreement::AbaStep, step: &mut AcsStep) {
-        step.faults.extend(inner.faults);
-        step.messages.extend(
-            inner
-                .messages
-                .into_iter()
-                .map(|m| Outgoing { target: m.target, message: Message::Agreement { proposer, message: m.message } }),
-        );
-        for decision in inner.outputs {
+        for decision in inner.lift_into(step, |message| Message::Agreement { proposer, message }) {
             self.decided.insert(proposer, decision.value);
         }
     }

@@ -34,7 +34,7 @@ use std::sync::Arc;
 use fides_crypto::blsttc::{Ciphertext, DecryptionShare, PK_SIZE};
 use fides_crypto::{sha256, ThresholdKeys};
 use fides_types::codec::{put_bytes, DecodeError, Reader, Wire};
-use fides_types::{FaultKind, NodeIndex, Outgoing, Protocol, Quorum, Step};
+use fides_types::{FaultKind, NodeIndex, Protocol, Quorum, Step};
 use rand::seq::SliceRandom;
 
 use crate::acs::{self, CommonSubset, Subset};
@@ -462,14 +462,7 @@ impl AtomicBroadcast {
     }
 
     fn absorb(&mut self, epoch: u64, inner: acs::AcsStep, step: &mut AbcStep) {
-        step.faults.extend(inner.faults);
-        step.messages.extend(
-            inner
-                .messages
-                .into_iter()
-                .map(|m| Outgoing { target: m.target, message: Message::Subset { epoch, message: m.message } }),
-        );
-        for subset in inner.outputs {
+        for subset in inner.lift_into(step, |message| Message::Subset { epoch, message }) {
             self.on_subset(epoch, subset, step);
         }
     }

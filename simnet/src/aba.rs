@@ -7,11 +7,10 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use fides_agreement::{BinaryAgreement, BoolSet, Config, Decision, Message, Validator, Vote};
-use fides_crypto::blsttc::{SecretKeySet, SignatureShare, SIG_SIZE};
-use fides_crypto::{domain, hash_to_g2, sha256, PublicShares, ThresholdKeys};
+use fides_crypto::blsttc::{SignatureShare, SIG_SIZE};
+use fides_crypto::{domain, hash_to_g2, sha256, ThresholdKeys};
 use fides_types::codec::Wire;
 use fides_types::{NodeIndex, Quorum, Round};
-use rand::seq::SliceRandom;
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -98,8 +97,7 @@ pub struct AbaScenario {
 impl AbaScenario {
     /// Keys and proposals drawn from `rng`. Proposals: all true, all false, or mixed, by seed.
     pub fn new(quorum: Quorum, validated: bool, conf_phase: bool, seed: u64, rng: &mut ChaCha8Rng) -> Self {
-        let set = SecretKeySet::random(quorum.t() as usize, rng);
-        let keys = Self::keys_from(quorum, &set);
+        let keys = crate::threshold_keys(quorum, rng);
         let proposals = quorum
             .nodes()
             .map(|_| match seed % 4 {
@@ -140,14 +138,6 @@ impl AbaScenario {
     /// The adversary of this run: which replicas it controls, what it learned.
     pub fn adversary(&self) -> &SharedAdversary {
         &self.adversary
-    }
-
-    fn keys_from(quorum: Quorum, set: &SecretKeySet) -> Vec<Arc<ThresholdKeys>> {
-        let public = Arc::new(PublicShares::new(set.public_keys(), quorum.n()));
-        quorum
-            .nodes()
-            .map(|i| Arc::new(ThresholdKeys::with_shared(i, Arc::clone(&public), set.secret_key_share(i.as_usize()))))
-            .collect()
     }
 
     /// The proposal of each replica.
@@ -602,16 +592,7 @@ pub fn run_scenario(
     rng: &mut ChaCha8Rng,
 ) -> Result<AbaSummary, String> {
     let quorum = scenario.quorum;
-    let mut indices: Vec<NodeIndex> = quorum.nodes().collect();
-    indices.shuffle(rng);
-    let byzantine: Vec<NodeIndex> = match case.byzantine {
-        Behaviour::Honest => Vec::new(),
-        _ => indices.into_iter().take(quorum.t() as usize).collect(),
-    };
-    let behaviours: Vec<Behaviour> = quorum
-        .nodes()
-        .map(|i| if byzantine.contains(&i) { case.byzantine.clone() } else { Behaviour::Honest })
-        .collect();
+    let crate::Placement { byzantine, behaviours, .. } = crate::place(quorum, &case.byzantine, rng);
     let config = RunConfig { seed: case.seed, deliveries_max: 2_000_000, cpu };
     let input = |i: NodeIndex| scenario.input(i);
     scenario.adversary.borrow_mut().byzantine = byzantine.clone();

@@ -5,8 +5,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use fides_atomic_broadcast::epoch::{AtomicBroadcast, Batch, Config, Input, Message, Request};
-use fides_crypto::blsttc::SecretKeySet;
-use fides_crypto::{PublicShares, ThresholdKeys};
+use fides_crypto::ThresholdKeys;
 use fides_types::codec::Wire;
 use fides_types::{NodeIndex, Quorum};
 use rand::seq::SliceRandom;
@@ -37,15 +36,6 @@ pub struct AbcScenario {
     clocks: Vec<u64>,
     requests: Vec<Vec<Request>>,
     config: Config,
-}
-
-fn keys(quorum: Quorum, rng: &mut ChaCha8Rng) -> Vec<Arc<ThresholdKeys>> {
-    let set = SecretKeySet::random(quorum.t() as usize, rng);
-    let public = Arc::new(PublicShares::new(set.public_keys(), quorum.n()));
-    quorum
-        .nodes()
-        .map(|i| Arc::new(ThresholdKeys::with_shared(i, Arc::clone(&public), set.secret_key_share(i.as_usize()))))
-        .collect()
 }
 
 impl AbcScenario {
@@ -112,8 +102,8 @@ impl Scenario for AbcScenario {
 pub fn run_case(case: &AbcCase) -> Result<u64, String> {
     let quorum = Quorum::with_max_faults(case.n).map_err(|e| e.to_string())?;
     let mut rng = ChaCha8Rng::seed_from_u64(case.seed);
-    let coin = keys(quorum, &mut rng);
-    let encryption = keys(quorum, &mut rng);
+    let coin = crate::threshold_keys(quorum, &mut rng);
+    let encryption = crate::threshold_keys(quorum, &mut rng);
     run_with_keys(case, coin, encryption, &mut rng).map(|summary| summary.epochs)
 }
 
@@ -138,10 +128,8 @@ pub fn run_with_keys(
     rng: &mut ChaCha8Rng,
 ) -> Result<AbcSummary, String> {
     let quorum = Quorum::with_max_faults(case.n).map_err(|e| e.to_string())?;
-    let mut indices: Vec<NodeIndex> = quorum.nodes().collect();
-    indices.shuffle(rng);
-    let byzantine: Vec<NodeIndex> = indices.iter().copied().take(quorum.t() as usize).collect();
-    let honest: Vec<NodeIndex> = quorum.nodes().filter(|i| !byzantine.contains(i)).collect();
+    let crate::Placement { byzantine, honest, behaviours } = crate::place(quorum, &case.byzantine, rng);
+    let indices: Vec<NodeIndex> = quorum.nodes().collect();
     let clocks: Vec<u64> = quorum.nodes().map(|_| 1_000_000 + rng.gen_range(0..5_000)).collect();
     // Each request goes to one honest replica, or to 2t + 1 replicas chosen at random (which may
     // include Byzantine ones).
@@ -160,10 +148,6 @@ pub fn run_with_keys(
     let mut config = Config::new(b"simnet/abc".to_vec());
     config.batch_size = 8;
     let scenario = AbcScenario { quorum, coin, encryption, clocks: clocks.clone(), requests, config };
-    let behaviours: Vec<Behaviour> = quorum
-        .nodes()
-        .map(|i| if byzantine.contains(&i) { case.byzantine.clone() } else { Behaviour::Honest })
-        .collect();
     let scheduler = RandomScheduler::new(quorum, rng);
     let run = RunConfig { seed: case.seed, deliveries_max: 5_000_000, cpu: None };
     let given: BTreeSet<(u64, u64)> =

@@ -5,11 +5,9 @@ use std::sync::Arc;
 use fides_agreement::Message as AbaMessage;
 use fides_atomic_broadcast::acs::{CommonSubset, Message, Subset};
 use fides_atomic_broadcast::rbc::{self, Delivery};
-use fides_crypto::blsttc::SecretKeySet;
-use fides_crypto::{PublicShares, ThresholdKeys};
+use fides_crypto::ThresholdKeys;
 use fides_types::codec::Wire;
 use fides_types::{NodeIndex, Protocol, Quorum, Round};
-use rand::seq::SliceRandom;
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -131,12 +129,7 @@ impl Byzantine<CommonSubset> for Censor {
 pub fn run_case(case: &AcsCase) -> Result<usize, String> {
     let quorum = Quorum::with_max_faults(case.n).map_err(|e| e.to_string())?;
     let mut rng = ChaCha8Rng::seed_from_u64(case.seed);
-    let set = SecretKeySet::random(quorum.t() as usize, &mut rng);
-    let public = Arc::new(PublicShares::new(set.public_keys(), quorum.n()));
-    let keys = quorum
-        .nodes()
-        .map(|i| Arc::new(ThresholdKeys::with_shared(i, Arc::clone(&public), set.secret_key_share(i.as_usize()))))
-        .collect();
+    let keys = crate::threshold_keys(quorum, &mut rng);
     let proposals = quorum
         .nodes()
         .map(|_| {
@@ -146,13 +139,7 @@ pub fn run_case(case: &AcsCase) -> Result<usize, String> {
         })
         .collect();
     let scenario = AcsScenario { quorum, keys, proposals };
-    let mut indices: Vec<NodeIndex> = quorum.nodes().collect();
-    indices.shuffle(&mut rng);
-    let byzantine: Vec<NodeIndex> = indices.into_iter().take(quorum.t() as usize).collect();
-    let behaviours: Vec<Behaviour> = quorum
-        .nodes()
-        .map(|i| if byzantine.contains(&i) { case.byzantine.clone() } else { Behaviour::Honest })
-        .collect();
+    let crate::Placement { byzantine, behaviours, .. } = crate::place(quorum, &case.byzantine, &mut rng);
     let scheduler = RandomScheduler::new(quorum, &mut rng);
     let config = RunConfig { seed: case.seed, deliveries_max: 3_000_000, cpu: None };
     let report = Network::new(quorum, &scenario, &behaviours, scheduler, config).run(|i| scenario.input(i));

@@ -514,6 +514,46 @@ where
     }
 }
 
+/// A threshold key set for a cluster drawn from `rng`: each replica's view, sharing one public side.
+pub fn threshold_keys(quorum: Quorum, rng: &mut ChaCha8Rng) -> Vec<std::sync::Arc<fides_crypto::ThresholdKeys>> {
+    use std::sync::Arc;
+    let set = fides_crypto::blsttc::SecretKeySet::random(quorum.t() as usize, rng);
+    let public = Arc::new(fides_crypto::PublicShares::new(set.public_keys(), quorum.n()));
+    quorum
+        .nodes()
+        .map(|i| {
+            Arc::new(fides_crypto::ThresholdKeys::with_shared(
+                i,
+                Arc::clone(&public),
+                set.secret_key_share(i.as_usize()),
+            ))
+        })
+        .collect()
+}
+
+/// Which replicas are Byzantine in a run.
+#[derive(Clone, Debug)]
+pub struct Placement {
+    /// The `t` Byzantine replicas (none when the kind is [`Behaviour::Honest`]).
+    pub byzantine: Vec<NodeIndex>,
+    /// The honest replicas, in random order.
+    pub honest: Vec<NodeIndex>,
+    /// What each replica does, by index.
+    pub behaviours: Vec<Behaviour>,
+}
+
+/// Make `t` replicas, drawn from `rng`, Byzantine of kind `kind`.
+pub fn place(quorum: Quorum, kind: &Behaviour, rng: &mut ChaCha8Rng) -> Placement {
+    use rand::seq::SliceRandom;
+    let mut indices: Vec<NodeIndex> = quorum.nodes().collect();
+    indices.shuffle(rng);
+    let count = if *kind == Behaviour::Honest { 0 } else { quorum.t() as usize };
+    let honest = indices.split_off(count);
+    let behaviours =
+        quorum.nodes().map(|i| if indices.contains(&i) { kind.clone() } else { Behaviour::Honest }).collect();
+    Placement { byzantine: indices, honest, behaviours }
+}
+
 fn elapsed_nanos(started: Instant) -> u64 {
     u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }

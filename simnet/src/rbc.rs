@@ -3,7 +3,6 @@
 use fides_atomic_broadcast::rbc::{Config, Delivery, Message, Proof, ReliableBroadcast};
 use fides_types::codec::Wire;
 use fides_types::{NodeIndex, Quorum};
-use rand::seq::SliceRandom;
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -133,20 +132,16 @@ impl Byzantine<ReliableBroadcast> for ReadyForger {
 pub fn run_case(case: &RbcCase) -> Result<usize, String> {
     let quorum = Quorum::with_max_faults(case.n).map_err(|e| e.to_string())?;
     let mut rng = ChaCha8Rng::seed_from_u64(case.seed);
-    let mut indices: Vec<NodeIndex> = quorum.nodes().collect();
-    indices.shuffle(&mut rng);
-    let byzantine: Vec<NodeIndex> = indices.iter().copied().take(quorum.t() as usize).collect();
-    let proposer =
-        if case.proposer_byzantine && !byzantine.is_empty() { byzantine[0] } else { indices[quorum.t() as usize] };
+    let crate::Placement { byzantine, honest, behaviours } = crate::place(quorum, &case.byzantine, &mut rng);
+    let proposer = match byzantine.first() {
+        Some(first) if case.proposer_byzantine => *first,
+        _ => honest[0],
+    };
     let mut value = vec![0u8; case.value_len];
     rng.fill_bytes(&mut value);
     let mut value_other = value.clone();
     value_other.push(1);
     let scenario = RbcScenario { quorum, proposer, value: value.clone(), value_other, config: Config::default() };
-    let behaviours: Vec<Behaviour> = quorum
-        .nodes()
-        .map(|i| if byzantine.contains(&i) { case.byzantine.clone() } else { Behaviour::Honest })
-        .collect();
     let scheduler = RandomScheduler::new(quorum, &mut rng);
     let config = RunConfig { seed: case.seed, deliveries_max: 1_000_000, cpu: None };
     let report = Network::new(quorum, &scenario, &behaviours, scheduler, config).run(|i| scenario.input(i));

@@ -240,6 +240,16 @@ impl<M, O> Step<M, O> {
         self.faults.extend(other.faults);
     }
 
+    /// Move this step's messages (each wrapped by `wrap`) and faults into `outer`, the step of an
+    /// enclosing protocol, and hand back the outputs for the caller to act on.
+    pub fn lift_into<M2, O2>(self, outer: &mut Step<M2, O2>, wrap: impl Fn(M) -> M2) -> Vec<O> {
+        outer.faults.extend(self.faults);
+        outer
+            .messages
+            .extend(self.messages.into_iter().map(|m| Outgoing { target: m.target, message: wrap(m.message) }));
+        self.outputs
+    }
+
     /// Whether the step has nothing in it.
     pub fn is_empty(&self) -> bool {
         self.messages.is_empty() && self.outputs.is_empty() && self.faults.is_empty()

@@ -178,8 +178,6 @@ pub enum FaultKind {
     UnknownSender,
     /// A round beyond the buffering bound.
     RoundTooFar,
-    /// The same message twice.
-    Duplicate,
     /// Two different messages where one was allowed.
     Equivocation,
     /// A coin share that does not verify.
@@ -233,13 +231,6 @@ impl<M, O> Step<M, O> {
         self.faults.push(Fault { node, kind });
     }
 
-    /// Append everything of `other`.
-    pub fn extend(&mut self, other: Step<M, O>) {
-        self.messages.extend(other.messages);
-        self.outputs.extend(other.outputs);
-        self.faults.extend(other.faults);
-    }
-
     /// Move this step's messages (each wrapped by `wrap`) and faults into `outer`, the step of an
     /// enclosing protocol, and hand back the outputs for the caller to act on.
     pub fn lift_into<M2, O2>(self, outer: &mut Step<M2, O2>, wrap: impl Fn(M) -> M2) -> Vec<O> {
@@ -248,11 +239,6 @@ impl<M, O> Step<M, O> {
             .messages
             .extend(self.messages.into_iter().map(|m| Outgoing { target: m.target, message: wrap(m.message) }));
         self.outputs
-    }
-
-    /// Whether the step has nothing in it.
-    pub fn is_empty(&self) -> bool {
-        self.messages.is_empty() && self.outputs.is_empty() && self.faults.is_empty()
     }
 }
 

@@ -28,11 +28,12 @@
 //! `epochs_future_max` ahead are a fault (`EpochTooFar`); catching up from far behind is the job
 //! of checkpoints (not built yet).
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
-use fides_crypto::blsttc::{Ciphertext, DecryptionShare, PK_SIZE};
-use fides_crypto::{sha256, ThresholdKeys};
+use fides_crypto::blsttc::{DecryptionShare, PK_SIZE};
+use fides_crypto::envelope::{verify_capsules, Envelope, CAPSULE_LEN, TAG_LEN};
+use fides_crypto::{domain, tagged, ThresholdKeys};
 use fides_types::codec::{put_bytes, DecodeError, Reader, Wire};
 use fides_types::{FaultKind, NodeIndex, Protocol, Quorum, Step};
 use rand::seq::SliceRandom;
@@ -237,7 +238,7 @@ pub type AbcStep = Step<Message, Batch>;
 
 #[derive(Default)]
 struct Decryption {
-    ciphertext: Option<Ciphertext>,
+    ciphertext: Option<Envelope>,
     shares: BTreeMap<NodeIndex, [u8; PK_SIZE]>,
     /// `None` until decided; `Some(None)` when the proposer's ciphertext holds no contribution.
     contribution: Option<Option<Contribution>>,
@@ -261,13 +262,16 @@ pub struct AtomicBroadcast {
     encryption_keys: Arc<ThresholdKeys>,
     clock: u64,
     queue: VecDeque<Request>,
-    queued: BTreeSet<(u64, u64)>,
+    queued: HashSet<(u64, u64)>,
     /// Requests proposed in an epoch not yet delivered, with that epoch.
-    in_flight: BTreeMap<(u64, u64), u64>,
+    in_flight: HashMap<(u64, u64), u64>,
+    /// Requests of other buckets among the first `batch_size` of the queue, with the epoch we
+    /// first saw them there.
+    waiting: HashMap<(u64, u64), u64>,
     epochs: BTreeMap<u64, EpochState>,
     next_epoch: u64,
     time: u64,
-    executed: BTreeSet<(u64, u64)>,
+    executed: HashSet<(u64, u64)>,
     executed_by_epoch: VecDeque<(u64, Vec<(u64, u64)>)>,
     share_suspects: BTreeSet<NodeIndex>,
 }
@@ -299,12 +303,13 @@ impl AtomicBroadcast {
             encryption_keys,
             clock: 0,
             queue: VecDeque::new(),
-            queued: BTreeSet::new(),
-            in_flight: BTreeMap::new(),
+            queued: HashSet::new(),
+            in_flight: HashMap::new(),
+            waiting: HashMap::new(),
             epochs: BTreeMap::new(),
             next_epoch: 0,
             time: 0,
-            executed: BTreeSet::new(),
+            executed: HashSet::new(),
             executed_by_epoch: VecDeque::new(),
             share_suspects: BTreeSet::new(),
         }
@@ -378,7 +383,7 @@ impl AtomicBroadcast {
             Message::Subset { message, .. } => {
                 let Some(state) = self.epochs.get_mut(&epoch) else { return step };
                 let inner = state.subset.handle(from, message);
-                self.absorb(epoch, inner, &mut step);
+                self.absorb(epoch, inner, rng, &mut step);
             }
             Message::Decryption { proposer, share, .. } => self.handle_share(epoch, proposer, from, share, &mut step),
         }
@@ -392,7 +397,8 @@ impl AtomicBroadcast {
     /// Start epochs while we have requests not in flight and room in the window.
     fn start_epochs(&mut self, rng: &mut dyn rand::RngCore, step: &mut AbcStep) -> Result<(), Error> {
         for epoch in self.next_epoch..self.next_epoch + self.config.epochs_in_flight {
-            if !self.queue.iter().any(|r| !self.in_flight.contains_key(&r.key())) {
+            // Every request in flight is queued (see `deliver`), so this says whether any is not.
+            if self.queue.len() <= self.in_flight.len() {
                 break;
             }
             if self.epochs.get(&epoch).is_some_and(|s| s.proposed) {
@@ -428,57 +434,127 @@ impl AtomicBroadcast {
             return Ok(());
         }
         let contribution = Contribution { clock: self.clock, requests: self.choose(epoch, rng) };
-        let body = contribution.to_bytes();
-        let mut plaintext = sha256(&body).to_vec();
-        plaintext.extend_from_slice(&body);
-        let mut rng = rng;
-        let ciphertext = self.encryption_keys.public().public_key().encrypt_with_rng(&mut rng, &plaintext);
+        let associated = self.associated(epoch, self.our_index);
+        let public = self.encryption_keys.public().public_key();
+        let envelope = Envelope::seal(&public, &associated, &contribution.to_bytes(), rng);
         let Some(state) = self.epochs.get_mut(&epoch) else { return Ok(()) };
         state.proposed = true;
-        let inner = state.subset.propose(&ciphertext.to_bytes())?;
-        self.absorb(epoch, inner, step);
+        let inner = state.subset.propose(&envelope.to_bytes())?;
+        self.absorb(epoch, inner, rng, step);
         Ok(())
     }
 
-    /// The longest ciphertext an honest replica makes: the most requests it proposes at the
-    /// longest payload, with their framing, the digest, and the ciphertext's two points.
+    /// The longest envelope an honest replica makes: the most requests it proposes at the
+    /// longest payload, with their framing, the capsule and the tag.
     fn ciphertext_len_max(&self) -> usize {
         let requests = self.config.batch_size.div_ceil(self.quorum.n() as usize).max(1);
         let request = 8 + 8 + 4 + self.config.payload_len_max;
-        48 + 96 + 32 + 8 + 4 + requests * request
+        CAPSULE_LEN + TAG_LEN + 8 + 4 + requests * request
     }
 
-    /// A random `⌈batch_size / n⌉` of the first `batch_size` queued requests not in flight.
+    /// What `proposer`'s envelope in `epoch` is bound to: it opens nowhere else.
+    fn associated(&self, epoch: u64, proposer: NodeIndex) -> Vec<u8> {
+        tagged(domain::ABC_CONTRIBUTION, &[&self.config.session, &epoch.to_le_bytes(), &proposer.0.to_le_bytes()])
+    }
+
+    /// `⌈batch_size / n⌉` requests not in flight, from the oldest `batch_size · n` of the queue
+    /// (see [`bucket`] for why in this order):
+    ///
+    /// 1. requests of other buckets that have stood among the first `batch_size` of our queue for
+    ///    `epochs_in_flight + 2` epochs — their bucket's replica is slow, faulty or never got them;
+    /// 2. requests of our own bucket, oldest first;
+    /// 3. requests of other buckets that their replica is not likely to have in flight (beyond the
+    ///    first `epochs_in_flight` proposals' worth of that bucket) and whose helper bucket is
+    ///    ours, oldest first — replicas done with their own bucket help with the others' without
+    ///    proposing the same ones;
+    /// 4. a random choice among the other requests of the first `batch_size`.
     fn choose(&mut self, epoch: u64, rng: &mut dyn rand::RngCore) -> Vec<Request> {
-        let candidates: Vec<&Request> =
-            self.queue.iter().filter(|r| !self.in_flight.contains_key(&r.key())).take(self.config.batch_size).collect();
-        let amount = self.config.batch_size.div_ceil(self.quorum.n() as usize).max(1);
-        let mut rng = rng;
-        let chosen: Vec<Request> = candidates.choose_multiple(&mut rng, amount).map(|r| (*r).clone()).collect();
+        let n = self.quorum.n();
+        let me = self.our_index.0;
+        let amount = self.config.batch_size.div_ceil(n as usize).max(1);
+        let now = self.next_epoch;
+        let patience = self.config.epochs_in_flight + 2;
+        let in_flight_there = self.config.epochs_in_flight as usize * amount;
+        let scan: Vec<&Request> = self
+            .queue
+            .iter()
+            .filter(|r| !self.in_flight.contains_key(&r.key()))
+            .take(self.config.batch_size.saturating_mul(n as usize))
+            .collect();
+        // Each candidate of another bucket, with whether its replica likely has it in flight.
+        let mut seen = vec![0usize; n as usize];
+        let mut others: Vec<(usize, bool, &Request)> = Vec::new();
+        for (position, request) in scan.iter().enumerate() {
+            let owner = bucket(request.key(), n) as usize;
+            if owner != me as usize {
+                seen[owner] += 1;
+                others.push((position, seen[owner] <= in_flight_there, request));
+            }
+        }
+        let window = self.config.batch_size;
+        for (_, _, request) in others.iter().take_while(|(p, _, _)| *p < window) {
+            self.waiting.entry(request.key()).or_insert(now);
+        }
+        let is_late = |r: &Request| self.waiting.get(&r.key()).is_some_and(|since| since + patience <= now);
+        let mut chosen: Vec<&Request> = others
+            .iter()
+            .take_while(|(p, _, _)| *p < window)
+            .map(|(_, _, r)| *r)
+            .filter(|r| is_late(r))
+            .take(amount)
+            .collect();
+        let own = scan.iter().copied().filter(|r| bucket(r.key(), n) == me);
+        chosen.extend(own.take(amount - chosen.len()));
+        let mut taken: BTreeSet<(u64, u64)> = chosen.iter().map(|r| r.key()).collect();
+        let helped = others
+            .iter()
+            .filter(|(_, front, r)| !front && helper(r.key(), n) == me && !taken.contains(&r.key()))
+            .map(|(_, _, r)| *r);
+        chosen.extend(helped.take(amount - chosen.len()));
+        if chosen.len() < amount {
+            taken.extend(chosen.iter().map(|r| r.key()));
+            let mut rest: Vec<&Request> = others
+                .iter()
+                .take_while(|(p, _, _)| *p < window)
+                .map(|(_, _, r)| *r)
+                .filter(|r| !taken.contains(&r.key()))
+                .collect();
+            let mut rng = rng;
+            rest.shuffle(&mut rng);
+            chosen.extend(rest.into_iter().take(amount - chosen.len()));
+        }
+        let chosen: Vec<Request> = chosen.into_iter().cloned().collect();
         for request in &chosen {
             self.in_flight.insert(request.key(), epoch);
         }
         chosen
     }
 
-    fn absorb(&mut self, epoch: u64, inner: acs::AcsStep, step: &mut AbcStep) {
+    fn absorb(&mut self, epoch: u64, inner: acs::AcsStep, rng: &mut dyn rand::RngCore, step: &mut AbcStep) {
         for subset in inner.lift_into(step, |message| Message::Subset { epoch, message }) {
-            self.on_subset(epoch, subset, step);
+            self.on_subset(epoch, subset, rng, step);
         }
     }
 
-    /// The subset of `epoch` is agreed: send our decryption shares.
-    fn on_subset(&mut self, epoch: u64, subset: Subset, step: &mut AbcStep) {
+    /// The subset of `epoch` is agreed: check the capsules (all at once) and send our decryption
+    /// shares of the valid ones.
+    fn on_subset(&mut self, epoch: u64, subset: Subset, rng: &mut dyn rand::RngCore, step: &mut AbcStep) {
+        let parsed: Vec<(NodeIndex, Option<Envelope>)> = subset
+            .into_iter()
+            .map(|(proposer, delivery)| match delivery {
+                Delivery::Value(bytes) => (proposer, Envelope::from_bytes(&bytes).ok()),
+                Delivery::Invalid => (proposer, None),
+            })
+            .collect();
+        let envelopes: Vec<&Envelope> = parsed.iter().filter_map(|(_, e)| e.as_ref()).collect();
+        let mut verdicts = verify_capsules(&envelopes, rng).into_iter();
         let mut agreed = BTreeMap::new();
-        for (proposer, delivery) in subset {
-            let ciphertext = match delivery {
-                Delivery::Value(bytes) => Ciphertext::from_bytes(&bytes).ok().filter(Ciphertext::verify),
-                Delivery::Invalid => None,
-            };
+        for (proposer, envelope) in parsed {
+            let ciphertext = envelope.filter(|_| verdicts.next().unwrap_or(false));
             let mut decryption = Decryption { ciphertext, ..Decryption::default() };
             match &decryption.ciphertext {
-                Some(ciphertext) => {
-                    let share = self.encryption_keys.decrypt_share(ciphertext).to_bytes();
+                Some(envelope) => {
+                    let share = self.encryption_keys.decrypt_share(envelope.capsule()).to_bytes();
                     step.broadcast(Message::Decryption { epoch, proposer, share });
                 }
                 None => {
@@ -542,6 +618,7 @@ impl AtomicBroadcast {
     fn try_decrypt(&mut self, epoch: u64, proposer: NodeIndex, step: &mut AbcStep) {
         let needed = self.encryption_keys.shares_needed();
         let keys = Arc::clone(&self.encryption_keys);
+        let associated = self.associated(epoch, proposer);
         let Some(decryption) =
             self.epochs.get_mut(&epoch).and_then(|s| s.agreed.as_mut()).and_then(|a| a.get_mut(&proposer))
         else {
@@ -550,7 +627,11 @@ impl AtomicBroadcast {
         if decryption.contribution.is_some() {
             return;
         }
-        let Some(ciphertext) = decryption.ciphertext.clone() else { return };
+        if decryption.shares.len() < needed {
+            return;
+        }
+        let Some(envelope) = decryption.ciphertext.clone() else { return };
+        let ciphertext = envelope.capsule();
         loop {
             let mut usable: BTreeMap<NodeIndex, DecryptionShare> = BTreeMap::new();
             let mut bad = Vec::new();
@@ -561,7 +642,7 @@ impl AtomicBroadcast {
                 match DecryptionShare::from_bytes(*bytes) {
                     Ok(share)
                         if !self.share_suspects.contains(sender)
-                            || keys.verify_decryption_share(*sender, &share, &ciphertext) =>
+                            || keys.verify_decryption_share(*sender, &share, ciphertext) =>
                     {
                         usable.insert(*sender, share);
                     }
@@ -572,8 +653,10 @@ impl AtomicBroadcast {
                 return;
             }
             if bad.is_empty() {
-                if let Some(plaintext) = keys.decrypt(&usable, &ciphertext) {
-                    if let Some(contribution) = open(&plaintext) {
+                if let Some(key) = keys.decrypt(&usable, ciphertext) {
+                    if let Some(contribution) =
+                        envelope.open(&key, &associated).and_then(|b| Contribution::from_bytes(&b).ok())
+                    {
                         decryption.contribution = Some(Some(contribution));
                         return;
                     }
@@ -581,7 +664,7 @@ impl AtomicBroadcast {
                 // Either a bad share spoiled it or the proposer encrypted no contribution.
                 bad = usable
                     .iter()
-                    .filter(|(s, share)| !keys.verify_decryption_share(**s, share, &ciphertext))
+                    .filter(|(s, share)| !keys.verify_decryption_share(**s, share, ciphertext))
                     .map(|(s, _)| *s)
                     .collect();
                 if bad.is_empty() {
@@ -626,8 +709,12 @@ impl AtomicBroadcast {
             }
             for key in &keys {
                 self.queued.remove(key);
+                self.waiting.remove(key);
+                self.in_flight.remove(key);
             }
-            self.queue.retain(|r| !self.executed.contains(&r.key()));
+            if !keys.is_empty() {
+                self.queue.retain(|r| self.queued.contains(&r.key()));
+            }
             self.in_flight.retain(|_, e| *e != epoch);
             self.executed_by_epoch.push_back((epoch, keys));
             while self.executed_by_epoch.front().is_some_and(|(e, _)| e + self.config.dedup_window_epochs <= epoch) {
@@ -644,13 +731,28 @@ impl AtomicBroadcast {
     }
 }
 
-/// The contribution inside a plaintext, if its digest matches.
-fn open(plaintext: &[u8]) -> Option<Contribution> {
-    let (digest, body) = plaintext.split_at_checked(32)?;
-    if sha256(body) != digest {
-        return None;
-    }
-    Contribution::from_bytes(body).ok()
+/// The replica that proposes request `key` first: a fixed mix of the id, so that replicas given
+/// the same requests (a client sending to 2t + 1 of them, or a burst) rarely propose the same one.
+/// Every replica still proposes requests of other buckets when its own run out, and the oldest
+/// requests of its queue are the only candidates, so a request whose bucket is a Byzantine replica
+/// reaches the front of the honest queues and is proposed all the same.
+fn bucket(key: (u64, u64), n: u32) -> u32 {
+    mix(key, 0, n)
+}
+
+/// The replica that helps with request `key` when its bucket's replica is busy: another fixed mix.
+fn helper(key: (u64, u64), n: u32) -> u32 {
+    mix(key, 1, n)
+}
+
+fn mix((client, id): (u64, u64), salt: u64, n: u32) -> u32 {
+    let mut x = client.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ id ^ salt.wrapping_mul(0xD6E8_FEB8_6659_FD93);
+    x ^= x >> 30;
+    x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x ^= x >> 27;
+    x = x.wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^= x >> 31;
+    (x % u64::from(n.max(1))) as u32
 }
 
 impl Protocol for AtomicBroadcast {

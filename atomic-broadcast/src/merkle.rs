@@ -4,7 +4,7 @@
 //! `SHA-256(tagged(RBC_NODE, [left, right]))`. The leaves are padded to a power of two with the
 //! hash of the empty string under the leaf tag and index `u32::MAX`, which no real leaf has.
 
-use fides_crypto::{domain, sha256, tagged};
+use fides_crypto::{domain, sha256_tagged};
 
 /// A SHA-256 digest.
 pub type Digest = [u8; 32];
@@ -13,11 +13,11 @@ pub type Digest = [u8; 32];
 pub const DEPTH_MAX: usize = 10;
 
 fn leaf(index: u32, shard: &[u8]) -> Digest {
-    sha256(&tagged(domain::RBC_LEAF, &[&index.to_le_bytes(), shard]))
+    sha256_tagged(domain::RBC_LEAF, &[&index.to_le_bytes(), shard])
 }
 
 fn inner(left: &Digest, right: &Digest) -> Digest {
-    sha256(&tagged(domain::RBC_NODE, &[left, right]))
+    sha256_tagged(domain::RBC_NODE, &[left, right])
 }
 
 /// The tree over `shards`; levels from the leaves up.
@@ -59,6 +59,11 @@ impl Tree {
     }
 }
 
+/// The length of every path in a tree over `leaves` leaves.
+pub fn depth(leaves: usize) -> usize {
+    leaves.max(1).next_power_of_two().trailing_zeros() as usize
+}
+
 /// Whether `shard` is leaf `index` of the tree with `root`, by `path`.
 pub fn verify(root: &Digest, index: u32, shard: &[u8], path: &[Digest]) -> bool {
     if path.len() > DEPTH_MAX || (path.len() < 32 && u64::from(index) >> path.len() != 0) {
@@ -83,6 +88,7 @@ mod tests {
             let root = tree.root();
             for (i, shard) in shards.iter().enumerate() {
                 let path = tree.path(i);
+                assert_eq!(path.len(), depth(count));
                 assert!(verify(&root, i as u32, shard, &path), "count {count} leaf {i}");
                 assert!(!verify(&root, i as u32, b"other", &path));
                 assert!(!verify(&root, (i as u32) ^ 1 | (1 << path.len()), shard, &path));

@@ -27,7 +27,7 @@
 //! second one is `Equivocation`, the same one again is ignored. Shards longer than the value bound
 //! allows are `TooLong`; a proof that fails or names another index is `InvalidProof`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use fides_types::codec::{put_bytes, DecodeError, Reader, Wire};
 use fides_types::{FaultKind, NodeIndex, Outgoing, Protocol, Quorum, Step, Target};
@@ -176,7 +176,11 @@ pub struct ReliableBroadcast {
     value_root: Option<Digest>,
     echo_sent: bool,
     ready_sent: bool,
-    echos: BTreeMap<NodeIndex, Proof>,
+    /// Each sender's echo, and whether its proof has been checked (proofs are checked only when
+    /// a decoding with them fails: see `try_deliver`).
+    echos: BTreeMap<NodeIndex, (Proof, bool)>,
+    /// Senders whose echo had an invalid proof: their echoes are ignored.
+    bad_echoes: BTreeSet<NodeIndex>,
     readys: BTreeMap<NodeIndex, Digest>,
     delivered: bool,
 }
@@ -194,6 +198,7 @@ impl ReliableBroadcast {
             echo_sent: false,
             ready_sent: false,
             echos: BTreeMap::new(),
+            bad_echoes: BTreeSet::new(),
             readys: BTreeMap::new(),
             delivered: false,
         }
@@ -284,16 +289,28 @@ impl ReliableBroadcast {
         }
     }
 
+    /// An echo counts at once; its proof is checked only if decoding with its shard fails. Counting
+    /// an echo with a bad shard is safe: of `n - t` echoes for a root at least `n - 2t = k` are
+    /// honest, and honest echoes carry shards whose proofs their senders checked.
     fn handle_echo(&mut self, from: NodeIndex, proof: Proof, step: &mut RbcStep) {
-        if let Some(earlier) = self.echos.get(&from) {
+        if self.bad_echoes.contains(&from) {
+            return;
+        }
+        if let Some((earlier, _)) = self.echos.get(&from) {
             if *earlier != proof {
                 step.fault(from, FaultKind::Equivocation);
             }
             return;
         }
-        if self.check_proof(from, &proof, from, step) {
-            self.echos.insert(from, proof);
+        if proof.shard.len() > self.shard_len_max() {
+            step.fault(from, FaultKind::TooLong);
+            return;
         }
+        if proof.index != from.0 || proof.path.len() != merkle::depth(self.quorum.n() as usize) {
+            step.fault(from, FaultKind::InvalidProof);
+            return;
+        }
+        self.echos.insert(from, (proof, false));
     }
 
     fn handle_ready(&mut self, from: NodeIndex, root: Digest, step: &mut RbcStep) {
@@ -307,7 +324,7 @@ impl ReliableBroadcast {
     }
 
     fn echos_for(&self, root: &Digest) -> usize {
-        self.echos.values().filter(|p| p.root == *root).count()
+        self.echos.values().filter(|(p, _)| p.root == *root).count()
     }
 
     fn readys_for(&self, root: &Digest) -> usize {
@@ -316,7 +333,8 @@ impl ReliableBroadcast {
 
     /// The roots that have support, most supported first (deterministic).
     fn candidate_roots(&self) -> Vec<Digest> {
-        let mut roots: Vec<Digest> = self.echos.values().map(|p| p.root).chain(self.readys.values().copied()).collect();
+        let mut roots: Vec<Digest> =
+            self.echos.values().map(|(p, _)| p.root).chain(self.readys.values().copied()).collect();
         roots.sort_unstable();
         roots.dedup();
         roots
@@ -338,25 +356,57 @@ impl ReliableBroadcast {
         }
     }
 
+    /// Upon `2t + 1` READY and `k` echoes for a root: decode from `k` shards (checked ones first),
+    /// re-encode and compare roots. A match delivers the value (bad shards could not have given
+    /// it). A mismatch checks the proofs of the shards used: bad ones are dropped as faults and we
+    /// wait for more; if all were good, the proposer dispersed no codeword and `Invalid` is
+    /// delivered — as at every honest replica, since no `k` good leaves of such a tree decode to
+    /// a value with its root.
     fn try_deliver(&mut self, step: &mut RbcStep) {
         let majority = self.quorum.honest_majority() as usize;
         let k = self.data_shards();
-        let Some(root) = self
-            .candidate_roots()
-            .into_iter()
-            .find(|root| self.readys_for(root) >= majority && self.echos_for(root) >= k)
-        else {
-            return;
-        };
-        let shards: BTreeMap<usize, &[u8]> =
-            self.echos.values().filter(|p| p.root == root).map(|p| (p.index as usize, p.shard.as_slice())).collect();
         let n = self.quorum.n() as usize;
-        let delivery = match decode(&shards, k, n, self.config.value_len_max) {
-            Some(value) if Tree::new(&encode(&value, k, n)).root() == root => Delivery::Value(value),
-            _ => Delivery::Invalid,
-        };
-        self.delivered = true;
-        step.outputs.push(delivery);
+        loop {
+            let Some(root) = self
+                .candidate_roots()
+                .into_iter()
+                .find(|root| self.readys_for(root) >= majority && self.echos_for(root) >= k)
+            else {
+                return;
+            };
+            let mut chosen: Vec<NodeIndex> =
+                self.echos.iter().filter(|(_, (p, _))| p.root == root).map(|(i, _)| *i).collect();
+            chosen.sort_by_key(|i| (!self.echos[i].1, *i));
+            chosen.truncate(k);
+            let shards: BTreeMap<usize, &[u8]> =
+                chosen.iter().map(|i| (i.as_usize(), self.echos[i].0.shard.as_slice())).collect();
+            let value = decode(&shards, k, n, self.config.value_len_max);
+            if let Some(value) = value.filter(|v| Tree::new(&encode(v, k, n)).root() == root) {
+                self.delivered = true;
+                step.outputs.push(Delivery::Value(value));
+                return;
+            }
+            let mut all_good = true;
+            for sender in chosen {
+                let Some((proof, checked)) = self.echos.get_mut(&sender) else { continue };
+                if *checked {
+                    continue;
+                }
+                if proof.verifies() {
+                    *checked = true;
+                } else {
+                    all_good = false;
+                    self.echos.remove(&sender);
+                    self.bad_echoes.insert(sender);
+                    step.fault(sender, FaultKind::InvalidProof);
+                }
+            }
+            if all_good {
+                self.delivered = true;
+                step.outputs.push(Delivery::Invalid);
+                return;
+            }
+        }
     }
 }
 

@@ -23,6 +23,8 @@ use sha2::{Digest, Sha256};
 
 pub use blsttc;
 
+pub mod envelope;
+
 /// Domain tags: one per kind of signed or hashed message.
 pub mod domain {
     /// The common coin of binary agreement: a threshold signature on (instance, round).
@@ -35,6 +37,8 @@ pub mod domain {
     pub const DEALER_CHECK: &[u8] = b"fides/v1/dealer-check";
     /// The cluster id: SHA-256 of a cluster's public key material, made by the dealer.
     pub const CLUSTER_ID: &[u8] = b"fides/v1/cluster-id";
+    /// The associated data of an encrypted contribution to an epoch of atomic broadcast.
+    pub const ABC_CONTRIBUTION: &[u8] = b"fides/v1/abc-contribution";
 }
 
 /// `tag || len(part) || part || …`, the byte string that gets signed or hashed.
@@ -51,6 +55,17 @@ pub fn tagged(tag: &[u8], parts: &[&[u8]]) -> Vec<u8> {
 /// SHA-256 of `bytes`.
 pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
+}
+
+/// SHA-256 of `tagged(tag, parts)`, without building it.
+pub fn sha256_tagged(tag: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    for part in std::iter::once(&tag).chain(parts.iter()) {
+        let len = u32::try_from(part.len()).expect("hashed parts are bounded far below 4 GiB");
+        hasher.update(len.to_le_bytes());
+        hasher.update(part);
+    }
+    hasher.finalize().into()
 }
 
 /// Hash a tagged message to G2, the point that gets signed.
@@ -211,6 +226,7 @@ mod tests {
 
     #[test]
     fn tagged_messages_of_different_domains_differ() {
+        assert_eq!(sha256_tagged(b"a", &[b"bc", b""]), sha256(&tagged(b"a", &[b"bc", b""])));
         assert_ne!(tagged(b"a", &[b"bc"]), tagged(b"ab", &[b"c"]));
         assert_ne!(tagged(b"a", &[b"b", b"c"]), tagged(b"a", &[b"bc"]));
     }

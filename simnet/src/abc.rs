@@ -183,3 +183,114 @@ pub fn run_with_keys(
         byzantine,
     })
 }
+
+/// One throughput run: every replica is given all transactions (as in hbbft's
+/// `examples/simulation`), the run lasts until every honest replica delivered all of them.
+#[derive(Clone, Debug)]
+pub struct AbcBenchCase {
+    /// Replicas.
+    pub n: u32,
+    /// What the `t` Byzantine replicas do ([`Behaviour::Honest`] for none).
+    pub byzantine: Behaviour,
+    /// Transactions in all.
+    pub txs: usize,
+    /// Requests considered per proposal (each replica proposes `⌈batch / n⌉`).
+    pub batch: usize,
+    /// Payload bytes per transaction.
+    pub tx_size: usize,
+    /// Network timing.
+    pub cpu: crate::CpuModel,
+    /// The seed.
+    pub seed: u64,
+}
+
+/// What a throughput run measured (virtual time is in microseconds).
+#[derive(Clone, Debug)]
+pub struct AbcBenchSummary {
+    /// Epochs until every honest replica delivered everything.
+    pub epochs: u64,
+    /// Virtual time at which the last honest replica delivered the last transaction.
+    pub all_delivered_at: u64,
+    /// Virtual time of the first non-empty batch at the first honest replica to deliver one.
+    pub first_commit_at: u64,
+    /// Messages sent per honest replica.
+    pub messages_per_node: f64,
+    /// Bytes sent per honest replica.
+    pub bytes_per_node: f64,
+    /// Handler CPU per honest replica, in microseconds.
+    pub cpu_micros_per_node: f64,
+}
+
+/// Run one throughput case and check total order, at-most-once and that everything was delivered.
+pub fn bench_case(case: &AbcBenchCase) -> Result<AbcBenchSummary, String> {
+    let quorum = Quorum::with_max_faults(case.n).map_err(|e| e.to_string())?;
+    let mut rng = ChaCha8Rng::seed_from_u64(case.seed);
+    let coin = crate::threshold_keys(quorum, &mut rng);
+    let encryption = crate::threshold_keys(quorum, &mut rng);
+    let crate::Placement { byzantine, behaviours, .. } = crate::place(quorum, &case.byzantine, &mut rng);
+    let transactions: Vec<Request> = (0..case.txs as u64)
+        .map(|id| {
+            let mut payload = vec![0u8; case.tx_size];
+            rng.fill_bytes(&mut payload);
+            Request { client: id % 64, id, payload }
+        })
+        .collect();
+    let clock = 1_000_000;
+    let mut config = Config::new(b"simnet/abc-bench".to_vec());
+    config.batch_size = case.batch.max(1);
+    config.queue_max = case.txs.max(1);
+    config.payload_len_max = case.tx_size;
+    let scenario = AbcScenario {
+        quorum,
+        coin,
+        encryption,
+        clocks: vec![clock; quorum.n() as usize],
+        requests: vec![transactions; quorum.n() as usize],
+        config,
+    };
+    let scheduler = RandomScheduler::new(quorum, &mut rng);
+    let run = RunConfig { seed: case.seed, deliveries_max: u64::MAX, cpu: Some(case.cpu) };
+    // Counted incrementally: each honest log's delivered requests so far (at most once each, so
+    // reaching `txs` means all of them).
+    let mut counted: Vec<(usize, usize)> = vec![(0, 0); quorum.n() as usize];
+    let txs = case.txs;
+    let everything_delivered = |outputs: &[Option<Vec<crate::Produced<Batch>>>]| {
+        let mut all = true;
+        for (log, (seen, count)) in outputs.iter().zip(counted.iter_mut()) {
+            let Some(log) = log else { continue };
+            *count += log[*seen..].iter().map(|p| p.output.requests.len()).sum::<usize>();
+            *seen = log.len();
+            all &= *count >= txs;
+        }
+        all
+    };
+    let network = Network::new(quorum, &scenario, &behaviours, scheduler, run);
+    let (report, _) = network.run_until(|i| scenario.input(i), everything_delivered);
+    let context = |e: String| format!("{e} (n={}, byzantine={})", case.n, case.byzantine.name());
+    check::faults_only_against(&report, &byzantine).map_err(context)?;
+    if !report.done_early {
+        return Err(context("the run ended before every transaction was delivered".to_string()));
+    }
+    let logs: Vec<Option<Vec<Batch>>> =
+        report.outputs.iter().map(|o| o.as_ref().map(|list| list.iter().map(|p| p.output.clone()).collect())).collect();
+    let given: BTreeSet<(u64, u64)> = scenario.requests[0].iter().map(|r| (r.client, r.id)).collect();
+    let epochs = check::atomic_broadcast(&logs, &given, &[clock]).map_err(context)?;
+    let honest: Vec<NodeIndex> = report.honest().collect();
+    let produced = || report.outputs.iter().flatten();
+    let all_delivered_at = produced().filter_map(|log| log.last().map(|p| p.at)).max().unwrap_or(0);
+    let first_commit_at = produced()
+        .filter_map(|log| log.iter().find(|p| !p.output.requests.is_empty()).map(|p| p.at))
+        .min()
+        .unwrap_or(0);
+    let per_node = |f: &dyn Fn(&crate::NodeStats) -> u64| {
+        honest.iter().map(|i| f(&report.stats[i.as_usize()]) as f64).sum::<f64>() / honest.len().max(1) as f64
+    };
+    Ok(AbcBenchSummary {
+        epochs,
+        all_delivered_at,
+        first_commit_at,
+        messages_per_node: per_node(&|s| s.messages_sent),
+        bytes_per_node: per_node(&|s| s.bytes_sent),
+        cpu_micros_per_node: per_node(&|s| s.cpu_nanos) / 1_000.0,
+    })
+}

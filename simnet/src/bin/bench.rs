@@ -5,10 +5,18 @@
 //! `bench aba [-n N]…` prints, per cluster size: the mean and worst round of decision (rounds count
 //! from 0, so 0 means the first round), messages and bytes sent per honest replica, CPU per honest
 //! replica per decision, and the virtual time to the last decision.
+//!
+//! `bench abc [-n N] [--txs T] [--batch B] [--tx-size S] [--lag MS] [--bw KBIT]` gives every
+//! replica all `T` transactions and runs atomic broadcast until every honest replica delivered all
+//! of them; it prints throughput (transactions per second of virtual time), time to the first
+//! non-empty batch, mean epoch time, messages, bytes and CPU per replica, and real wall time.
 
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand, ValueEnum};
+use std::time::Instant;
+
 use simnet::aba::{run_case_with, AbaCase, AbaSummary, SchedulerKind};
+use simnet::abc::{bench_case, AbcBenchCase};
 use simnet::{Behaviour, CpuModel};
 
 #[derive(Parser)]
@@ -22,6 +30,36 @@ struct Cli {
 enum Command {
     /// Binary agreement: one instance per run, every replica proposing.
     Aba(AbaArgs),
+    /// Atomic broadcast: every replica is given all transactions, until all are delivered.
+    Abc(AbcArgs),
+}
+
+#[derive(clap::Args)]
+struct AbcArgs {
+    /// Cluster sizes (t is the largest that n tolerates); default 4, 7, 10, 16, 31.
+    #[arg(short = 'n', long = "nodes")]
+    nodes: Vec<u32>,
+    /// Transactions in all.
+    #[arg(long, default_value_t = 20_000)]
+    txs: usize,
+    /// Requests considered per epoch (each replica proposes `⌈batch / n⌉` of them).
+    #[arg(long, default_value_t = 2_000)]
+    batch: usize,
+    /// Payload bytes per transaction.
+    #[arg(long = "tx-size", default_value_t = 250)]
+    tx_size: usize,
+    /// Message latency in milliseconds.
+    #[arg(long, default_value_t = 1)]
+    lag: u64,
+    /// Link bandwidth in kbit/s.
+    #[arg(long, default_value_t = 1_000_000)]
+    bw: u64,
+    /// Make t replicas Byzantine of this kind; their CPU is not counted.
+    #[arg(long)]
+    byzantine: Option<String>,
+    /// Seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -61,20 +99,87 @@ struct AbaArgs {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Aba(args) => aba(args),
+        Command::Abc(args) => abc(args),
     }
+}
+
+fn byzantine_kind(name: Option<&str>) -> Result<Behaviour> {
+    match name {
+        None => Ok(Behaviour::Honest),
+        Some(name) => match Behaviour::byzantine_kinds().into_iter().find(|b| b.name() == name) {
+            Some(kind) => Ok(kind),
+            None => bail!("unknown Byzantine kind {name:?}"),
+        },
+    }
+}
+
+fn abc(args: AbcArgs) -> Result<()> {
+    if args.bw == 0 || args.txs == 0 || args.batch == 0 {
+        bail!("--bw, --txs and --batch must be positive");
+    }
+    let byzantine = byzantine_kind(args.byzantine.as_deref())?;
+    let sizes = if args.nodes.is_empty() { vec![4, 7, 10, 16, 31] } else { args.nodes.clone() };
+    let cpu = CpuModel { lag: args.lag * 1_000, bandwidth_bps: args.bw * 1_000 };
+    println!(
+        "atomic broadcast, {} txs of {} B, batch {}, lag {} ms, bandwidth {} kbit/s, Byzantine: {}",
+        args.txs,
+        args.tx_size,
+        args.batch,
+        args.lag,
+        args.bw,
+        if byzantine == Behaviour::Honest { "none".to_string() } else { format!("t {}", byzantine.name()) }
+    );
+    println!(
+        "{:>4} {:>3} | {:>10} | {:>12} {:>12} | {:>6} {:>10} | {:>9} {:>11} | {:>11} | {:>8}",
+        "n",
+        "t",
+        "tx/s",
+        "first (ms)",
+        "epoch (ms)",
+        "epochs",
+        "all (ms)",
+        "msgs/node",
+        "MB/node",
+        "CPU ms/node",
+        "wall (s)"
+    );
+    for n in sizes {
+        let case = AbcBenchCase {
+            n,
+            byzantine: byzantine.clone(),
+            txs: args.txs,
+            batch: args.batch,
+            tx_size: args.tx_size,
+            cpu,
+            seed: args.seed,
+        };
+        let started = Instant::now();
+        let summary = bench_case(&case).map_err(|e| anyhow::anyhow!("n = {n}, seed {}: {e}", args.seed))?;
+        let wall = started.elapsed().as_secs_f64();
+        let seconds = summary.all_delivered_at as f64 / 1e6;
+        println!(
+            "{:>4} {:>3} | {:>10.0} | {:>12.2} {:>12.2} | {:>6} {:>10.1} | {:>9.0} {:>11.2} | {:>11.1} | {:>8.1}",
+            n,
+            (n - 1) / 3,
+            args.txs as f64 / seconds,
+            summary.first_commit_at as f64 / 1e3,
+            summary.all_delivered_at as f64 / 1e3 / summary.epochs.max(1) as f64,
+            summary.epochs,
+            summary.all_delivered_at as f64 / 1e3,
+            summary.messages_per_node,
+            summary.bytes_per_node / 1e6,
+            summary.cpu_micros_per_node / 1e3,
+            wall,
+        );
+    }
+    Ok(())
 }
 
 fn aba(args: AbaArgs) -> Result<()> {
     if args.runs == 0 || args.bw == 0 {
         bail!("--runs and --bw must be positive");
     }
-    let byzantine = match &args.byzantine {
-        None => Behaviour::Honest,
-        Some(name) => match Behaviour::byzantine_kinds().into_iter().find(|b| b.name() == name) {
-            Some(kind) => kind,
-            None => bail!("unknown Byzantine kind {name:?}"),
-        },
-    };
+    let byzantine = byzantine_kind(args.byzantine.as_deref())?;
     let sizes = if args.nodes.is_empty() { vec![4, 7, 10, 16, 31] } else { args.nodes.clone() };
     let cpu = CpuModel { lag: args.lag * 1_000, bandwidth_bps: args.bw * 1_000 };
     println!(

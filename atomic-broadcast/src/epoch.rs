@@ -24,14 +24,15 @@
 //!   `docs/atomic-broadcast.md`).
 //!
 //! Several epochs run at once; each epoch's common subset is kept until it terminated (others
-//! may still need our messages), then dropped. Messages for epochs more than
-//! `epochs_future_max` ahead are a fault (`EpochTooFar`); catching up from far behind is the job
-//! of checkpoints (not built yet).
+//! may still need our messages), then dropped. Messages of epochs up to `epochs_in_flight` ahead
+//! are handled at once, those up to `epochs_future_max` ahead are kept until we run their epoch,
+//! later ones are dropped; a replica that finds itself behind asks for a catch-up (see
+//! [`crate::checkpoint`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
-use fides_crypto::blsttc::{DecryptionShare, PK_SIZE};
+use fides_crypto::blsttc::{DecryptionShare, SignatureShare, PK_SIZE, SIG_SIZE};
 use fides_crypto::envelope::{verify_capsules, Envelope, CAPSULE_LEN, TAG_LEN};
 use fides_crypto::{domain, tagged, ThresholdKeys};
 use fides_types::codec::{put_bytes, DecodeError, Reader, Wire};
@@ -39,6 +40,10 @@ use fides_types::{FaultKind, NodeIndex, Protocol, Quorum, Step};
 use rand::seq::SliceRandom;
 
 use crate::acs::{self, CommonSubset, Subset};
+use crate::checkpoint::{
+    agreed_batches, log_genesis, log_next, vouch, window_digest, CatchUp, Checkpoint, Digest, Statement, Vouched,
+    WindowEntry, CATCH_UP_BATCHES_MAX,
+};
 use crate::rbc::{self, Delivery};
 
 /// A client request.
@@ -127,6 +132,29 @@ pub enum Input {
         /// Requests.
         requests: Vec<Request>,
     },
+    /// We were down or cut off (e.g. the process restarted with its state): ask the others for
+    /// what we missed.
+    Recover,
+    /// The application's digest of its state after it applied the batch of `epoch`, a checkpoint
+    /// epoch (`(epoch + 1) % checkpoint_interval == 0`); the replicas threshold-sign it.
+    ApplicationDigest {
+        /// The epoch.
+        epoch: u64,
+        /// The digest.
+        digest: Digest,
+    },
+}
+
+/// What atomic broadcast tells the caller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// The next batch, to apply in order.
+    Batch(Batch),
+    /// A checkpoint became stable: signed by the cluster.
+    Checkpoint(Checkpoint),
+    /// We were behind and jumped to this checkpoint: install the application state whose digest
+    /// it names (from any peer: the digest is signed), then apply the batches that follow.
+    Install(Checkpoint),
 }
 
 /// A message of atomic broadcast.
@@ -148,6 +176,20 @@ pub enum Message {
         /// The share, compressed.
         share: [u8; PK_SIZE],
     },
+    /// The sender's signature share on its checkpoint statement after `epoch`.
+    CheckpointShare {
+        /// The checkpoint epoch.
+        epoch: u64,
+        /// The share, compressed.
+        share: [u8; SIG_SIZE],
+    },
+    /// The sender is behind: its next epoch to deliver is `next`.
+    CatchUpRequest {
+        /// Its next epoch.
+        next: u64,
+    },
+    /// An answer to a catch-up request.
+    CatchUp(CatchUp),
 }
 
 impl Wire for Message {
@@ -164,6 +206,19 @@ impl Wire for Message {
                 out.extend_from_slice(&proposer.0.to_le_bytes());
                 out.extend_from_slice(share);
             }
+            Message::CheckpointShare { epoch, share } => {
+                out.push(2);
+                out.extend_from_slice(&epoch.to_le_bytes());
+                out.extend_from_slice(share);
+            }
+            Message::CatchUpRequest { next } => {
+                out.push(3);
+                out.extend_from_slice(&next.to_le_bytes());
+            }
+            Message::CatchUp(answer) => {
+                out.push(4);
+                answer.encode(out);
+            }
         }
     }
 
@@ -175,6 +230,9 @@ impl Wire for Message {
                 proposer: NodeIndex(reader.u32()?),
                 share: reader.array()?,
             }),
+            2 => Ok(Message::CheckpointShare { epoch: reader.u64()?, share: reader.array()? }),
+            3 => Ok(Message::CatchUpRequest { next: reader.u64()? }),
+            4 => Ok(Message::CatchUp(CatchUp::decode(reader)?)),
             other => Err(DecodeError::Invalid { what: "message tag", value: u64::from(other) }),
         }
     }
@@ -197,6 +255,8 @@ pub struct Config {
     pub payload_len_max: usize,
     /// Epochs for which executed ids are remembered.
     pub dedup_window_epochs: u64,
+    /// Epochs between checkpoints: one after every epoch `e` with `(e + 1) % interval == 0`.
+    pub checkpoint_interval: u64,
 }
 
 impl Config {
@@ -210,6 +270,7 @@ impl Config {
             queue_max: 100_000,
             payload_len_max: 64 * 1024,
             dedup_window_epochs: 10_000,
+            checkpoint_interval: 64,
         }
     }
 }
@@ -234,7 +295,28 @@ pub enum Error {
 }
 
 /// The step type of atomic broadcast.
-pub type AbcStep = Step<Message, Batch>;
+pub type AbcStep = Step<Message, Output>;
+
+/// A checkpoint epoch we delivered, or heard shares for.
+#[derive(Default)]
+struct Pending {
+    /// Time, log and window after the epoch, once we delivered it; with the window itself.
+    delivered: Option<(u64, Digest, Digest, Arc<Vec<WindowEntry>>)>,
+    /// The statement, once the application gave its digest.
+    statement: Option<Statement>,
+    shares: BTreeMap<NodeIndex, [u8; SIG_SIZE]>,
+}
+
+/// A checkpoint with the at-most-once window it covers.
+type CheckpointWithWindow = (Checkpoint, Vec<WindowEntry>);
+
+/// A catch-up we asked for.
+struct CatchingUp {
+    /// The (t + 1)-th highest epoch heard of when we asked.
+    heard: u64,
+    /// Verified answers: the checkpoint (with its window) if any, and what they vouch for.
+    answers: BTreeMap<NodeIndex, (Option<CheckpointWithWindow>, Vouched)>,
+}
 
 #[derive(Default)]
 struct Decryption {
@@ -251,6 +333,17 @@ struct EpochState {
     /// Shares that came before the subset was known: (proposer, sender) → share.
     early: BTreeMap<(NodeIndex, NodeIndex), [u8; PK_SIZE]>,
     delivered: bool,
+}
+
+/// The threshold key sets a replica needs.
+#[derive(Clone, Debug)]
+pub struct Keys {
+    /// For the coins of binary agreement.
+    pub coin: Arc<ThresholdKeys>,
+    /// For the contributions.
+    pub encryption: Arc<ThresholdKeys>,
+    /// For checkpoints.
+    pub signing: Arc<ThresholdKeys>,
 }
 
 /// Atomic broadcast at one replica.
@@ -272,8 +365,24 @@ pub struct AtomicBroadcast {
     next_epoch: u64,
     time: u64,
     executed: HashSet<(u64, u64)>,
-    executed_by_epoch: VecDeque<(u64, Vec<(u64, u64)>)>,
+    /// The ids executed in each epoch still in the at-most-once window.
+    window: VecDeque<WindowEntry>,
     share_suspects: BTreeSet<NodeIndex>,
+    signing_keys: Arc<ThresholdKeys>,
+    /// The log digest after the last delivered epoch.
+    log: Digest,
+    /// Batches delivered after the latest stable checkpoint (to answer catch-ups).
+    retained: VecDeque<Batch>,
+    /// The latest stable checkpoint, with its window.
+    stable: Option<(Checkpoint, Arc<Vec<WindowEntry>>)>,
+    pending: BTreeMap<u64, Pending>,
+    /// The highest epoch each replica's messages showed it at.
+    heard: BTreeMap<NodeIndex, u64>,
+    catching_up: Option<CatchingUp>,
+    /// The last catch-up request answered, per replica.
+    answered: BTreeMap<NodeIndex, u64>,
+    /// Messages of epochs beyond the ones we run, kept until we run them (bounded).
+    buffered: BTreeMap<u64, Vec<(NodeIndex, Message)>>,
 }
 
 impl std::fmt::Debug for AtomicBroadcast {
@@ -282,19 +391,29 @@ impl std::fmt::Debug for AtomicBroadcast {
             .field("our_index", &self.our_index)
             .field("next_epoch", &self.next_epoch)
             .field("queue", &self.queue.len())
+            .field("in_flight", &self.in_flight.values().collect::<BTreeSet<_>>())
+            .field(
+                "epochs",
+                &self
+                    .epochs
+                    .iter()
+                    .map(|(e, s)| {
+                        let agreed = s.agreed.as_ref().map(|a| {
+                            a.iter().map(|(p, d)| (p.0, d.contribution.is_some(), d.shares.len())).collect::<Vec<_>>()
+                        });
+                        (*e, s.proposed, agreed, s.delivered, s.subset.terminated())
+                    })
+                    .collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
 
 impl AtomicBroadcast {
-    /// A replica with the cluster's coin and encryption keys.
-    pub fn new(
-        quorum: Quorum,
-        our_index: NodeIndex,
-        config: Config,
-        coin_keys: Arc<ThresholdKeys>,
-        encryption_keys: Arc<ThresholdKeys>,
-    ) -> Self {
+    /// A replica with the cluster's coin, encryption and (checkpoint) signing keys.
+    pub fn new(quorum: Quorum, our_index: NodeIndex, config: Config, keys: Keys) -> Self {
+        let Keys { coin: coin_keys, encryption: encryption_keys, signing: signing_keys } = keys;
+        let log = log_genesis(&config.session);
         AtomicBroadcast {
             quorum,
             our_index,
@@ -310,9 +429,28 @@ impl AtomicBroadcast {
             next_epoch: 0,
             time: 0,
             executed: HashSet::new(),
-            executed_by_epoch: VecDeque::new(),
+            window: VecDeque::new(),
             share_suspects: BTreeSet::new(),
+            signing_keys,
+            log,
+            retained: VecDeque::new(),
+            stable: None,
+            pending: BTreeMap::new(),
+            heard: BTreeMap::new(),
+            catching_up: None,
+            answered: BTreeMap::new(),
+            buffered: BTreeMap::new(),
         }
+    }
+
+    /// The latest stable checkpoint.
+    pub fn stable_checkpoint(&self) -> Option<&Checkpoint> {
+        self.stable.as_ref().map(|(c, _)| c)
+    }
+
+    /// The log digest after the last delivered epoch.
+    pub fn log_digest(&self) -> Digest {
+        self.log
     }
 
     /// The next epoch to deliver.
@@ -352,6 +490,21 @@ impl AtomicBroadcast {
                     self.submit(request)?;
                 }
             }
+            Input::ApplicationDigest { epoch, digest } => {
+                let mut step = AbcStep::default();
+                self.application_digest(epoch, digest, &mut step);
+                return Ok(step);
+            }
+            Input::Recover => {
+                let mut step = AbcStep::default();
+                let heard = self.heard_from_one_honest();
+                match &mut self.catching_up {
+                    Some(catching_up) => catching_up.heard = heard,
+                    None => self.catching_up = Some(CatchingUp { heard, answers: BTreeMap::new() }),
+                }
+                step.broadcast(Message::CatchUpRequest { next: self.next_epoch });
+                return Ok(step);
+            }
         }
         let mut step = AbcStep::default();
         self.start_epochs(rng, &mut step)?;
@@ -361,37 +514,114 @@ impl AtomicBroadcast {
     /// Handle a message from `from`.
     pub fn handle(&mut self, from: NodeIndex, message: Message, rng: &mut dyn rand::RngCore) -> AbcStep {
         let mut step = AbcStep::default();
-        let epoch = match &message {
-            Message::Subset { epoch, .. } | Message::Decryption { epoch, .. } => *epoch,
-        };
-        if epoch >= self.next_epoch.saturating_add(self.config.epochs_future_max) {
-            step.fault(from, FaultKind::EpochTooFar);
+        if !self.quorum.contains(from) {
+            step.fault(from, FaultKind::UnknownSender);
             return step;
         }
+        match message {
+            Message::CheckpointShare { epoch, share } => self.handle_checkpoint_share(from, epoch, share, &mut step),
+            Message::CatchUpRequest { next } => self.answer_catch_up(from, next, &mut step),
+            Message::CatchUp(answer) => self.handle_catch_up(from, answer, &mut step),
+            message => self.handle_epoch_message(from, message, rng, &mut step),
+        }
+        // A catch-up may have moved us forward: deliver what became deliverable, start what we
+        // have requests for.
+        self.deliver(&mut step);
+        self.replay_buffered(rng, &mut step);
+        if let Err(error) = self.start_epochs(rng, &mut step) {
+            // Our own proposal is bounded to fit: failing is a local bug, never a peer's doing.
+            panic!("proposing failed: {error}");
+        }
+        self.request_catch_up(&mut step);
+        step
+    }
+
+    fn handle_epoch_message(
+        &mut self,
+        from: NodeIndex,
+        message: Message,
+        rng: &mut dyn rand::RngCore,
+        step: &mut AbcStep,
+    ) {
+        let epoch = match &message {
+            Message::Subset { epoch, .. } | Message::Decryption { epoch, .. } => *epoch,
+            _ => return,
+        };
+        self.hear(from, epoch);
+        if epoch >= self.next_epoch.saturating_add(self.config.epochs_future_max) {
+            // Too far ahead to buffer. Not a fault: honest replicas get there while we are behind,
+            // and catching up (see `request_catch_up`) is the remedy.
+            return;
+        }
         if epoch < self.next_epoch && !self.epochs.contains_key(&epoch) {
-            return step; // Delivered and dropped: nothing needed from it any more.
+            return; // Delivered and dropped: nothing needed from it any more.
+        }
+        if epoch >= self.next_epoch + self.config.epochs_in_flight && !self.epochs.contains_key(&epoch) {
+            // Beyond the epochs we run: keep it for when we get there. Joining at once would let
+            // one replica pull us ahead of the others, whose copies of our messages they would
+            // then have to drop.
+            let max = self.buffered_max();
+            let buffered = self.buffered.entry(epoch).or_default();
+            if buffered.len() < max {
+                buffered.push((from, message));
+            }
+            return;
+        }
+        self.route(from, epoch, message, rng, step);
+    }
+
+    /// Messages kept per epoch ahead of the ones we run: enough for everything honest replicas
+    /// send in an epoch that has not decided in many rounds.
+    fn buffered_max(&self) -> usize {
+        64 * (self.quorum.n() as usize).pow(2)
+    }
+
+    /// Handle the messages kept for epochs that we now run.
+    fn replay_buffered(&mut self, rng: &mut dyn rand::RngCore, step: &mut AbcStep) {
+        while let Some((&epoch, _)) = self.buffered.first_key_value() {
+            if epoch >= self.next_epoch + self.config.epochs_in_flight {
+                break;
+            }
+            let messages = self.buffered.remove(&epoch).unwrap_or_default();
+            if epoch < self.next_epoch {
+                continue;
+            }
+            for (from, message) in messages {
+                self.route(from, epoch, message, rng, step);
+            }
+            self.deliver(step);
+        }
+    }
+
+    /// Handle a message of `epoch`, which we take part in from now on.
+    fn route(
+        &mut self,
+        from: NodeIndex,
+        epoch: u64,
+        message: Message,
+        rng: &mut dyn rand::RngCore,
+        step: &mut AbcStep,
+    ) {
+        if epoch < self.next_epoch && !self.epochs.contains_key(&epoch) {
+            return;
         }
         // Take part in this epoch and every one before it: epochs are delivered in order, so a
         // later one is of no use unless the earlier ones run too.
         for earlier in self.next_epoch..=epoch {
-            if let Err(error) = self.join(earlier, rng, &mut step) {
+            if let Err(error) = self.join(earlier, rng, step) {
                 // Our own proposal is bounded to fit: failing is a local bug, never a peer's doing.
                 panic!("proposing in epoch {earlier} failed: {error}");
             }
         }
         match message {
             Message::Subset { message, .. } => {
-                let Some(state) = self.epochs.get_mut(&epoch) else { return step };
+                let Some(state) = self.epochs.get_mut(&epoch) else { return };
                 let inner = state.subset.handle(from, message);
-                self.absorb(epoch, inner, rng, &mut step);
+                self.absorb(epoch, inner, rng, step);
             }
-            Message::Decryption { proposer, share, .. } => self.handle_share(epoch, proposer, from, share, &mut step),
+            Message::Decryption { proposer, share, .. } => self.handle_share(epoch, proposer, from, share, step),
+            _ => {}
         }
-        self.deliver(&mut step);
-        if let Err(error) = self.start_epochs(rng, &mut step) {
-            panic!("proposing failed: {error}");
-        }
-        step
     }
 
     /// Start epochs while we have requests not in flight and room in the window.
@@ -635,15 +865,16 @@ impl AtomicBroadcast {
         loop {
             let mut usable: BTreeMap<NodeIndex, DecryptionShare> = BTreeMap::new();
             let mut bad = Vec::new();
-            for (sender, bytes) in &decryption.shares {
+            // Shares of replicas that never sent a bad one first; a suspect's share is used only
+            // when needed, and verified then.
+            let suspect = |sender: &NodeIndex| self.share_suspects.contains(sender);
+            let trusted = decryption.shares.iter().filter(|(s, _)| !suspect(s));
+            for (sender, bytes) in trusted.chain(decryption.shares.iter().filter(|(s, _)| suspect(s))) {
                 if usable.len() == needed {
                     break;
                 }
                 match DecryptionShare::from_bytes(*bytes) {
-                    Ok(share)
-                        if !self.share_suspects.contains(sender)
-                            || keys.verify_decryption_share(*sender, &share, ciphertext) =>
-                    {
+                    Ok(share) if !suspect(sender) || keys.verify_decryption_share(*sender, &share, ciphertext) => {
                         usable.insert(*sender, share);
                     }
                     _ => bad.push(*sender),
@@ -695,39 +926,307 @@ impl AtomicBroadcast {
             state.delivered = true;
             let mut clocks: Vec<u64> = contributions.iter().map(|c| c.clock).collect();
             clocks.sort_unstable();
+            let mut time = self.time;
             if let Some(median) = clocks.get(clocks.len().saturating_sub(1) / 2) {
-                self.time = self.time.max(*median);
+                time = time.max(*median);
             }
             let mut requests = Vec::new();
-            let mut keys = Vec::new();
+            let mut seen = HashSet::new();
             for request in contributions.into_iter().flat_map(|c| c.requests) {
                 let key = request.key();
-                if self.executed.insert(key) {
-                    keys.push(key);
+                if !self.executed.contains(&key) && seen.insert(key) {
                     requests.push(request);
                 }
             }
-            for key in &keys {
-                self.queued.remove(key);
-                self.waiting.remove(key);
-                self.in_flight.remove(key);
-            }
-            if !keys.is_empty() {
-                self.queue.retain(|r| self.queued.contains(&r.key()));
-            }
-            self.in_flight.retain(|_, e| *e != epoch);
-            self.executed_by_epoch.push_back((epoch, keys));
-            while self.executed_by_epoch.front().is_some_and(|(e, _)| e + self.config.dedup_window_epochs <= epoch) {
-                if let Some((_, expired)) = self.executed_by_epoch.pop_front() {
-                    for key in expired {
-                        self.executed.remove(&key);
-                    }
-                }
-            }
-            step.outputs.push(Batch { epoch, time: self.time, requests });
-            self.next_epoch += 1;
+            self.commit(Batch { epoch, time, requests }, step);
         }
         self.epochs.retain(|_, s| !(s.delivered && s.subset.terminated()));
+    }
+
+    /// Apply a delivered batch (ours, or one a catch-up vouched for) and output it.
+    fn commit(&mut self, batch: Batch, step: &mut AbcStep) {
+        let epoch = batch.epoch;
+        self.time = batch.time;
+        let keys: Vec<(u64, u64)> = batch.requests.iter().map(Request::key).collect();
+        for key in &keys {
+            self.executed.insert(*key);
+            self.queued.remove(key);
+            self.waiting.remove(key);
+            self.in_flight.remove(key);
+        }
+        if !keys.is_empty() {
+            self.queue.retain(|r| self.queued.contains(&r.key()));
+        }
+        // Requests proposed in this epoch that it did not deliver can be proposed again.
+        self.in_flight.retain(|_, e| *e > epoch);
+        self.window.push_back((epoch, keys));
+        while self.window.front().is_some_and(|(e, _)| e + self.config.dedup_window_epochs <= epoch) {
+            if let Some((_, expired)) = self.window.pop_front() {
+                for key in expired {
+                    self.executed.remove(&key);
+                }
+            }
+        }
+        self.log = log_next(&self.log, &batch);
+        self.retained.push_back(batch.clone());
+        let retained_max = (4 * self.config.checkpoint_interval + self.config.epochs_future_max) as usize;
+        while self.retained.len() > retained_max.min(CATCH_UP_BATCHES_MAX as usize) {
+            self.retained.pop_front();
+        }
+        self.next_epoch = epoch + 1;
+        if self.is_checkpoint_epoch(epoch) {
+            let window: Arc<Vec<WindowEntry>> = Arc::new(self.window.iter().cloned().collect());
+            let digest = window_digest(window.iter());
+            self.pending.entry(epoch).or_default().delivered = Some((self.time, self.log, digest, window));
+        }
+        step.outputs.push(Output::Batch(batch));
+    }
+
+    fn is_checkpoint_epoch(&self, epoch: u64) -> bool {
+        self.config.checkpoint_interval > 0 && (epoch + 1) % self.config.checkpoint_interval == 0
+    }
+
+    /// The application's digest after a checkpoint epoch: sign the statement and share it.
+    fn application_digest(&mut self, epoch: u64, digest: Digest, step: &mut AbcStep) {
+        let Some(pending) = self.pending.get_mut(&epoch) else { return };
+        let Some((time, log, window, _)) = &pending.delivered else { return };
+        if pending.statement.is_some() {
+            return;
+        }
+        let statement = Statement { epoch, time: *time, application: digest, log: *log, window: *window };
+        let share = self.signing_keys.sign_share(statement.point(&self.config.session)).to_bytes();
+        pending.statement = Some(statement);
+        pending.shares.insert(self.our_index, share);
+        step.broadcast(Message::CheckpointShare { epoch, share });
+        self.try_stabilise(epoch, step);
+    }
+
+    fn handle_checkpoint_share(&mut self, from: NodeIndex, epoch: u64, share: [u8; SIG_SIZE], step: &mut AbcStep) {
+        if !self.is_checkpoint_epoch(epoch) {
+            step.fault(from, FaultKind::WrongInstance);
+            return;
+        }
+        // A share for `epoch` means its sender delivered it.
+        self.hear(from, epoch.saturating_add(1));
+        let stable = self.stable.as_ref().map(|(c, _)| c.epoch);
+        if stable.is_some_and(|s| epoch <= s)
+            || epoch >= self.next_epoch.saturating_add(self.config.epochs_future_max)
+            || from == self.our_index
+        {
+            return;
+        }
+        let pending = self.pending.entry(epoch).or_default();
+        match pending.shares.get(&from) {
+            Some(earlier) if *earlier != share => step.fault(from, FaultKind::Equivocation),
+            Some(_) => {}
+            None => {
+                pending.shares.insert(from, share);
+                self.try_stabilise(epoch, step);
+            }
+        }
+    }
+
+    /// Combine `t + 1` shares on our statement of `epoch` into a stable checkpoint.
+    fn try_stabilise(&mut self, epoch: u64, step: &mut AbcStep) {
+        let needed = self.signing_keys.shares_needed();
+        let Some(pending) = self.pending.get_mut(&epoch) else { return };
+        let Some(statement) = pending.statement.clone() else { return };
+        let point = statement.point(&self.config.session);
+        let signature = loop {
+            if pending.shares.len() < needed {
+                return;
+            }
+            let mut shares = BTreeMap::new();
+            for (sender, bytes) in &pending.shares {
+                match SignatureShare::from_bytes(*bytes) {
+                    Ok(share) => {
+                        shares.insert(*sender, share);
+                    }
+                    Err(_) => step.fault(*sender, FaultKind::InvalidCheckpoint),
+                }
+            }
+            pending.shares.retain(|sender, _| shares.contains_key(sender));
+            match self.signing_keys.combine(&shares, point) {
+                Ok(signature) => break signature,
+                Err(fides_crypto::CombineError::InvalidShares(bad)) if !bad.is_empty() => {
+                    for sender in bad {
+                        pending.shares.remove(&sender);
+                        step.fault(sender, FaultKind::InvalidCheckpoint);
+                    }
+                }
+                Err(_) => return,
+            }
+        };
+        let window = pending.delivered.as_ref().map(|(_, _, _, w)| Arc::clone(w)).unwrap_or_default();
+        let checkpoint = Checkpoint {
+            epoch,
+            time: statement.time,
+            application: statement.application,
+            log: statement.log,
+            window: statement.window,
+            signature: signature.to_bytes(),
+        };
+        self.make_stable(checkpoint.clone(), window);
+        step.outputs.push(Output::Checkpoint(checkpoint));
+    }
+
+    fn make_stable(&mut self, checkpoint: Checkpoint, window: Arc<Vec<WindowEntry>>) {
+        let epoch = checkpoint.epoch;
+        self.retained.retain(|b| b.epoch > epoch);
+        self.pending.retain(|e, _| *e > epoch);
+        self.stable = Some((checkpoint, window));
+    }
+
+    /// Note that `from` showed itself at `epoch`.
+    fn hear(&mut self, from: NodeIndex, epoch: u64) {
+        if from != self.our_index {
+            let heard = self.heard.entry(from).or_default();
+            *heard = (*heard).max(epoch);
+        }
+    }
+
+    /// The highest epoch that `t + 1` replicas other than us showed themselves at.
+    fn heard_from_one_honest(&self) -> u64 {
+        let mut heard: Vec<u64> = self.heard.values().copied().collect();
+        heard.sort_unstable_by(|a, b| b.cmp(a));
+        heard.get(self.quorum.t() as usize).copied().unwrap_or(0)
+    }
+
+    /// Ask everyone for a catch-up when `t + 1` replicas (so at least one honest one) are
+    /// `epochs_in_flight` or more epochs ahead of us: we may have dropped messages they sent (too
+    /// far ahead), or they may have dropped the epochs we still run. Asked again only once they
+    /// have gone another `epochs_in_flight` further.
+    fn request_catch_up(&mut self, step: &mut AbcStep) {
+        let heard = self.heard_from_one_honest();
+        if heard < self.next_epoch.saturating_add(self.config.epochs_in_flight) {
+            return;
+        }
+        if self.catching_up.as_ref().is_some_and(|c| heard < c.heard.saturating_add(self.config.epochs_in_flight)) {
+            return;
+        }
+        // Answers already in stay useful: the log digests they vouch for do not change.
+        match &mut self.catching_up {
+            Some(catching_up) => catching_up.heard = heard,
+            None => self.catching_up = Some(CatchingUp { heard, answers: BTreeMap::new() }),
+        }
+        step.broadcast(Message::CatchUpRequest { next: self.next_epoch });
+    }
+
+    /// Answer `from`, whose next epoch is `next`: our latest stable checkpoint if it is behind
+    /// it, and the batches we keep after it (or after `next`). A replica is answered once per
+    /// `epochs_in_flight` epochs of our own progress, so requests cannot make us send much more
+    /// than the log grows.
+    fn answer_catch_up(&mut self, from: NodeIndex, next: u64, step: &mut AbcStep) {
+        let quiet = self.answered.get(&from).is_some_and(|ours| self.next_epoch < ours + self.config.epochs_in_flight);
+        if from == self.our_index || next >= self.next_epoch || quiet {
+            return;
+        }
+        self.answered.insert(from, self.next_epoch);
+        let checkpoint = self
+            .stable
+            .as_ref()
+            .filter(|(c, _)| next <= c.epoch)
+            .map(|(c, window)| (c.clone(), window.as_ref().clone()));
+        let from_epoch = checkpoint.as_ref().map_or(next, |(c, _)| c.epoch + 1);
+        let batches: Vec<Batch> = self.retained.iter().filter(|b| b.epoch >= from_epoch).cloned().collect();
+        if batches.first().is_some_and(|b| b.epoch != from_epoch) || (checkpoint.is_none() && batches.is_empty()) {
+            return; // We no longer keep what it needs; others will answer.
+        }
+        step.messages.push(fides_types::Outgoing {
+            target: fides_types::Target::Node(from),
+            message: Message::CatchUp(CatchUp { checkpoint, batches }),
+        });
+    }
+
+    /// An answer to our catch-up request: verify its checkpoint, chain its batches from a base we
+    /// trust, and apply what `t + 1` answers agree on.
+    fn handle_catch_up(&mut self, from: NodeIndex, answer: CatchUp, step: &mut AbcStep) {
+        if from == self.our_index || self.catching_up.is_none() {
+            return;
+        }
+        let CatchUp { checkpoint, mut batches } = answer;
+        let base = match &checkpoint {
+            Some((c, window)) => {
+                let public = self.signing_keys.public().public_key();
+                if !c.verifies(&self.config.session, &public) || window_digest(window.iter()) != c.window {
+                    step.fault(from, FaultKind::InvalidCheckpoint);
+                    return;
+                }
+                (Some(c.epoch), c.log)
+            }
+            None => {
+                batches.retain(|b| b.epoch >= self.next_epoch);
+                (self.next_epoch.checked_sub(1), self.log)
+            }
+        };
+        let Some(vouched) = vouch(base, &batches) else {
+            step.fault(from, FaultKind::InvalidCheckpoint);
+            return;
+        };
+        if let Some(catching_up) = &mut self.catching_up {
+            catching_up.answers.insert(from, (checkpoint, vouched));
+        }
+        self.try_catch_up(step);
+    }
+
+    fn try_catch_up(&mut self, step: &mut AbcStep) {
+        let Some(catching_up) = &self.catching_up else { return };
+        let one_honest = self.quorum.one_honest() as usize;
+        let vouched: BTreeMap<NodeIndex, Vouched> =
+            catching_up.answers.iter().map(|(i, (_, v))| (*i, v.clone())).collect();
+        let own = agreed_batches((self.next_epoch.checked_sub(1), self.log), &vouched, one_honest);
+        let own_end = own.last().map_or(self.next_epoch, |(b, _)| b.epoch + 1);
+        let jump = catching_up
+            .answers
+            .values()
+            .filter_map(|(c, _)| c.as_ref())
+            .filter(|(c, _)| c.epoch >= own_end)
+            .max_by_key(|(c, _)| c.epoch)
+            .cloned();
+        let batches = match jump {
+            Some((checkpoint, window)) => {
+                let accepted = agreed_batches((Some(checkpoint.epoch), checkpoint.log), &vouched, one_honest);
+                self.install(checkpoint, window, step);
+                // Later answers may vouch for the batches after the checkpoint: keep listening.
+                if accepted.is_empty() {
+                    return;
+                }
+                accepted
+            }
+            None if own.is_empty() => return,
+            None => own,
+        };
+        let progressed = !batches.is_empty();
+        for (batch, digest) in batches {
+            self.commit(batch, step);
+            debug_assert_eq!(self.log, digest);
+        }
+        if progressed {
+            self.catching_up = None;
+        }
+        let next = self.next_epoch;
+        self.epochs.retain(|e, _| *e >= next);
+        self.in_flight.retain(|_, e| *e >= next);
+    }
+
+    /// Jump to a verified checkpoint: its time, log, window and the application state it names.
+    fn install(&mut self, checkpoint: Checkpoint, window: Vec<WindowEntry>, step: &mut AbcStep) {
+        self.next_epoch = checkpoint.epoch + 1;
+        self.time = checkpoint.time;
+        self.log = checkpoint.log;
+        self.executed = window.iter().flat_map(|(_, keys)| keys.iter().copied()).collect();
+        self.window = window.iter().cloned().collect();
+        for key in &self.executed {
+            self.queued.remove(key);
+            self.waiting.remove(key);
+        }
+        self.queue.retain(|r| self.queued.contains(&r.key()));
+        self.in_flight.retain(|key, e| *e > checkpoint.epoch && self.queued.contains(key));
+        self.retained.clear();
+        step.outputs.push(Output::Install(checkpoint.clone()));
+        self.make_stable(checkpoint, Arc::new(window));
+        let next = self.next_epoch;
+        self.epochs.retain(|e, _| *e >= next);
     }
 }
 
@@ -758,7 +1257,7 @@ fn mix((client, id): (u64, u64), salt: u64, n: u32) -> u32 {
 impl Protocol for AtomicBroadcast {
     type Input = Input;
     type Message = Message;
-    type Output = Batch;
+    type Output = Output;
     type Error = Error;
 
     fn our_index(&self) -> NodeIndex {

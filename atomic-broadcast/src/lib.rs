@@ -1,13 +1,17 @@
 //! Asynchronous atomic broadcast (reliable broadcast, common subset, threshold-encrypted epochs,
 //! agreed time), sans-IO.
 //!
-//! Built so far: [`rbc`], reliable broadcast with erasure coding and Merkle proofs, and [`acs`],
-//! the asynchronous common subset on top of it and binary agreement. The encrypted epochs, agreed
-//! time, the request layer and checkpoints are still to come (see `docs/atomic-broadcast.md`).
+//! - [`rbc`]: reliable broadcast with erasure coding and Merkle proofs;
+//! - [`acs`]: the asynchronous common subset, on reliable broadcast and binary agreement;
+//! - [`epoch`]: threshold-encrypted epochs, agreed time, the request layer (at most once);
+//! - [`checkpoint`]: threshold-signed checkpoints and the catch-up of a replica behind.
+//!
+//! `docs/atomic-broadcast.md` describes the protocol as built.
 
 #![forbid(unsafe_code)]
 
 pub mod acs;
+pub mod checkpoint;
 pub mod epoch;
 pub mod merkle;
 pub mod rbc;

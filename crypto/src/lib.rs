@@ -39,6 +39,12 @@ pub mod domain {
     pub const CLUSTER_ID: &[u8] = b"fides/v1/cluster-id";
     /// The associated data of an encrypted contribution to an epoch of atomic broadcast.
     pub const ABC_CONTRIBUTION: &[u8] = b"fides/v1/abc-contribution";
+    /// The chained digest of the log of delivered batches.
+    pub const ABC_LOG: &[u8] = b"fides/v1/abc-log";
+    /// The digest of the at-most-once window (ids executed in the last epochs).
+    pub const ABC_WINDOW: &[u8] = b"fides/v1/abc-window";
+    /// A checkpoint of atomic broadcast: (session, epoch, time, application, log, window).
+    pub const ABC_CHECKPOINT: &[u8] = b"fides/v1/abc-checkpoint";
 }
 
 /// `tag || len(part) || part || …`, the byte string that gets signed or hashed.

@@ -1,10 +1,13 @@
 //! Atomic broadcast under the simulator: requests given to one or to 2t + 1 replicas, clocks
-//! that differ, and checks of total order, validity, at-most-once and agreed time.
+//! that differ, an application that reports its state's digest at checkpoints, optionally a
+//! replica cut off for a while that must catch up from a checkpoint; checks of total order,
+//! validity, at-most-once, checkpoints and agreed time.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use fides_atomic_broadcast::epoch::{AtomicBroadcast, Batch, Config, Input, Message, Request};
+use fides_atomic_broadcast::checkpoint::{CatchUp, Checkpoint};
+use fides_atomic_broadcast::epoch::{AtomicBroadcast, Batch, Config, Input, Keys, Message, Output, Request};
 use fides_crypto::ThresholdKeys;
 use fides_types::codec::Wire;
 use fides_types::{NodeIndex, Quorum};
@@ -13,7 +16,12 @@ use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::check;
-use crate::{Behaviour, Byzantine, Network, RandomScheduler, RunConfig, Scenario};
+use crate::{Behaviour, Byzantine, Network, Produced, RandomScheduler, Reaction, RunConfig, Scenario};
+
+/// Epochs between checkpoints in the simulated runs.
+pub const CHECKPOINT_INTERVAL: u64 = 2;
+/// How long (virtual µs) a lagging replica is down.
+pub const LAG_UNTIL: u64 = 4_000_000;
 
 /// One run of atomic broadcast.
 #[derive(Clone, Debug)]
@@ -24,15 +32,48 @@ pub struct AbcCase {
     pub byzantine: Behaviour,
     /// Requests in all.
     pub requests: usize,
+    /// Whether one honest replica is down until [`LAG_UNTIL`] — every message to or from it
+    /// before then is lost — and then recovers (it takes the place of one Byzantine replica, so
+    /// `t - 1` are Byzantine); it must catch up from a checkpoint.
+    pub lagging: bool,
     /// The seed.
     pub seed: u64,
+}
+
+/// Each replica's view of the cluster's three threshold key sets.
+#[derive(Clone)]
+pub struct ClusterKeys {
+    /// Coin keys.
+    pub coin: Vec<Arc<ThresholdKeys>>,
+    /// Encryption keys.
+    pub encryption: Vec<Arc<ThresholdKeys>>,
+    /// Signing keys (checkpoints).
+    pub signing: Vec<Arc<ThresholdKeys>>,
+}
+
+impl ClusterKeys {
+    /// Fresh key sets drawn from `rng`.
+    pub fn random(quorum: Quorum, rng: &mut ChaCha8Rng) -> Self {
+        let coin = crate::threshold_keys(quorum, rng);
+        let encryption = crate::threshold_keys(quorum, rng);
+        let signing = crate::threshold_keys(quorum, rng);
+        ClusterKeys { coin, encryption, signing }
+    }
+
+    fn of(&self, index: NodeIndex) -> Keys {
+        let i = index.as_usize();
+        Keys {
+            coin: Arc::clone(&self.coin[i]),
+            encryption: Arc::clone(&self.encryption[i]),
+            signing: Arc::clone(&self.signing[i]),
+        }
+    }
 }
 
 /// The scenario: keys, each replica's clock and requests.
 pub struct AbcScenario {
     quorum: Quorum,
-    coin: Vec<Arc<ThresholdKeys>>,
-    encryption: Vec<Arc<ThresholdKeys>>,
+    keys: ClusterKeys,
     clocks: Vec<u64>,
     requests: Vec<Vec<Request>>,
     config: Config,
@@ -42,8 +83,7 @@ impl AbcScenario {
     fn instance(&self, index: NodeIndex, session: &[u8]) -> AtomicBroadcast {
         let mut config = self.config.clone();
         config.session = session.to_vec();
-        let i = index.as_usize();
-        AtomicBroadcast::new(self.quorum, index, config, Arc::clone(&self.coin[i]), Arc::clone(&self.encryption[i]))
+        AtomicBroadcast::new(self.quorum, index, config, self.keys.of(index))
     }
 }
 
@@ -71,7 +111,7 @@ impl Scenario for AbcScenario {
 
     fn garbage(&self, rng: &mut ChaCha8Rng) -> Vec<u8> {
         let epoch = rng.gen_range(0..20);
-        match rng.gen_range(0..3) {
+        match rng.gen_range(0..7) {
             0 => {
                 let mut share = [0u8; 48];
                 rng.fill_bytes(&mut share);
@@ -83,6 +123,42 @@ impl Scenario for AbcScenario {
                     .map(|s| s.to_bytes())
                     .unwrap_or([0; 48]);
                 Message::Decryption { epoch, proposer: NodeIndex(0), share }.to_bytes()
+            }
+            2 => {
+                // A share on a statement nobody signs (or bytes that are no share at all).
+                let share = if rng.gen_bool(0.5) {
+                    self.keys.signing[0].sign_share(fides_crypto::hash_to_g2(b"garbage", &[b"statement"])).to_bytes()
+                } else {
+                    let mut bytes = [0u8; 96];
+                    rng.fill_bytes(&mut bytes);
+                    bytes
+                };
+                let epoch = rng.gen_range(0..5) * CHECKPOINT_INTERVAL + CHECKPOINT_INTERVAL - 1;
+                Message::CheckpointShare { epoch, share }.to_bytes()
+            }
+            3 => Message::CatchUpRequest { next: rng.gen_range(0..30) }.to_bytes(),
+            4 => {
+                // A forged checkpoint and made-up batches after it.
+                let mut signature = [0u8; 96];
+                rng.fill_bytes(&mut signature);
+                let checkpoint = Checkpoint {
+                    epoch: rng.gen_range(0..40),
+                    time: rng.gen(),
+                    application: [1; 32],
+                    log: [2; 32],
+                    window: fides_atomic_broadcast::checkpoint::window_digest(&[]),
+                    signature,
+                };
+                let batch = Batch { epoch: checkpoint.epoch + 1, time: 0, requests: Vec::new() };
+                Message::CatchUp(CatchUp { checkpoint: Some((checkpoint, Vec::new())), batches: vec![batch] })
+                    .to_bytes()
+            }
+            5 => {
+                // Made-up batches from epoch 0, no checkpoint.
+                let requests = vec![Request { client: 7, id: rng.gen(), payload: b"forged".to_vec() }];
+                let batches =
+                    (0..rng.gen_range(1..20)).map(|e| Batch { epoch: e, time: 1, requests: requests.clone() });
+                Message::CatchUp(CatchUp { checkpoint: None, batches: batches.collect() }).to_bytes()
             }
             _ => {
                 let mut bytes = vec![0u8; rng.gen_range(0..100)];
@@ -98,13 +174,39 @@ impl Scenario for AbcScenario {
     }
 }
 
+/// The simulated application at every honest replica: a digest chained over the ids it executed,
+/// reported at each checkpoint epoch; a replica that installs a checkpoint takes its digest (the
+/// state transfer a real service would make).
+pub fn application(n: u32, interval: u64) -> Reaction<AtomicBroadcast> {
+    let mut state = vec![[0u8; 32]; n as usize];
+    Box::new(move |index, output| {
+        let digest = state.get_mut(index.as_usize())?;
+        match output {
+            Output::Batch(batch) => {
+                let mut bytes = digest.to_vec();
+                for request in &batch.requests {
+                    bytes.extend_from_slice(&request.client.to_le_bytes());
+                    bytes.extend_from_slice(&request.id.to_le_bytes());
+                }
+                *digest = fides_crypto::sha256(&bytes);
+                ((batch.epoch + 1) % interval == 0)
+                    .then_some(Input::ApplicationDigest { epoch: batch.epoch, digest: *digest })
+            }
+            Output::Install(checkpoint) => {
+                *digest = checkpoint.application;
+                None
+            }
+            Output::Checkpoint(_) => None,
+        }
+    })
+}
+
 /// Run one case and check it; the number of epochs delivered.
 pub fn run_case(case: &AbcCase) -> Result<u64, String> {
     let quorum = Quorum::with_max_faults(case.n).map_err(|e| e.to_string())?;
     let mut rng = ChaCha8Rng::seed_from_u64(case.seed);
-    let coin = crate::threshold_keys(quorum, &mut rng);
-    let encryption = crate::threshold_keys(quorum, &mut rng);
-    run_with_keys(case, coin, encryption, &mut rng).map(|summary| summary.epochs)
+    let keys = ClusterKeys::random(quorum, &mut rng);
+    run_with_keys(case, keys, &mut rng).map(|summary| summary.epochs)
 }
 
 /// What a checked run delivered, as every honest replica agrees.
@@ -116,19 +218,38 @@ pub struct AbcSummary {
     pub requests: usize,
     /// The agreed time of each epoch.
     pub times: Vec<u64>,
+    /// Stable checkpoints (epochs).
+    pub checkpoints: Vec<u64>,
     /// The Byzantine replicas.
     pub byzantine: Vec<NodeIndex>,
+    /// The lagging replica and the checkpoint epoch it installed.
+    pub installed: Option<(NodeIndex, u64)>,
 }
 
-/// Run one case with given coin and encryption keys (e.g. the dealer's) and check it.
-pub fn run_with_keys(
-    case: &AbcCase,
-    coin: Vec<Arc<ThresholdKeys>>,
-    encryption: Vec<Arc<ThresholdKeys>>,
-    rng: &mut ChaCha8Rng,
-) -> Result<AbcSummary, String> {
+/// Where each honest log stands: the next epoch it will deliver.
+fn reached(log: &[Produced<Output>]) -> u64 {
+    log.iter()
+        .filter_map(|p| match &p.output {
+            Output::Batch(b) => Some(b.epoch + 1),
+            Output::Install(c) => Some(c.epoch + 1),
+            Output::Checkpoint(_) => None,
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Run one case with given keys (e.g. the dealer's) and check it.
+pub fn run_with_keys(case: &AbcCase, keys: ClusterKeys, rng: &mut ChaCha8Rng) -> Result<AbcSummary, String> {
     let quorum = Quorum::with_max_faults(case.n).map_err(|e| e.to_string())?;
-    let crate::Placement { byzantine, honest, behaviours } = crate::place(quorum, &case.byzantine, rng);
+    let crate::Placement { mut byzantine, mut honest, mut behaviours } = crate::place(quorum, &case.byzantine, rng);
+    let lagging = case.lagging.then(|| match byzantine.pop() {
+        Some(index) => {
+            behaviours[index.as_usize()] = Behaviour::Honest;
+            honest.push(index);
+            index
+        }
+        None => honest[0],
+    });
     let indices: Vec<NodeIndex> = quorum.nodes().collect();
     let clocks: Vec<u64> = quorum.nodes().map(|_| 1_000_000 + rng.gen_range(0..5_000)).collect();
     // Each request goes to one honest replica, or to 2t + 1 replicas chosen at random (which may
@@ -146,24 +267,47 @@ pub fn run_with_keys(
         }
     }
     let mut config = Config::new(b"simnet/abc".to_vec());
-    config.batch_size = 8;
-    let scenario = AbcScenario { quorum, coin, encryption, clocks: clocks.clone(), requests, config };
+    // Four requests per replica per epoch: a few epochs per run.
+    config.batch_size = 4 * quorum.n() as usize;
+    config.checkpoint_interval = CHECKPOINT_INTERVAL;
+    config.epochs_future_max = 8;
+    let session = config.session.clone();
+    let scenario = AbcScenario { quorum, keys, clocks: clocks.clone(), requests, config };
     let scheduler = RandomScheduler::new(quorum, rng);
     let run = RunConfig { seed: case.seed, deliveries_max: 5_000_000, cpu: None };
     let given: BTreeSet<(u64, u64)> =
         honest.iter().flat_map(|i| scenario.requests[i.as_usize()].iter().map(|r| (r.client, r.id))).collect();
     // Atomic broadcast never terminates (a Byzantine replica can keep starting epochs): the run
-    // stops once every honest replica delivered every request given to an honest one.
-    let everything_delivered = |outputs: &[Option<Vec<crate::Produced<Batch>>>]| {
-        outputs.iter().flatten().all(|log| {
-            let delivered: BTreeSet<(u64, u64)> =
-                log.iter().flat_map(|p| p.output.requests.iter().map(|r| (r.client, r.id))).collect();
-            given.is_subset(&delivered)
-        })
+    // stops once every honest replica reached the epoch by which some honest replica delivered
+    // every request given to an honest one.
+    let everything_delivered = |outputs: &[Option<Vec<Produced<Output>>>]| {
+        let mut all_by = None;
+        for log in outputs.iter().flatten() {
+            let mut missing = given.clone();
+            for produced in log {
+                if let Output::Batch(batch) = &produced.output {
+                    for request in &batch.requests {
+                        missing.remove(&(request.client, request.id));
+                    }
+                    if missing.is_empty() {
+                        all_by = Some(batch.epoch + 1);
+                        break;
+                    }
+                }
+            }
+            if all_by.is_some() {
+                break;
+            }
+        }
+        all_by.is_some_and(|by| outputs.iter().flatten().all(|log| reached(log) >= by))
     };
-    let network = Network::new(quorum, &scenario, &behaviours, scheduler, run);
+    let mut network = Network::new(quorum, &scenario, &behaviours, scheduler, run)
+        .with_reaction(application(quorum.n(), CHECKPOINT_INTERVAL));
+    if let Some(index) = lagging {
+        network = network.with_outage(index, LAG_UNTIL).with_input_at(LAG_UNTIL, index, Input::Recover);
+    }
     let (report, _) = network.run_until(|i| scenario.input(i), everything_delivered);
-    let context = |e: String| format!("{e} (n={}, byzantine={})", case.n, case.byzantine.name());
+    let context = |e: String| format!("{e} (n={}, byzantine={}, lagging={lagging:?})", case.n, case.byzantine.name());
     check::faults_only_against(&report, &byzantine).map_err(context)?;
     if !report.done_early {
         return Err(context(format!(
@@ -171,16 +315,51 @@ pub fn run_with_keys(
             report.deliveries
         )));
     }
-    let logs: Vec<Option<Vec<Batch>>> =
+    let logs: Vec<Option<Vec<Output>>> =
         report.outputs.iter().map(|o| o.as_ref().map(|list| list.iter().map(|p| p.output.clone()).collect())).collect();
     let honest_clocks: Vec<u64> = honest.iter().map(|i| clocks[i.as_usize()]).collect();
-    let epochs = check::atomic_broadcast(&logs, &given, &honest_clocks).map_err(context)?;
-    let longest = logs.iter().flatten().max_by_key(|l| l.len()).cloned().unwrap_or_default();
+    let epochs = check::atomic_broadcast(&session, &logs, &given, &honest_clocks).map_err(context)?;
+    let installed = lagging.and_then(|index| {
+        logs[index.as_usize()].as_ref()?.iter().find_map(|o| match o {
+            Output::Install(c) => Some((index, c.epoch)),
+            _ => None,
+        })
+    });
+    if let Some(index) = lagging {
+        if installed.is_none() {
+            return Err(context(format!("catch-up: the lagging replica {index} installed no checkpoint")));
+        }
+    }
+    let longest: Vec<Batch> = logs
+        .iter()
+        .flatten()
+        .map(|log| {
+            log.iter()
+                .filter_map(|o| match o {
+                    Output::Batch(b) => Some(b.clone()),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        })
+        .filter(|batches| batches.first().is_some_and(|b| b.epoch == 0))
+        .max_by_key(Vec::len)
+        .unwrap_or_default();
+    let checkpoints: BTreeSet<u64> = logs
+        .iter()
+        .flatten()
+        .flatten()
+        .filter_map(|o| match o {
+            Output::Checkpoint(c) => Some(c.epoch),
+            _ => None,
+        })
+        .collect();
     Ok(AbcSummary {
         epochs,
         requests: longest.iter().map(|b| b.requests.len()).sum(),
         times: longest.iter().map(|b| b.time).collect(),
+        checkpoints: checkpoints.into_iter().collect(),
         byzantine,
+        installed,
     })
 }
 
@@ -225,8 +404,7 @@ pub struct AbcBenchSummary {
 pub fn bench_case(case: &AbcBenchCase) -> Result<AbcBenchSummary, String> {
     let quorum = Quorum::with_max_faults(case.n).map_err(|e| e.to_string())?;
     let mut rng = ChaCha8Rng::seed_from_u64(case.seed);
-    let coin = crate::threshold_keys(quorum, &mut rng);
-    let encryption = crate::threshold_keys(quorum, &mut rng);
+    let keys = ClusterKeys::random(quorum, &mut rng);
     let crate::Placement { byzantine, behaviours, .. } = crate::place(quorum, &case.byzantine, &mut rng);
     let transactions: Vec<Request> = (0..case.txs as u64)
         .map(|id| {
@@ -240,10 +418,11 @@ pub fn bench_case(case: &AbcBenchCase) -> Result<AbcBenchSummary, String> {
     config.batch_size = case.batch.max(1);
     config.queue_max = case.txs.max(1);
     config.payload_len_max = case.tx_size;
+    let session = config.session.clone();
+    let interval = config.checkpoint_interval;
     let scenario = AbcScenario {
         quorum,
-        coin,
-        encryption,
+        keys,
         clocks: vec![clock; quorum.n() as usize],
         requests: vec![transactions; quorum.n() as usize],
         config,
@@ -254,32 +433,41 @@ pub fn bench_case(case: &AbcBenchCase) -> Result<AbcBenchSummary, String> {
     // reaching `txs` means all of them).
     let mut counted: Vec<(usize, usize)> = vec![(0, 0); quorum.n() as usize];
     let txs = case.txs;
-    let everything_delivered = |outputs: &[Option<Vec<crate::Produced<Batch>>>]| {
+    let everything_delivered = |outputs: &[Option<Vec<Produced<Output>>>]| {
         let mut all = true;
         for (log, (seen, count)) in outputs.iter().zip(counted.iter_mut()) {
             let Some(log) = log else { continue };
-            *count += log[*seen..].iter().map(|p| p.output.requests.len()).sum::<usize>();
+            *count += log[*seen..]
+                .iter()
+                .map(|p| match &p.output {
+                    Output::Batch(b) => b.requests.len(),
+                    _ => 0,
+                })
+                .sum::<usize>();
             *seen = log.len();
             all &= *count >= txs;
         }
         all
     };
-    let network = Network::new(quorum, &scenario, &behaviours, scheduler, run);
+    let network =
+        Network::new(quorum, &scenario, &behaviours, scheduler, run).with_reaction(application(quorum.n(), interval));
     let (report, _) = network.run_until(|i| scenario.input(i), everything_delivered);
     let context = |e: String| format!("{e} (n={}, byzantine={})", case.n, case.byzantine.name());
     check::faults_only_against(&report, &byzantine).map_err(context)?;
     if !report.done_early {
         return Err(context("the run ended before every transaction was delivered".to_string()));
     }
-    let logs: Vec<Option<Vec<Batch>>> =
+    let logs: Vec<Option<Vec<Output>>> =
         report.outputs.iter().map(|o| o.as_ref().map(|list| list.iter().map(|p| p.output.clone()).collect())).collect();
     let given: BTreeSet<(u64, u64)> = scenario.requests[0].iter().map(|r| (r.client, r.id)).collect();
-    let epochs = check::atomic_broadcast(&logs, &given, &[clock]).map_err(context)?;
+    let epochs = check::atomic_broadcast(&session, &logs, &given, &[clock]).map_err(context)?;
     let honest: Vec<NodeIndex> = report.honest().collect();
     let produced = || report.outputs.iter().flatten();
     let all_delivered_at = produced().filter_map(|log| log.last().map(|p| p.at)).max().unwrap_or(0);
     let first_commit_at = produced()
-        .filter_map(|log| log.iter().find(|p| !p.output.requests.is_empty()).map(|p| p.at))
+        .filter_map(|log| {
+            log.iter().find(|p| matches!(&p.output, Output::Batch(b) if !b.requests.is_empty())).map(|p| p.at)
+        })
         .min()
         .unwrap_or(0);
     let per_node = |f: &dyn Fn(&crate::NodeStats) -> u64| {

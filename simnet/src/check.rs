@@ -192,35 +192,64 @@ pub fn common_subset(
     Ok(subset.len())
 }
 
-/// Check atomic broadcast from the delivered logs of honest replicas, taken at one moment: total
-/// order (every log is a prefix of the longest), at-most-once, validity (every request given to
-/// an honest replica is in every log), and agreed time (non-decreasing, within the honest
-/// clocks). Returns the number of epochs of the longest log.
+/// Atomic broadcast, over each honest replica's outputs in order: total order (every replica
+/// that delivered epoch e delivered the same batch), batches in consecutive epochs except across an
+/// `Install` (a forward jump to a checkpoint), checkpoints naming the log digest of the batches
+/// before them and identical everywhere, at-most-once, every request in `given` delivered, and
+/// agreed time non-decreasing and within the honest clocks. Returns the epochs delivered.
 pub fn atomic_broadcast(
-    logs: &[Option<Vec<fides_atomic_broadcast::epoch::Batch>>],
+    session: &[u8],
+    logs: &[Option<Vec<fides_atomic_broadcast::epoch::Output>>],
     given: &std::collections::BTreeSet<(u64, u64)>,
     honest_clocks: &[u64],
 ) -> Result<u64, String> {
-    let honest: Vec<&Vec<fides_atomic_broadcast::epoch::Batch>> = logs.iter().flatten().collect();
-    let longest = honest.iter().max_by_key(|l| l.len()).ok_or("no honest replica")?;
-    for (index, log) in honest.iter().enumerate() {
-        if log.as_slice() != &longest[..log.len()] {
-            return Err(format!("total order: honest log {index} is not a prefix of the longest"));
+    use fides_atomic_broadcast::checkpoint::{log_genesis, log_next, Checkpoint};
+    use fides_atomic_broadcast::epoch::{Batch, Output};
+    use std::collections::BTreeMap;
+    let mut batches: BTreeMap<u64, &Batch> = BTreeMap::new();
+    let mut checkpoints: BTreeMap<u64, &Checkpoint> = BTreeMap::new();
+    let mut reached = Vec::new();
+    for (index, log) in logs.iter().flatten().enumerate() {
+        let mut next = 0u64;
+        for output in log {
+            match output {
+                Output::Batch(batch) => {
+                    if batch.epoch != next {
+                        return Err(format!("order: honest log {index} delivered epoch {} after {next}", batch.epoch));
+                    }
+                    if batches.entry(batch.epoch).or_insert(batch) != &batch {
+                        return Err(format!("total order: honest logs differ at epoch {}", batch.epoch));
+                    }
+                    next += 1;
+                }
+                Output::Checkpoint(checkpoint) | Output::Install(checkpoint) => {
+                    if checkpoints.entry(checkpoint.epoch).or_insert(checkpoint) != &checkpoint {
+                        return Err(format!("checkpoints differ at epoch {}", checkpoint.epoch));
+                    }
+                    match output {
+                        Output::Install(_) if checkpoint.epoch < next => {
+                            return Err(format!("log {index} installed epoch {} behind {next}", checkpoint.epoch))
+                        }
+                        Output::Install(_) => next = checkpoint.epoch + 1,
+                        _ if checkpoint.epoch >= next => {
+                            return Err(format!("log {index}: checkpoint {} before its epoch", checkpoint.epoch))
+                        }
+                        _ => {}
+                    }
+                }
+            }
         }
-        let delivered: std::collections::BTreeSet<(u64, u64)> =
-            log.iter().flat_map(|b| b.requests.iter().map(|r| (r.client, r.id))).collect();
-        if let Some(missing) = given.iter().find(|key| !delivered.contains(key)) {
-            return Err(format!("validity: honest log {index} lacks request {missing:?}"));
-        }
+        reached.push(next);
     }
+    let last = batches.keys().next_back().copied();
     let mut seen = std::collections::BTreeSet::new();
     let low = honest_clocks.iter().min().copied().unwrap_or(0);
     let high = honest_clocks.iter().max().copied().unwrap_or(u64::MAX);
     let mut time = 0;
-    for (position, batch) in longest.iter().enumerate() {
-        if batch.epoch != position as u64 {
-            return Err(format!("order: batch {position} is of epoch {}", batch.epoch));
-        }
+    let mut digest = log_genesis(session);
+    let mut all_given_by = 0;
+    for epoch in 0..last.map_or(0, |l| l + 1) {
+        let batch = batches.get(&epoch).ok_or(format!("order: no honest replica delivered epoch {epoch}"))?;
         if batch.time < time || batch.time < low || batch.time > high {
             return Err(format!("agreed time: epoch {} at {}, honest clocks {low}..={high}", batch.epoch, batch.time));
         }
@@ -229,10 +258,22 @@ pub fn atomic_broadcast(
             if !seen.insert((request.client, request.id)) {
                 return Err(format!("at-most-once: ({}, {}) delivered twice", request.client, request.id));
             }
+            if given.contains(&(request.client, request.id)) {
+                all_given_by = epoch + 1;
+            }
+        }
+        digest = log_next(&digest, batch);
+        if let Some(checkpoint) = checkpoints.get(&epoch) {
+            if checkpoint.log != digest || checkpoint.time != batch.time {
+                return Err(format!("checkpoint {epoch} names another log or time"));
+            }
         }
     }
     if let Some(missing) = given.iter().find(|key| !seen.contains(key)) {
         return Err(format!("validity: request {missing:?} given to an honest replica was never delivered"));
     }
-    Ok(longest.len() as u64)
+    if let Some((index, reached)) = reached.iter().enumerate().find(|(_, r)| **r < all_given_by) {
+        return Err(format!("validity: honest log {index} reached epoch {reached}, requests run to {all_given_by}"));
+    }
+    Ok(last.map_or(0, |l| l + 1))
 }

@@ -212,6 +212,8 @@ pub struct Report<O> {
     pub stalled: bool,
     /// Whether the run stopped because the caller's `done` held.
     pub done_early: bool,
+    /// Messages lost because their sender or recipient was down.
+    pub lost: u64,
     /// SHA-256 over every delivery (time, sender, recipient, bytes).
     pub trace_hash: [u8; 32],
 }
@@ -237,6 +239,7 @@ struct Delivery {
     from: NodeIndex,
     to: NodeIndex,
     bytes: Vec<u8>,
+    sent_at: Micros,
 }
 
 /// A simulated network of `n` replicas.
@@ -255,9 +258,18 @@ pub struct Network<P: Protocol, S: Scheduler<P::Message>> {
     report: Report<P::Output>,
     trace: Sha256,
     outputs_new: bool,
+    reaction: Option<Reaction<P>>,
+    outages: Vec<(NodeIndex, Micros)>,
+    /// Inputs given later, by time (in order of time).
+    timed: std::collections::VecDeque<(Micros, NodeIndex, P::Input)>,
 }
 
-impl<P: Protocol + 'static, S: Scheduler<P::Message>> Network<P, S>
+/// The caller's part in a protocol whose outputs ask for an input back (an application that
+/// applies batches and reports its state's digest): given an honest replica's output, the input
+/// it answers with.
+pub type Reaction<P> = Box<dyn FnMut(NodeIndex, &<P as Protocol>::Output) -> Option<<P as Protocol>::Input>>;
+
+impl<P: Protocol + std::fmt::Debug + 'static, S: Scheduler<P::Message>> Network<P, S>
 where
     P::Input: 'static,
 {
@@ -293,6 +305,7 @@ where
             time_end: 0,
             stalled: false,
             done_early: false,
+            lost: 0,
             trace_hash: [0; 32],
         };
         Network {
@@ -310,7 +323,48 @@ where
             report,
             trace: Sha256::new(),
             outputs_new: false,
+            reaction: None,
+            outages: Vec::new(),
+            timed: std::collections::VecDeque::new(),
         }
+    }
+
+    /// Replica `node` is down until `until`: every message sent to it or by it before then is
+    /// lost (what it does meanwhile is forgotten by the network, as if it had crashed and
+    /// restarted with its state). A crashed replica is the protocol's business to bring back.
+    pub fn with_outage(mut self, node: NodeIndex, until: Micros) -> Self {
+        self.outages.push((node, until));
+        self
+    }
+
+    /// Give honest replica `node` the input `input` at virtual time `at`.
+    pub fn with_input_at(mut self, at: Micros, node: NodeIndex, input: P::Input) -> Self {
+        let position = self.timed.iter().position(|(t, _, _)| *t > at).unwrap_or(self.timed.len());
+        self.timed.insert(position, (at, node, input));
+        self
+    }
+
+    fn give_timed_inputs(&mut self, up_to: Micros) {
+        while self.timed.front().is_some_and(|(at, _, _)| *at <= up_to) {
+            let Some((at, node, input)) = self.timed.pop_front() else { break };
+            let i = node.as_usize();
+            self.now = self.now.max(at);
+            self.clocks[i] = self.clocks[i].max(at);
+            let started = Instant::now();
+            let Node::Honest(protocol) = &mut self.nodes[i] else { continue };
+            let step = protocol.handle_input(input, &mut self.node_rngs[i]);
+            let cpu = elapsed_nanos(started);
+            match step {
+                Ok(step) => self.after_honest_step(node, step, cpu),
+                Err(error) => panic!("honest timed input refused at {node}: {error}"),
+            }
+        }
+    }
+
+    /// Answer honest replicas' outputs with inputs (handled at once, at the same replica).
+    pub fn with_reaction(mut self, reaction: Reaction<P>) -> Self {
+        self.reaction = Some(reaction);
+        self
     }
 
     /// Start every replica (honest ones get `input(i)` where it is `Some`) and run until every honest replica has
@@ -353,7 +407,15 @@ where
                 }
             }
         }
-        while let Some(Reverse((at, sequence))) = self.queue.pop() {
+        loop {
+            let next_at = self.queue.peek().map(|Reverse((at, _))| *at);
+            if let Some(first) = self.timed.front().map(|(at, _, _)| *at) {
+                if next_at.is_none_or(|next| first <= next) {
+                    self.give_timed_inputs(first);
+                    continue;
+                }
+            }
+            let Some(Reverse((at, sequence))) = self.queue.pop() else { break };
             if self.all_honest_terminated() {
                 break;
             }
@@ -373,6 +435,13 @@ where
         }
         if !self.all_honest_terminated() && self.queue.is_empty() && !self.report.done_early {
             self.report.stalled = true;
+        }
+        if std::env::var_os("SIMNET_DUMP").is_some() {
+            for node in &self.nodes {
+                if let Node::Honest(protocol) = node {
+                    eprintln!("{protocol:?}");
+                }
+            }
         }
         self.report.time_end = self.now;
         self.report.trace_hash = self.trace.finalize().into();
@@ -405,7 +474,12 @@ where
     }
 
     fn deliver(&mut self, at: Micros, delivery: Delivery) {
-        let Delivery { from, to, bytes } = delivery;
+        let Delivery { from, to, bytes, sent_at } = delivery;
+        if self.outages.iter().any(|(node, until)| (*node == from || *node == to) && sent_at < *until) {
+            // Sent to or by a replica that was down: lost.
+            self.report.lost += 1;
+            return;
+        }
         let i = to.as_usize();
         self.now = at;
         if self.config.cpu.is_some() {
@@ -460,6 +534,10 @@ where
         self.charge(index, cpu);
         let i = index.as_usize();
         let at = self.clocks[i];
+        let reactions: Vec<P::Input> = match &mut self.reaction {
+            Some(react) => step.outputs.iter().filter_map(|output| react(index, output)).collect(),
+            None => Vec::new(),
+        };
         if let Some(outputs) = &mut self.report.outputs[i] {
             self.outputs_new |= !step.outputs.is_empty();
             outputs.extend(step.outputs.into_iter().map(|output| Produced { at, output }));
@@ -471,6 +549,16 @@ where
         }
         if let Node::Honest(protocol) = &self.nodes[i] {
             self.report.terminated[i] = Some(protocol.terminated());
+        }
+        for input in reactions {
+            let started = Instant::now();
+            let Node::Honest(protocol) = &mut self.nodes[i] else { break };
+            let step = protocol.handle_input(input, &mut self.node_rngs[i]);
+            let cpu = elapsed_nanos(started);
+            match step {
+                Ok(step) => self.after_honest_step(index, step, cpu),
+                Err(error) => panic!("honest reaction refused at {index}: {error}"),
+            }
         }
     }
 
@@ -510,7 +598,7 @@ where
         stats.bytes_sent += bytes.len() as u64;
         self.sequence += 1;
         self.queue.push(Reverse((sent_at.saturating_add(delay), self.sequence)));
-        self.pending.insert(self.sequence, Delivery { from, to, bytes });
+        self.pending.insert(self.sequence, Delivery { from, to, bytes, sent_at });
     }
 }
 

@@ -194,12 +194,12 @@ pub enum FaultKind {
     InvalidProof,
     /// A length above the configured bound.
     TooLong,
-    /// An epoch beyond the buffering bound.
-    EpochTooFar,
     /// A threshold ciphertext that does not verify.
     InvalidCiphertext,
     /// A decryption share that does not verify.
     InvalidDecryptionShare,
+    /// A checkpoint, checkpoint signature share or catch-up answer that does not verify.
+    InvalidCheckpoint,
 }
 
 /// The result of handling one input or message.

@@ -11,7 +11,7 @@ use fides_dealer::{read_cluster, read_replica, replica_file_name, CLUSTER_FILE_N
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use simnet::aba::{run_scenario, AbaCase, AbaScenario, SchedulerKind};
-use simnet::abc::{run_with_keys, AbcCase};
+use simnet::abc::{run_with_keys, AbcCase, ClusterKeys, LAG_UNTIL};
 use simnet::Behaviour;
 
 #[derive(Parser)]
@@ -67,19 +67,35 @@ fn main() -> Result<()> {
     println!("every run checked: agreement, validity, termination (B = Byzantine replica)");
 
     let mut encryption = Vec::new();
+    let mut signing = Vec::new();
     for index in quorum.nodes() {
         let replica = read_replica(&cli.cluster.join(replica_file_name(index)))?;
         let share = replica.encryption_share().clone();
         encryption.push(Arc::new(ThresholdKeys::new(index, quorum.n(), cluster.encryption().clone(), share)));
+        signing.push(Arc::new(replica.signing_keys(&cluster).with_context(|| format!("replica {index}"))?));
     }
-    println!("atomic broadcast with the dealer's coin and encryption keys, 40 requests, t equivocators:");
-    let case = AbcCase { n: quorum.n(), byzantine: Behaviour::Equivocator, requests: 40, seed: cli.seed };
+    let keys = ClusterKeys { coin: keys, encryption, signing };
+    println!("atomic broadcast with the dealer's coin, encryption and signing keys, 40 requests, t equivocators:");
+    let case =
+        AbcCase { n: quorum.n(), byzantine: Behaviour::Equivocator, requests: 40, lagging: false, seed: cli.seed };
     let mut rng = ChaCha8Rng::seed_from_u64(cli.seed);
-    let summary = run_with_keys(&case, keys.clone(), encryption, &mut rng).map_err(anyhow::Error::msg)?;
+    let summary = run_with_keys(&case, keys.clone(), &mut rng).map_err(anyhow::Error::msg)?;
     println!(
-        "  {} requests in {} epochs, identical at every honest replica; agreed times {:?}; Byzantine: {:?}",
-        summary.requests, summary.epochs, summary.times, summary.byzantine
+        "  {} requests in {} epochs, identical at every honest replica; agreed times {:?}; checkpoints after epochs {:?}; Byzantine: {:?}",
+        summary.requests, summary.epochs, summary.times, summary.checkpoints, summary.byzantine
     );
-    println!("  checked: total order, at-most-once, every request delivered, agreed time within the honest clocks");
+    println!("  checked: total order, at-most-once, every request delivered, agreed time within the honest clocks, checkpoints");
+    println!(
+        "atomic broadcast, one replica down for {} s of virtual time (messages lost), then caught up:",
+        LAG_UNTIL / 1_000_000
+    );
+    let case = AbcCase { n: quorum.n(), byzantine: Behaviour::Honest, requests: 60, lagging: true, seed: cli.seed };
+    let summary = run_with_keys(&case, keys, &mut rng).map_err(anyhow::Error::msg)?;
+    if let Some((index, epoch)) = summary.installed {
+        println!(
+            "  replica {index} installed the signed checkpoint after epoch {epoch} (t + 1 replicas vouched for the batches after it); {} epochs in all",
+            summary.epochs
+        );
+    }
     Ok(())
 }

@@ -36,8 +36,52 @@ pub struct AbcCase {
     /// before then is lost — and then recovers (it takes the place of one Byzantine replica, so
     /// `t - 1` are Byzantine); it must catch up from a checkpoint.
     pub lagging: bool,
+    /// Whether the network is scheduled by [`CensorScheduler`] instead of at random; every request
+    /// then goes to 2t + 1 replicas (censorship resilience: it must be delivered whatever the
+    /// scheduler and the Byzantine replicas do).
+    pub content_aware: bool,
     /// The seed.
     pub seed: u64,
+}
+
+/// A content-aware scheduler that tries to censor one honest replica, the *victim*: it reads
+/// every message, holds back the victim's reliable broadcasts and every vote for 1 in the
+/// victim's agreements (votes for 0 go fast), so that each epoch's subset leaves the victim's
+/// contribution out whenever the others can complete without it. Everything else arrives within
+/// 0.1–2 ms. A held message arrives within [`CENSOR_HOLD`]: the network stays asynchronous, not
+/// lossy.
+pub struct CensorScheduler {
+    /// The replica censored.
+    pub victim: NodeIndex,
+}
+
+/// The longest a [`CensorScheduler`] holds a message.
+pub const CENSOR_HOLD: u64 = 300_000;
+
+impl crate::Scheduler<Message> for CensorScheduler {
+    fn delay(
+        &mut self,
+        _now: u64,
+        _from: NodeIndex,
+        _to: NodeIndex,
+        message: Option<&Message>,
+        rng: &mut ChaCha8Rng,
+    ) -> u64 {
+        use fides_agreement::Message as Vote;
+        use fides_atomic_broadcast::acs::Message as Subset;
+        let fast = rng.gen_range(100..2_000);
+        let held = CENSOR_HOLD / 2 + rng.gen_range(0..CENSOR_HOLD / 2);
+        let Some(Message::Subset { message, .. }) = message else { return fast };
+        match message {
+            Subset::Broadcast { proposer, .. } if *proposer == self.victim => held,
+            Subset::Agreement { proposer, message } if *proposer == self.victim => match message {
+                Vote::BVal { value: true, .. } | Vote::Aux { value: true, .. } => held,
+                Vote::Conf { values, .. } if values.contains(true) => held,
+                _ => fast,
+            },
+            _ => fast,
+        }
+    }
 }
 
 /// Each replica's view of the cluster's three threshold key sets.
@@ -251,13 +295,14 @@ pub fn run_with_keys(case: &AbcCase, keys: ClusterKeys, rng: &mut ChaCha8Rng) ->
         None => honest[0],
     });
     let indices: Vec<NodeIndex> = quorum.nodes().collect();
+    let victim = honest.iter().copied().find(|i| Some(*i) != lagging).expect("there are honest replicas");
     let clocks: Vec<u64> = quorum.nodes().map(|_| 1_000_000 + rng.gen_range(0..5_000)).collect();
     // Each request goes to one honest replica, or to 2t + 1 replicas chosen at random (which may
     // include Byzantine ones).
     let mut requests: Vec<Vec<Request>> = vec![Vec::new(); quorum.n() as usize];
     for id in 0..case.requests as u64 {
         let request = Request { client: id % 3, id, payload: vec![id as u8; rng.gen_range(1..40)] };
-        let targets: Vec<NodeIndex> = if rng.gen_bool(0.5) {
+        let targets: Vec<NodeIndex> = if rng.gen_bool(0.5) && !case.content_aware {
             vec![*honest.choose(rng).expect("there are honest replicas")]
         } else {
             indices.choose_multiple(rng, quorum.honest_majority() as usize).copied().collect()
@@ -273,7 +318,11 @@ pub fn run_with_keys(case: &AbcCase, keys: ClusterKeys, rng: &mut ChaCha8Rng) ->
     config.epochs_future_max = 8;
     let session = config.session.clone();
     let scenario = AbcScenario { quorum, keys, clocks: clocks.clone(), requests, config };
-    let scheduler = RandomScheduler::new(quorum, rng);
+    let scheduler: Box<dyn crate::Scheduler<Message>> = if case.content_aware {
+        Box::new(CensorScheduler { victim })
+    } else {
+        Box::new(RandomScheduler::new(quorum, rng))
+    };
     let run = RunConfig { seed: case.seed, deliveries_max: 5_000_000, cpu: None };
     let given: BTreeSet<(u64, u64)> =
         honest.iter().flat_map(|i| scenario.requests[i.as_usize()].iter().map(|r| (r.client, r.id))).collect();
@@ -307,7 +356,14 @@ pub fn run_with_keys(case: &AbcCase, keys: ClusterKeys, rng: &mut ChaCha8Rng) ->
         network = network.with_outage(index, LAG_UNTIL).with_input_at(LAG_UNTIL, index, Input::Recover);
     }
     let (report, _) = network.run_until(|i| scenario.input(i), everything_delivered);
-    let context = |e: String| format!("{e} (n={}, byzantine={}, lagging={lagging:?})", case.n, case.byzantine.name());
+    let context = |e: String| {
+        format!(
+            "{e} (n={}, byzantine={}, lagging={lagging:?}, censored={:?})",
+            case.n,
+            case.byzantine.name(),
+            case.content_aware.then_some(victim)
+        )
+    };
     check::faults_only_against(&report, &byzantine).map_err(context)?;
     if !report.done_early {
         return Err(context(format!(

@@ -141,6 +141,35 @@ impl RandomScheduler {
     }
 }
 
+impl<M> Scheduler<M> for Box<dyn Scheduler<M>> {
+    fn delay(
+        &mut self,
+        now: Micros,
+        from: NodeIndex,
+        to: NodeIndex,
+        message: Option<&M>,
+        rng: &mut ChaCha8Rng,
+    ) -> Micros {
+        self.as_mut().delay(now, from, to, message, rng)
+    }
+
+    fn wants_retime(&mut self) -> bool {
+        self.as_mut().wants_retime()
+    }
+
+    fn retime(
+        &mut self,
+        now: Micros,
+        arrival: Micros,
+        from: NodeIndex,
+        to: NodeIndex,
+        message: Option<&M>,
+        rng: &mut ChaCha8Rng,
+    ) -> Option<Micros> {
+        self.as_mut().retime(now, arrival, from, to, message, rng)
+    }
+}
+
 impl<M> Scheduler<M> for RandomScheduler {
     fn delay(
         &mut self,

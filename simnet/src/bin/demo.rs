@@ -76,8 +76,14 @@ fn main() -> Result<()> {
     }
     let keys = ClusterKeys { coin: keys, encryption, signing };
     println!("atomic broadcast with the dealer's coin, encryption and signing keys, 40 requests, t equivocators:");
-    let case =
-        AbcCase { n: quorum.n(), byzantine: Behaviour::Equivocator, requests: 40, lagging: false, seed: cli.seed };
+    let case = AbcCase {
+        n: quorum.n(),
+        byzantine: Behaviour::Equivocator,
+        requests: 40,
+        lagging: false,
+        content_aware: false,
+        seed: cli.seed,
+    };
     let mut rng = ChaCha8Rng::seed_from_u64(cli.seed);
     let summary = run_with_keys(&case, keys.clone(), &mut rng).map_err(anyhow::Error::msg)?;
     println!(
@@ -89,7 +95,14 @@ fn main() -> Result<()> {
         "atomic broadcast, one replica down for {} s of virtual time (messages lost), then caught up:",
         LAG_UNTIL / 1_000_000
     );
-    let case = AbcCase { n: quorum.n(), byzantine: Behaviour::Honest, requests: 60, lagging: true, seed: cli.seed };
+    let case = AbcCase {
+        n: quorum.n(),
+        byzantine: Behaviour::Honest,
+        requests: 60,
+        lagging: true,
+        content_aware: false,
+        seed: cli.seed,
+    };
     let summary = run_with_keys(&case, keys, &mut rng).map_err(anyhow::Error::msg)?;
     if let Some((index, epoch)) = summary.installed {
         println!(

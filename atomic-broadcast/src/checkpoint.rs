@@ -290,3 +290,78 @@ pub(crate) fn agreed_batches(
     }
     accepted
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(epoch: u64, ids: &[u64]) -> Batch {
+        let requests = ids.iter().map(|id| Request { client: 1, id: *id, payload: vec![*id as u8; 3] }).collect();
+        Batch { epoch, time: 10 + epoch, requests }
+    }
+
+    fn log(from: u64, to: u64, salt: u64) -> Vec<Batch> {
+        (from..to).map(|e| batch(e, &[e * 10 + salt])).collect()
+    }
+
+    #[test]
+    fn catch_up_answers_round_trip_and_truncations_are_errors() {
+        let checkpoint = Checkpoint {
+            epoch: 3,
+            time: 7,
+            application: [1; 32],
+            log: [2; 32],
+            window: [3; 32],
+            signature: [4; SIG_SIZE],
+        };
+        let answer = CatchUp {
+            checkpoint: Some((checkpoint, vec![(2, vec![(1, 2), (3, 4)]), (3, Vec::new())])),
+            batches: log(4, 7, 0),
+        };
+        let bytes = answer.to_bytes();
+        assert_eq!(CatchUp::from_bytes(&bytes), Ok(answer));
+        for cut in 0..bytes.len() {
+            assert!(CatchUp::from_bytes(&bytes[..cut]).is_err(), "a cut at {cut} decoded");
+        }
+        let mut huge = vec![0u8];
+        huge.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(CatchUp::from_bytes(&huge), Err(DecodeError::TooLong { .. })));
+    }
+
+    #[test]
+    fn only_batches_that_t_plus_1_answers_vouch_for_are_accepted() {
+        let genesis = log_genesis(b"s");
+        let honest = log(0, 6, 0);
+        let forged = log(0, 6, 1);
+        let base = (None, genesis);
+        let answers = |honest_count: usize, forged_count: usize| {
+            let mut answers = BTreeMap::new();
+            for i in 0..honest_count {
+                answers.insert(NodeIndex(i as u32), vouch(base, &honest).expect("consecutive"));
+            }
+            for i in 0..forged_count {
+                answers.insert(NodeIndex(100 + i as u32), vouch(base, &forged).expect("consecutive"));
+            }
+            answers
+        };
+        // t = 2: two honest answers are not enough, three are, whatever two forgers say.
+        assert!(agreed_batches(base, &answers(2, 2), 3).is_empty());
+        let accepted = agreed_batches(base, &answers(3, 2), 3);
+        assert_eq!(accepted.iter().map(|(b, _)| b.clone()).collect::<Vec<_>>(), honest);
+        let mut digest = genesis;
+        for (batch, vouched) in &accepted {
+            digest = log_next(&digest, batch);
+            assert_eq!(*vouched, digest);
+        }
+        // Three forgers agreeing on made-up batches from a different base are not accepted from ours.
+        let other_base = (None, log_genesis(b"other"));
+        let mut answers = BTreeMap::new();
+        for i in 0..3 {
+            answers.insert(NodeIndex(i), vouch(other_base, &forged).expect("consecutive"));
+        }
+        assert!(agreed_batches(base, &answers, 3).is_empty());
+        // Batches that are not consecutive vouch for nothing.
+        assert!(vouch(base, &[batch(0, &[1]), batch(2, &[2])]).is_none());
+        assert!(vouch((Some(4), genesis), &[batch(4, &[1])]).is_none());
+    }
+}

@@ -1277,3 +1277,67 @@ impl Protocol for AtomicBroadcast {
         false
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn sample(rng: &mut impl Rng) -> Message {
+        let epoch = rng.gen_range(0..5);
+        let batch = Batch {
+            epoch,
+            time: rng.gen(),
+            requests: vec![Request { client: rng.gen(), id: rng.gen(), payload: vec![3; rng.gen_range(0..5)] }],
+        };
+        match rng.gen_range(0..5) {
+            0 => Message::Subset {
+                epoch,
+                message: acs::Message::Broadcast {
+                    proposer: NodeIndex(rng.gen_range(0..4)),
+                    message: rbc::Message::Ready([rng.gen(); 32]),
+                },
+            },
+            1 => Message::Decryption { epoch, proposer: NodeIndex(rng.gen_range(0..4)), share: [rng.gen(); PK_SIZE] },
+            2 => Message::CheckpointShare { epoch, share: [rng.gen(); SIG_SIZE] },
+            3 => Message::CatchUpRequest { next: epoch },
+            _ => Message::CatchUp(CatchUp { checkpoint: None, batches: vec![batch] }),
+        }
+    }
+
+    #[test]
+    fn random_bytes_never_panic_the_decoder() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        for _ in 0..50_000 {
+            let mut bytes = vec![0u8; rng.gen_range(0..64)];
+            rng.fill(&mut bytes[..]);
+            if let Some(first) = bytes.first_mut() {
+                *first %= 6;
+            }
+            let _ = Message::from_bytes(&bytes);
+        }
+    }
+
+    /// Any bytes that decode re-encode to themselves: one message, one encoding.
+    #[test]
+    fn mutated_encodings_decode_to_the_same_bytes_or_not_at_all() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(6);
+        let mut decoded = 0;
+        for _ in 0..20_000 {
+            let mut bytes = sample(&mut rng).to_bytes();
+            match rng.gen_range(0..3) {
+                0 => {
+                    let at = rng.gen_range(0..bytes.len());
+                    bytes[at] ^= 1 << rng.gen_range(0..8);
+                }
+                1 => bytes.truncate(rng.gen_range(0..bytes.len())),
+                _ => bytes.push(rng.gen()),
+            }
+            if let Ok(again) = Message::from_bytes(&bytes) {
+                decoded += 1;
+                assert_eq!(again.to_bytes(), bytes, "{again:?} has two encodings");
+            }
+        }
+        assert!(decoded > 1_000, "the mutations should often stay valid: {decoded}");
+    }
+}

@@ -23,7 +23,7 @@ use fides_crypto::{domain, hash_to_g2, sha256_tagged};
 use fides_types::codec::{DecodeError, Reader, Wire};
 use fides_types::NodeIndex;
 
-use crate::epoch::{Batch, Request};
+use crate::epoch::{get_requests, put_requests, Batch};
 
 /// A SHA-256 digest.
 pub type Digest = [u8; 32];
@@ -146,22 +146,11 @@ impl Wire for Batch {
     fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.epoch.to_le_bytes());
         out.extend_from_slice(&self.time.to_le_bytes());
-        out.extend_from_slice(&(self.requests.len() as u32).to_le_bytes());
-        for request in &self.requests {
-            request.encode(out);
-        }
+        put_requests(out, &self.requests);
     }
 
     fn decode(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        let epoch = reader.u64()?;
-        let time = reader.u64()?;
-        let count = reader.u32()?;
-        let max = crate::epoch::CONTRIBUTION_REQUESTS_MAX;
-        if count > max {
-            return Err(DecodeError::TooLong { len: u64::from(count), max: u64::from(max) });
-        }
-        let requests = (0..count).map(|_| Request::decode(reader)).collect::<Result<_, _>>()?;
-        Ok(Batch { epoch, time, requests })
+        Ok(Batch { epoch: reader.u64()?, time: reader.u64()?, requests: get_requests(reader)? })
     }
 }
 
@@ -294,6 +283,8 @@ pub(crate) fn agreed_batches(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::epoch::Request;
 
     fn batch(epoch: u64, ids: &[u64]) -> Batch {
         let requests = ids.iter().map(|id| Request { client: 1, id: *id, payload: vec![*id as u8; 3] }).collect();

@@ -63,6 +63,9 @@ impl Request {
     }
 }
 
+/// Checkpoint epochs we delivered whose checkpoint is not stable yet that we keep.
+const PENDING_DELIVERED_MAX: usize = 4;
+
 /// The largest payload the decoder accepts.
 pub const PAYLOAD_WIRE_MAX: usize = 1024 * 1024;
 /// The most requests one contribution may hold.
@@ -90,21 +93,29 @@ struct Contribution {
 impl Wire for Contribution {
     fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.clock.to_le_bytes());
-        out.extend_from_slice(&(self.requests.len() as u32).to_le_bytes());
-        for request in &self.requests {
-            request.encode(out);
-        }
+        put_requests(out, &self.requests);
     }
 
     fn decode(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        let clock = reader.u64()?;
-        let count = reader.u32()?;
-        if count > CONTRIBUTION_REQUESTS_MAX {
-            return Err(DecodeError::TooLong { len: u64::from(count), max: u64::from(CONTRIBUTION_REQUESTS_MAX) });
-        }
-        let requests = (0..count).map(|_| Request::decode(reader)).collect::<Result<_, _>>()?;
-        Ok(Contribution { clock, requests })
+        Ok(Contribution { clock: reader.u64()?, requests: get_requests(reader)? })
     }
+}
+
+/// A list of requests: count (u32 LE), then each.
+pub(crate) fn put_requests(out: &mut Vec<u8>, requests: &[Request]) {
+    out.extend_from_slice(&(requests.len() as u32).to_le_bytes());
+    for request in requests {
+        request.encode(out);
+    }
+}
+
+/// A list of requests, at most [`CONTRIBUTION_REQUESTS_MAX`].
+pub(crate) fn get_requests(reader: &mut Reader<'_>) -> Result<Vec<Request>, DecodeError> {
+    let count = reader.u32()?;
+    if count > CONTRIBUTION_REQUESTS_MAX {
+        return Err(DecodeError::TooLong { len: u64::from(count), max: u64::from(CONTRIBUTION_REQUESTS_MAX) });
+    }
+    (0..count).map(|_| Request::decode(reader)).collect()
 }
 
 /// An ordered batch: what an epoch delivers.
@@ -978,6 +989,10 @@ impl AtomicBroadcast {
             let window: Arc<Vec<WindowEntry>> = Arc::new(self.window.iter().cloned().collect());
             let digest = window_digest(window.iter());
             self.pending.entry(epoch).or_default().delivered = Some((self.time, self.log, digest, window));
+            // If the application never answers, checkpoints never stabilise: keep the newest few.
+            while self.pending.values().filter(|p| p.delivered.is_some()).count() > PENDING_DELIVERED_MAX {
+                self.pending.pop_first();
+            }
         }
         step.outputs.push(Output::Batch(batch));
     }

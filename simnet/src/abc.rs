@@ -247,10 +247,15 @@ pub fn application(n: u32, interval: u64) -> Reaction<AtomicBroadcast> {
 
 /// Run one case and check it; the number of epochs delivered.
 pub fn run_case(case: &AbcCase) -> Result<u64, String> {
+    run_case_summary(case).map(|summary| summary.epochs)
+}
+
+/// Run one case and check it; what it delivered.
+pub fn run_case_summary(case: &AbcCase) -> Result<AbcSummary, String> {
     let quorum = Quorum::with_max_faults(case.n).map_err(|e| e.to_string())?;
     let mut rng = ChaCha8Rng::seed_from_u64(case.seed);
     let keys = ClusterKeys::random(quorum, &mut rng);
-    run_with_keys(case, keys, &mut rng).map(|summary| summary.epochs)
+    run_with_keys(case, keys, &mut rng)
 }
 
 /// What a checked run delivered, as every honest replica agrees.
@@ -268,6 +273,8 @@ pub struct AbcSummary {
     pub byzantine: Vec<NodeIndex>,
     /// The lagging replica and the checkpoint epoch it installed.
     pub installed: Option<(NodeIndex, u64)>,
+    /// The run's trace hash, in hex: the same seed gives the same one.
+    pub trace: String,
 }
 
 /// Where each honest log stands: the next epoch it will deliver.
@@ -416,6 +423,7 @@ pub fn run_with_keys(case: &AbcCase, keys: ClusterKeys, rng: &mut ChaCha8Rng) ->
         checkpoints: checkpoints.into_iter().collect(),
         byzantine,
         installed,
+        trace: report.trace_hex(),
     })
 }
 

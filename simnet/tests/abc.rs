@@ -5,7 +5,7 @@
 //! 2t + 1); and an honest replica down for a while (its messages lost) that recovers from a
 //! checkpoint, with t - 1 Byzantine replicas. 20 seeds per configuration, 200 in the `slow_` tests.
 
-use simnet::abc::{run_case, AbcCase};
+use simnet::abc::{run_case, run_case_summary, AbcCase};
 use simnet::seeds::run_seeds;
 use simnet::Behaviour;
 
@@ -42,6 +42,19 @@ fn every_kind(seeds: u64, mode: Mode) {
         suite(&[7, 10], seeds, &Behaviour::byzantine_kinds(), mode);
     } else {
         suite(&[4, 7, 10], seeds, &Behaviour::byzantine_kinds(), mode);
+    }
+}
+
+#[test]
+fn a_seed_replays_the_same_run() {
+    for (lagging, content_aware) in [(false, false), (true, false), (false, true)] {
+        let case =
+            |seed| AbcCase { n: 7, byzantine: Behaviour::Equivocator, requests: 30, lagging, content_aware, seed };
+        let first = run_case_summary(&case(3)).expect("the run passes its checks");
+        let again = run_case_summary(&case(3)).expect("the run passes its checks");
+        let other = run_case_summary(&case(4)).expect("the run passes its checks");
+        assert_eq!((&first.trace, &first.times, first.epochs), (&again.trace, &again.times, again.epochs));
+        assert_ne!(first.trace, other.trace);
     }
 }
 

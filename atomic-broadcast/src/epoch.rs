@@ -702,7 +702,8 @@ impl AtomicBroadcast {
     /// (see [`bucket`] for why in this order):
     ///
     /// 1. requests of other buckets that have stood among the first `batch_size` of our queue for
-    ///    `epochs_in_flight + 2` epochs — their bucket's replica is slow, faulty or never got them;
+    ///    `epochs_in_flight + 2` epochs if we are their helper, twice that otherwise — their
+    ///    bucket's replica is slow, faulty or never got them;
     /// 2. requests of our own bucket, oldest first;
     /// 3. requests of other buckets that their replica is not likely to have in flight (beyond the
     ///    first `epochs_in_flight` proposals' worth of that bucket) and whose helper bucket is
@@ -736,7 +737,14 @@ impl AtomicBroadcast {
         for (_, _, request) in others.iter().take_while(|(p, _, _)| *p < window) {
             self.waiting.entry(request.key()).or_insert(now);
         }
-        let is_late = |r: &Request| self.waiting.get(&r.key()).is_some_and(|since| since + patience <= now);
+        // Late for its helper after `patience` epochs, for everyone after twice that (the helper
+        // may be faulty too): honest replicas do not all propose the same late requests.
+        let is_late = |r: &Request| {
+            self.waiting.get(&r.key()).is_some_and(|since| {
+                let waited = now.saturating_sub(*since);
+                waited >= 2 * patience || (waited >= patience && helper(r.key(), n) == me)
+            })
+        };
         let mut chosen: Vec<&Request> = others
             .iter()
             .take_while(|(p, _, _)| *p < window)

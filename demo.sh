@@ -1,16 +1,9 @@
 #!/usr/bin/env bash
-# The main job, for now: a trusted dealer makes a 4-replica cluster's keys, checks them, and the
-# replicas' binary agreement runs in the simulator with those keys, once with each kind of
-# Byzantine replica and each scheduler; then atomic broadcast orders client requests.
+# The main job: a local cluster of 4 replica processes on 127.0.0.1 (dealt on first use into
+# cluster-configs/local-4), clients ordering requests through it, and the replicas' status every
+# 5 s until Ctrl-C, which stops every replica. Extra arguments go to `replica cluster`
+# (e.g. `--seconds 30`, `--fresh`, `--dir cluster-configs/local-7 -n 7 -t 2`).
 set -euo pipefail
 cd "$(dirname "$0")"
-cargo build --release --locked -p fides-dealer -p simnet --bins
-dir=target/demo-cluster
-echo "== dealer init -n 4 -t 1 --out $dir --force"
-target/release/dealer init -n 4 -t 1 --out "$dir" --force
-echo "== dealer verify $dir"
-target/release/dealer verify "$dir"
-echo "== dealer inspect $dir/cluster.toml"
-target/release/dealer inspect "$dir/cluster.toml"
-echo "== binary agreement and atomic broadcast in the simulator"
-target/release/demo --cluster "$dir"
+cargo build --release --locked -p fides-replica --bin replica
+exec target/release/replica cluster --dir cluster-configs/local-4 "$@"

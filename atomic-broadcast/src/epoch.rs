@@ -1006,7 +1006,7 @@ impl AtomicBroadcast {
     }
 
     fn is_checkpoint_epoch(&self, epoch: u64) -> bool {
-        self.config.checkpoint_interval > 0 && (epoch + 1) % self.config.checkpoint_interval == 0
+        self.config.checkpoint_interval > 0 && (epoch + 1).is_multiple_of(self.config.checkpoint_interval)
     }
 
     /// The application's digest after a checkpoint epoch: sign the statement and share it.

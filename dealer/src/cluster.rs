@@ -9,7 +9,7 @@ use fides_crypto::{domain, sha256, tagged, ThresholdKeys};
 use fides_types::{NodeIndex, Quorum};
 use rand::{CryptoRng, Rng};
 
-use crate::address::{check_addresses, Address};
+use crate::address::{check_addresses, check_client_addresses, derive_client_addresses, Address, ADDRESS_LIST};
 use crate::shares::bad_shares;
 use crate::DealerError;
 
@@ -59,13 +59,15 @@ impl fmt::Debug for ClusterId {
 pub struct ReplicaInfo {
     /// Its index, `0..n`.
     pub index: NodeIndex,
-    /// Where it listens.
+    /// Where it listens for its peers (replica-to-replica).
     pub address: Address,
+    /// Where it serves clients over gRPC; never equal to any replica's `address`.
+    pub client_address: Address,
     /// Its Ed25519 identity, which authenticates it to its peers.
     pub identity: VerifyingKey,
 }
 
-/// The public cluster file: sizes, the three public key sets and every replica's address and
+/// The public cluster file: sizes, the three public key sets and every replica's addresses and
 /// identity. Not secret; every replica and client gets it. Consistent by construction: only
 /// [`generate`] and [`crate::read_cluster`] make one.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -103,7 +105,9 @@ impl ClusterFile {
             return Err(format!("replica entry {} has index {}, expected {position}", position + 1, replica.index.0));
         }
         let addresses: Vec<Address> = replicas.iter().map(|r| r.address.clone()).collect();
-        check_addresses(&addresses, quorum).map_err(|e| e.to_string())?;
+        check_addresses(&addresses, quorum, ADDRESS_LIST).map_err(|e| e.to_string())?;
+        let client_addresses: Vec<Address> = replicas.iter().map(|r| r.client_address.clone()).collect();
+        check_client_addresses(&client_addresses, &addresses, quorum).map_err(|e| e.to_string())?;
         let mut identities = HashSet::new();
         for replica in &replicas {
             if replica.identity.is_weak() {
@@ -119,7 +123,8 @@ impl ClusterFile {
 
     /// The cluster id: SHA-256 of `tagged(domain::CLUSTER_ID, [format, n, t, signing, coin,
     /// encryption, identity 0, …, identity n-1])`, integers as 4 little-endian bytes, key sets as
-    /// their commitments. Addresses are not in it: they can change without a new deal.
+    /// their commitments. Addresses (replica-to-replica and client) are not in it: they can change
+    /// without a new deal.
     pub fn id(&self) -> ClusterId {
         self.id
     }
@@ -341,6 +346,9 @@ impl Cluster {
 
 /// Deal a cluster of `quorum.n()` replicas at `addresses` (one per replica, in index order):
 /// three independent threshold key sets of threshold `t` and an Ed25519 identity per replica.
+/// Each replica's client address is derived from its address (same host, port + 100; see
+/// [`Address::derived_client_address`]), which is refused if a port would be above 65535 or a
+/// derived client address is another replica's address.
 ///
 /// `rng` must be a CSPRNG (the binary uses the operating system's); a seeded one gives a
 /// reproducible cluster for tests and simulations, never for production.
@@ -349,7 +357,21 @@ pub fn generate<R: Rng + CryptoRng>(
     addresses: Vec<Address>,
     rng: &mut R,
 ) -> Result<Cluster, DealerError> {
-    check_addresses(&addresses, quorum)?;
+    check_addresses(&addresses, quorum, ADDRESS_LIST)?;
+    let client_addresses = derive_client_addresses(&addresses)?;
+    generate_with_client_addresses(quorum, addresses, client_addresses, rng)
+}
+
+/// [`generate`], with each replica's client address given: `client_addresses` has one per
+/// replica, in index order, no duplicates, and none equal to any of `addresses`.
+pub fn generate_with_client_addresses<R: Rng + CryptoRng>(
+    quorum: Quorum,
+    addresses: Vec<Address>,
+    client_addresses: Vec<Address>,
+    rng: &mut R,
+) -> Result<Cluster, DealerError> {
+    check_addresses(&addresses, quorum, ADDRESS_LIST)?;
+    check_client_addresses(&client_addresses, &addresses, quorum)?;
     let t = quorum.t() as usize;
     let signing = SecretKeySet::random(t, rng);
     let coin = SecretKeySet::random(t, rng);
@@ -357,9 +379,14 @@ pub fn generate<R: Rng + CryptoRng>(
     let identities: Vec<SigningKey> = quorum.nodes().map(|_| SigningKey::generate(rng)).collect();
     let replicas_public = quorum
         .nodes()
-        .zip(addresses)
+        .zip(addresses.into_iter().zip(client_addresses))
         .zip(&identities)
-        .map(|((index, address), identity)| ReplicaInfo { index, address, identity: identity.verifying_key() })
+        .map(|((index, (address, client_address)), identity)| ReplicaInfo {
+            index,
+            address,
+            client_address,
+            identity: identity.verifying_key(),
+        })
         .collect();
     let public =
         ClusterFile::new(quorum, signing.public_keys(), coin.public_keys(), encryption.public_keys(), replicas_public)
@@ -411,6 +438,40 @@ mod tests {
         assert_ne!(ours.public().id(), other.public().id());
         let replica = &other.replicas()[0];
         assert!(matches!(replica.coin_keys(ours.public()), Err(DealerError::WrongCluster { .. })));
+    }
+
+    #[test]
+    fn client_addresses_default_to_port_plus_100_and_are_not_in_the_id() {
+        let quorum = Quorum::new(4, 1).expect("valid quorum");
+        let derived = dealt(4, 1);
+        let clients: Vec<Address> = derived.public().replicas().iter().map(|r| r.client_address.clone()).collect();
+        assert_eq!(clients, crate::address::default_client_addresses(quorum));
+        let given: Vec<Address> =
+            (0..4).map(|i| Address::parse(&format!("c{i}.example.org:443"))).collect::<Result<_, _>>().expect("valid");
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
+        let explicit = generate_with_client_addresses(quorum, default_addresses(quorum), given.clone(), &mut rng)
+            .expect("distinct client addresses");
+        assert_eq!(explicit.public().replica(NodeIndex(3)).map(|r| &r.client_address), Some(&given[3]));
+        assert_eq!(explicit.public().id(), derived.public().id(), "client addresses changed the cluster id");
+    }
+
+    #[test]
+    fn client_addresses_that_are_replica_addresses_are_refused() {
+        let quorum = Quorum::new(4, 1).expect("valid quorum");
+        let mut clients = crate::address::default_client_addresses(quorum);
+        clients[2] = default_addresses(quorum)[0].clone();
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
+        let refused = generate_with_client_addresses(quorum, default_addresses(quorum), clients, &mut rng);
+        assert!(matches!(
+            refused,
+            Err(DealerError::ClientAddressCollision { client: NodeIndex(2), replica: NodeIndex(0), .. })
+        ));
+        // Derived: replica 0's client address 7200 is replica 1's address.
+        let addresses = crate::parse_addresses("a:7100,a:7200,a:7300,a:7400", quorum).expect("valid");
+        let refused = generate(quorum, addresses, &mut rng);
+        assert!(matches!(refused, Err(DealerError::ClientAddressCollision { client: NodeIndex(0), .. })));
+        let addresses = crate::parse_addresses("a:7100,a:7101,a:65500,a:7103", quorum).expect("valid");
+        assert!(matches!(generate(quorum, addresses, &mut rng), Err(DealerError::ClientAddressOverflow { .. })));
     }
 
     #[test]

@@ -10,9 +10,11 @@ pub enum DealerError {
     /// `(n, t)` is not a valid cluster size.
     #[error(transparent)]
     Quorum(#[from] QuorumError),
-    /// An entry of the address list is not `HOST:PORT`.
-    #[error("address list entry {position} ({entry:?}): {reason}")]
+    /// An entry of an address list is not `HOST:PORT`.
+    #[error("{list} entry {position} ({entry:?}): {reason}")]
     AddressMalformed {
+        /// Which list: `address list` (replica-to-replica) or `client address list`.
+        list: &'static str,
         /// Position of the entry in the list, from 1.
         position: usize,
         /// The entry as given.
@@ -20,19 +22,43 @@ pub enum DealerError {
         /// What is wrong with it.
         reason: String,
     },
-    /// The same address twice in the list.
-    #[error("address list: {address} appears more than once")]
+    /// The same address twice in an address list.
+    #[error("{list}: {address} appears more than once")]
     AddressDuplicate {
+        /// Which list: `address list` (replica-to-replica) or `client address list`.
+        list: &'static str,
         /// The repeated address.
         address: String,
     },
-    /// The address list does not have one entry per replica.
-    #[error("address list has {given} entries but n = {n}: give exactly one HOST:PORT per replica")]
+    /// An address list does not have one entry per replica.
+    #[error("{list} has {given} entries but n = {n}: give exactly one HOST:PORT per replica")]
     AddressCount {
+        /// Which list: `address list` (replica-to-replica) or `client address list`.
+        list: &'static str,
         /// Entries given.
         given: usize,
         /// Replicas.
         n: u32,
+    },
+    /// A client address is also a replica-to-replica address.
+    #[error(
+        "client address {address} of replica {client} is also the replica-to-replica address of replica {replica} \
+         (a client address not given is the replica's address with port + 100)"
+    )]
+    ClientAddressCollision {
+        /// The address.
+        address: String,
+        /// The replica whose client address it is.
+        client: NodeIndex,
+        /// The replica whose replica-to-replica address it is.
+        replica: NodeIndex,
+    },
+    /// A client address was not given and cannot be derived: the port of the replica's address
+    /// plus 100 is above 65535.
+    #[error("no client address for the replica at {address}: port + 100 is above 65535; give --client-addresses")]
+    ClientAddressOverflow {
+        /// The replica-to-replica address.
+        address: String,
     },
     /// The output directory already has files in it.
     #[error("{}: directory is not empty; pass --force to replace the cluster files in it", .path.display())]

@@ -47,6 +47,9 @@ struct KeySetsToml {
 struct ReplicaEntryToml {
     index: u32,
     address: String,
+    /// Optional when reading, for files written before client addresses: derived from `address`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    client_address: Option<String>,
     identity: String,
 }
 
@@ -95,6 +98,7 @@ impl ClusterFile {
                 .map(|r| ReplicaEntryToml {
                     index: r.index.0,
                     address: r.address.to_string(),
+                    client_address: Some(r.client_address.to_string()),
                     identity: hex::encode(r.identity.to_bytes()),
                 })
                 .collect(),
@@ -219,10 +223,16 @@ fn decode_cluster(raw: ClusterToml) -> Result<ClusterFile, String> {
 fn decode_replica_entry(position: usize, entry: ReplicaEntryToml) -> Result<ReplicaInfo, String> {
     let field = format!("replicas[{position}]");
     let address = Address::parse(&entry.address).map_err(|reason| format!("{field}.address: {reason}"))?;
+    let client_address = match entry.client_address {
+        Some(text) => Address::parse(&text).map_err(|reason| format!("{field}.client_address: {reason}"))?,
+        None => address.derived_client_address().ok_or_else(|| {
+            format!("{field}: no client_address, and the one derived from address would have a port above 65535")
+        })?,
+    };
     let bytes = decode_hex::<32>(&format!("{field}.identity"), &entry.identity)?;
     let identity =
         VerifyingKey::from_bytes(&bytes).map_err(|_| format!("{field}.identity: not an Ed25519 public key"))?;
-    Ok(ReplicaInfo { index: NodeIndex(entry.index), address, identity })
+    Ok(ReplicaInfo { index: NodeIndex(entry.index), address, client_address, identity })
 }
 
 fn decode_replica(raw: ReplicaToml) -> Result<ReplicaFile, String> {
@@ -300,6 +310,47 @@ mod tests {
             assert_eq!(parsed.mismatches(&public), Vec::<String>::new());
             assert_eq!(parsed.to_toml(), replica.to_toml());
         }
+    }
+
+    /// The cluster file of a fresh deal, without its `client_address` lines.
+    fn without_client_addresses(cluster: &ClusterFile) -> String {
+        let text = cluster.to_toml();
+        assert!(text.contains("client_address = \"127.0.0.1:7200\""), "{text}");
+        text.lines().filter(|line| !line.starts_with("client_address = ")).map(|line| format!("{line}\n")).collect()
+    }
+
+    #[test]
+    fn a_file_without_client_addresses_reads_with_derived_ones() {
+        let quorum = Quorum::new(4, 1).expect("valid quorum");
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(4);
+        let cluster = generate(quorum, default_addresses(quorum), &mut rng).expect("default addresses fit");
+        let Ok(Parsed::Cluster(public)) = parse(&without_client_addresses(cluster.public())) else {
+            panic!("a file without client addresses does not parse");
+        };
+        assert_eq!(&public, cluster.public(), "client addresses are not the derived ones, or the id changed");
+        let clients: Vec<String> = public.replicas().iter().map(|r| r.client_address.to_string()).collect();
+        assert_eq!(clients, ["127.0.0.1:7200", "127.0.0.1:7201", "127.0.0.1:7202", "127.0.0.1:7203"]);
+    }
+
+    #[test]
+    fn bad_client_addresses_in_a_file_are_refused() {
+        let quorum = Quorum::new(4, 1).expect("valid quorum");
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(5);
+        let cluster = generate(quorum, default_addresses(quorum), &mut rng).expect("default addresses fit");
+        let text = cluster.public().to_toml();
+        let cases = [
+            ("\"127.0.0.1:7201\"", "\"127.0.0.1:7100\"", "replica-to-replica address of replica #0"),
+            ("\"127.0.0.1:7201\"", "\"127.0.0.1:7202\"", "more than once"),
+            ("\"127.0.0.1:7201\"", "\"127.0.0.1\"", "replicas[1].client_address"),
+        ];
+        for (old, new, needle) in cases {
+            let tampered = text.replacen(old, new, 1);
+            let Err(reason) = parse(&tampered) else { panic!("{new} as a client address parsed") };
+            assert!(reason.contains(needle), "{reason}");
+        }
+        let high = without_client_addresses(cluster.public()).replacen("127.0.0.1:7103", "127.0.0.1:65500", 1);
+        let Err(reason) = parse(&high) else { panic!("an underivable client address parsed") };
+        assert!(reason.contains("replicas[3]: no client_address"), "{reason}");
     }
 
     #[test]

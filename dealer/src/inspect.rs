@@ -32,10 +32,11 @@ fn summarise_cluster(path: &Path, cluster: &ClusterFile) -> String {
     {
         let _ = writeln!(out, "    {name:<11}{}", hex::encode(set.public_key().to_bytes()));
     }
-    let _ = writeln!(out, "  replicas (index, address, Ed25519 identity):");
+    let _ = writeln!(out, "  replicas (index, address, client address, Ed25519 identity):");
     for replica in cluster.replicas() {
         let identity = hex::encode(replica.identity.to_bytes());
-        let _ = writeln!(out, "    {:<5}{:<24}{identity}", replica.index.0, replica.address.to_string());
+        let (address, client_address) = (replica.address.to_string(), replica.client_address.to_string());
+        let _ = writeln!(out, "    {:<5}{address:<24}{client_address:<24}{identity}", replica.index.0);
     }
     out
 }

@@ -10,9 +10,12 @@
 //!
 //! Rules:
 //! - [`generate`] deals a [`Cluster`] in memory: a public [`ClusterFile`] and one private
-//!   [`ReplicaFile`] per replica. [`write()`] puts them in a directory as `cluster.toml` and
-//!   `replica-<i>.toml` (created with mode 0600), each through a temporary file and a rename,
-//!   replica files first and the cluster file last: an interrupted run leaves no cluster file.
+//!   [`ReplicaFile`] per replica. Each replica has two addresses: its `address`, where its peers
+//!   reach it, and its `client_address`, where it serves clients (given to
+//!   [`generate_with_client_addresses`], or derived as the same host with port + 100).
+//! - [`write()`] puts them in a directory as `cluster.toml` and `replica-<i>.toml` (created with
+//!   mode 0600), each through a temporary file and a rename, replica files first and the cluster
+//!   file last: an interrupted run leaves no cluster file.
 //! - [`read_cluster`] and [`read_replica`] refuse any file whose keys do not decode, whose sizes
 //!   are not a valid quorum, or whose `cluster_id` is not the hash of its key material; a replica
 //!   file from another cluster is caught by [`ReplicaFile::mismatches`].
@@ -38,9 +41,13 @@ mod shares;
 mod verify;
 mod write;
 
-pub use address::{default_addresses, parse_addresses, Address, DEFAULT_PORT_FIRST};
+pub use address::{
+    default_addresses, default_client_addresses, derive_client_addresses, parse_addresses, parse_client_addresses,
+    Address, CLIENT_PORT_OFFSET, DEFAULT_CLIENT_PORT_FIRST, DEFAULT_PORT_FIRST,
+};
 pub use cluster::{
-    generate, Cluster, ClusterFile, ClusterId, ReplicaFile, ReplicaInfo, CLUSTER_FORMAT, REPLICA_FORMAT,
+    generate, generate_with_client_addresses, Cluster, ClusterFile, ClusterId, ReplicaFile, ReplicaInfo,
+    CLUSTER_FORMAT, REPLICA_FORMAT,
 };
 pub use error::DealerError;
 pub use fides_types::Quorum;

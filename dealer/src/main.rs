@@ -7,7 +7,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use fides_dealer::{default_addresses, generate, inspect, parse_addresses, verify_dir, write, Quorum};
+use fides_dealer::{
+    default_addresses, default_client_addresses, derive_client_addresses, generate_with_client_addresses, inspect,
+    parse_addresses, parse_client_addresses, verify_dir, write, Quorum,
+};
 
 /// The trusted dealer of a Fides cluster.
 #[derive(Parser)]
@@ -30,10 +33,15 @@ enum Command {
         /// Output directory; created if missing, must be empty unless --force.
         #[arg(long)]
         out: PathBuf,
-        /// Comma-separated HOST:PORT, one per replica in index order
-        /// [default: 127.0.0.1:7100, 127.0.0.1:7101, …].
+        /// Comma-separated HOST:PORT where the replicas reach each other, one per replica in index
+        /// order [default: 127.0.0.1:7100, 127.0.0.1:7101, …].
         #[arg(long)]
         addresses: Option<String>,
+        /// Comma-separated HOST:PORT where the replicas serve clients (gRPC), one per replica in
+        /// index order, none equal to a replica-to-replica address [default: each address's host
+        /// with port + 100; without --addresses, 127.0.0.1:7200, 127.0.0.1:7201, …].
+        #[arg(long)]
+        client_addresses: Option<String>,
         /// Replace the cluster files of a non-empty output directory.
         #[arg(long)]
         force: bool,
@@ -62,13 +70,16 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Init { n, t, out, addresses, force } => {
+        Command::Init { n, t, out, addresses, client_addresses, force } => {
             let quorum = Quorum::new(n, t)?;
-            let addresses = match addresses {
-                Some(list) => parse_addresses(&list, quorum)?,
-                None => default_addresses(quorum),
+            let addresses = addresses.map(|list| parse_addresses(&list, quorum)).transpose()?;
+            let client_addresses = match (client_addresses, &addresses) {
+                (Some(list), _) => parse_client_addresses(&list, quorum)?,
+                (None, Some(addresses)) => derive_client_addresses(addresses)?,
+                (None, None) => default_client_addresses(quorum),
             };
-            let cluster = generate(quorum, addresses, &mut rand::rngs::OsRng)?;
+            let addresses = addresses.unwrap_or_else(|| default_addresses(quorum));
+            let cluster = generate_with_client_addresses(quorum, addresses, client_addresses, &mut rand::rngs::OsRng)?;
             write(&out, &cluster, force)?;
             println!("dealt cluster {}: n = {n}, t = {t}", cluster.public().id());
             println!("  {} (public)", out.join(fides_dealer::CLUSTER_FILE_NAME).display());

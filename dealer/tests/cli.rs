@@ -322,3 +322,130 @@ fn inspect_of_a_tampered_replica_file_quotes_no_secret() {
     assert_refused(&output, "replica-1.toml");
     assert!(!stderr(&output).contains(&share));
 }
+
+fn init_with(dir: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["init", "-n", "4", "-t", "1", "--out", path_str(dir)];
+    args.extend_from_slice(extra);
+    dealer(&args)
+}
+
+/// The `client_address` values of a cluster file, in order.
+fn client_addresses(dir: &Path) -> Vec<String> {
+    let text = fs::read_to_string(dir.join("cluster.toml")).expect("cluster file readable");
+    text.lines()
+        .filter(|line| line.starts_with("client_address = "))
+        .map(|line| line.split('"').nth(1).expect("a quoted value").to_string())
+        .collect()
+}
+
+#[test]
+fn default_client_addresses_are_consecutive_loopback_ports_from_7200() {
+    let (_root, dir) = out_dir();
+    init(&dir, 4, 1);
+    assert_eq!(client_addresses(&dir), ["127.0.0.1:7200", "127.0.0.1:7201", "127.0.0.1:7202", "127.0.0.1:7203"]);
+    let summary = stdout(&dealer(&["inspect", path_str(&dir.join("cluster.toml"))]));
+    assert!(summary.contains("client address"), "{summary}");
+    assert!(
+        summary.lines().any(|line| line.contains("127.0.0.1:7103") && line.contains("127.0.0.1:7203")),
+        "{summary}"
+    );
+}
+
+#[test]
+fn client_addresses_follow_given_addresses_at_port_plus_100() {
+    let (_root, dir) = out_dir();
+    let output = init_with(&dir, &["--addresses", "r0.example.org:7100,10.0.0.2:8000,[::1]:9000,r3.example.org:65435"]);
+    assert!(output.status.success(), "init failed: {}", stderr(&output));
+    assert_eq!(client_addresses(&dir), ["r0.example.org:7200", "10.0.0.2:8100", "[::1]:9100", "r3.example.org:65535"]);
+    assert!(verify(&dir).status.success());
+}
+
+#[test]
+fn client_addresses_that_cannot_be_derived_are_refused() {
+    let (_root, dir) = out_dir();
+    let output = init_with(&dir, &["--addresses", "a:1,b:2,c:65436,d:4"]);
+    assert_refused(&output, "c:65436");
+    assert_refused(&output, "--client-addresses");
+    // Derived from replica 0's address, replica 0's client address is replica 1's address.
+    assert_refused(&init_with(&dir, &["--addresses", "a:7100,a:7200,a:7300,a:7400"]), "replica-to-replica address");
+    assert!(!dir.exists(), "a refused init wrote files");
+    let output = init_with(&dir, &["--addresses", "a:1,b:2,c:65436,d:4", "--client-addresses", "a:5,b:6,c:7,d:8"]);
+    assert!(output.status.success(), "init failed: {}", stderr(&output));
+}
+
+#[test]
+fn given_client_addresses_are_used_in_order() {
+    let (_root, dir) = out_dir();
+    let list = "c0.example.org:443, 10.0.0.2:50051,[0::1]:50051,C3.Example.org:443";
+    let output = init_with(&dir, &["--client-addresses", list]);
+    assert!(output.status.success(), "init failed: {}", stderr(&output));
+    let expected = ["c0.example.org:443", "10.0.0.2:50051", "[::1]:50051", "c3.example.org:443"];
+    assert_eq!(client_addresses(&dir), expected);
+    let text = fs::read_to_string(dir.join("cluster.toml")).expect("cluster file readable");
+    assert!(text.contains("\"127.0.0.1:7103\""), "the default addresses are not used: {text}");
+    let summary = stdout(&dealer(&["inspect", path_str(&dir.join("cluster.toml"))]));
+    let positions: Vec<usize> = expected.iter().map(|a| summary.find(a).expect("client address shown")).collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{summary}");
+    let output = verify(&dir);
+    assert!(output.status.success(), "verify failed: {}", stderr(&output));
+}
+
+#[test]
+fn malformed_client_address_lists_are_refused() {
+    let (_root, dir) = out_dir();
+    let cases = [
+        ("10.0.0.1:7200,10.0.0.2,10.0.0.3:7200,10.0.0.4:7200", "client address list entry 2"),
+        ("a:1,b:2,c:99999,d:4", "65535"),
+        ("a:1,,c:3,d:4", "empty entry"),
+        ("a:1,b:2,c:3", "client address list has 3 entries but n = 4"),
+        ("a:1,b:2,A:1,d:4", "client address list: a:1 appears more than once"),
+    ];
+    for (list, needle) in cases {
+        assert_refused(&init_with(&dir, &["--client-addresses", list]), needle);
+    }
+    assert!(!dir.exists(), "a refused init wrote files");
+}
+
+#[test]
+fn a_client_address_equal_to_a_replica_address_is_refused() {
+    let (_root, dir) = out_dir();
+    // Another replica's default address.
+    let output = init_with(&dir, &["--client-addresses", "c:1,c:2,127.0.0.1:7101,c:4"]);
+    assert_refused(&output, "client address 127.0.0.1:7101 of replica #2");
+    assert_refused(&output, "replica-to-replica address of replica #1");
+    // Its own given address.
+    let addresses = ["--addresses", "a:1,b:2,c:3,d:4"];
+    assert_refused(&init_with(&dir, &[&addresses[..], &["--client-addresses", "a:5,b:6,c:7,D:4"]].concat()), "d:4");
+    assert!(!dir.exists(), "a refused init wrote files");
+}
+
+#[test]
+fn a_cluster_file_without_client_addresses_reads_with_derived_ones() {
+    let (_root, dir) = out_dir();
+    let output = init_with(&dir, &["--client-addresses", "c:1,c:2,c:3,c:4"]);
+    assert!(output.status.success(), "init failed: {}", stderr(&output));
+    let path = dir.join("cluster.toml");
+    let text = fs::read_to_string(&path).expect("readable");
+    let old: String = text.lines().filter(|l| !l.starts_with("client_address")).map(|l| format!("{l}\n")).collect();
+    assert_ne!(old, text);
+    fs::write(&path, old).expect("written");
+    let output = verify(&dir);
+    assert!(output.status.success(), "verify of a file without client addresses failed: {}", stderr(&output));
+    let summary = stdout(&dealer(&["inspect", path_str(&path)]));
+    for i in 0..4 {
+        let (address, client) = (format!("127.0.0.1:{}", 7100 + i), format!("127.0.0.1:{}", 7200 + i));
+        assert!(summary.lines().any(|line| line.contains(&address) && line.contains(&client)), "{summary}");
+    }
+}
+
+#[test]
+fn a_tampered_client_address_is_refused_by_the_reader() {
+    let (_root, dir) = out_dir();
+    init(&dir, 4, 1);
+    let path = dir.join("cluster.toml");
+    let text = fs::read_to_string(&path).expect("readable");
+    fs::write(&path, text.replace("\"127.0.0.1:7202\"", "\"127.0.0.1:7100\"")).expect("written");
+    let output = verify(&dir);
+    assert_refused(&output, "cluster.toml");
+    assert_refused(&output, "replica-to-replica address of replica #0");
+}

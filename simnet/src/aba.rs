@@ -377,7 +377,7 @@ impl SplitScheduler {
         let Some(coin) = adversary.coin(round) else {
             // Coin unknown: split the first values between replicas, let the leader finish.
             return match kind {
-                VoteKind::BVal(value) if (to.0 + u32::from(value)) % 2 == 0 => fast,
+                VoteKind::BVal(value) if (to.0 + u32::from(value)).is_multiple_of(2) => fast,
                 VoteKind::BVal(_) => medium,
                 _ if Some(to) == adversary.leader(round) => late,
                 _ => parked,

@@ -1,0 +1,181 @@
+//! The client API over gRPC (tonic): `fides.v1.Ordering`, the standard health service and server
+//! reflection, so that off-the-shelf gRPC tools can list and call it.
+//!
+//! Bounds: each connection (client address) may have `per_connection_max` submissions in flight;
+//! past that, and when the driver's queues are full, the answer is `RESOURCE_EXHAUSTED` at once —
+//! nothing waits in an unbounded queue.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use fides_atomic_broadcast::epoch::Request;
+use fides_client_sdk::proto;
+use proto::ordering_server::{Ordering, OrderingServer};
+use tokio::sync::oneshot;
+use tonic::{Request as GrpcRequest, Response, Status};
+
+use crate::node::{Command, Lookup, NodeHandle, Ordered, SubmitError};
+
+/// The gRPC service of one replica.
+#[derive(Clone, Debug)]
+pub struct OrderingService {
+    node: NodeHandle,
+    in_flight: Arc<Mutex<HashMap<SocketAddr, usize>>>,
+    per_connection_max: usize,
+}
+
+struct InFlight {
+    map: Arc<Mutex<HashMap<SocketAddr, usize>>>,
+    peer: SocketAddr,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.map.lock() {
+            if let Some(count) = map.get_mut(&self.peer) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    map.remove(&self.peer);
+                }
+            }
+        }
+    }
+}
+
+impl OrderingService {
+    /// A service in front of `node`.
+    pub fn new(node: NodeHandle, per_connection_max: usize) -> Self {
+        OrderingService { node, in_flight: Arc::default(), per_connection_max }
+    }
+
+    /// The tonic server of it.
+    pub fn into_server(self) -> OrderingServer<OrderingService> {
+        OrderingServer::new(self)
+    }
+
+    fn admit(&self, peer: Option<SocketAddr>) -> Result<Option<InFlight>, Status> {
+        let Some(peer) = peer else { return Ok(None) };
+        let mut map = self.in_flight.lock().map_err(|_| Status::internal("in-flight table poisoned"))?;
+        let count = map.entry(peer).or_insert(0);
+        if *count >= self.per_connection_max {
+            return Err(Status::resource_exhausted(format!(
+                "this connection already has {} submissions in flight (the bound)",
+                self.per_connection_max
+            )));
+        }
+        *count += 1;
+        Ok(Some(InFlight { map: Arc::clone(&self.in_flight), peer }))
+    }
+
+    async fn ask<R>(&self, make: impl FnOnce(oneshot::Sender<R>) -> Command) -> Result<R, Status> {
+        let (tx, rx) = oneshot::channel();
+        if let Err(command) = self.node.try_send(make(tx)) {
+            drop(command);
+            return Err(Status::resource_exhausted("the replica's command queue is full"));
+        }
+        rx.await.map_err(|_| Status::unavailable("the replica is shutting down"))
+    }
+}
+
+fn to_proto(o: Ordered) -> proto::Ordered {
+    proto::Ordered {
+        client: o.client,
+        id: o.id,
+        epoch: o.epoch,
+        index: o.index,
+        time_ms: o.time_ms,
+        log_digest: o.log_digest.to_vec(),
+    }
+}
+
+#[tonic::async_trait]
+impl Ordering for OrderingService {
+    async fn submit(&self, request: GrpcRequest<proto::SubmitRequest>) -> Result<Response<proto::Ordered>, Status> {
+        let _slot = self.admit(request.remote_addr())?;
+        let proto::SubmitRequest { client, id, payload } = request.into_inner();
+        let request = Request { client, id, payload };
+        let answer = self.ask(|reply| Command::Submit { request, reply }).await?;
+        match answer {
+            Ok(ordered) => Ok(Response::new(to_proto(ordered))),
+            Err(SubmitError::Invalid(reason)) => Err(Status::invalid_argument(reason)),
+            Err(SubmitError::Overloaded(reason)) => Err(Status::resource_exhausted(reason)),
+            Err(error @ SubmitError::TimedOut(_)) => Err(Status::deadline_exceeded(error.to_string())),
+            Err(SubmitError::ShuttingDown) => Err(Status::unavailable("the replica is shutting down")),
+        }
+    }
+
+    async fn lookup(&self, request: GrpcRequest<proto::LookupRequest>) -> Result<Response<proto::LookupReply>, Status> {
+        let proto::LookupRequest { client, id } = request.into_inner();
+        let answer = self.ask(|reply| Command::Lookup { key: (client, id), reply }).await?;
+        let reply = match answer {
+            Lookup::Unknown => proto::LookupReply { state: proto::lookup_reply::State::Unknown as i32, ordered: None },
+            Lookup::Pending => proto::LookupReply { state: proto::lookup_reply::State::Pending as i32, ordered: None },
+            Lookup::Ordered(o) => {
+                proto::LookupReply { state: proto::lookup_reply::State::Ordered as i32, ordered: Some(to_proto(o)) }
+            }
+        };
+        Ok(Response::new(reply))
+    }
+
+    async fn status(&self, _: GrpcRequest<proto::StatusRequest>) -> Result<Response<proto::StatusReply>, Status> {
+        let s = self.ask(|reply| Command::Status { reply }).await?;
+        Ok(Response::new(proto::StatusReply {
+            index: s.index,
+            n: s.n,
+            t: s.t,
+            next_epoch: s.next_epoch,
+            agreed_time_ms: s.agreed_time_ms,
+            queue_len: s.queue_len,
+            delivered_requests: s.delivered_requests,
+            log_digest: s.log_digest.to_vec(),
+            checkpoint_epoch: s.checkpoint_epoch,
+            peers: s
+                .peers
+                .iter()
+                .enumerate()
+                .map(|(i, p)| proto::PeerStatus {
+                    index: i as u32,
+                    connected: p.counters.connected,
+                    frames_sent: p.counters.frames_sent,
+                    frames_received: p.counters.frames_received,
+                    frames_dropped_out: p.counters.frames_dropped_out,
+                    frames_dropped_in: p.counters.frames_dropped_in,
+                    faults: p.faults,
+                    equivocations: p.equivocations,
+                })
+                .collect(),
+            wal_events: s.wal_events,
+            uptime_s: s.uptime_s,
+            joining: s.joining,
+            log_first_epoch: s.log_first_epoch,
+        }))
+    }
+
+    async fn log(&self, request: GrpcRequest<proto::LogRequest>) -> Result<Response<proto::LogReply>, Status> {
+        let proto::LogRequest { from_epoch, max_batches } = request.into_inner();
+        if max_batches == 0 {
+            return Err(Status::invalid_argument("max_batches must be at least 1"));
+        }
+        let answer = self.ask(|reply| Command::Log { from: from_epoch, max: max_batches as usize, reply }).await?;
+        let crate::node::LogPage { batches, next_epoch, first_epoch } = answer.map_err(Status::internal)?;
+        Ok(Response::new(proto::LogReply {
+            batches: batches
+                .into_iter()
+                .map(|stored| proto::Batch {
+                    epoch: stored.batch.epoch,
+                    time_ms: stored.batch.time,
+                    requests: stored
+                        .batch
+                        .requests
+                        .into_iter()
+                        .map(|r| proto::Request { client: r.client, id: r.id, payload: r.payload })
+                        .collect(),
+                    log_digest: stored.log.to_vec(),
+                })
+                .collect(),
+            next_epoch,
+            first_epoch,
+        }))
+    }
+}

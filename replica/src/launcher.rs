@@ -1,0 +1,206 @@
+//! A local cluster of replica processes on one machine: deal it (if its directory has no cluster
+//! file), start, kill, restart and wipe replicas, stop them all. Used by `replica cluster`, by the
+//! tests that run real processes, and by `bench e2e`.
+//!
+//! Layout of a cluster directory:
+//! ```text
+//! DIR/cluster.toml, DIR/replica-<i>.toml     made by the dealer
+//! DIR/data/replica-<i>/                      each replica's store
+//! DIR/logs/replica-<i>.log                   each replica's log (appended to across restarts)
+//! ```
+//! Every replica gets `--exit-on-stdin-close` with a pipe from the launcher as its standard input:
+//! if the launcher dies, even by SIGKILL, the pipe closes and the replicas stop by themselves.
+
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use fides_dealer::{generate, parse_addresses, read_cluster, write, ClusterFile, Quorum};
+use fides_types::NodeIndex;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// Options of the replicas a launcher starts.
+#[derive(Clone, Debug, Default)]
+pub struct ReplicaOptions {
+    /// First metrics port (replica i serves on `127.0.0.1:(port + i)`); none without it.
+    pub metrics_port_first: Option<u16>,
+    /// Extra arguments for `replica run`.
+    pub extra_args: Vec<String>,
+}
+
+/// A local cluster of replica processes.
+pub struct LocalCluster {
+    dir: PathBuf,
+    binary: PathBuf,
+    cluster: ClusterFile,
+    children: Vec<Option<Child>>,
+    options: ReplicaOptions,
+}
+
+/// Deal a cluster of `n` replicas tolerating `t` into `dir` unless it already has one; replica `i`
+/// listens for peers on `127.0.0.1:(port_first + i)` and for clients on `127.0.0.1:(port_first + 100 + i)`.
+pub fn deal_if_missing(dir: &Path, n: u32, t: u32, port_first: u16) -> anyhow::Result<bool> {
+    if dir.join(fides_dealer::CLUSTER_FILE_NAME).exists() {
+        return Ok(false);
+    }
+    let quorum = Quorum::new(n, t)?;
+    let list = (0..n).map(|i| format!("127.0.0.1:{}", u32::from(port_first) + i)).collect::<Vec<_>>().join(",");
+    let addresses = parse_addresses(&list, quorum)?;
+    let cluster = generate(quorum, addresses, &mut rand::rngs::OsRng)?;
+    write(dir, &cluster, true)?;
+    Ok(true)
+}
+
+impl LocalCluster {
+    /// A launcher for the cluster dealt in `dir`, running `binary` (the `replica` executable).
+    pub fn new(dir: &Path, binary: &Path, options: ReplicaOptions) -> anyhow::Result<LocalCluster> {
+        let cluster = read_cluster(&dir.join(fides_dealer::CLUSTER_FILE_NAME))?;
+        let n = cluster.quorum().n() as usize;
+        std::fs::create_dir_all(dir.join("logs"))?;
+        std::fs::create_dir_all(dir.join("data"))?;
+        Ok(LocalCluster {
+            dir: dir.to_path_buf(),
+            binary: binary.to_path_buf(),
+            cluster,
+            children: (0..n).map(|_| None).collect(),
+            options,
+        })
+    }
+
+    /// The cluster file.
+    pub fn cluster(&self) -> &ClusterFile {
+        &self.cluster
+    }
+
+    /// The cluster directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Replica `i`'s data directory.
+    pub fn data_dir(&self, i: u32) -> PathBuf {
+        self.dir.join("data").join(format!("replica-{i}"))
+    }
+
+    /// Replica `i`'s log file.
+    pub fn log_file(&self, i: u32) -> PathBuf {
+        self.dir.join("logs").join(format!("replica-{i}.log"))
+    }
+
+    /// Start replica `i` (if it is not running).
+    pub fn start(&mut self, i: u32) -> anyhow::Result<()> {
+        if self.is_running(i) {
+            return Ok(());
+        }
+        let log = OpenOptions::new().create(true).append(true).open(self.log_file(i))?;
+        let mut command = Command::new(&self.binary);
+        command
+            .arg("run")
+            .arg("--init")
+            .arg(self.dir.join(fides_dealer::replica_file_name(NodeIndex(i))))
+            .arg("--cluster")
+            .arg(self.dir.join(fides_dealer::CLUSTER_FILE_NAME))
+            .arg("--data")
+            .arg(self.data_dir(i))
+            .arg("--exit-on-stdin-close");
+        if let Some(port) = self.options.metrics_port_first {
+            command.arg("--metrics").arg(format!("127.0.0.1:{}", u32::from(port) + i));
+        }
+        command.args(&self.options.extra_args);
+        command.stdin(Stdio::piped()).stdout(log.try_clone()?).stderr(log);
+        let child = command.spawn().with_context(|| format!("starting {}", self.binary.display()))?;
+        if let Some(slot) = self.children.get_mut(i as usize) {
+            *slot = Some(child);
+        }
+        Ok(())
+    }
+
+    /// Start every replica.
+    pub fn start_all(&mut self) -> anyhow::Result<()> {
+        for i in 0..self.children.len() as u32 {
+            self.start(i)?;
+        }
+        Ok(())
+    }
+
+    /// Whether replica `i` runs.
+    pub fn is_running(&mut self, i: u32) -> bool {
+        match self.children.get_mut(i as usize) {
+            Some(Some(child)) => matches!(child.try_wait(), Ok(None)),
+            _ => false,
+        }
+    }
+
+    /// Kill replica `i` with SIGKILL (no chance to clean up), and reap it.
+    pub fn kill(&mut self, i: u32) {
+        if let Some(slot) = self.children.get_mut(i as usize) {
+            if let Some(mut child) = slot.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+
+    /// Stop replica `i` with SIGTERM, waiting up to `grace` before SIGKILL.
+    pub fn stop(&mut self, i: u32, grace: Duration) {
+        let Some(slot) = self.children.get_mut(i as usize) else { return };
+        let Some(mut child) = slot.take() else { return };
+        if let Ok(pid) = i32::try_from(child.id()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Stop every replica (SIGTERM to all, then wait, then SIGKILL what is left).
+    pub fn stop_all(&mut self, grace: Duration) {
+        for child in self.children.iter().flatten() {
+            if let Ok(pid) = i32::try_from(child.id()) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+            }
+        }
+        for i in 0..self.children.len() as u32 {
+            self.stop(i, grace);
+        }
+    }
+
+    /// Remove replica `i`'s data directory (it must be stopped).
+    pub fn wipe(&mut self, i: u32) -> anyhow::Result<()> {
+        if self.is_running(i) {
+            bail!("replica {i} is running; stop it before wiping its data");
+        }
+        let dir = self.data_dir(i);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        }
+        Ok(())
+    }
+
+    /// The replicas' process ids (for measuring them).
+    pub fn pids(&self) -> Vec<Option<u32>> {
+        self.children.iter().map(|c| c.as_ref().map(Child::id)).collect()
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        self.stop_all(Duration::from_secs(5));
+    }
+}
+
+/// Resident set size of a process, in KiB (Linux).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}

@@ -1,0 +1,323 @@
+//! `replica`: run a Fides replica, ask one for its status, or run a local cluster.
+
+#![forbid(unsafe_code)]
+
+mod bench_e2e;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use fides_client_sdk::{Client, ClientOptions};
+use fides_replica::launcher::{deal_if_missing, LocalCluster, ReplicaOptions};
+use fides_replica::run::{run, RunConfig};
+use fides_types::NodeIndex;
+
+/// A replica of a Fides cluster.
+#[derive(Parser)]
+#[command(name = "replica", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a replica until SIGTERM or Ctrl-C.
+    Run {
+        /// A TOML file with any of the settings below (flags win over it).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The replica's private file from the dealer (replica-<i>.toml).
+        #[arg(long)]
+        init: Option<PathBuf>,
+        /// The cluster's public file (cluster.toml).
+        #[arg(long)]
+        cluster: Option<PathBuf>,
+        /// The data directory (created if missing).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Listen for peers here [default: this replica's address in the cluster file].
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Serve clients here [default: this replica's client address in the cluster file].
+        #[arg(long)]
+        client_listen: Option<SocketAddr>,
+        /// Serve Prometheus metrics at http://ADDR/metrics.
+        #[arg(long)]
+        metrics: Option<SocketAddr>,
+        /// Requests considered per epoch, over all proposers.
+        #[arg(long)]
+        batch_size: Option<usize>,
+        /// Epochs between checkpoints.
+        #[arg(long)]
+        checkpoint_interval: Option<u64>,
+        /// Log as JSON lines.
+        #[arg(long)]
+        log_json: bool,
+        /// Stop when standard input closes (for launchers).
+        #[arg(long)]
+        exit_on_stdin_close: bool,
+    },
+    /// Print the status of the replicas of a cluster (or of one), for a person.
+    Status {
+        /// The cluster's public file.
+        #[arg(long)]
+        cluster: PathBuf,
+        /// Only this replica.
+        #[arg(long)]
+        replica: Option<u32>,
+    },
+    /// Benchmarks with real processes.
+    Bench {
+        #[command(subcommand)]
+        bench: Bench,
+    },
+    /// Run a local cluster on 127.0.0.1 (dealing it first if DIR has no cluster file), order
+    /// requests from clients, and show it working until Ctrl-C.
+    Cluster {
+        /// The cluster directory.
+        #[arg(long, default_value = "cluster-configs/local-4")]
+        dir: PathBuf,
+        /// Replicas, if it must be dealt.
+        #[arg(short = 'n', default_value_t = 4)]
+        n: u32,
+        /// Byzantine replicas tolerated, if it must be dealt.
+        #[arg(short = 't', default_value_t = 1)]
+        t: u32,
+        /// Remove every replica's data before starting.
+        #[arg(long)]
+        fresh: bool,
+        /// Clients ordering requests once the cluster is up (0: none).
+        #[arg(long, default_value_t = 3)]
+        clients: u32,
+        /// Requests per client.
+        #[arg(long, default_value_t = 10)]
+        requests: u32,
+        /// Stop after this many seconds instead of waiting for Ctrl-C.
+        #[arg(long)]
+        seconds: Option<u64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Replica processes on 127.0.0.1 and a load generator: ordered requests per second, latency, memory.
+    E2e(bench_e2e::E2eArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let json = matches!(cli.command, Command::Run { log_json: true, .. });
+    init_tracing(json);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("replica: error: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("replica: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,libp2p=warn,h2=warn,tower=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run {
+            config,
+            init,
+            cluster,
+            data,
+            listen,
+            client_listen,
+            metrics,
+            batch_size,
+            checkpoint_interval,
+            log_json: _,
+            exit_on_stdin_close,
+        } => {
+            let file = match config {
+                Some(path) => RunConfig::from_file(&path)?,
+                None => RunConfig::default(),
+            };
+            let flags = RunConfig {
+                init,
+                cluster,
+                data,
+                listen,
+                client_listen,
+                metrics,
+                batch_size,
+                checkpoint_interval,
+                ..RunConfig::default()
+            };
+            run(file.overridden_by(flags), exit_on_stdin_close).await
+        }
+        Command::Status { cluster, replica } => status(&cluster, replica).await,
+        Command::Bench { bench: Bench::E2e(args) } => bench_e2e::run(args).await,
+        Command::Cluster { dir, n, t, fresh, clients, requests, seconds } => {
+            cluster(dir, n, t, fresh, clients, requests, seconds).await
+        }
+    }
+}
+
+async fn status(cluster: &std::path::Path, only: Option<u32>) -> anyhow::Result<()> {
+    let options = ClientOptions { attempt_timeout: Duration::from_secs(3), ..ClientOptions::default() };
+    let client = Client::connect(cluster, options)?;
+    for i in 0..client.n() {
+        if only.is_some_and(|o| o != i) {
+            continue;
+        }
+        match client.status(NodeIndex(i)).await {
+            Ok(s) => {
+                println!(
+                    "replica {i}: epoch {} · {} requests delivered · queue {} · log {} · checkpoint {} · up {} s{}",
+                    s.next_epoch,
+                    s.delivered_requests,
+                    s.queue_len,
+                    short_hex(&s.log_digest),
+                    s.checkpoint_epoch.map_or("none".to_string(), |e| format!("after epoch {e}")),
+                    s.uptime_s,
+                    if s.joining { " · JOINING (silent until it knows where the others are)" } else { "" },
+                );
+                let peers: Vec<String> = s
+                    .peers
+                    .iter()
+                    .filter(|p| p.index != i)
+                    .map(|p| {
+                        format!(
+                            "{}:{}{}",
+                            p.index,
+                            if p.connected { "up" } else { "DOWN" },
+                            if p.faults > 0 { format!(" ({} faults)", p.faults) } else { String::new() }
+                        )
+                    })
+                    .collect();
+                println!("  peers {} · log has {} events", peers.join(" "), s.wal_events);
+            }
+            Err(error) => println!("replica {i}: unreachable ({error})"),
+        }
+    }
+    Ok(())
+}
+
+fn short_hex(bytes: &[u8]) -> String {
+    bytes.iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
+async fn cluster(
+    dir: PathBuf,
+    n: u32,
+    t: u32,
+    fresh: bool,
+    clients: u32,
+    requests: u32,
+    seconds: Option<u64>,
+) -> anyhow::Result<()> {
+    if deal_if_missing(&dir, n, t, 7100)? {
+        println!("== dealt a new cluster of {n} replicas (t = {t}) into {}", dir.display());
+    }
+    let binary = std::env::current_exe().context("finding the replica executable")?;
+    let options = ReplicaOptions { metrics_port_first: Some(7300), extra_args: Vec::new() };
+    let mut local = LocalCluster::new(&dir, &binary, options)?;
+    let n = local.cluster().quorum().n();
+    if fresh {
+        for i in 0..n {
+            local.wipe(i)?;
+        }
+    }
+    local.start_all()?;
+    println!("== started {n} replicas; logs in {}/logs, metrics at http://127.0.0.1:7300+i/metrics", dir.display());
+    let result = exercise(&mut local, clients, requests, seconds).await;
+    println!("== stopping every replica");
+    local.stop_all(Duration::from_secs(10));
+    println!("== all stopped");
+    result
+}
+
+async fn exercise(local: &mut LocalCluster, clients: u32, requests: u32, seconds: Option<u64>) -> anyhow::Result<()> {
+    let cluster_file = local.dir().join(fides_dealer::CLUSTER_FILE_NAME);
+    let client = Client::connect(&cluster_file, ClientOptions::default())?;
+    let n = client.n();
+    // Wait until every replica answers.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for i in 0..n {
+        while client.status(NodeIndex(i)).await.is_err() {
+            if Instant::now() > deadline || !local.is_running(i) {
+                anyhow::bail!("replica {i} did not come up; see {}", local.log_file(i).display());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    println!("== every replica answers; ordering {requests} requests from each of {clients} clients");
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let client = Client::connect(&cluster_file, ClientOptions::default())?;
+        tasks.push(tokio::spawn(async move {
+            let mut lines = Vec::new();
+            for r in 0..requests {
+                let payload = format!("client {c} request {r}").into_bytes();
+                // Half through one replica at a time, half through 2t + 1 at once.
+                let answer = if r % 2 == 0 { client.submit(payload).await } else { client.submit_quorum(payload).await };
+                match answer {
+                    Ok(o) => lines.push(format!(
+                        "client {c} request {r}: ordered in epoch {} at position {}, agreed time {} ms, log {}",
+                        o.epoch,
+                        o.index,
+                        o.time_ms,
+                        short_hex(&o.log_digest)
+                    )),
+                    Err(error) => lines.push(format!("client {c} request {r}: FAILED: {error}")),
+                }
+            }
+            lines
+        }));
+    }
+    for task in tasks {
+        for line in task.await.context("a client task failed")? {
+            println!("{line}");
+        }
+    }
+    let stop = seconds.map(|s| Instant::now() + Duration::from_secs(s));
+    println!("== the cluster keeps running; status every 5 s{}", if stop.is_some() { "" } else { " (Ctrl-C stops it)" });
+    loop {
+        for i in 0..n {
+            match client.status(NodeIndex(i)).await {
+                Ok(s) => println!(
+                    "replica {i}: epoch {}, {} requests delivered, log {}",
+                    s.next_epoch,
+                    s.delivered_requests,
+                    short_hex(&s.log_digest)
+                ),
+                Err(_) => println!("replica {i}: unreachable"),
+            }
+        }
+        let pause = tokio::time::sleep(Duration::from_secs(5));
+        tokio::select! {
+            _ = pause => {}
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+        if stop.is_some_and(|s| Instant::now() >= s) {
+            return Ok(());
+        }
+    }
+}

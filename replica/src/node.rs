@@ -1,0 +1,907 @@
+//! The driver: one loop around the deterministic [`Core`].
+//!
+//! Each turn takes what arrived (frames from peers, client commands, the timer), turns it into
+//! events, **writes the events to the log and fsyncs**, hands them to the core, and only then
+//! sends what the core asked to send and answers clients (STYLE.md 2: persist before send).
+//! Several arrivals share one fsync (group commit).
+//!
+//! A restart replays the log into a fresh core (same seed, same events, same state), sends again
+//! the messages of the epochs still running, and asks the peers for what it missed
+//! ([`Event::Recover`]).
+//!
+//! A replica whose data is lost (a new, empty store) cannot know what it voted before. It asks for
+//! catch-up and stays silent in the common subsets of early epochs: it greets its peers, learns
+//! how far they have come from `n - t - 1` of them, and votes only from the epoch
+//! `highest they report + epochs_in_flight + 1` on (from epoch 0 when none of them has delivered
+//! anything: a new cluster). `docs/replica.md` discusses what this does and does not guarantee.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use fides_atomic_broadcast::checkpoint::Checkpoint;
+use fides_atomic_broadcast::epoch::{Error as AbcError, Message, Request};
+use fides_types::codec::Wire;
+use fides_types::{NodeIndex, Outgoing, Quorum, Target};
+use futures::FutureExt;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::core::{is_vote, message_epoch, Core, Effects, Recent};
+use crate::metrics::Metrics;
+use crate::store::{Derived, Event, Store, StoreError, StoredBatch};
+use crate::transport::{Transport, TransportEvent};
+
+/// Frame tags: what the driver puts in front of each frame.
+const FRAME_MESSAGE: u8 = 0;
+const FRAME_HELLO: u8 = 1;
+
+/// Where a request was ordered (the answer to a client).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ordered {
+    /// The client.
+    pub client: u64,
+    /// The request id.
+    pub id: u64,
+    /// The epoch.
+    pub epoch: u64,
+    /// Position in the batch.
+    pub index: u32,
+    /// Agreed time of the epoch, ms since the Unix epoch.
+    pub time_ms: u64,
+    /// Log digest after the epoch.
+    pub log_digest: [u8; 32],
+}
+
+/// Why a submission got no `Ordered` answer.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    /// The request can never be ordered as it is.
+    #[error("{0}")]
+    Invalid(String),
+    /// The replica is overloaded; try later or elsewhere.
+    #[error("{0}")]
+    Overloaded(String),
+    /// Not ordered within the wait bound (it stays queued).
+    #[error("not ordered within {0:?}; the request stays queued here")]
+    TimedOut(Duration),
+    /// The replica is shutting down.
+    #[error("the replica is shutting down")]
+    ShuttingDown,
+}
+
+/// Where a request stands here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// Not known here.
+    Unknown,
+    /// Logged, not ordered yet.
+    Pending,
+    /// Ordered.
+    Ordered(Ordered),
+}
+
+/// A peer's line in the status.
+#[derive(Clone, Debug, Default)]
+pub struct PeerStatus {
+    /// Transport counters.
+    pub counters: crate::transport::PeerCounters,
+    /// Faults recorded.
+    pub faults: u64,
+    /// Of which equivocations.
+    pub equivocations: u64,
+}
+
+/// The replica's state, for `replica status` and monitors.
+#[derive(Clone, Debug, Default)]
+pub struct Status {
+    /// Our index.
+    pub index: u32,
+    /// n.
+    pub n: u32,
+    /// t.
+    pub t: u32,
+    /// Next epoch to deliver.
+    pub next_epoch: u64,
+    /// Last agreed time.
+    pub agreed_time_ms: u64,
+    /// Queue length.
+    pub queue_len: u64,
+    /// Requests delivered (since this replica's log began).
+    pub delivered_requests: u64,
+    /// Log digest.
+    pub log_digest: [u8; 32],
+    /// Stable checkpoint epoch.
+    pub checkpoint_epoch: Option<u64>,
+    /// Peers.
+    pub peers: Vec<PeerStatus>,
+    /// Events logged.
+    pub wal_events: u64,
+    /// Seconds since start.
+    pub uptime_s: u64,
+    /// Still finding out from which epoch it may vote.
+    pub joining: bool,
+    /// First epoch held.
+    pub log_first_epoch: u64,
+}
+
+/// What clients (through the gRPC layer) ask the driver.
+#[derive(Debug)]
+pub enum Command {
+    /// Order a request; the answer comes once it is delivered.
+    Submit {
+        /// The request.
+        request: Request,
+        /// Where the answer goes.
+        reply: oneshot::Sender<Result<Ordered, SubmitError>>,
+    },
+    /// Where a request stands.
+    Lookup {
+        /// (client, id).
+        key: (u64, u64),
+        /// Where the answer goes.
+        reply: oneshot::Sender<Lookup>,
+    },
+    /// The status.
+    Status {
+        /// Where the answer goes.
+        reply: oneshot::Sender<Status>,
+    },
+    /// Delivered batches from an epoch on.
+    Log {
+        /// First epoch.
+        from: u64,
+        /// At most this many.
+        max: usize,
+        /// Where the answer goes.
+        reply: oneshot::Sender<Result<LogPage, String>>,
+    },
+}
+
+/// A page of the delivered log.
+#[derive(Clone, Debug)]
+pub struct LogPage {
+    /// The batches.
+    pub batches: Vec<StoredBatch>,
+    /// The next epoch to deliver (the log's end).
+    pub next_epoch: u64,
+    /// The first epoch held.
+    pub first_epoch: u64,
+}
+
+/// Bounds of the driver.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Submissions waiting for their answer, over all clients.
+    pub waiting_max: usize,
+    /// How long a submission waits for its answer.
+    pub submit_wait: Duration,
+    /// Epochs for which answers are remembered (for resent requests and `Lookup`).
+    pub ordered_epochs_max: u64,
+    /// Arrivals handled per turn (and per fsync).
+    pub turn_events_max: usize,
+    /// Timer period (clock readings, expiry of waits, metrics).
+    pub tick: Duration,
+    /// Longest payload a client may send.
+    pub payload_len_max: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            waiting_max: 100_000,
+            submit_wait: Duration::from_secs(30),
+            ordered_epochs_max: 4096,
+            turn_events_max: 4096,
+            tick: Duration::from_millis(50),
+            payload_len_max: 64 * 1024,
+        }
+    }
+}
+
+/// A local failure that stops the replica.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// Storage failed: the replica cannot promise durability, so it stops.
+    #[error("storage: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// A handle to send commands to a running node.
+#[derive(Clone, Debug)]
+pub struct NodeHandle {
+    commands: mpsc::Sender<Command>,
+}
+
+impl NodeHandle {
+    /// Send a command; `false` if the node is gone or its command queue is full.
+    pub fn try_send(&self, command: Command) -> Result<(), Command> {
+        self.commands.try_send(command).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(c) | mpsc::error::TrySendError::Closed(c) => c,
+        })
+    }
+
+    /// Send a command, waiting for room.
+    pub async fn send(&self, command: Command) -> bool {
+        self.commands.send(command).await.is_ok()
+    }
+}
+
+struct Waiter {
+    reply: oneshot::Sender<Result<Ordered, SubmitError>>,
+    since: Instant,
+}
+
+/// What a peer told us in its greeting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Hello {
+    next_epoch: u64,
+    voted_max: Option<u64>,
+    /// The sender is joining and asks for our greeting.
+    answer_me: bool,
+}
+
+impl Hello {
+    const LEN: usize = 18;
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = vec![FRAME_HELLO];
+        out.extend_from_slice(&self.next_epoch.to_le_bytes());
+        out.push(u8::from(self.voted_max.is_some()));
+        out.extend_from_slice(&self.voted_max.unwrap_or(0).to_le_bytes());
+        out.push(u8::from(self.answer_me));
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Hello> {
+        if bytes.len() != Hello::LEN {
+            return None;
+        }
+        let next_epoch = u64::from_le_bytes(bytes[0..8].try_into().ok()?);
+        let voted = u64::from_le_bytes(bytes[9..17].try_into().ok()?);
+        let voted_max = match bytes[8] {
+            0 => None,
+            1 => Some(voted),
+            _ => return None,
+        };
+        let answer_me = match bytes[17] {
+            0 => false,
+            1 => true,
+            _ => return None,
+        };
+        Some(Hello { next_epoch, voted_max, answer_me })
+    }
+}
+
+/// Votes a joining replica holds until it knows from which epoch it may vote.
+const HELD_MAX: usize = 100_000;
+
+/// The running replica.
+pub struct Node<T: Transport> {
+    core: Core,
+    store: Store,
+    transport: T,
+    quorum: Quorum,
+    our_index: NodeIndex,
+    epochs_in_flight: u64,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+    commands: mpsc::Receiver<Command>,
+    waiters: HashMap<(u64, u64), Vec<Waiter>>,
+    waiting: usize,
+    /// Requests logged and not yet delivered or refused.
+    pending: std::collections::HashSet<(u64, u64)>,
+    ordered: HashMap<(u64, u64), Ordered>,
+    ordered_by_epoch: VecDeque<(u64, Vec<(u64, u64)>)>,
+    derived: Derived,
+    /// The epoch from which we vote; `None` while joining.
+    join_epoch: Option<u64>,
+    hellos: BTreeMap<NodeIndex, Hello>,
+    /// The join epoch decided, to take effect once it is durable.
+    join_decided: Option<u64>,
+    /// Votes computed while joining, sent (if at or after the join epoch) once it is decided.
+    held: VecDeque<Outgoing<Message>>,
+    ticks: u64,
+    /// The highest epoch we voted in (sent a common-subset message of).
+    voted_max: Option<u64>,
+    last_clock: u64,
+    delivered_requests: u64,
+    first_epoch: Option<u64>,
+    agreed_time: u64,
+    faults: Vec<u64>,
+    equivocations: Vec<u64>,
+    started: Instant,
+}
+
+/// What the caller sets up a node with.
+pub struct NodeSetup {
+    /// Cluster size.
+    pub quorum: Quorum,
+    /// Our index.
+    pub our_index: NodeIndex,
+    /// Atomic broadcast, freshly made.
+    pub abc: fides_atomic_broadcast::epoch::AtomicBroadcast,
+    /// Its session.
+    pub session: Vec<u8>,
+    /// Its checkpoint interval.
+    pub checkpoint_interval: u64,
+    /// Its epochs in flight.
+    pub epochs_in_flight: u64,
+    /// The driver's bounds.
+    pub limits: Limits,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl<T: Transport> Node<T> {
+    /// Open the store, replay the log, and return the node and a handle to it.
+    pub fn start(
+        setup: NodeSetup,
+        store_dir: &std::path::Path,
+        transport: T,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Node<T>, NodeHandle), NodeError> {
+        let (store, opened) = Store::open(store_dir, rand::random())?;
+        let core = Core::new(setup.abc, opened.seed, setup.our_index, &setup.session, setup.checkpoint_interval);
+        let (commands_tx, commands) = mpsc::channel(setup.limits.waiting_max.clamp(1024, 65_536));
+        let n = setup.quorum.n() as usize;
+        let mut node = Node {
+            core,
+            store,
+            transport,
+            quorum: setup.quorum,
+            our_index: setup.our_index,
+            epochs_in_flight: setup.epochs_in_flight,
+            limits: setup.limits,
+            metrics,
+            commands,
+            waiters: HashMap::new(),
+            waiting: 0,
+            pending: Default::default(),
+            ordered: HashMap::new(),
+            ordered_by_epoch: VecDeque::new(),
+            derived: Derived::default(),
+            join_epoch: opened.join_epoch,
+            hellos: BTreeMap::new(),
+            join_decided: None,
+            held: VecDeque::new(),
+            ticks: 0,
+            voted_max: None,
+            last_clock: 0,
+            delivered_requests: 0,
+            first_epoch: None,
+            agreed_time: 0,
+            faults: vec![0; n],
+            equivocations: vec![0; n],
+            started: Instant::now(),
+        };
+        node.first_epoch = node.store.first_batch_epoch()?;
+        let resend = node.replay()?;
+        tracing::info!(
+            index = node.our_index.0,
+            events = node.store.wal_len(),
+            next_epoch = node.core.abc().next_epoch(),
+            fresh = opened.fresh,
+            join_epoch = ?node.join_epoch,
+            "replayed the log"
+        );
+        // Send again what the epochs still running asked for: the crash may have come before.
+        node.send_all(resend);
+        // Ask the peers for what we missed (also for a new replica: it may be a wiped one).
+        node.turn_with(vec![Event::Recover])?;
+        Ok((node, NodeHandle { commands: commands_tx }))
+    }
+
+    fn replay(&mut self) -> Result<Vec<Outgoing<Message>>, NodeError> {
+        let mut recent = Recent::default();
+        let mut events = Vec::new();
+        self.store.replay::<StoreError>(|event| {
+            events.push(event);
+            Ok(())
+        })?;
+        for event in events {
+            if let Event::Clock(now) = event {
+                self.last_clock = now;
+            }
+            if let Event::Submit(request) = &event {
+                self.pending.insert((request.client, request.id));
+            }
+            let mut effects = Effects::default();
+            self.core.apply(&event, &mut effects);
+            let outgoing = std::mem::take(&mut effects.outgoing);
+            self.note_votes(&outgoing);
+            self.absorb(effects, true);
+            recent.keep(outgoing, self.core.abc().next_epoch().saturating_sub(1));
+        }
+        Ok(recent.into_messages())
+    }
+
+    /// Run until `shutdown` turns true or the transport closes.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), NodeError> {
+        let mut tick = tokio::time::interval(self.limits.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let mut arrivals = Vec::new();
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => break,
+                event = self.transport.next_event() => match event {
+                    Some(event) => arrivals.push(Arrival::Transport(event)),
+                    None => break,
+                },
+                command = self.commands.recv() => match command {
+                    Some(command) => arrivals.push(Arrival::Command(command)),
+                    None => break,
+                },
+                _ = tick.tick() => arrivals.push(Arrival::Tick),
+            }
+            while arrivals.len() < self.limits.turn_events_max {
+                if let Some(Some(event)) = self.transport.next_event().now_or_never() {
+                    arrivals.push(Arrival::Transport(event));
+                } else if let Ok(command) = self.commands.try_recv() {
+                    arrivals.push(Arrival::Command(command));
+                } else {
+                    break;
+                }
+            }
+            self.turn(arrivals)?;
+            if *shutdown.borrow() {
+                break;
+            }
+        }
+        // Write what is derived but not yet written, and tell waiting clients.
+        let derived = std::mem::take(&mut self.derived);
+        self.store.commit(&[], &derived)?;
+        for (_, waiters) in self.waiters.drain() {
+            for waiter in waiters {
+                let _ = waiter.reply.send(Err(SubmitError::ShuttingDown));
+            }
+        }
+        tracing::info!(index = self.our_index.0, "stopped");
+        Ok(())
+    }
+
+    fn turn(&mut self, arrivals: Vec<Arrival>) -> Result<(), NodeError> {
+        let mut events = Vec::new();
+        let now = now_ms();
+        let mut tick = false;
+        for arrival in arrivals {
+            match arrival {
+                Arrival::Transport(event) => self.on_transport(event, &mut events),
+                Arrival::Command(command) => self.on_command(command, &mut events),
+                Arrival::Tick => tick = true,
+            }
+        }
+        // The clock is an input like any other: it is logged, so a replay sees the same readings.
+        // Read it whenever something else is logged (proposals carry it) and on the timer.
+        if now > self.last_clock && (!events.is_empty() || (tick && self.core.abc().queue_len() > 0)) {
+            self.last_clock = now;
+            events.insert(0, Event::Clock(now));
+        }
+        if tick {
+            self.ticks += 1;
+            self.expire_waiters();
+            self.update_metrics();
+            if self.join_epoch.is_none() && self.ticks.is_multiple_of(10) {
+                for peer in self.quorum.nodes().filter(|p| *p != self.our_index) {
+                    self.greet(peer);
+                }
+            }
+        }
+        self.turn_with(events)
+    }
+
+    fn turn_with(&mut self, events: Vec<Event>) -> Result<(), NodeError> {
+        let derived = std::mem::take(&mut self.derived);
+        if !events.is_empty() || !derived.is_empty() {
+            let started = Instant::now();
+            self.store.commit(&events, &derived)?;
+            self.metrics.observe_commit(started.elapsed(), events.len());
+        }
+        self.take_join();
+        let mut outgoing = Vec::new();
+        for event in &events {
+            let mut effects = Effects::default();
+            self.core.apply(event, &mut effects);
+            outgoing.append(&mut effects.outgoing);
+            self.absorb(effects, false);
+        }
+        self.send_all(outgoing);
+        Ok(())
+    }
+
+    fn on_transport(&mut self, event: TransportEvent, events: &mut Vec<Event>) {
+        match event {
+            TransportEvent::Frame { from, bytes } => {
+                if !self.quorum.contains(from) || from == self.our_index {
+                    return;
+                }
+                match bytes.split_first() {
+                    Some((&FRAME_MESSAGE, body)) => {
+                        // Only what decodes is logged: the log holds messages, not garbage.
+                        if Message::from_bytes(body).is_ok() {
+                            events.push(Event::Frame { from, bytes: body.to_vec() });
+                        } else {
+                            self.fault(from, "undecodable");
+                        }
+                    }
+                    Some((&FRAME_HELLO, body)) => match Hello::decode(body) {
+                        Some(hello) => self.on_hello(from, hello),
+                        None => self.fault(from, "undecodable"),
+                    },
+                    _ => self.fault(from, "undecodable"),
+                }
+            }
+            TransportEvent::Connected(peer) => {
+                self.greet(peer);
+                self.metrics.set_connected(peer, true);
+            }
+            TransportEvent::Disconnected(peer) => self.metrics.set_connected(peer, false),
+            TransportEvent::Flooding { peer, dropped } => {
+                tracing::warn!(peer = peer.0, dropped, "peer sends faster than its allowance");
+                self.fault(peer, "flooding");
+            }
+        }
+    }
+
+    fn greet(&self, peer: NodeIndex) {
+        self.transport.send(peer, self.hello().encode().into());
+    }
+
+    fn on_hello(&mut self, from: NodeIndex, hello: Hello) {
+        if hello.answer_me {
+            let answer = Hello { answer_me: false, ..self.hello() };
+            self.transport.send(from, answer.encode().into());
+        }
+        self.hellos.insert(from, hello);
+        if self.join_epoch.is_some() || self.join_decided.is_some() {
+            return;
+        }
+        let needed = (self.quorum.n() - self.quorum.t()).saturating_sub(1) as usize;
+        if self.hellos.len() < needed {
+            return;
+        }
+        let join = if self.hellos.values().all(|h| h.next_epoch == 0) {
+            0
+        } else {
+            let highest = self.hellos.values().map(|h| h.voted_max.unwrap_or(0).max(h.next_epoch)).max().unwrap_or(0);
+            highest + self.epochs_in_flight + 1
+        };
+        tracing::info!(index = self.our_index.0, join_epoch = join, "joining: votes from this epoch on");
+        self.join_decided = Some(join);
+        self.derived.join_epoch = Some(join);
+    }
+
+    fn hello(&self) -> Hello {
+        Hello {
+            next_epoch: self.core.abc().next_epoch(),
+            voted_max: self.voted_max,
+            answer_me: self.join_epoch.is_none(),
+        }
+    }
+
+    /// The join epoch is durable now: take it, and send the held votes it allows.
+    fn take_join(&mut self) {
+        let Some(join) = self.join_decided.take() else { return };
+        self.join_epoch = Some(join);
+        let held: Vec<_> = self.held.drain(..).collect();
+        let allowed: Vec<_> =
+            held.into_iter().filter(|m| message_epoch(&m.message).is_some_and(|e| e >= join)).collect();
+        tracing::info!(index = self.our_index.0, join_epoch = join, released = allowed.len(), "joined");
+        self.send_all(allowed);
+    }
+
+    fn on_command(&mut self, command: Command, events: &mut Vec<Event>) {
+        match command {
+            Command::Submit { request, reply } => {
+                let key = (request.client, request.id);
+                if request.payload.len() > self.limits.payload_len_max {
+                    let _ = reply.send(Err(SubmitError::Invalid(format!(
+                        "payload of {} bytes is above the bound of {}",
+                        request.payload.len(),
+                        self.limits.payload_len_max
+                    ))));
+                    return;
+                }
+                if let Some(ordered) = self.ordered.get(&key) {
+                    let _ = reply.send(Ok(ordered.clone()));
+                    return;
+                }
+                if self.waiting >= self.limits.waiting_max {
+                    let _ = reply.send(Err(SubmitError::Overloaded(format!(
+                        "{} submissions are waiting at this replica",
+                        self.waiting
+                    ))));
+                    return;
+                }
+                self.waiting += 1;
+                self.waiters.entry(key).or_default().push(Waiter { reply, since: Instant::now() });
+                if self.pending.insert(key) {
+                    events.push(Event::Submit(request));
+                }
+            }
+            Command::Lookup { key, reply } => {
+                let answer = match self.ordered.get(&key) {
+                    Some(ordered) => Lookup::Ordered(ordered.clone()),
+                    None if self.pending.contains(&key) => Lookup::Pending,
+                    None => Lookup::Unknown,
+                };
+                let _ = reply.send(answer);
+            }
+            Command::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
+            Command::Log { from, max, reply } => {
+                let first = self.first_epoch.unwrap_or(0);
+                let answer = self
+                    .store
+                    .batches(from.max(first), max.min(4096))
+                    .map(|batches| LogPage { batches, next_epoch: self.core.abc().next_epoch(), first_epoch: first })
+                    .map_err(|e| e.to_string());
+                let _ = reply.send(answer);
+            }
+        }
+    }
+
+    fn absorb(&mut self, effects: Effects, replaying: bool) {
+        for fault in &effects.faults {
+            if fault.kind == fides_types::FaultKind::Equivocation {
+                if let Some(count) = self.equivocations.get_mut(fault.node.0 as usize) {
+                    *count += 1;
+                }
+            }
+            self.fault(fault.node, fault_name(&fault.kind));
+        }
+        for checkpoint in effects.installs {
+            self.on_install(&checkpoint, replaying);
+        }
+        for (batch, log) in effects.batches {
+            self.on_batch(batch, log, replaying);
+        }
+        if let Some(checkpoint) = effects.checkpoints.into_iter().last() {
+            if !replaying {
+                tracing::info!(epoch = checkpoint.epoch, "checkpoint stable");
+            }
+            self.derived.checkpoint = Some(checkpoint);
+        }
+        for (key, error) in effects.refused {
+            self.pending.remove(&key);
+            let error = match error {
+                AbcError::QueueFull(_) => SubmitError::Overloaded(error.to_string()),
+                _ => SubmitError::Invalid(error.to_string()),
+            };
+            self.answer(key, Err(error));
+        }
+    }
+
+    fn on_install(&mut self, checkpoint: &Checkpoint, replaying: bool) {
+        if !replaying {
+            tracing::info!(epoch = checkpoint.epoch, "caught up: installed a checkpoint");
+        }
+        self.agreed_time = checkpoint.time;
+        // Batches up to the checkpoint were skipped here (some, at least): the log this replica
+        // serves starts after it.
+        self.first_epoch = Some(checkpoint.epoch + 1);
+        self.derived.checkpoint = Some(checkpoint.clone());
+    }
+
+    fn on_batch(&mut self, batch: fides_atomic_broadcast::epoch::Batch, log: [u8; 32], replaying: bool) {
+        let epoch = batch.epoch;
+        self.agreed_time = batch.time;
+        self.delivered_requests += batch.requests.len() as u64;
+        if self.first_epoch.is_none() {
+            self.first_epoch = Some(epoch);
+        }
+        let mut keys = Vec::with_capacity(batch.requests.len());
+        for (index, request) in batch.requests.iter().enumerate() {
+            let key = (request.client, request.id);
+            keys.push(key);
+            self.pending.remove(&key);
+            let ordered = Ordered {
+                client: request.client,
+                id: request.id,
+                epoch,
+                index: index as u32,
+                time_ms: batch.time,
+                log_digest: log,
+            };
+            self.answer(key, Ok(ordered.clone()));
+            self.ordered.insert(key, ordered);
+        }
+        self.ordered_by_epoch.push_back((epoch, keys));
+        while self.ordered_by_epoch.front().is_some_and(|(e, _)| e + self.limits.ordered_epochs_max <= epoch) {
+            if let Some((_, keys)) = self.ordered_by_epoch.pop_front() {
+                for key in keys {
+                    self.ordered.remove(&key);
+                }
+            }
+        }
+        if !replaying {
+            self.metrics.on_batch(&batch);
+        }
+        // A replay rewrites only what a crash may have kept from being written.
+        let written = replaying && self.store.batch(epoch).ok().flatten().is_some_and(|stored| stored.log == log);
+        if !written {
+            self.derived.batches.push(StoredBatch { batch, log });
+        }
+    }
+
+    fn answer(&mut self, key: (u64, u64), answer: Result<Ordered, SubmitError>) {
+        if let Some(waiters) = self.waiters.remove(&key) {
+            self.waiting = self.waiting.saturating_sub(waiters.len());
+            for waiter in waiters {
+                self.metrics.observe_submit(waiter.since.elapsed());
+                let _ = waiter.reply.send(answer.clone());
+            }
+        }
+    }
+
+    fn expire_waiters(&mut self) {
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        self.waiters.retain(|_, waiters| {
+            let mut kept = Vec::with_capacity(waiters.len());
+            for waiter in waiters.drain(..) {
+                if waiter.since + self.limits.submit_wait > now && !waiter.reply.is_closed() {
+                    kept.push(waiter);
+                } else {
+                    expired.push(waiter);
+                }
+            }
+            *waiters = kept;
+            !waiters.is_empty()
+        });
+        self.waiting = self.waiting.saturating_sub(expired.len());
+        for waiter in expired {
+            let _ = waiter.reply.send(Err(SubmitError::TimedOut(self.limits.submit_wait)));
+        }
+    }
+
+    fn note_votes(&mut self, outgoing: &[Outgoing<Message>]) {
+        for message in outgoing {
+            if is_vote(&message.message) {
+                if let Some(epoch) = message_epoch(&message.message) {
+                    self.voted_max = Some(self.voted_max.map_or(epoch, |v| v.max(epoch)));
+                }
+            }
+        }
+    }
+
+    /// Whether we may send `message` (a replica that lost its data stays silent in the common
+    /// subsets of epochs it may have voted in).
+    fn may_send(&self, message: &Message) -> bool {
+        if !is_vote(message) {
+            return true;
+        }
+        match (self.join_epoch, message_epoch(message)) {
+            (Some(join), Some(epoch)) => epoch >= join,
+            (None, _) => false,
+            (Some(_), None) => true,
+        }
+    }
+
+    fn send_all(&mut self, outgoing: Vec<Outgoing<Message>>) {
+        for message in outgoing {
+            if is_vote(&message.message) && self.join_epoch.is_none() {
+                if self.held.len() >= HELD_MAX {
+                    self.held.pop_front();
+                }
+                self.held.push_back(message);
+                continue;
+            }
+            if !self.may_send(&message.message) {
+                continue;
+            }
+            if is_vote(&message.message) {
+                if let Some(epoch) = message_epoch(&message.message) {
+                    self.voted_max = Some(self.voted_max.map_or(epoch, |v| v.max(epoch)));
+                }
+            }
+            let mut frame = Vec::with_capacity(64);
+            frame.push(FRAME_MESSAGE);
+            message.message.encode(&mut frame);
+            let frame: Arc<[u8]> = frame.into();
+            match message.target {
+                Target::All => {
+                    for peer in self.quorum.nodes().filter(|p| *p != self.our_index) {
+                        self.transport.send(peer, Arc::clone(&frame));
+                    }
+                }
+                Target::Node(peer) => self.transport.send(peer, frame),
+            }
+        }
+    }
+
+    fn fault(&mut self, peer: NodeIndex, kind: &'static str) {
+        if let Some(count) = self.faults.get_mut(peer.0 as usize) {
+            *count += 1;
+        }
+        self.metrics.on_fault(peer, kind);
+    }
+
+    fn status(&self) -> Status {
+        let counters = self.transport.counters();
+        let abc = self.core.abc();
+        Status {
+            index: self.our_index.0,
+            n: self.quorum.n(),
+            t: self.quorum.t(),
+            next_epoch: abc.next_epoch(),
+            agreed_time_ms: self.agreed_time,
+            queue_len: abc.queue_len() as u64,
+            delivered_requests: self.delivered_requests,
+            log_digest: abc.log_digest(),
+            checkpoint_epoch: abc.stable_checkpoint().map(|c| c.epoch),
+            peers: self
+                .quorum
+                .nodes()
+                .map(|p| PeerStatus {
+                    counters: counters.get(p.0 as usize).cloned().unwrap_or_default(),
+                    faults: self.faults.get(p.0 as usize).copied().unwrap_or(0),
+                    equivocations: self.equivocations.get(p.0 as usize).copied().unwrap_or(0),
+                })
+                .collect(),
+            wal_events: self.store.wal_len(),
+            uptime_s: self.started.elapsed().as_secs(),
+            joining: self.join_epoch.is_none(),
+            log_first_epoch: self.first_epoch.unwrap_or(0),
+        }
+    }
+
+    fn update_metrics(&self) {
+        let abc = self.core.abc();
+        self.metrics.set_state(abc.next_epoch(), abc.queue_len() as u64, self.waiting as u64, self.store.wal_len());
+        self.metrics.set_peers(&self.transport.counters());
+    }
+}
+
+enum Arrival {
+    Transport(TransportEvent),
+    Command(Command),
+    Tick,
+}
+
+fn fault_name(kind: &fides_types::FaultKind) -> &'static str {
+    use fides_types::FaultKind::*;
+    match kind {
+        Undecodable => "undecodable",
+        WrongInstance => "wrong_instance",
+        UnknownSender => "unknown_sender",
+        RoundTooFar => "round_too_far",
+        Equivocation => "equivocation",
+        InvalidCoinShare => "invalid_coin_share",
+        InvalidJustification => "invalid_justification",
+        UnexpectedJustification => "unexpected_justification",
+        EmptySet => "empty_set",
+        NotProposer => "not_proposer",
+        InvalidProof => "invalid_proof",
+        TooLong => "too_long",
+        InvalidCiphertext => "invalid_ciphertext",
+        InvalidDecryptionShare => "invalid_decryption_share",
+        InvalidCheckpoint => "invalid_checkpoint",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hello_round_trips_and_refuses_bad_bytes() {
+        for hello in [
+            Hello { next_epoch: 5, voted_max: Some(7), answer_me: true },
+            Hello { next_epoch: 0, voted_max: None, answer_me: false },
+        ] {
+            let bytes = hello.encode();
+            assert_eq!(Hello::decode(&bytes[1..]), Some(hello));
+            assert!(Hello::decode(&bytes[1..bytes.len() - 1]).is_none());
+        }
+        let good = Hello { next_epoch: 1, voted_max: None, answer_me: false }.encode();
+        for position in [9, 18] {
+            let mut bad = good.clone();
+            bad[position] = 2;
+            assert!(Hello::decode(&bad[1..]).is_none(), "flag byte {position} of 2 refused");
+        }
+    }
+}

@@ -1,0 +1,373 @@
+//! Durable state of a replica, in one redb file (`DIR/replica.redb`).
+//!
+//! The replica is a deterministic function of what it was given: its keys, an RNG seed, and the
+//! sequence of events (client requests, clock readings, frames from peers) it handled. So the
+//! store keeps exactly that:
+//!
+//! - `meta`: the RNG seed (drawn once from the OS), the epoch from which a replica that lost its
+//!   data may vote again (see `node.rs`), the format version;
+//! - `wal`: every event, numbered, written and fsynced *before* the replica acts on it. A restart
+//!   replays the log into a fresh core with the same seed and reaches the very state it had, so it
+//!   can never send anything that contradicts what it sent before, and every request it accepted
+//!   is in it;
+//! - `batches`: each delivered batch with the log digest after it (derived data, for serving the
+//!   log; rebuilt by the replay if a crash came between delivery and its write);
+//! - `checkpoint`: the latest stable checkpoint (derived as well).
+//!
+//! Every write is one transaction with redb's immediate durability (fsync before commit returns).
+
+use std::path::Path;
+
+use fides_atomic_broadcast::checkpoint::{Checkpoint, Digest};
+use fides_atomic_broadcast::epoch::{Batch, Request};
+use fides_types::codec::{put_bytes, DecodeError, Reader, Wire};
+use fides_types::NodeIndex;
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const WAL: TableDefinition<u64, &[u8]> = TableDefinition::new("wal");
+const BATCHES: TableDefinition<u64, &[u8]> = TableDefinition::new("batches");
+
+const FORMAT: &[u8] = b"fides-replica-store-v1";
+const KEY_FORMAT: &str = "format";
+const KEY_SEED: &str = "rng_seed";
+const KEY_JOIN: &str = "join_epoch";
+const KEY_CHECKPOINT: &str = "checkpoint";
+
+/// The longest frame the log accepts (a peer message as received).
+const FRAME_WIRE_MAX: usize = crate::transport::FRAME_LEN_MAX;
+
+/// A storage failure: local, never a peer's doing.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// redb failed.
+    #[error("database: {0}")]
+    Database(String),
+    /// The file holds something this version cannot read.
+    #[error("the store is corrupt or of another format: {0}")]
+    Corrupt(String),
+}
+
+macro_rules! db_err {
+    ($($ty:ty),*) => {$(
+        impl From<$ty> for StoreError {
+            fn from(e: $ty) -> Self {
+                StoreError::Database(e.to_string())
+            }
+        }
+    )*};
+}
+db_err!(redb::DatabaseError, redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);
+
+/// What the replica handled, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A client's request.
+    Submit(Request),
+    /// The local clock, milliseconds since the Unix epoch.
+    Clock(u64),
+    /// A message from a peer, as it arrived (decoded again on replay).
+    Frame {
+        /// The sender, as the transport authenticated it.
+        from: NodeIndex,
+        /// The encoded message.
+        bytes: Vec<u8>,
+    },
+    /// The replica asked its peers for what it missed.
+    Recover,
+}
+
+impl Wire for Event {
+    fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            Event::Submit(request) => {
+                out.push(0);
+                request.encode(out);
+            }
+            Event::Clock(now) => {
+                out.push(1);
+                out.extend_from_slice(&now.to_le_bytes());
+            }
+            Event::Frame { from, bytes } => {
+                out.push(2);
+                out.extend_from_slice(&from.0.to_le_bytes());
+                put_bytes(out, bytes);
+            }
+            Event::Recover => out.push(3),
+        }
+    }
+
+    fn decode(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        match reader.u8()? {
+            0 => Ok(Event::Submit(Request::decode(reader)?)),
+            1 => Ok(Event::Clock(reader.u64()?)),
+            2 => Ok(Event::Frame { from: NodeIndex(reader.u32()?), bytes: reader.bytes(FRAME_WIRE_MAX)?.to_vec() }),
+            3 => Ok(Event::Recover),
+            other => Err(DecodeError::Invalid { what: "event tag", value: u64::from(other) }),
+        }
+    }
+}
+
+/// A delivered batch with the log digest after it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredBatch {
+    /// The batch.
+    pub batch: Batch,
+    /// The log digest after it.
+    pub log: Digest,
+}
+
+impl Wire for StoredBatch {
+    fn encode(&self, out: &mut Vec<u8>) {
+        self.batch.encode(out);
+        out.extend_from_slice(&self.log);
+    }
+
+    fn decode(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(StoredBatch { batch: Batch::decode(reader)?, log: reader.array()? })
+    }
+}
+
+/// Derived data written along with the next events.
+#[derive(Debug, Default)]
+pub struct Derived {
+    /// Batches delivered.
+    pub batches: Vec<StoredBatch>,
+    /// A checkpoint that became stable.
+    pub checkpoint: Option<Checkpoint>,
+    /// The epoch from which the replica may vote, once decided.
+    pub join_epoch: Option<u64>,
+}
+
+impl Derived {
+    /// Whether there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.batches.is_empty() && self.checkpoint.is_none() && self.join_epoch.is_none()
+    }
+}
+
+/// The replica's store.
+pub struct Store {
+    db: Database,
+    next_seq: u64,
+}
+
+/// What a store held when it was opened.
+#[derive(Debug)]
+pub struct Opened {
+    /// Whether the store was just created (no earlier life of this replica is known).
+    pub fresh: bool,
+    /// The RNG seed.
+    pub seed: [u8; 32],
+    /// The epoch from which the replica may vote (absent while it is still joining).
+    pub join_epoch: Option<u64>,
+}
+
+impl Store {
+    /// Open (or create) the store in `dir`; a new store gets `new_seed` as its RNG seed.
+    pub fn open(dir: &Path, new_seed: [u8; 32]) -> Result<(Store, Opened), StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Database(format!("{}: {e}", dir.display())))?;
+        let db = Database::create(dir.join("replica.redb"))?;
+        let txn = db.begin_write()?;
+        let opened;
+        {
+            let mut meta = txn.open_table(META)?;
+            let format = meta.get(KEY_FORMAT)?.map(|v| v.value().to_vec());
+            match format {
+                None => {
+                    meta.insert(KEY_FORMAT, FORMAT)?;
+                    meta.insert(KEY_SEED, new_seed.as_slice())?;
+                    opened = Opened { fresh: true, seed: new_seed, join_epoch: None };
+                }
+                Some(format) if format == FORMAT => {
+                    let seed = meta.get(KEY_SEED)?.map(|v| v.value().to_vec()).unwrap_or_default();
+                    let seed: [u8; 32] =
+                        seed.try_into().map_err(|_| StoreError::Corrupt("the RNG seed is not 32 bytes".into()))?;
+                    let join_epoch = match meta.get(KEY_JOIN)? {
+                        None => None,
+                        Some(v) => Some(u64::from_le_bytes(
+                            v.value().try_into().map_err(|_| StoreError::Corrupt("join epoch".into()))?,
+                        )),
+                    };
+                    opened = Opened { fresh: false, seed, join_epoch };
+                }
+                Some(other) => {
+                    return Err(StoreError::Corrupt(format!("format {:?}", String::from_utf8_lossy(&other))));
+                }
+            }
+            txn.open_table(WAL)?;
+            txn.open_table(BATCHES)?;
+        }
+        txn.commit()?;
+        let next_seq = {
+            let read = db.begin_read()?;
+            let wal = read.open_table(WAL)?;
+            let last = wal.last()?.map(|(k, _)| k.value() + 1).unwrap_or(0);
+            last
+        };
+        Ok((Store { db, next_seq }, opened))
+    }
+
+    /// Events in the log.
+    pub fn wal_len(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Every logged event, in order, handed to `each` (which may stop the replay with an error).
+    pub fn replay<E: From<StoreError>>(&self, mut each: impl FnMut(Event) -> Result<(), E>) -> Result<(), E> {
+        let read = self.db.begin_read().map_err(StoreError::from)?;
+        let wal = read.open_table(WAL).map_err(StoreError::from)?;
+        for entry in wal.iter().map_err(StoreError::from)? {
+            let (seq, bytes) = entry.map_err(StoreError::from)?;
+            let event = Event::from_bytes(bytes.value())
+                .map_err(|e| StoreError::Corrupt(format!("log entry {}: {e}", seq.value())))?;
+            each(event)?;
+        }
+        Ok(())
+    }
+
+    /// Append `events` and write `derived`, durably, in one transaction.
+    pub fn commit(&mut self, events: &[Event], derived: &Derived) -> Result<(), StoreError> {
+        if events.is_empty() && derived.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin_write()?;
+        let mut seq = self.next_seq;
+        {
+            let mut wal = txn.open_table(WAL)?;
+            let mut buffer = Vec::new();
+            for event in events {
+                buffer.clear();
+                event.encode(&mut buffer);
+                wal.insert(seq, buffer.as_slice())?;
+                seq += 1;
+            }
+            let mut batches = txn.open_table(BATCHES)?;
+            for stored in &derived.batches {
+                batches.insert(stored.batch.epoch, stored.to_bytes().as_slice())?;
+            }
+            let mut meta = txn.open_table(META)?;
+            if let Some(checkpoint) = &derived.checkpoint {
+                meta.insert(KEY_CHECKPOINT, checkpoint.to_bytes().as_slice())?;
+            }
+            if let Some(join) = derived.join_epoch {
+                meta.insert(KEY_JOIN, join.to_le_bytes().as_slice())?;
+            }
+        }
+        txn.commit()?;
+        self.next_seq = seq;
+        Ok(())
+    }
+
+    /// The stored batch of `epoch`.
+    pub fn batch(&self, epoch: u64) -> Result<Option<StoredBatch>, StoreError> {
+        let read = self.db.begin_read()?;
+        let batches = read.open_table(BATCHES)?;
+        match batches.get(epoch)? {
+            None => Ok(None),
+            Some(bytes) => StoredBatch::from_bytes(bytes.value())
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt(format!("batch {epoch}: {e}"))),
+        }
+    }
+
+    /// Up to `max` stored batches from `from` on, in epoch order.
+    pub fn batches(&self, from: u64, max: usize) -> Result<Vec<StoredBatch>, StoreError> {
+        let read = self.db.begin_read()?;
+        let batches = read.open_table(BATCHES)?;
+        let mut out = Vec::new();
+        for entry in batches.range(from..)?.take(max) {
+            let (epoch, bytes) = entry?;
+            out.push(
+                StoredBatch::from_bytes(bytes.value())
+                    .map_err(|e| StoreError::Corrupt(format!("batch {}: {e}", epoch.value())))?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// The first stored batch's epoch.
+    pub fn first_batch_epoch(&self) -> Result<Option<u64>, StoreError> {
+        let read = self.db.begin_read()?;
+        let batches = read.open_table(BATCHES)?;
+        let first = batches.first()?.map(|(k, _)| k.value());
+        Ok(first)
+    }
+
+    /// Stored batches.
+    pub fn batch_count(&self) -> Result<u64, StoreError> {
+        let read = self.db.begin_read()?;
+        Ok(read.open_table(BATCHES)?.len()?)
+    }
+
+    /// The latest stable checkpoint stored.
+    pub fn checkpoint(&self) -> Result<Option<Checkpoint>, StoreError> {
+        let read = self.db.begin_read()?;
+        let meta = read.open_table(META)?;
+        match meta.get(KEY_CHECKPOINT)? {
+            None => Ok(None),
+            Some(bytes) => Checkpoint::from_bytes(bytes.value())
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt(format!("checkpoint: {e}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(id: u64) -> Request {
+        Request { client: 7, id, payload: vec![id as u8; 3] }
+    }
+
+    #[test]
+    fn events_are_replayed_in_order_after_reopening() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let events = vec![
+            Event::Clock(5),
+            Event::Submit(request(1)),
+            Event::Frame { from: NodeIndex(2), bytes: vec![1, 2, 3] },
+            Event::Recover,
+        ];
+        {
+            let (mut store, opened) = Store::open(dir.path(), [9; 32]).expect("open");
+            assert!(opened.fresh);
+            store.commit(&events[..2], &Derived::default()).expect("commit");
+            let derived = Derived {
+                batches: vec![StoredBatch {
+                    batch: Batch { epoch: 0, time: 5, requests: vec![request(1)] },
+                    log: [4; 32],
+                }],
+                checkpoint: None,
+                join_epoch: Some(3),
+            };
+            store.commit(&events[2..], &derived).expect("commit");
+        }
+        let (store, opened) = Store::open(dir.path(), [1; 32]).expect("reopen");
+        assert!(!opened.fresh);
+        assert_eq!(opened.seed, [9; 32], "the seed of the first life is kept");
+        assert_eq!(opened.join_epoch, Some(3));
+        assert_eq!(store.wal_len(), 4);
+        let mut replayed = Vec::new();
+        store
+            .replay::<StoreError>(|event| {
+                replayed.push(event);
+                Ok(())
+            })
+            .expect("replay");
+        assert_eq!(replayed, events);
+        assert_eq!(store.batch(0).expect("read").map(|b| b.batch.requests.len()), Some(1));
+        assert_eq!(store.batches(1, 10).expect("read"), vec![]);
+    }
+
+    #[test]
+    fn an_event_decoder_refuses_every_truncation() {
+        let event = Event::Frame { from: NodeIndex(1), bytes: vec![7; 40] };
+        let bytes = event.to_bytes();
+        for len in 0..bytes.len() {
+            assert!(Event::from_bytes(&bytes[..len]).is_err(), "truncated to {len}");
+        }
+        assert_eq!(Event::from_bytes(&bytes).expect("whole"), event);
+    }
+}

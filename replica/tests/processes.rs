@@ -1,0 +1,213 @@
+//! Real replica processes on 127.0.0.1: ordering, kill -9 and restart, wiped data.
+//!
+//! Each test deals its own cluster into a temporary directory on free ports, bounds its run time,
+//! and stops (or kills) every process it started when it ends, passing or not.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use fides_client_sdk::Ordered;
+use fides_types::NodeIndex;
+use rand::{Rng, SeedableRng};
+
+const UP: Duration = Duration::from_secs(60);
+
+fn runtime_test(test: impl std::future::Future<Output = ()>, limit: Duration) {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        if tokio::time::timeout(limit, test).await.is_err() {
+            panic!("the test did not finish within {limit:?}");
+        }
+    });
+}
+
+async fn start(local: &mut fides_replica::launcher::LocalCluster, client: &fides_client_sdk::Client) {
+    local.start_all().expect("start");
+    for i in 0..client.n() {
+        wait_up(client, local, i, UP).await;
+    }
+}
+
+#[test]
+fn four_replicas_order_requests_from_several_clients_into_identical_logs() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mut local = cluster(dir.path(), 4, 1, &[]);
+    runtime_test(
+        async {
+            let probe = client(dir.path(), Duration::from_secs(10));
+            start(&mut local, &probe).await;
+            let mut tasks = Vec::new();
+            for c in 0..3u32 {
+                let client = client(dir.path(), Duration::from_secs(10));
+                tasks.push(tokio::spawn(async move {
+                    let mut acknowledged = Vec::new();
+                    for r in 0..20u32 {
+                        let payload = format!("client {c} request {r}").into_bytes();
+                        let ordered = if r % 2 == 0 {
+                            client.submit(payload.clone()).await
+                        } else {
+                            client.submit_quorum(payload.clone()).await
+                        };
+                        acknowledged.push((ordered.expect("ordered"), payload));
+                    }
+                    acknowledged
+                }));
+            }
+            let mut acknowledged: Vec<(Ordered, Vec<u8>)> = Vec::new();
+            for task in tasks {
+                acknowledged.extend(task.await.expect("client task"));
+            }
+            assert_eq!(acknowledged.len(), 60);
+            let max_epoch = acknowledged.iter().map(|(o, _)| o.epoch).max().unwrap_or(0);
+            wait_converged(&probe, &[0, 1, 2, 3], max_epoch + 1, UP).await;
+            let logs = logs(&probe, &[0, 1, 2, 3]).await;
+            assert_logs_agree(&logs);
+            for (i, log) in logs.iter().enumerate() {
+                assert_eq!(log.keys().next(), Some(&0), "replica {i} holds its log from epoch 0");
+            }
+            assert_acknowledged_present(&logs, &acknowledged);
+            let total: usize = logs[0].values().map(|b| b.requests.len()).sum();
+            assert_eq!(total, 60, "every request is ordered exactly once");
+        },
+        Duration::from_secs(240),
+    );
+    local.stop_all(Duration::from_secs(10));
+}
+
+#[test]
+fn a_replica_killed_with_sigkill_catches_up_after_restart() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mut local = cluster(dir.path(), 4, 1, &["--checkpoint-interval", "4"]);
+    runtime_test(
+        async {
+            let probe = client(dir.path(), Duration::from_secs(5));
+            start(&mut local, &probe).await;
+            let mut acknowledged = Vec::new();
+            for r in 0..10u32 {
+                let payload = format!("before {r}").into_bytes();
+                acknowledged.push((probe.submit_quorum(payload.clone()).await.expect("ordered"), payload));
+            }
+            local.kill(3);
+            // The three others go on without it.
+            for r in 0..20u32 {
+                let payload = format!("while down {r}").into_bytes();
+                acknowledged.push((probe.submit_quorum(payload.clone()).await.expect("ordered"), payload));
+            }
+            local.start(3).expect("restart");
+            wait_up(&probe, &mut local, 3, UP).await;
+            for r in 0..5u32 {
+                let payload = format!("after {r}").into_bytes();
+                acknowledged.push((probe.submit_quorum(payload.clone()).await.expect("ordered"), payload));
+            }
+            let max_epoch = acknowledged.iter().map(|(o, _)| o.epoch).max().unwrap_or(0);
+            wait_converged(&probe, &[0, 1, 2, 3], max_epoch + 1, UP).await;
+            let logs = logs(&probe, &[0, 1, 2, 3]).await;
+            assert_logs_agree(&logs);
+            assert_acknowledged_present(&logs, &acknowledged);
+            assert_no_equivocation(&probe, &[0, 1, 2, 3]).await;
+        },
+        Duration::from_secs(240),
+    );
+    local.stop_all(Duration::from_secs(10));
+}
+
+#[test]
+fn twenty_sigkills_at_random_moments_under_load_lose_no_acknowledged_request() {
+    let seed: u64 = std::env::var("FIDES_KILL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
+    println!("kill schedule seed {seed} (FIDES_KILL_SEED={seed} repeats the schedule; process timing differs)");
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mut local = cluster(dir.path(), 4, 1, &["--checkpoint-interval", "8"]);
+    runtime_test(
+        async {
+            let probe = client(dir.path(), Duration::from_secs(5));
+            start(&mut local, &probe).await;
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let mut load = Vec::new();
+            for c in 0..3u32 {
+                let client = client(dir.path(), Duration::from_secs(3));
+                let stop = std::sync::Arc::clone(&stop);
+                load.push(tokio::spawn(async move {
+                    let mut acknowledged = Vec::new();
+                    let mut r = 0u32;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let payload = format!("client {c} request {r}").into_bytes();
+                        r += 1;
+                        // One replica at a time, the next one after a timeout: the kills hit it.
+                        if let Ok(ordered) = client.submit(payload.clone()).await {
+                            acknowledged.push((ordered, payload));
+                        }
+                    }
+                    acknowledged
+                }));
+            }
+            for round in 0..20 {
+                let victim = rng.gen_range(0..4u32);
+                tokio::time::sleep(Duration::from_millis(rng.gen_range(200..1200))).await;
+                local.kill(victim);
+                println!("round {round}: killed replica {victim}");
+                tokio::time::sleep(Duration::from_millis(rng.gen_range(100..800))).await;
+                local.start(victim).expect("restart");
+                wait_up(&probe, &mut local, victim, UP).await;
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let mut acknowledged = Vec::new();
+            for task in load {
+                acknowledged.extend(task.await.expect("load task"));
+            }
+            println!("{} requests acknowledged under the kills", acknowledged.len());
+            assert!(!acknowledged.is_empty(), "no request was ordered under the kills");
+            // One more request after the storm, then everyone must agree.
+            let last = probe.submit_quorum(b"after the storm".to_vec()).await.expect("ordered after the kills");
+            wait_converged(&probe, &[0, 1, 2, 3], last.epoch + 1, Duration::from_secs(120)).await;
+            let logs = logs(&probe, &[0, 1, 2, 3]).await;
+            assert_logs_agree(&logs);
+            assert_acknowledged_present(&logs, &acknowledged);
+            assert_no_equivocation(&probe, &[0, 1, 2, 3]).await;
+        },
+        Duration::from_secs(600),
+    );
+    local.stop_all(Duration::from_secs(10));
+}
+
+#[test]
+fn a_replica_whose_data_was_wiped_rejoins_and_catches_up() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mut local = cluster(dir.path(), 4, 1, &["--checkpoint-interval", "4"]);
+    runtime_test(
+        async {
+            let probe = client(dir.path(), Duration::from_secs(5));
+            start(&mut local, &probe).await;
+            let mut acknowledged = Vec::new();
+            for r in 0..12u32 {
+                let payload = format!("before {r}").into_bytes();
+                acknowledged.push((probe.submit_quorum(payload.clone()).await.expect("ordered"), payload));
+            }
+            local.stop(2, Duration::from_secs(10));
+            local.wipe(2).expect("wipe");
+            for r in 0..12u32 {
+                let payload = format!("while wiped {r}").into_bytes();
+                acknowledged.push((probe.submit_quorum(payload.clone()).await.expect("ordered"), payload));
+            }
+            local.start(2).expect("restart");
+            wait_up(&probe, &mut local, 2, UP).await;
+            for r in 0..12u32 {
+                let payload = format!("after {r}").into_bytes();
+                acknowledged.push((probe.submit_quorum(payload.clone()).await.expect("ordered"), payload));
+            }
+            let max_epoch = acknowledged.iter().map(|(o, _)| o.epoch).max().unwrap_or(0);
+            wait_converged(&probe, &[0, 1, 2, 3], max_epoch + 1, UP).await;
+            let status = probe.status(NodeIndex(2)).await.expect("status");
+            assert!(!status.joining, "the wiped replica has decided from which epoch it votes");
+            assert!(status.log_first_epoch > 0, "the wiped replica installed a checkpoint instead of replaying");
+            let logs = logs(&probe, &[0, 1, 2, 3]).await;
+            assert_logs_agree(&logs);
+            assert_acknowledged_present(&logs, &acknowledged);
+            assert_no_equivocation(&probe, &[0, 1, 2, 3]).await;
+        },
+        Duration::from_secs(240),
+    );
+    local.stop_all(Duration::from_secs(10));
+}

@@ -277,7 +277,8 @@ async fn exercise(local: &mut LocalCluster, clients: u32, requests: u32, seconds
             for r in 0..requests {
                 let payload = format!("client {c} request {r}").into_bytes();
                 // Half through one replica at a time, half through 2t + 1 at once.
-                let answer = if r % 2 == 0 { client.submit(payload).await } else { client.submit_quorum(payload).await };
+                let answer =
+                    if r % 2 == 0 { client.submit(payload).await } else { client.submit_quorum(payload).await };
                 match answer {
                     Ok(o) => lines.push(format!(
                         "client {c} request {r}: ordered in epoch {} at position {}, agreed time {} ms, log {}",
@@ -298,7 +299,10 @@ async fn exercise(local: &mut LocalCluster, clients: u32, requests: u32, seconds
         }
     }
     let stop = seconds.map(|s| Instant::now() + Duration::from_secs(s));
-    println!("== the cluster keeps running; status every 5 s{}", if stop.is_some() { "" } else { " (Ctrl-C stops it)" });
+    println!(
+        "== the cluster keeps running; status every 5 s{}",
+        if stop.is_some() { "" } else { " (Ctrl-C stops it)" }
+    );
     loop {
         for i in 0..n {
             match client.status(NodeIndex(i)).await {

@@ -474,6 +474,55 @@ impl AtomicBroadcast {
         self.queue.len()
     }
 
+    /// Whether nothing is under way: no request queued, every epoch started is delivered, no
+    /// message kept for a later epoch, no catch-up running. A replica in this state is the state
+    /// [`AtomicBroadcast::restore`] rebuilds from [`AtomicBroadcast::snapshot`], as far as anything
+    /// it will send is concerned (it has voted in no epoch it has not delivered).
+    pub fn is_quiescent(&self) -> bool {
+        self.queue.is_empty()
+            && self.buffered.is_empty()
+            && self.catching_up.is_none()
+            && self.epochs.iter().all(|(epoch, state)| *epoch < self.next_epoch && state.delivered)
+    }
+
+    /// The delivered state as a catch-up answer: the latest stable checkpoint with its window, and
+    /// every batch delivered after it (`None` if some of them are no longer kept, or if the
+    /// replica is not quiescent).
+    pub fn snapshot(&self) -> Option<CatchUp> {
+        if !self.is_quiescent() {
+            return None;
+        }
+        let checkpoint = self.stable.as_ref().map(|(c, window)| (c.clone(), window.as_ref().clone()));
+        let first = checkpoint.as_ref().map_or(0, |(c, _)| c.epoch + 1);
+        let batches: Vec<Batch> = self.retained.iter().filter(|b| b.epoch >= first).cloned().collect();
+        let contiguous = batches.iter().enumerate().all(|(i, b)| b.epoch == first + i as u64);
+        let complete = first + batches.len() as u64 == self.next_epoch;
+        (contiguous && complete).then_some(CatchUp { checkpoint, batches })
+    }
+
+    /// Bring a new replica to the state a [`AtomicBroadcast::snapshot`] describes, trusting it (it
+    /// is this replica's own, from its own storage): install the checkpoint, apply the batches,
+    /// read the clock. Outputs `Install` and the batches, as a catch-up would.
+    pub fn restore(&mut self, snapshot: CatchUp, clock: u64) -> AbcStep {
+        let mut step = AbcStep::default();
+        let CatchUp { checkpoint, batches } = snapshot;
+        if let Some((checkpoint, window)) = checkpoint {
+            self.install(checkpoint, window, &mut step);
+        }
+        for batch in batches {
+            if batch.epoch == self.next_epoch {
+                self.commit(batch, &mut step);
+            }
+        }
+        self.clock = self.clock.max(clock);
+        step
+    }
+
+    /// The clock's last reading.
+    pub fn clock(&self) -> u64 {
+        self.clock
+    }
+
     fn submit(&mut self, request: Request) -> Result<(), Error> {
         if request.payload.len() > self.config.payload_len_max {
             return Err(Error::PayloadTooLong { len: request.payload.len(), max: self.config.payload_len_max });

@@ -4,12 +4,13 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use fides_atomic_broadcast::checkpoint::{log_genesis, log_next, Checkpoint, Digest};
+use fides_atomic_broadcast::checkpoint::{log_genesis, log_next, CatchUp, Checkpoint, Digest};
 use fides_atomic_broadcast::epoch::{AtomicBroadcast, Batch, Error as AbcError, Input, Message, Output};
 use fides_types::codec::Wire;
 use fides_types::{Fault, FaultKind, NodeIndex, Outgoing, Target};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
+use sha2::{Digest as _, Sha256};
 
 use crate::store::Event;
 
@@ -31,8 +32,14 @@ pub struct Effects {
 }
 
 /// Atomic broadcast plus what the driver needs to replay it exactly.
+///
+/// Randomness is drawn per event: the RNG for the event logged at sequence number `k` is
+/// ChaCha20 seeded with `SHA-256(seed || k)`. So an event draws the same randomness whether the
+/// core handles it live, in a replay of the whole log, or in a replay from a compacted base —
+/// events the base makes unnecessary draw nothing from the others' streams.
 pub struct Core {
     abc: AtomicBroadcast,
+    seed: [u8; 32],
     rng: ChaCha20Rng,
     our_index: NodeIndex,
     checkpoint_interval: u64,
@@ -46,6 +53,7 @@ impl Core {
     pub fn new(abc: AtomicBroadcast, seed: [u8; 32], our_index: NodeIndex, session: &[u8], interval: u64) -> Core {
         Core {
             abc,
+            seed,
             rng: ChaCha20Rng::from_seed(seed),
             our_index,
             checkpoint_interval: interval.max(1),
@@ -59,8 +67,19 @@ impl Core {
         &self.abc
     }
 
-    /// Handle one event (and every message to ourselves it causes).
-    pub fn apply(&mut self, event: &Event, effects: &mut Effects) {
+    /// Bring a new core to a compacted log's base (the replica's own snapshot).
+    pub fn restore(&mut self, snapshot: CatchUp, clock: u64, effects: &mut Effects) {
+        let step = self.abc.restore(snapshot, clock);
+        self.absorb(step, effects);
+    }
+
+    /// Handle the event logged at sequence number `seq` (and every message to ourselves it
+    /// causes).
+    pub fn apply(&mut self, seq: u64, event: &Event, effects: &mut Effects) {
+        let mut hasher = Sha256::new();
+        hasher.update(self.seed);
+        hasher.update(seq.to_le_bytes());
+        self.rng = ChaCha20Rng::from_seed(hasher.finalize().into());
         match event {
             Event::Submit(request) => {
                 let key = (request.client, request.id);

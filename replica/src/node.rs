@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::core::{is_vote, message_epoch, Core, Effects, Recent};
 use crate::metrics::Metrics;
-use crate::store::{Derived, Event, Store, StoreError, StoredBatch};
+use crate::store::{Base, Derived, Event, Store, StoreError, StoredBatch};
 use crate::transport::{Transport, TransportEvent};
 
 /// Frame tags: what the driver puts in front of each frame.
@@ -183,6 +183,8 @@ pub struct Limits {
     pub tick: Duration,
     /// Longest payload a client may send.
     pub payload_len_max: usize,
+    /// Events logged since the last snapshot before a quiescent replica compacts its log.
+    pub compact_events: u64,
 }
 
 impl Default for Limits {
@@ -194,6 +196,7 @@ impl Default for Limits {
             turn_events_max: 4096,
             tick: Duration::from_millis(50),
             payload_len_max: 64 * 1024,
+            compact_events: 2_000,
         }
     }
 }
@@ -304,6 +307,7 @@ pub struct Node<T: Transport> {
     /// The highest epoch we voted in (sent a common-subset message of).
     voted_max: Option<u64>,
     last_clock: u64,
+    events_since_base: u64,
     delivered_requests: u64,
     first_epoch: Option<u64>,
     agreed_time: u64,
@@ -369,6 +373,7 @@ impl<T: Transport> Node<T> {
             ticks: 0,
             voted_max: None,
             last_clock: 0,
+            events_since_base: 0,
             delivered_requests: 0,
             first_epoch: None,
             agreed_time: 0,
@@ -376,8 +381,12 @@ impl<T: Transport> Node<T> {
             equivocations: vec![0; n],
             started: Instant::now(),
         };
-        node.first_epoch = node.store.first_batch_epoch()?;
-        let resend = node.replay()?;
+        let resend = node.replay(opened.base)?;
+        // The log served starts at the last installed checkpoint, or at the first batch held.
+        node.first_epoch = match opened.first_epoch {
+            Some(first) => Some(first),
+            None => node.store.first_batch_epoch()?,
+        };
         tracing::info!(
             index = node.our_index.0,
             events = node.store.wal_len(),
@@ -393,14 +402,22 @@ impl<T: Transport> Node<T> {
         Ok((node, NodeHandle { commands: commands_tx }))
     }
 
-    fn replay(&mut self) -> Result<Vec<Outgoing<Message>>, NodeError> {
+    fn replay(&mut self, base: Option<Base>) -> Result<Vec<Outgoing<Message>>, NodeError> {
+        if let Some(base) = base {
+            self.last_clock = base.clock;
+            let mut effects = Effects::default();
+            self.core.restore(base.snapshot, base.clock, &mut effects);
+            effects.outgoing.clear();
+            self.absorb(effects, true);
+        }
         let mut recent = Recent::default();
         let mut events = Vec::new();
-        self.store.replay::<StoreError>(|event| {
-            events.push(event);
+        self.store.replay::<StoreError>(|seq, event| {
+            events.push((seq, event));
             Ok(())
         })?;
-        for event in events {
+        self.events_since_base = events.len() as u64;
+        for (seq, event) in events {
             if let Event::Clock(now) = event {
                 self.last_clock = now;
             }
@@ -408,7 +425,7 @@ impl<T: Transport> Node<T> {
                 self.pending.insert((request.client, request.id));
             }
             let mut effects = Effects::default();
-            self.core.apply(&event, &mut effects);
+            self.core.apply(seq, &event, &mut effects);
             let outgoing = std::mem::take(&mut effects.outgoing);
             self.note_votes(&outgoing);
             self.absorb(effects, true);
@@ -450,7 +467,9 @@ impl<T: Transport> Node<T> {
                 break;
             }
         }
-        // Write what is derived but not yet written, and tell waiting clients.
+        // Write what is derived but not yet written (as part of a snapshot if nothing is under
+        // way, so the next start is quick), and tell waiting clients.
+        self.compact_if_due(true)?;
         let derived = std::mem::take(&mut self.derived);
         self.store.commit(&[], &derived)?;
         for (_, waiters) in self.waiters.drain() {
@@ -494,20 +513,38 @@ impl<T: Transport> Node<T> {
 
     fn turn_with(&mut self, events: Vec<Event>) -> Result<(), NodeError> {
         let derived = std::mem::take(&mut self.derived);
+        let mut first_seq = 0;
         if !events.is_empty() || !derived.is_empty() {
             let started = Instant::now();
-            self.store.commit(&events, &derived)?;
+            first_seq = self.store.commit(&events, &derived)?;
             self.metrics.observe_commit(started.elapsed(), events.len());
         }
         self.take_join();
         let mut outgoing = Vec::new();
-        for event in &events {
+        for (k, event) in events.iter().enumerate() {
             let mut effects = Effects::default();
-            self.core.apply(event, &mut effects);
+            self.core.apply(first_seq + k as u64, event, &mut effects);
             outgoing.append(&mut effects.outgoing);
             self.absorb(effects, false);
         }
+        self.events_since_base += events.len() as u64;
         self.send_all(outgoing);
+        self.compact_if_due(false)?;
+        Ok(())
+    }
+
+    /// Replace the log by a snapshot when nothing is under way and the log has grown (or, with
+    /// `now`, whenever nothing is under way): restarts then replay from the snapshot.
+    fn compact_if_due(&mut self, now: bool) -> Result<(), NodeError> {
+        if self.events_since_base == 0 || (!now && self.events_since_base < self.limits.compact_events) {
+            return Ok(());
+        }
+        let Some(snapshot) = self.core.abc().snapshot() else { return Ok(()) };
+        let derived = std::mem::take(&mut self.derived);
+        let started = Instant::now();
+        self.store.compact(snapshot, self.core.abc().clock(), &derived)?;
+        tracing::debug!(events = self.events_since_base, took = ?started.elapsed(), "compacted the log");
+        self.events_since_base = 0;
         Ok(())
     }
 
@@ -683,6 +720,9 @@ impl<T: Transport> Node<T> {
         // Batches up to the checkpoint were skipped here (some, at least): the log this replica
         // serves starts after it.
         self.first_epoch = Some(checkpoint.epoch + 1);
+        if !replaying {
+            self.derived.first_epoch = Some(checkpoint.epoch + 1);
+        }
         self.derived.checkpoint = Some(checkpoint.clone());
     }
 

@@ -18,7 +18,7 @@
 
 use std::path::Path;
 
-use fides_atomic_broadcast::checkpoint::{Checkpoint, Digest};
+use fides_atomic_broadcast::checkpoint::{CatchUp, Checkpoint, Digest};
 use fides_atomic_broadcast::epoch::{Batch, Request};
 use fides_types::codec::{put_bytes, DecodeError, Reader, Wire};
 use fides_types::NodeIndex;
@@ -33,6 +33,8 @@ const KEY_FORMAT: &str = "format";
 const KEY_SEED: &str = "rng_seed";
 const KEY_JOIN: &str = "join_epoch";
 const KEY_CHECKPOINT: &str = "checkpoint";
+const KEY_BASE: &str = "base";
+const KEY_FIRST_EPOCH: &str = "log_first_epoch";
 
 /// The longest frame the log accepts (a peer message as received).
 const FRAME_WIRE_MAX: usize = crate::transport::FRAME_LEN_MAX;
@@ -137,12 +139,14 @@ pub struct Derived {
     pub checkpoint: Option<Checkpoint>,
     /// The epoch from which the replica may vote, once decided.
     pub join_epoch: Option<u64>,
+    /// The first epoch of the log this replica serves (after it installed a checkpoint).
+    pub first_epoch: Option<u64>,
 }
 
 impl Derived {
     /// Whether there is nothing to write.
     pub fn is_empty(&self) -> bool {
-        self.batches.is_empty() && self.checkpoint.is_none() && self.join_epoch.is_none()
+        self.batches.is_empty() && self.checkpoint.is_none() && self.join_epoch.is_none() && self.first_epoch.is_none()
     }
 }
 
@@ -161,6 +165,42 @@ pub struct Opened {
     pub seed: [u8; 32],
     /// The epoch from which the replica may vote (absent while it is still joining).
     pub join_epoch: Option<u64>,
+    /// The state the log starts from, if it was compacted.
+    pub base: Option<Base>,
+    /// The first epoch of the log this replica serves, if it installed a checkpoint.
+    pub first_epoch: Option<u64>,
+}
+
+/// Where a compacted log starts: the replica's delivered state (its own, trusted) and its clock.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Base {
+    /// The first sequence number after it (the events the log still holds come after).
+    pub seq: u64,
+    /// The latest stable checkpoint and the batches delivered after it.
+    pub snapshot: CatchUp,
+    /// The clock's last reading.
+    pub clock: u64,
+}
+
+impl Wire for Base {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.seq.to_le_bytes());
+        out.extend_from_slice(&self.clock.to_le_bytes());
+        self.snapshot.encode(out);
+    }
+
+    fn decode(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Base { seq: reader.u64()?, clock: reader.u64()?, snapshot: CatchUp::decode(reader)? })
+    }
+}
+
+fn read_u64(value: Option<redb::AccessGuard<'_, &'static [u8]>>, what: &str) -> Result<Option<u64>, StoreError> {
+    match value {
+        None => Ok(None),
+        Some(v) => Ok(Some(u64::from_le_bytes(
+            v.value().try_into().map_err(|_| StoreError::Corrupt(format!("{what} is not 8 bytes")))?,
+        ))),
+    }
 }
 
 impl Store {
@@ -177,19 +217,21 @@ impl Store {
                 None => {
                     meta.insert(KEY_FORMAT, FORMAT)?;
                     meta.insert(KEY_SEED, new_seed.as_slice())?;
-                    opened = Opened { fresh: true, seed: new_seed, join_epoch: None };
+                    opened = Opened { fresh: true, seed: new_seed, join_epoch: None, base: None, first_epoch: None };
                 }
                 Some(format) if format == FORMAT => {
                     let seed = meta.get(KEY_SEED)?.map(|v| v.value().to_vec()).unwrap_or_default();
                     let seed: [u8; 32] =
                         seed.try_into().map_err(|_| StoreError::Corrupt("the RNG seed is not 32 bytes".into()))?;
-                    let join_epoch = match meta.get(KEY_JOIN)? {
+                    let join_epoch = read_u64(meta.get(KEY_JOIN)?, "the join epoch")?;
+                    let first_epoch = read_u64(meta.get(KEY_FIRST_EPOCH)?, "the first epoch")?;
+                    let base = match meta.get(KEY_BASE)? {
                         None => None,
-                        Some(v) => Some(u64::from_le_bytes(
-                            v.value().try_into().map_err(|_| StoreError::Corrupt("join epoch".into()))?,
-                        )),
+                        Some(v) => Some(
+                            Base::from_bytes(v.value()).map_err(|e| StoreError::Corrupt(format!("log base: {e}")))?,
+                        ),
                     };
-                    opened = Opened { fresh: false, seed, join_epoch };
+                    opened = Opened { fresh: false, seed, join_epoch, base, first_epoch };
                 }
                 Some(other) => {
                     return Err(StoreError::Corrupt(format!("format {:?}", String::from_utf8_lossy(&other))));
@@ -213,23 +255,26 @@ impl Store {
         self.next_seq
     }
 
-    /// Every logged event, in order, handed to `each` (which may stop the replay with an error).
-    pub fn replay<E: From<StoreError>>(&self, mut each: impl FnMut(Event) -> Result<(), E>) -> Result<(), E> {
+    /// Every logged event with its sequence number, in order, handed to `each` (which may stop
+    /// the replay with an error).
+    pub fn replay<E: From<StoreError>>(&self, mut each: impl FnMut(u64, Event) -> Result<(), E>) -> Result<(), E> {
         let read = self.db.begin_read().map_err(StoreError::from)?;
         let wal = read.open_table(WAL).map_err(StoreError::from)?;
         for entry in wal.iter().map_err(StoreError::from)? {
             let (seq, bytes) = entry.map_err(StoreError::from)?;
             let event = Event::from_bytes(bytes.value())
                 .map_err(|e| StoreError::Corrupt(format!("log entry {}: {e}", seq.value())))?;
-            each(event)?;
+            each(seq.value(), event)?;
         }
         Ok(())
     }
 
-    /// Append `events` and write `derived`, durably, in one transaction.
-    pub fn commit(&mut self, events: &[Event], derived: &Derived) -> Result<(), StoreError> {
+    /// Append `events` and write `derived`, durably, in one transaction; the first event's
+    /// sequence number.
+    pub fn commit(&mut self, events: &[Event], derived: &Derived) -> Result<u64, StoreError> {
+        let first = self.next_seq;
         if events.is_empty() && derived.is_empty() {
-            return Ok(());
+            return Ok(first);
         }
         let txn = self.db.begin_write()?;
         let mut seq = self.next_seq;
@@ -253,9 +298,28 @@ impl Store {
             if let Some(join) = derived.join_epoch {
                 meta.insert(KEY_JOIN, join.to_le_bytes().as_slice())?;
             }
+            if let Some(first) = derived.first_epoch {
+                meta.insert(KEY_FIRST_EPOCH, first.to_le_bytes().as_slice())?;
+            }
         }
         txn.commit()?;
         self.next_seq = seq;
+        Ok(first)
+    }
+
+    /// Replace the log by `base` (taken after every event logged so far), writing `derived` in
+    /// the same transaction.
+    pub fn compact(&mut self, snapshot: CatchUp, clock: u64, derived: &Derived) -> Result<(), StoreError> {
+        let base = Base { seq: self.next_seq, snapshot, clock };
+        self.commit(&[], derived)?;
+        let txn = self.db.begin_write()?;
+        {
+            txn.delete_table(WAL)?;
+            txn.open_table(WAL)?;
+            let mut meta = txn.open_table(META)?;
+            meta.insert(KEY_BASE, base.to_bytes().as_slice())?;
+        }
+        txn.commit()?;
         Ok(())
     }
 
@@ -341,6 +405,7 @@ mod tests {
                 }],
                 checkpoint: None,
                 join_epoch: Some(3),
+                first_epoch: None,
             };
             store.commit(&events[2..], &derived).expect("commit");
         }
@@ -351,7 +416,7 @@ mod tests {
         assert_eq!(store.wal_len(), 4);
         let mut replayed = Vec::new();
         store
-            .replay::<StoreError>(|event| {
+            .replay::<StoreError>(|_, event| {
                 replayed.push(event);
                 Ok(())
             })

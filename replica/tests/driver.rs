@@ -39,7 +39,8 @@ fn start(cluster: &Cluster, i: u32, dir: &Path, network: &MemoryNetwork) -> Runn
         checkpoint_interval: config.checkpoint_interval,
         epochs_in_flight: config.epochs_in_flight,
         abc: AtomicBroadcast::new(public.quorum(), NodeIndex(i), config, keys(replica, public).expect("keys")),
-        limits: Limits::default(),
+        // Compact often, so that restarts replay from snapshots as well as from whole logs.
+        limits: Limits { compact_events: 40, ..Limits::default() },
     };
     let (node, handle) =
         Node::start(setup, dir, network.join(NodeIndex(i)), Arc::new(Metrics::new())).expect("node starts");
@@ -121,6 +122,19 @@ async fn replicas_joined_in_memory_order_requests_and_a_restart_replays_without_
     for id in 20..30 {
         answers.push(submit(&handle(&running, (id % 4) as usize), request(3, id)).await);
     }
+    // Replicas 1, 2 and 0 in turn stop and come back, while the others go on (replica 3 never
+    // stops: it holds the whole log).
+    for victim in [1usize, 2, 0] {
+        stop(running[victim].take().expect("running"));
+        for id in 0..5 {
+            let via = (victim + 1 + id as usize % 3) % 4;
+            answers.push(submit(&handle(&running, via), request(10 + victim as u64, id)).await);
+        }
+        running[victim] = Some(start(&cluster, victim as u32, dirs[victim].path(), &network));
+    }
+    for id in 30..40 {
+        answers.push(submit(&handle(&running, (id % 4) as usize), request(3, id)).await);
+    }
     let max_epoch = answers.iter().map(|o| o.epoch).max().unwrap_or(0);
     let handles: Vec<NodeHandle> = (0..4).map(|i| handle(&running, i)).collect();
     converge(&handles.iter().collect::<Vec<_>>(), max_epoch + 1).await;
@@ -132,10 +146,17 @@ async fn replicas_joined_in_memory_order_requests_and_a_restart_replays_without_
         assert_eq!(a, b, "two replicas hold different logs");
     }
     for answer in &answers {
-        let batch = pages[1].batches.iter().find(|b| b.batch.epoch == answer.epoch).expect("epoch held");
-        let r = &batch.batch.requests[answer.index as usize];
-        assert_eq!((r.client, r.id), (answer.client, answer.id));
-        assert_eq!(batch.log, answer.log_digest);
+        let held: Vec<_> =
+            pages.iter().filter_map(|p| p.batches.iter().find(|b| b.batch.epoch == answer.epoch)).collect();
+        assert!(pages[3].batches.iter().any(|b| b.batch.epoch == answer.epoch), "epoch {} is lost", answer.epoch);
+        for batch in held {
+            let r = &batch.batch.requests[answer.index as usize];
+            assert_eq!((r.client, r.id), (answer.client, answer.id));
+            assert_eq!(batch.log, answer.log_digest);
+        }
+    }
+    for (i, page) in pages.iter().enumerate() {
+        println!("replica {i}: log from epoch {} to {}", page.first_epoch, page.next_epoch);
     }
     for handle in &handles {
         for (peer, p) in status(handle).await.peers.iter().enumerate() {

@@ -32,7 +32,9 @@ async fn start(local: &mut fides_replica::launcher::LocalCluster, client: &fides
 
 #[test]
 fn four_replicas_order_requests_from_several_clients_into_identical_logs() {
+    let _one = one_at_a_time();
     let dir = tempfile::tempdir().expect("temporary directory");
+    let _logs = LogsOnFailure::new(dir.path(), 4);
     let mut local = cluster(dir.path(), 4, 1, &[]);
     runtime_test(
         async {
@@ -78,7 +80,9 @@ fn four_replicas_order_requests_from_several_clients_into_identical_logs() {
 
 #[test]
 fn a_replica_killed_with_sigkill_catches_up_after_restart() {
+    let _one = one_at_a_time();
     let dir = tempfile::tempdir().expect("temporary directory");
+    let _logs = LogsOnFailure::new(dir.path(), 4);
     let mut local = cluster(dir.path(), 4, 1, &["--checkpoint-interval", "4"]);
     runtime_test(
         async {
@@ -118,7 +122,9 @@ fn twenty_sigkills_at_random_moments_under_load_lose_no_acknowledged_request() {
     let seed: u64 = std::env::var("FIDES_KILL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
     println!("kill schedule seed {seed} (FIDES_KILL_SEED={seed} repeats the schedule; process timing differs)");
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let _one = one_at_a_time();
     let dir = tempfile::tempdir().expect("temporary directory");
+    let _logs = LogsOnFailure::new(dir.path(), 4);
     let mut local = cluster(dir.path(), 4, 1, &["--checkpoint-interval", "8"]);
     runtime_test(
         async {
@@ -174,7 +180,9 @@ fn twenty_sigkills_at_random_moments_under_load_lose_no_acknowledged_request() {
 
 #[test]
 fn a_replica_whose_data_was_wiped_rejoins_and_catches_up() {
+    let _one = one_at_a_time();
     let dir = tempfile::tempdir().expect("temporary directory");
+    let _logs = LogsOnFailure::new(dir.path(), 4);
     let mut local = cluster(dir.path(), 4, 1, &["--checkpoint-interval", "4"]);
     runtime_test(
         async {

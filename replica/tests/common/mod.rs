@@ -12,6 +12,45 @@ use fides_client_sdk::{Client, ClientOptions, Ordered};
 use fides_replica::launcher::{deal_if_missing, LocalCluster, ReplicaOptions};
 use fides_types::NodeIndex;
 
+/// Tests that start processes run one at a time: a cluster of processes per test, all at once,
+/// would share two cores between a dozen replicas.
+pub static PROCESSES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Take the process lock (a test that failed while holding it does not poison the others).
+pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    PROCESSES.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Prints the end of every replica's log if the test fails while it is alive.
+pub struct LogsOnFailure {
+    dir: std::path::PathBuf,
+    n: u32,
+}
+
+impl LogsOnFailure {
+    /// For the cluster in `dir`.
+    pub fn new(dir: &Path, n: u32) -> Self {
+        LogsOnFailure { dir: dir.to_path_buf(), n }
+    }
+}
+
+impl Drop for LogsOnFailure {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for i in 0..self.n {
+            let path = self.dir.join("logs").join(format!("replica-{i}.log"));
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            eprintln!("---- last lines of replica {i}'s log ----");
+            for line in &lines[lines.len().saturating_sub(40)..] {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
 /// A port range of `2 * n + 100` ports (peer ports at `first..first+n`, client ports at
 /// `first+100..`) where every port we need is free now.
 pub fn free_port_base(n: u32) -> u16 {

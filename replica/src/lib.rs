@@ -15,6 +15,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod backfill;
 pub mod core;
 pub mod grpc;
 pub mod launcher;

@@ -26,6 +26,7 @@ use fides_types::{NodeIndex, Outgoing, Quorum, Target};
 use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::backfill::{fit_page, Backfill, Page, PageRequest, PAGE_BATCHES_MAX};
 use crate::core::{is_vote, message_epoch, Core, Effects, Recent};
 use crate::metrics::Metrics;
 use crate::store::{Base, Derived, Event, Store, StoreError, StoredBatch};
@@ -34,6 +35,8 @@ use crate::transport::{Transport, TransportEvent};
 /// Frame tags: what the driver puts in front of each frame.
 const FRAME_MESSAGE: u8 = 0;
 const FRAME_HELLO: u8 = 1;
+const FRAME_PAGE_REQUEST: u8 = 2;
+const FRAME_PAGE: u8 = 3;
 
 /// Where a request was ordered (the answer to a client).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -308,6 +311,16 @@ pub struct Node<T: Transport> {
     voted_max: Option<u64>,
     last_clock: u64,
     events_since_base: u64,
+    /// The last epoch delivered or installed.
+    last_delivered: Option<u64>,
+    /// The log digest before epoch 0.
+    genesis: [u8; 32],
+    backfill: Option<Backfill>,
+    /// The backfill page asked for, from whom, when.
+    backfill_asked: Option<(NodeIndex, Instant)>,
+    backfill_turn: u32,
+    /// When each peer's page request was last answered (answers are rate-limited).
+    pages_answered: BTreeMap<NodeIndex, Instant>,
     delivered_requests: u64,
     first_epoch: Option<u64>,
     agreed_time: u64,
@@ -374,6 +387,12 @@ impl<T: Transport> Node<T> {
             voted_max: None,
             last_clock: 0,
             events_since_base: 0,
+            last_delivered: None,
+            genesis: fides_atomic_broadcast::checkpoint::log_genesis(&setup.session),
+            backfill: None,
+            backfill_asked: None,
+            backfill_turn: 0,
+            pages_answered: BTreeMap::new(),
             delivered_requests: 0,
             first_epoch: None,
             agreed_time: 0,
@@ -382,11 +401,22 @@ impl<T: Transport> Node<T> {
             started: Instant::now(),
         };
         let resend = node.replay(opened.base)?;
+        // A backfill left unfinished goes on. One the replay's installs ask for again is done if
+        // its newest batch is held (a crash may also have come before it was written down).
+        let replayed = node.backfill.take();
+        node.backfill = match (opened.backfill, replayed) {
+            (Some(stored), _) => Some(stored),
+            (None, Some(replayed)) if node.store.batch(replayed.high)?.is_none() => Some(replayed),
+            _ => None,
+        };
         // The log served starts at the last installed checkpoint, or at the first batch held.
         node.first_epoch = match opened.first_epoch {
             Some(first) => Some(first),
             None => node.store.first_batch_epoch()?,
         };
+        if let Some(backfill) = &node.backfill {
+            node.first_epoch = Some(node.first_epoch.unwrap_or(0).max(backfill.high + 1));
+        }
         tracing::info!(
             index = node.our_index.0,
             events = node.store.wal_len(),
@@ -502,6 +532,7 @@ impl<T: Transport> Node<T> {
             self.ticks += 1;
             self.expire_waiters();
             self.update_metrics();
+            self.ask_page();
             if self.join_epoch.is_none() && self.ticks.is_multiple_of(10) {
                 for peer in self.quorum.nodes().filter(|p| *p != self.our_index) {
                     self.greet(peer);
@@ -567,6 +598,14 @@ impl<T: Transport> Node<T> {
                         Some(hello) => self.on_hello(from, hello),
                         None => self.fault(from, "undecodable"),
                     },
+                    Some((&FRAME_PAGE_REQUEST, body)) => match PageRequest::from_bytes(body) {
+                        Ok(request) => self.answer_page(from, request),
+                        Err(_) => self.fault(from, "undecodable"),
+                    },
+                    Some((&FRAME_PAGE, body)) => match Page::from_bytes(body) {
+                        Ok(page) => self.on_page(from, page),
+                        Err(_) => self.fault(from, "undecodable"),
+                    },
                     _ => self.fault(from, "undecodable"),
                 }
             }
@@ -578,6 +617,82 @@ impl<T: Transport> Node<T> {
             TransportEvent::Flooding { peer, dropped } => {
                 tracing::warn!(peer = peer.0, dropped, "peer sends faster than its allowance");
                 self.fault(peer, "flooding");
+            }
+        }
+    }
+
+    /// Ask a peer (in turn) for the next page of the backfill, again after 2 s without an answer.
+    fn ask_page(&mut self) {
+        let Some(backfill) = &self.backfill else { return };
+        if self.backfill_asked.is_some_and(|(_, at)| at.elapsed() < Duration::from_secs(2)) {
+            return;
+        }
+        let peers: Vec<NodeIndex> = self.quorum.nodes().filter(|p| *p != self.our_index).collect();
+        let Some(&peer) = peers.get(self.backfill_turn as usize % peers.len().max(1)) else { return };
+        self.backfill_turn = self.backfill_turn.wrapping_add(1);
+        let mut frame = vec![FRAME_PAGE_REQUEST];
+        backfill.next_request().encode(&mut frame);
+        self.transport.send(peer, frame.into());
+        self.backfill_asked = Some((peer, Instant::now()));
+    }
+
+    /// Answer a page request from what we hold (at most one answer per peer per 100 ms).
+    fn answer_page(&mut self, from: NodeIndex, request: PageRequest) {
+        if request.from > request.to || request.to - request.from >= PAGE_BATCHES_MAX {
+            self.fault(from, "too_long");
+            return;
+        }
+        if self.pages_answered.get(&from).is_some_and(|at| at.elapsed() < Duration::from_millis(100)) {
+            return;
+        }
+        self.pages_answered.insert(from, Instant::now());
+        let count = (request.to - request.from + 1) as usize;
+        let Ok(batches) = self.store.batches(request.from, count) else { return };
+        if batches.len() != count || batches.last().map(|b| b.batch.epoch) != Some(request.to) {
+            return; // We do not hold all of it; another peer will answer.
+        }
+        let before = if request.from == 0 {
+            self.genesis
+        } else {
+            match self.store.batch(request.from - 1) {
+                Ok(Some(previous)) => previous.log,
+                _ => return,
+            }
+        };
+        let page = fit_page(before, batches);
+        let mut frame = vec![FRAME_PAGE];
+        page.encode(&mut frame);
+        self.transport.send(from, frame.into());
+    }
+
+    fn on_page(&mut self, from: NodeIndex, page: Page) {
+        let Some(backfill) = &mut self.backfill else { return };
+        if page.batches.last().map(|b| b.batch.epoch) != Some(backfill.high) {
+            return; // An answer to an earlier request.
+        }
+        match backfill.accept(&page, &self.genesis) {
+            Ok((batches, done)) => {
+                let fetched = batches.len();
+                self.derived.batches.extend(batches);
+                self.backfill_asked = None;
+                if done {
+                    let low = backfill.low;
+                    self.backfill = None;
+                    self.derived.backfill = Some(None);
+                    let first = self.store.first_batch_epoch().ok().flatten().map_or(low, |f| f.min(low));
+                    self.first_epoch = Some(first);
+                    self.derived.first_epoch = Some(first);
+                    tracing::info!(index = self.our_index.0, from_epoch = first, "the log is complete again");
+                } else {
+                    self.derived.backfill = Some(Some(backfill.clone()));
+                    tracing::debug!(peer = from.0, fetched, "backfilled a page");
+                }
+                // Ask for the next page at once.
+                self.ask_page();
+            }
+            Err(reason) => {
+                tracing::warn!(peer = from.0, reason, "a backfill page does not verify");
+                self.fault(from, "invalid_page");
             }
         }
     }
@@ -723,11 +838,24 @@ impl<T: Transport> Node<T> {
         if !replaying {
             self.derived.first_epoch = Some(checkpoint.epoch + 1);
         }
+        // The batches up to the checkpoint that we never delivered: fetch them, verified.
+        let missing_from = self.last_delivered.map_or(0, |e| e + 1);
+        if missing_from <= checkpoint.epoch {
+            let low = self.backfill.as_ref().map_or(missing_from, |b| b.low.min(missing_from));
+            let backfill = Backfill { low, high: checkpoint.epoch, trusted: checkpoint.log };
+            if !replaying {
+                self.derived.backfill = Some(Some(backfill.clone()));
+            }
+            self.backfill = Some(backfill);
+            self.backfill_asked = None;
+        }
+        self.last_delivered = Some(self.last_delivered.map_or(checkpoint.epoch, |e| e.max(checkpoint.epoch)));
         self.derived.checkpoint = Some(checkpoint.clone());
     }
 
     fn on_batch(&mut self, batch: fides_atomic_broadcast::epoch::Batch, log: [u8; 32], replaying: bool) {
         let epoch = batch.epoch;
+        self.last_delivered = Some(epoch);
         self.agreed_time = batch.time;
         self.delivered_requests += batch.requests.len() as u64;
         if self.first_epoch.is_none() {

@@ -18,6 +18,7 @@
 
 use std::path::Path;
 
+use crate::backfill::Backfill;
 use fides_atomic_broadcast::checkpoint::{CatchUp, Checkpoint, Digest};
 use fides_atomic_broadcast::epoch::{Batch, Request};
 use fides_types::codec::{put_bytes, DecodeError, Reader, Wire};
@@ -35,6 +36,7 @@ const KEY_JOIN: &str = "join_epoch";
 const KEY_CHECKPOINT: &str = "checkpoint";
 const KEY_BASE: &str = "base";
 const KEY_FIRST_EPOCH: &str = "log_first_epoch";
+const KEY_BACKFILL: &str = "backfill";
 
 /// The longest frame the log accepts (a peer message as received).
 const FRAME_WIRE_MAX: usize = crate::transport::FRAME_LEN_MAX;
@@ -141,12 +143,18 @@ pub struct Derived {
     pub join_epoch: Option<u64>,
     /// The first epoch of the log this replica serves (after it installed a checkpoint).
     pub first_epoch: Option<u64>,
+    /// What is still missing of the log (`Some(None)`: nothing any more).
+    pub backfill: Option<Option<Backfill>>,
 }
 
 impl Derived {
     /// Whether there is nothing to write.
     pub fn is_empty(&self) -> bool {
-        self.batches.is_empty() && self.checkpoint.is_none() && self.join_epoch.is_none() && self.first_epoch.is_none()
+        self.batches.is_empty()
+            && self.checkpoint.is_none()
+            && self.join_epoch.is_none()
+            && self.first_epoch.is_none()
+            && self.backfill.is_none()
     }
 }
 
@@ -169,6 +177,8 @@ pub struct Opened {
     pub base: Option<Base>,
     /// The first epoch of the log this replica serves, if it installed a checkpoint.
     pub first_epoch: Option<u64>,
+    /// What is still missing of the log.
+    pub backfill: Option<Backfill>,
 }
 
 /// Where a compacted log starts: the replica's delivered state (its own, trusted) and its clock.
@@ -217,7 +227,14 @@ impl Store {
                 None => {
                     meta.insert(KEY_FORMAT, FORMAT)?;
                     meta.insert(KEY_SEED, new_seed.as_slice())?;
-                    opened = Opened { fresh: true, seed: new_seed, join_epoch: None, base: None, first_epoch: None };
+                    opened = Opened {
+                        fresh: true,
+                        seed: new_seed,
+                        join_epoch: None,
+                        base: None,
+                        first_epoch: None,
+                        backfill: None,
+                    };
                 }
                 Some(format) if format == FORMAT => {
                     let seed = meta.get(KEY_SEED)?.map(|v| v.value().to_vec()).unwrap_or_default();
@@ -231,7 +248,14 @@ impl Store {
                             Base::from_bytes(v.value()).map_err(|e| StoreError::Corrupt(format!("log base: {e}")))?,
                         ),
                     };
-                    opened = Opened { fresh: false, seed, join_epoch, base, first_epoch };
+                    let backfill = match meta.get(KEY_BACKFILL)? {
+                        None => None,
+                        Some(v) => Some(
+                            Backfill::from_bytes(v.value())
+                                .map_err(|e| StoreError::Corrupt(format!("backfill: {e}")))?,
+                        ),
+                    };
+                    opened = Opened { fresh: false, seed, join_epoch, base, first_epoch, backfill };
                 }
                 Some(other) => {
                     return Err(StoreError::Corrupt(format!("format {:?}", String::from_utf8_lossy(&other))));
@@ -300,6 +324,15 @@ impl Store {
             }
             if let Some(first) = derived.first_epoch {
                 meta.insert(KEY_FIRST_EPOCH, first.to_le_bytes().as_slice())?;
+            }
+            match &derived.backfill {
+                Some(Some(backfill)) => {
+                    meta.insert(KEY_BACKFILL, backfill.to_bytes().as_slice())?;
+                }
+                Some(None) => {
+                    meta.remove(KEY_BACKFILL)?;
+                }
+                None => {}
             }
         }
         txn.commit()?;
@@ -406,6 +439,7 @@ mod tests {
                 checkpoint: None,
                 join_epoch: Some(3),
                 first_epoch: None,
+                backfill: None,
             };
             store.commit(&events[2..], &derived).expect("commit");
         }

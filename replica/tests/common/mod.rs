@@ -139,7 +139,7 @@ pub fn assert_acknowledged_present(logs: &[BTreeMap<u64, Batch>], acknowledged: 
                 assert_eq!(batch.log_digest, ordered.log_digest, "replica {i}: log digest of epoch {}", ordered.epoch);
             }
         }
-        assert!(held > 0, "acknowledged request {:?} is in no replica's log", (ordered.client, ordered.id));
+        assert_eq!(held, logs.len(), "acknowledged request {:?} is not in every log", (ordered.client, ordered.id));
     }
 }
 
@@ -149,18 +149,25 @@ pub async fn wait_converged(client: &Client, replicas: &[u32], min_epoch: u64, w
     let deadline = Instant::now() + within;
     loop {
         let mut states = Vec::new();
+        let mut firsts = Vec::new();
         for &i in replicas {
             if let Ok(s) = client.status(NodeIndex(i)).await {
                 states.push((s.next_epoch, s.log_digest));
+                firsts.push(s.log_first_epoch);
             }
         }
-        let converged = states.len() == replicas.len()
-            && states.windows(2).all(|w| w[0] == w[1])
-            && states.first().is_some_and(|s| s.0 >= min_epoch);
+        // Converged: same epoch and digest everywhere, and every log complete from epoch 0 (a
+        // replica that jumped to a checkpoint has fetched what it skipped).
+        let complete = states.len() == replicas.len() && firsts.iter().all(|f| *f == 0);
+        let converged =
+            complete && states.windows(2).all(|w| w[0] == w[1]) && states.first().is_some_and(|s| s.0 >= min_epoch);
         if converged {
             return;
         }
-        assert!(Instant::now() < deadline, "replicas {replicas:?} did not converge within {within:?}: {states:?}");
+        assert!(
+            Instant::now() < deadline,
+            "replicas {replicas:?} did not converge within {within:?}: {states:?}, logs from {firsts:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

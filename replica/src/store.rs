@@ -217,7 +217,8 @@ impl Store {
     /// Open (or create) the store in `dir`; a new store gets `new_seed` as its RNG seed.
     pub fn open(dir: &Path, new_seed: [u8; 32]) -> Result<(Store, Opened), StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Database(format!("{}: {e}", dir.display())))?;
-        let db = Database::create(dir.join("replica.redb"))?;
+        // A small page cache: the log is written once and read back only on restart.
+        let db = Database::builder().set_cache_size(64 * 1024 * 1024).create(dir.join("replica.redb"))?;
         let txn = db.begin_write()?;
         let opened;
         {

@@ -1,0 +1,129 @@
+//! The client API of real replica processes: clear statuses for bad input and overload, the
+//! standard health service, server reflection, and the ordering status call.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use fides_client_sdk::proto::{self, lookup_reply::State};
+use fides_types::NodeIndex;
+use tonic::Code;
+
+#[test]
+fn the_client_api_answers_bad_input_and_overload_with_clear_statuses_and_serves_health_and_reflection() {
+    let _one = one_at_a_time();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let _logs = LogsOnFailure::new(dir.path(), 4);
+    let settings = dir.path().join("run.toml");
+    std::fs::write(&settings, "per_connection_max = 2\nsubmit_wait_s = 60\n").expect("settings file");
+    let settings = settings.to_string_lossy().to_string();
+    let mut local = cluster(dir.path(), 4, 1, &["--config", &settings]);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let test = async {
+            let probe = client(dir.path(), Duration::from_secs(5));
+            local.start_all().expect("start");
+            for i in 0..4 {
+                wait_up(&probe, &mut local, i, Duration::from_secs(60)).await;
+            }
+            let address = format!("http://{}", local.cluster().replicas()[0].client_address);
+            let channel = tonic::transport::Endpoint::from_shared(address).expect("endpoint").connect_lazy();
+
+            // Health: the ordering service is SERVING.
+            let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+            let reply = health
+                .check(tonic_health::pb::HealthCheckRequest { service: "fides.v1.Ordering".into() })
+                .await
+                .expect("health check");
+            assert_eq!(reply.into_inner().status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+
+            // Reflection lists the services.
+            let mut reflection =
+                tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(channel.clone());
+            let request = tonic_reflection::pb::v1::ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(
+                    tonic_reflection::pb::v1::server_reflection_request::MessageRequest::ListServices(String::new()),
+                ),
+            };
+            let mut answers =
+                reflection.server_reflection_info(futures::stream::iter(vec![request])).await.expect("reflection").into_inner();
+            let answer = answers.message().await.expect("reflection answer").expect("one answer");
+            let Some(tonic_reflection::pb::v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+                answer.message_response
+            else {
+                panic!("not a service list: {answer:?}");
+            };
+            let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+            for expected in ["fides.v1.Ordering", "grpc.health.v1.Health"] {
+                assert!(names.iter().any(|n| n == expected), "{expected} not listed in {names:?}");
+            }
+
+            let mut ordering = proto::ordering_client::OrderingClient::new(channel.clone());
+            // Too long a payload: INVALID_ARGUMENT with the sizes.
+            let status = ordering
+                .submit(proto::SubmitRequest { client: 1, id: 1, payload: vec![0; 64 * 1024 + 1] })
+                .await
+                .expect_err("refused");
+            assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+            assert!(status.message().contains("65537"), "the reason names the size: {}", status.message());
+            let status = ordering.log(proto::LogRequest { from_epoch: 0, max_batches: 0 }).await.expect_err("refused");
+            assert_eq!(status.code(), Code::InvalidArgument);
+
+            // An ordered request, then the ordering status call.
+            let ordered = ordering
+                .submit(proto::SubmitRequest { client: 1, id: 2, payload: b"hello".to_vec() })
+                .await
+                .expect("ordered")
+                .into_inner();
+            let lookup =
+                ordering.lookup(proto::LookupRequest { client: 1, id: 2 }).await.expect("lookup").into_inner();
+            assert_eq!(lookup.state, State::Ordered as i32);
+            assert_eq!(lookup.ordered, Some(ordered));
+            let lookup =
+                ordering.lookup(proto::LookupRequest { client: 1, id: 99 }).await.expect("lookup").into_inner();
+            assert_eq!(lookup.state, State::Unknown as i32);
+
+            // Without a quorum nothing is ordered: submissions wait, and past the per-connection
+            // bound of 2 the answer is RESOURCE_EXHAUSTED at once.
+            local.kill(2);
+            local.kill(3);
+            let waiting: Vec<_> = (10..12)
+                .map(|id| {
+                    let mut ordering = ordering.clone();
+                    tokio::spawn(async move {
+                        ordering.submit(proto::SubmitRequest { client: 1, id, payload: b"waits".to_vec() }).await
+                    })
+                })
+                .collect();
+            // Let both reach the replica.
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                let a = ordering.lookup(proto::LookupRequest { client: 1, id: 10 }).await.expect("lookup").into_inner();
+                let b = ordering.lookup(proto::LookupRequest { client: 1, id: 11 }).await.expect("lookup").into_inner();
+                if a.state == State::Pending as i32 && b.state == State::Pending as i32 {
+                    break;
+                }
+                assert!(std::time::Instant::now() < deadline, "the two submissions did not arrive");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let status = ordering
+                .submit(proto::SubmitRequest { client: 1, id: 12, payload: b"one too many".to_vec() })
+                .await
+                .expect_err("over the bound");
+            assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+            // The quorum comes back: the waiting submissions are ordered.
+            local.start(2).expect("restart");
+            local.start(3).expect("restart");
+            for task in waiting {
+                let answer = task.await.expect("task").expect("ordered once the quorum is back");
+                assert!(answer.into_inner().epoch > 0);
+            }
+            let status = probe.status(NodeIndex(0)).await.expect("status");
+            assert_eq!(status.n, 4);
+        };
+        tokio::time::timeout(Duration::from_secs(180), test).await.expect("the test finishes within 180 s");
+    });
+    local.stop_all(Duration::from_secs(10));
+}

@@ -220,6 +220,11 @@ impl Client {
     /// `t + 1` of them give.
     pub async fn submit_quorum(&self, payload: Vec<u8>) -> Result<Ordered, ClientError> {
         let id = self.next_id();
+        self.submit_quorum_with_id(id, payload).await
+    }
+
+    /// [`Client::submit_quorum`] under request id `id` (sending an id again never orders it twice).
+    pub async fn submit_quorum_with_id(&self, id: u64, payload: Vec<u8>) -> Result<Ordered, ClientError> {
         let n = self.channels.len();
         let targets = (2 * self.t as usize + 1).min(n);
         let first = ((self.client ^ id) % n.max(1) as u64) as usize;

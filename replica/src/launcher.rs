@@ -10,6 +10,10 @@
 //! ```
 //! Every replica gets `--exit-on-stdin-close` with a pipe from the launcher as its standard input:
 //! if the launcher dies, even by SIGKILL, the pipe closes and the replicas stop by themselves.
+//!
+//! A replica can be given a command prefix ([`LocalCluster::set_command_prefix`]): a program that
+//! runs the replica for it, such as one that enters a network namespace first. The prefix must
+//! `exec` the replica, so that the process the launcher signals is the replica itself.
 
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
@@ -38,6 +42,7 @@ pub struct LocalCluster {
     cluster: ClusterFile,
     children: Vec<Option<Child>>,
     options: ReplicaOptions,
+    prefixes: Vec<Vec<String>>,
 }
 
 /// Deal a cluster of `n` replicas tolerating `t` into `dir` unless it already has one; replica `i`
@@ -67,6 +72,7 @@ impl LocalCluster {
             cluster,
             children: (0..n).map(|_| None).collect(),
             options,
+            prefixes: vec![Vec::new(); n],
         })
     }
 
@@ -90,13 +96,29 @@ impl LocalCluster {
         self.dir.join("logs").join(format!("replica-{i}.log"))
     }
 
+    /// Run replica `i` as `PREFIX… BINARY run …` from its next start on (an empty prefix: the
+    /// binary itself). The prefix must end by executing its arguments in its own process.
+    pub fn set_command_prefix(&mut self, i: u32, prefix: Vec<String>) {
+        if let Some(slot) = self.prefixes.get_mut(i as usize) {
+            *slot = prefix;
+        }
+    }
+
     /// Start replica `i` (if it is not running).
     pub fn start(&mut self, i: u32) -> anyhow::Result<()> {
         if self.is_running(i) {
             return Ok(());
         }
         let log = OpenOptions::new().create(true).append(true).open(self.log_file(i))?;
-        let mut command = Command::new(&self.binary);
+        let prefix = self.prefixes.get(i as usize).map(Vec::as_slice).unwrap_or_default();
+        let mut command = match prefix.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(&self.binary);
+                command
+            }
+            None => Command::new(&self.binary),
+        };
         command
             .arg("run")
             .arg("--init")
@@ -111,7 +133,10 @@ impl LocalCluster {
         }
         command.args(&self.options.extra_args);
         command.stdin(Stdio::piped()).stdout(log.try_clone()?).stderr(log);
-        let child = command.spawn().with_context(|| format!("starting {}", self.binary.display()))?;
+        let child = command.spawn().with_context(|| match prefix.first() {
+            Some(program) => format!("starting {} through {program}", self.binary.display()),
+            None => format!("starting {}", self.binary.display()),
+        })?;
         if let Some(slot) = self.children.get_mut(i as usize) {
             *slot = Some(child);
         }
@@ -144,13 +169,12 @@ impl LocalCluster {
         }
     }
 
-    /// Stop replica `i` with SIGTERM, waiting up to `grace` before SIGKILL.
+    /// Stop replica `i` with SIGTERM (and the end of its standard input), waiting up to `grace`
+    /// before SIGKILL.
     pub fn stop(&mut self, i: u32, grace: Duration) {
         let Some(slot) = self.children.get_mut(i as usize) else { return };
         let Some(mut child) = slot.take() else { return };
-        if let Ok(pid) = i32::try_from(child.id()) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-        }
+        terminate(&mut child);
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
             if let Ok(Some(_)) = child.try_wait() {
@@ -164,10 +188,8 @@ impl LocalCluster {
 
     /// Stop every replica (SIGTERM to all, then wait, then SIGKILL what is left).
     pub fn stop_all(&mut self, grace: Duration) {
-        for child in self.children.iter().flatten() {
-            if let Ok(pid) = i32::try_from(child.id()) {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-            }
+        for child in self.children.iter_mut().flatten() {
+            terminate(child);
         }
         for i in 0..self.children.len() as u32 {
             self.stop(i, grace);
@@ -190,6 +212,16 @@ impl LocalCluster {
     pub fn pids(&self) -> Vec<Option<u32>> {
         self.children.iter().map(|c| c.as_ref().map(Child::id)).collect()
     }
+}
+
+/// Ask a replica to stop: SIGTERM, and close its standard input. A replica reads its standard
+/// input on a blocking thread that nothing can interrupt but the end of the input, and its process
+/// only exits once that read returns; closing the pipe lets it exit at once.
+fn terminate(child: &mut Child) {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+    }
+    drop(child.stdin.take());
 }
 
 impl Drop for LocalCluster {

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod bench_e2e;
+mod client_cli;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -71,6 +72,10 @@ enum Command {
         #[arg(long)]
         replica: Option<u32>,
     },
+    /// Order requests and print where each was ordered, one line each (for scripts and tests).
+    Submit(client_cli::SubmitArgs),
+    /// Print one replica's delivered batches and their requests, one line each.
+    Log(client_cli::LogArgs),
     /// Benchmarks with real processes.
     Bench {
         #[command(subcommand)]
@@ -120,7 +125,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(dispatch(cli)) {
+    let result = runtime.block_on(dispatch(cli));
+    // A read of standard input (see `--exit-on-stdin-close`) blocks a thread that the runtime
+    // would otherwise wait for on drop.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("replica: error: {error:#}");
@@ -173,6 +182,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             run(file.overridden_by(flags), exit_on_stdin_close).await
         }
         Command::Status { cluster, replica } => status(&cluster, replica).await,
+        Command::Submit(args) => client_cli::submit(args).await,
+        Command::Log(args) => client_cli::log(args).await,
         Command::Bench { bench: Bench::E2e(args) } => bench_e2e::run(args).await,
         Command::Cluster { dir, n, t, fresh, clients, requests, seconds } => {
             cluster(dir, n, t, fresh, clients, requests, seconds).await

@@ -156,7 +156,8 @@ impl Client {
                 })?
                 .connect_timeout(Duration::from_secs(2))
                 .tcp_nodelay(true);
-            channels.push(OrderingClient::new(endpoint.connect_lazy()));
+            // A page of the log holds at least one whole batch, which may exceed gRPC's 4 MiB default.
+            channels.push(OrderingClient::new(endpoint.connect_lazy()).max_decoding_message_size(64 * 1024 * 1024));
         }
         let client = options.client.unwrap_or_else(rand::random);
         Ok(Client {

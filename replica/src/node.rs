@@ -786,10 +786,24 @@ impl<T: Transport> Node<T> {
             }
             Command::Log { from, max, reply } => {
                 let first = self.first_epoch.unwrap_or(0);
+                // At most 512 batches and about 3 MiB (gRPC clients refuse messages over 4 MiB by
+                // default); always at least one batch, so that paging makes progress.
                 let answer = self
                     .store
-                    .batches(from.max(first), max.min(4096))
-                    .map(|batches| LogPage { batches, next_epoch: self.core.abc().next_epoch(), first_epoch: first })
+                    .batches(from.max(first), max.min(512))
+                    .map(|batches| {
+                        let mut bytes = 0usize;
+                        let batches = batches
+                            .into_iter()
+                            .enumerate()
+                            .take_while(|(k, b)| {
+                                bytes += b.batch.requests.iter().map(|r| r.payload.len() + 32).sum::<usize>() + 64;
+                                *k == 0 || bytes <= 3 * 1024 * 1024
+                            })
+                            .map(|(_, b)| b)
+                            .collect();
+                        LogPage { batches, next_epoch: self.core.abc().next_epoch(), first_epoch: first }
+                    })
                     .map_err(|e| e.to_string());
                 let _ = reply.send(answer);
             }

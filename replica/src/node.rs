@@ -441,13 +441,20 @@ impl<T: Transport> Node<T> {
             self.absorb(effects, true);
         }
         let mut recent = Recent::default();
-        let mut events = Vec::new();
-        self.store.replay::<StoreError>(|seq, event| {
-            events.push((seq, event));
-            Ok(())
-        })?;
-        self.events_since_base = events.len() as u64;
-        for (seq, event) in events {
+        let mut next = 0;
+        self.events_since_base = 0;
+        loop {
+            let chunk = self.store.events_from(next, 4096)?;
+            let Some(&(last, _)) = chunk.last() else { break };
+            next = last + 1;
+            self.events_since_base += chunk.len() as u64;
+            self.replay_chunk(chunk, &mut recent);
+        }
+        Ok(recent.into_messages())
+    }
+
+    fn replay_chunk(&mut self, chunk: Vec<(u64, Event)>, recent: &mut Recent) {
+        for (seq, event) in chunk {
             if let Event::Clock(now) = event {
                 self.last_clock = now;
             }
@@ -461,7 +468,6 @@ impl<T: Transport> Node<T> {
             self.absorb(effects, true);
             recent.keep(outgoing, self.core.abc().next_epoch().saturating_sub(1));
         }
-        Ok(recent.into_messages())
     }
 
     /// Run until `shutdown` turns true or the transport closes.

@@ -280,18 +280,19 @@ impl Store {
         self.next_seq
     }
 
-    /// Every logged event with its sequence number, in order, handed to `each` (which may stop
-    /// the replay with an error).
-    pub fn replay<E: From<StoreError>>(&self, mut each: impl FnMut(u64, Event) -> Result<(), E>) -> Result<(), E> {
-        let read = self.db.begin_read().map_err(StoreError::from)?;
-        let wal = read.open_table(WAL).map_err(StoreError::from)?;
-        for entry in wal.iter().map_err(StoreError::from)? {
-            let (seq, bytes) = entry.map_err(StoreError::from)?;
+    /// Up to `max` logged events from sequence number `from` on, in order (a replay reads the log
+    /// in such chunks, so that it never holds all of it in memory).
+    pub fn events_from(&self, from: u64, max: usize) -> Result<Vec<(u64, Event)>, StoreError> {
+        let read = self.db.begin_read()?;
+        let wal = read.open_table(WAL)?;
+        let mut out = Vec::new();
+        for entry in wal.range(from..)?.take(max) {
+            let (seq, bytes) = entry?;
             let event = Event::from_bytes(bytes.value())
                 .map_err(|e| StoreError::Corrupt(format!("log entry {}: {e}", seq.value())))?;
-            each(seq.value(), event)?;
+            out.push((seq.value(), event));
         }
-        Ok(())
+        Ok(out)
     }
 
     /// Append `events` and write `derived`, durably, in one transaction; the first event's
@@ -449,13 +450,7 @@ mod tests {
         assert_eq!(opened.seed, [9; 32], "the seed of the first life is kept");
         assert_eq!(opened.join_epoch, Some(3));
         assert_eq!(store.wal_len(), 4);
-        let mut replayed = Vec::new();
-        store
-            .replay::<StoreError>(|_, event| {
-                replayed.push(event);
-                Ok(())
-            })
-            .expect("replay");
+        let replayed: Vec<Event> = store.events_from(0, 100).expect("replay").into_iter().map(|(_, e)| e).collect();
         assert_eq!(replayed, events);
         assert_eq!(store.batch(0).expect("read").map(|b| b.batch.requests.len()), Some(1));
         assert_eq!(store.batches(1, 10).expect("read"), vec![]);

@@ -31,6 +31,14 @@ async fn start(local: &mut fides_replica::launcher::LocalCluster, client: &fides
     }
 }
 
+/// Order `count` requests through 2t + 1 replicas, one after the other, keeping the answers.
+async fn order(probe: &fides_client_sdk::Client, prefix: &str, count: u32, acknowledged: &mut Vec<(Ordered, Vec<u8>)>) {
+    for r in 0..count {
+        let payload = format!("{prefix} {r}").into_bytes();
+        acknowledged.push((probe.submit_quorum(payload.clone()).await.expect("ordered"), payload));
+    }
+}
+
 #[test]
 fn four_replicas_order_requests_from_several_clients_into_identical_logs() {
     let _one = one_at_a_time();
@@ -90,22 +98,13 @@ fn a_replica_killed_with_sigkill_catches_up_after_restart() {
             let probe = client(dir.path(), Duration::from_secs(5));
             start(&mut local, &probe).await;
             let mut acknowledged = Vec::new();
-            for r in 0..10u32 {
-                let payload = format!("before {r}").into_bytes();
-                acknowledged.push((probe.submit_quorum(payload.clone()).await.expect("ordered"), payload));
-            }
+            order(&probe, "before", 10, &mut acknowledged).await;
             local.kill(3);
             // The three others go on without it.
-            for r in 0..20u32 {
-                let payload = format!("while down {r}").into_bytes();
-                acknowledged.push((probe.submit_quorum(payload.clone()).await.expect("ordered"), payload));
-            }
+            order(&probe, "while down", 20, &mut acknowledged).await;
             local.start(3).expect("restart");
             wait_up(&probe, &mut local, 3, UP).await;
-            for r in 0..5u32 {
-                let payload = format!("after {r}").into_bytes();
-                acknowledged.push((probe.submit_quorum(payload.clone()).await.expect("ordered"), payload));
-            }
+            order(&probe, "after", 5, &mut acknowledged).await;
             let max_epoch = acknowledged.iter().map(|(o, _)| o.epoch).max().unwrap_or(0);
             wait_converged(&probe, &[0, 1, 2, 3], max_epoch + 1, UP).await;
             let logs = logs(&probe, &[0, 1, 2, 3]).await;
@@ -192,22 +191,13 @@ fn a_replica_whose_data_was_wiped_rejoins_and_catches_up() {
             let probe = client(dir.path(), Duration::from_secs(5));
             start(&mut local, &probe).await;
             let mut acknowledged = Vec::new();
-            for r in 0..12u32 {
-                let payload = format!("before {r}").into_bytes();
-                acknowledged.push((probe.submit_quorum(payload.clone()).await.expect("ordered"), payload));
-            }
+            order(&probe, "before", 12, &mut acknowledged).await;
             local.stop(2, Duration::from_secs(10));
             local.wipe(2).expect("wipe");
-            for r in 0..12u32 {
-                let payload = format!("while wiped {r}").into_bytes();
-                acknowledged.push((probe.submit_quorum(payload.clone()).await.expect("ordered"), payload));
-            }
+            order(&probe, "while wiped", 12, &mut acknowledged).await;
             local.start(2).expect("restart");
             wait_up(&probe, &mut local, 2, UP).await;
-            for r in 0..12u32 {
-                let payload = format!("after {r}").into_bytes();
-                acknowledged.push((probe.submit_quorum(payload.clone()).await.expect("ordered"), payload));
-            }
+            order(&probe, "after", 12, &mut acknowledged).await;
             let max_epoch = acknowledged.iter().map(|(o, _)| o.epoch).max().unwrap_or(0);
             wait_converged(&probe, &[0, 1, 2, 3], max_epoch + 1, UP).await;
             let status = probe.status(NodeIndex(2)).await.expect("status");

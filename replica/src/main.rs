@@ -5,7 +5,6 @@
 mod bench_e2e;
 mod client_cli;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -32,30 +31,8 @@ enum Command {
         /// A TOML file with any of the settings below (flags win over it).
         #[arg(long)]
         config: Option<PathBuf>,
-        /// The replica's private file from the dealer (replica-<i>.toml).
-        #[arg(long)]
-        init: Option<PathBuf>,
-        /// The cluster's public file (cluster.toml).
-        #[arg(long)]
-        cluster: Option<PathBuf>,
-        /// The data directory (created if missing).
-        #[arg(long)]
-        data: Option<PathBuf>,
-        /// Listen for peers here [default: this replica's address in the cluster file].
-        #[arg(long)]
-        listen: Option<SocketAddr>,
-        /// Serve clients here [default: this replica's client address in the cluster file].
-        #[arg(long)]
-        client_listen: Option<SocketAddr>,
-        /// Serve Prometheus metrics at http://ADDR/metrics.
-        #[arg(long)]
-        metrics: Option<SocketAddr>,
-        /// Requests considered per epoch, over all proposers.
-        #[arg(long)]
-        batch_size: Option<usize>,
-        /// Epochs between checkpoints.
-        #[arg(long)]
-        checkpoint_interval: Option<u64>,
+        #[command(flatten)]
+        settings: RunConfig,
         /// Log as JSON lines.
         #[arg(long)]
         log_json: bool,
@@ -151,35 +128,12 @@ fn init_tracing(json: bool) {
 
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Run {
-            config,
-            init,
-            cluster,
-            data,
-            listen,
-            client_listen,
-            metrics,
-            batch_size,
-            checkpoint_interval,
-            log_json: _,
-            exit_on_stdin_close,
-        } => {
+        Command::Run { config, settings, log_json: _, exit_on_stdin_close } => {
             let file = match config {
                 Some(path) => RunConfig::from_file(&path)?,
                 None => RunConfig::default(),
             };
-            let flags = RunConfig {
-                init,
-                cluster,
-                data,
-                listen,
-                client_listen,
-                metrics,
-                batch_size,
-                checkpoint_interval,
-                ..RunConfig::default()
-            };
-            run(file.overridden_by(flags), exit_on_stdin_close).await
+            run(file.overridden_by(settings), exit_on_stdin_close).await
         }
         Command::Status { cluster, replica } => status(&cluster, replica).await,
         Command::Submit(args) => client_cli::submit(args).await,

@@ -19,28 +19,38 @@ use crate::transport::p2p::{P2pTransport, PeerInfo};
 use crate::transport::TransportConfig;
 
 /// Everything `replica run` needs; from flags or a TOML file (flags win).
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct RunConfig {
     /// The replica's private file from the dealer.
+    #[arg(long)]
     pub init: Option<PathBuf>,
     /// The cluster's public file.
+    #[arg(long)]
     pub cluster: Option<PathBuf>,
     /// The data directory (created if missing).
+    #[arg(long)]
     pub data: Option<PathBuf>,
     /// Where to listen for peers [default: the cluster file's address of this replica].
+    #[arg(long)]
     pub listen: Option<SocketAddr>,
     /// Where to serve clients [default: the cluster file's client address of this replica].
+    #[arg(long)]
     pub client_listen: Option<SocketAddr>,
     /// Where to serve Prometheus metrics [default: none].
+    #[arg(long)]
     pub metrics: Option<SocketAddr>,
     /// Requests considered per epoch (over all proposers).
+    #[arg(long)]
     pub batch_size: Option<usize>,
     /// Epochs between checkpoints.
+    #[arg(long)]
     pub checkpoint_interval: Option<u64>,
     /// Submissions one client connection may have in flight.
+    #[arg(long)]
     pub per_connection_max: Option<usize>,
     /// Seconds a submission waits for its answer.
+    #[arg(long)]
     pub submit_wait_s: Option<u64>,
 }
 

@@ -518,6 +518,11 @@ impl AtomicBroadcast {
         step
     }
 
+    /// Whether request `(client, id)` was executed within the at-most-once window.
+    pub fn is_executed(&self, client: u64, id: u64) -> bool {
+        self.executed.contains(&(client, id))
+    }
+
     /// The clock's last reading.
     pub fn clock(&self) -> u64 {
         self.clock

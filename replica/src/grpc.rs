@@ -101,6 +101,7 @@ impl Ordering for OrderingService {
             Err(SubmitError::Invalid(reason)) => Err(Status::invalid_argument(reason)),
             Err(SubmitError::Overloaded(reason)) => Err(Status::resource_exhausted(reason)),
             Err(error @ SubmitError::TimedOut(_)) => Err(Status::deadline_exceeded(error.to_string())),
+            Err(error @ SubmitError::AlreadyOrdered) => Err(Status::already_exists(error.to_string())),
             Err(SubmitError::ShuttingDown) => Err(Status::unavailable("the replica is shutting down")),
         }
     }

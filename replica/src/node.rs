@@ -67,6 +67,10 @@ pub enum SubmitError {
     /// Not ordered within the wait bound (it stays queued).
     #[error("not ordered within {0:?}; the request stays queued here")]
     TimedOut(Duration),
+    /// The request was ordered, longer ago than this replica keeps answers (or in epochs it
+    /// skipped by installing a checkpoint): it will not be ordered again.
+    #[error("already ordered, in an epoch whose answers this replica no longer keeps")]
+    AlreadyOrdered,
     /// The replica is shutting down.
     #[error("the replica is shutting down")]
     ShuttingDown,
@@ -764,6 +768,10 @@ impl<T: Transport> Node<T> {
                 }
                 if let Some(ordered) = self.ordered.get(&key) {
                     let _ = reply.send(Ok(ordered.clone()));
+                    return;
+                }
+                if self.core.abc().is_executed(key.0, key.1) {
+                    let _ = reply.send(Err(SubmitError::AlreadyOrdered));
                     return;
                 }
                 if self.waiting >= self.limits.waiting_max {

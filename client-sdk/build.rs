@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/fides/v1/ordering.proto"];
+    let files = ["proto/fides/v1/ordering.proto", "proto/fides/v1/bistro.proto"];
     for file in &files {
         println!("cargo:rerun-if-changed={file}");
     }

@@ -22,8 +22,11 @@ pub mod proto {
     pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/fides_descriptor.bin"));
 }
 
+pub mod bistro;
+pub mod intermediary;
+
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::time::Duration;
 
@@ -99,6 +102,33 @@ pub enum ClientError {
         index: u32,
         /// What it answered.
         status: tonic::Status,
+    },
+    /// The cluster (or an intermediary) answered with a gRPC status other than a transient one.
+    #[error("refused ({code:?}): {message}")]
+    Status {
+        /// The status code.
+        code: Code,
+        /// Its message.
+        message: String,
+    },
+    /// An answer does not verify or does not match the request.
+    #[error("bad answer: {0}")]
+    BadReply(String),
+    /// An intermediary's address is not a valid endpoint.
+    #[error("address {address:?} is not usable: {reason}")]
+    Endpoint {
+        /// The address.
+        address: String,
+        /// Why.
+        reason: String,
+    },
+    /// A local file cannot be used.
+    #[error("{}: {reason}", path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
     },
 }
 
@@ -324,3 +354,4 @@ impl Client {
         Ok(batches)
     }
 }
+pub mod collect;

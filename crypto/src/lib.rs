@@ -22,8 +22,11 @@ use fides_types::NodeIndex;
 use sha2::{Digest, Sha256};
 
 pub use blsttc;
+pub use x25519_dalek;
 
 pub mod envelope;
+pub mod labeled;
+pub mod sealed;
 
 /// Domain tags: one per kind of signed or hashed message.
 pub mod domain {
@@ -45,6 +48,14 @@ pub mod domain {
     pub const ABC_WINDOW: &[u8] = b"fides/v1/abc-window";
     /// A checkpoint of atomic broadcast: (session, epoch, time, application, log, window).
     pub const ABC_CHECKPOINT: &[u8] = b"fides/v1/abc-checkpoint";
+    /// The key stream of a labeled threshold capsule, derived from `S = pk·r`.
+    pub const LABELED_KDF: &[u8] = b"fides/v1/labeled-kdf";
+    /// The point `H(U, V, label)` of a labeled threshold capsule, hashed to G2.
+    pub const LABELED_HASH: &[u8] = b"fides/v1/labeled-hash";
+    /// The one-time key of bytes sealed to an X25519 public key.
+    pub const SEALED_KEY: &[u8] = b"fides/v1/sealed-key";
+    /// The associated data of bytes sealed to an X25519 public key.
+    pub const SEALED_AAD: &[u8] = b"fides/v1/sealed-aad";
 }
 
 /// `tag || len(part) || part || …`, the byte string that gets signed or hashed.

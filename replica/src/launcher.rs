@@ -43,6 +43,7 @@ pub struct LocalCluster {
     children: Vec<Option<Child>>,
     options: ReplicaOptions,
     prefixes: Vec<Vec<String>>,
+    extra: Vec<Vec<String>>,
 }
 
 /// Deal a cluster of `n` replicas tolerating `t` into `dir` unless it already has one; replica `i`
@@ -73,6 +74,7 @@ impl LocalCluster {
             children: (0..n).map(|_| None).collect(),
             options,
             prefixes: vec![Vec::new(); n],
+            extra: vec![Vec::new(); n],
         })
     }
 
@@ -104,6 +106,13 @@ impl LocalCluster {
         }
     }
 
+    /// Give replica `i` these arguments for `replica run` besides the common ones.
+    pub fn set_extra_args(&mut self, i: u32, args: Vec<String>) {
+        if let Some(slot) = self.extra.get_mut(i as usize) {
+            *slot = args;
+        }
+    }
+
     /// Start replica `i` (if it is not running).
     pub fn start(&mut self, i: u32) -> anyhow::Result<()> {
         if self.is_running(i) {
@@ -132,6 +141,9 @@ impl LocalCluster {
             command.arg("--metrics").arg(format!("127.0.0.1:{}", u32::from(port) + i));
         }
         command.args(&self.options.extra_args);
+        if let Some(extra) = self.extra.get(i as usize) {
+            command.args(extra);
+        }
         command.stdin(Stdio::piped()).stdout(log.try_clone()?).stderr(log);
         let child = command.spawn().with_context(|| match prefix.first() {
             Some(program) => format!("starting {} through {program}", self.binary.display()),

@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod backfill;
+pub mod bistro;
 pub mod core;
 pub mod grpc;
 pub mod launcher;

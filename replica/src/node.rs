@@ -37,6 +37,25 @@ const FRAME_MESSAGE: u8 = 0;
 const FRAME_HELLO: u8 = 1;
 const FRAME_PAGE_REQUEST: u8 = 2;
 const FRAME_PAGE: u8 = 3;
+/// Frames of the services above ordering (e.g. the bistro's signature shares): passed on.
+pub const FRAME_SERVICE: u8 = 4;
+
+/// What the driver tells the services above it.
+#[derive(Debug)]
+pub enum ServiceEvent {
+    /// A peer's service frame (the tag stripped).
+    Frame {
+        /// The peer.
+        from: NodeIndex,
+        /// The frame's body.
+        bytes: Vec<u8>,
+    },
+    /// Batches were written to the store.
+    Written,
+}
+
+/// Where the driver sends [`ServiceEvent`]s (it must not block).
+pub type ServiceSink = Box<dyn Fn(ServiceEvent) + Send>;
 
 /// Where a request was ordered (the answer to a client).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -152,6 +171,13 @@ pub enum Command {
     Status {
         /// Where the answer goes.
         reply: oneshot::Sender<Status>,
+    },
+    /// Send a service frame (its tag included) to one peer or, with `None`, to all.
+    Send {
+        /// The peer.
+        to: Option<NodeIndex>,
+        /// The frame.
+        frame: Vec<u8>,
     },
     /// Delivered batches from an epoch on.
     Log {
@@ -331,6 +357,7 @@ pub struct Node<T: Transport> {
     faults: Vec<u64>,
     equivocations: Vec<u64>,
     started: Instant,
+    service: Option<ServiceSink>,
 }
 
 /// What the caller sets up a node with.
@@ -403,6 +430,7 @@ impl<T: Transport> Node<T> {
             faults: vec![0; n],
             equivocations: vec![0; n],
             started: Instant::now(),
+            service: None,
         };
         let resend = node.replay(opened.base)?;
         // A backfill left unfinished goes on. One the replay's installs ask for again is done if
@@ -434,6 +462,16 @@ impl<T: Transport> Node<T> {
         // Ask the peers for what we missed (also for a new replica: it may be a wiped one).
         node.turn_with(vec![Event::Recover])?;
         Ok((node, NodeHandle { commands: commands_tx }))
+    }
+
+    /// Pass service frames and news of written batches to `sink`.
+    pub fn set_service(&mut self, sink: ServiceSink) {
+        self.service = Some(sink);
+    }
+
+    /// A reader of the stored batches, for the services.
+    pub fn batch_reader(&self) -> crate::store::BatchReader {
+        self.store.reader()
     }
 
     fn replay(&mut self, base: Option<Base>) -> Result<Vec<Outgoing<Message>>, NodeError> {
@@ -559,6 +597,11 @@ impl<T: Transport> Node<T> {
             let started = Instant::now();
             first_seq = self.store.commit(&events, &derived)?;
             self.metrics.observe_commit(started.elapsed(), events.len());
+            if !derived.batches.is_empty() {
+                if let Some(service) = &self.service {
+                    service(ServiceEvent::Written);
+                }
+            }
         }
         self.take_join();
         let mut outgoing = Vec::new();
@@ -584,6 +627,11 @@ impl<T: Transport> Node<T> {
         let derived = std::mem::take(&mut self.derived);
         let started = Instant::now();
         self.store.compact(snapshot, self.core.abc().clock(), &derived)?;
+        if !derived.batches.is_empty() {
+            if let Some(service) = &self.service {
+                service(ServiceEvent::Written);
+            }
+        }
         tracing::debug!(events = self.events_since_base, took = ?started.elapsed(), "compacted the log");
         self.events_since_base = 0;
         Ok(())
@@ -616,6 +664,11 @@ impl<T: Transport> Node<T> {
                         Ok(page) => self.on_page(from, page),
                         Err(_) => self.fault(from, "undecodable"),
                     },
+                    Some((&FRAME_SERVICE, body)) => {
+                        if let Some(service) = &self.service {
+                            service(ServiceEvent::Frame { from, bytes: body.to_vec() });
+                        }
+                    }
                     _ => self.fault(from, "undecodable"),
                 }
             }
@@ -797,6 +850,18 @@ impl<T: Transport> Node<T> {
             }
             Command::Status { reply } => {
                 let _ = reply.send(self.status());
+            }
+            Command::Send { to, frame } => {
+                let frame: Arc<[u8]> = frame.into();
+                match to {
+                    Some(peer) if peer != self.our_index => self.transport.send(peer, frame),
+                    Some(_) => {}
+                    None => {
+                        for peer in self.quorum.nodes().filter(|p| *p != self.our_index) {
+                            self.transport.send(peer, Arc::clone(&frame));
+                        }
+                    }
+                }
             }
             Command::Log { from, max, reply } => {
                 let first = self.first_epoch.unwrap_or(0);

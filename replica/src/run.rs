@@ -52,6 +52,13 @@ pub struct RunConfig {
     /// Seconds a submission waits for its answer.
     #[arg(long)]
     pub submit_wait_s: Option<u64>,
+    /// Largest upload (commit file) this replica takes as an intermediary, in bytes.
+    #[arg(long)]
+    pub upload_max: Option<u64>,
+    /// Fault injection for tests: answer owners' collections with wrong decryption shares.
+    #[arg(long, hide = true)]
+    #[serde(default)]
+    pub fault_wrong_shares: bool,
 }
 
 impl RunConfig {
@@ -82,9 +89,14 @@ impl RunConfig {
             checkpoint_interval: other.checkpoint_interval.or(self.checkpoint_interval),
             per_connection_max: other.per_connection_max.or(self.per_connection_max),
             submit_wait_s: other.submit_wait_s.or(self.submit_wait_s),
+            upload_max: other.upload_max.or(self.upload_max),
+            fault_wrong_shares: other.fault_wrong_shares || self.fault_wrong_shares,
         }
     }
 }
+
+/// Largest upload a replica takes by default: 1 GiB.
+pub const UPLOAD_MAX_DEFAULT: u64 = 1 << 30;
 
 /// The threshold keys of replica `replica` of `cluster`.
 pub fn keys(replica: &ReplicaFile, cluster: &ClusterFile) -> anyhow::Result<Keys> {
@@ -163,8 +175,35 @@ pub async fn run(config: RunConfig, exit_on_stdin_close: bool) -> anyhow::Result
             .with_context(|| format!("starting the peer transport on {listen}"))?;
 
     let metrics = Arc::new(Metrics::new());
-    let (node, handle) = Node::start(setup, data, transport, Arc::clone(&metrics))
+    let threshold_keys = keys(&replica, &cluster)?;
+    let (mut node, handle) = Node::start(setup, data, transport, Arc::clone(&metrics))
         .with_context(|| format!("opening the data directory {}", data.display()))?;
+    let service = fides_bistro::service::Service::new(fides_bistro::service::ServiceConfig {
+        cluster: cluster.id().0,
+        t: quorum.t(),
+        replicas: cluster.replicas().iter().map(|r| r.identity.to_bytes()).collect(),
+        encryption: cluster.encryption().clone(),
+    });
+    let (worker, _worker_thread) = crate::bistro::worker::start(
+        data,
+        crate::bistro::worker::WorkerSetup {
+            service,
+            signing: Arc::clone(&threshold_keys.signing),
+            encryption: Arc::clone(&threshold_keys.encryption),
+            our_index: index,
+            n: quorum.n(),
+            batches: node.batch_reader(),
+            node: handle.clone(),
+            wrong_shares: config.fault_wrong_shares,
+        },
+    )
+    .with_context(|| format!("opening the bistro store in {}", data.display()))?;
+    node.set_service(worker.service_sink());
+    let orderer = crate::bistro::Orderer::new(
+        handle.clone(),
+        worker.clone(),
+        Duration::from_secs(config.submit_wait_s.unwrap_or(30).max(1)),
+    );
     let (shutdown_tx, shutdown) = watch::channel(false);
 
     // The core runs on a thread of its own: it does the pairings and the fsyncs, and must not hold
@@ -190,12 +229,36 @@ pub async fn run(config: RunConfig, exit_on_stdin_close: bool) -> anyhow::Result
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let service = OrderingService::new(handle, config.per_connection_max.unwrap_or(1024));
+    let bistro = crate::bistro::BistroApi::new(orderer.clone(), cluster.id().0);
+    let blobs = fides_client_sdk::intermediary::BlobStore::open(&data.join("uploads"))
+        .with_context(|| format!("opening the upload store in {}", data.display()))?;
+    let intermediary = fides_client_sdk::intermediary::IntermediaryService::new(
+        fides_client_sdk::intermediary::IntermediaryConfig::replica(
+            &cluster,
+            index.0,
+            replica.identity().clone(),
+            config.upload_max.unwrap_or(UPLOAD_MAX_DEFAULT),
+        ),
+        blobs.clone(),
+        crate::bistro::transfer::ReplicaReporter { orderer: orderer.clone() },
+    );
+    let transfer = crate::bistro::transfer::Transfer {
+        orderer: orderer.clone(),
+        blobs,
+        cluster: cluster.id().0,
+        replicas: crate::bistro::transfer::replica_addresses(&cluster),
+        our_index: index.0,
+        identity: replica.identity().clone(),
+    };
+    tokio::spawn(transfer.run(shutdown_tx.subscribe()));
     let mut grpc_shutdown = shutdown_tx.subscribe();
     let grpc = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(health)
         .add_service(reflection)
         .add_service(service.into_server())
+        .add_service(bistro.into_server())
+        .add_service(intermediary.into_server())
         .serve_with_shutdown(client_listen, async move {
             let _ = grpc_shutdown.changed().await;
         });

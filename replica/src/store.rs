@@ -160,7 +160,7 @@ impl Derived {
 
 /// The replica's store.
 pub struct Store {
-    db: Database,
+    db: std::sync::Arc<Database>,
     next_seq: u64,
 }
 
@@ -272,7 +272,7 @@ impl Store {
             let last = wal.last()?.map(|(k, _)| k.value() + 1).unwrap_or(0);
             last
         };
-        Ok((Store { db, next_seq }, opened))
+        Ok((Store { db: std::sync::Arc::new(db), next_seq }, opened))
     }
 
     /// Events in the log.
@@ -358,31 +358,19 @@ impl Store {
         Ok(())
     }
 
+    /// A handle that reads stored batches from another thread.
+    pub fn reader(&self) -> BatchReader {
+        BatchReader { db: std::sync::Arc::clone(&self.db) }
+    }
+
     /// The stored batch of `epoch`.
     pub fn batch(&self, epoch: u64) -> Result<Option<StoredBatch>, StoreError> {
-        let read = self.db.begin_read()?;
-        let batches = read.open_table(BATCHES)?;
-        match batches.get(epoch)? {
-            None => Ok(None),
-            Some(bytes) => StoredBatch::from_bytes(bytes.value())
-                .map(Some)
-                .map_err(|e| StoreError::Corrupt(format!("batch {epoch}: {e}"))),
-        }
+        self.reader().batch(epoch)
     }
 
     /// Up to `max` stored batches from `from` on, in epoch order.
     pub fn batches(&self, from: u64, max: usize) -> Result<Vec<StoredBatch>, StoreError> {
-        let read = self.db.begin_read()?;
-        let batches = read.open_table(BATCHES)?;
-        let mut out = Vec::new();
-        for entry in batches.range(from..)?.take(max) {
-            let (epoch, bytes) = entry?;
-            out.push(
-                StoredBatch::from_bytes(bytes.value())
-                    .map_err(|e| StoreError::Corrupt(format!("batch {}: {e}", epoch.value())))?,
-            );
-        }
-        Ok(out)
+        self.reader().batches(from, max)
     }
 
     /// The first stored batch's epoch.
@@ -409,6 +397,41 @@ impl Store {
                 .map(Some)
                 .map_err(|e| StoreError::Corrupt(format!("checkpoint: {e}"))),
         }
+    }
+}
+
+/// Reads stored batches; may be used from any thread while the store writes.
+#[derive(Clone)]
+pub struct BatchReader {
+    db: std::sync::Arc<Database>,
+}
+
+impl BatchReader {
+    /// The stored batch of `epoch`.
+    pub fn batch(&self, epoch: u64) -> Result<Option<StoredBatch>, StoreError> {
+        let read = self.db.begin_read()?;
+        let batches = read.open_table(BATCHES)?;
+        match batches.get(epoch)? {
+            None => Ok(None),
+            Some(bytes) => StoredBatch::from_bytes(bytes.value())
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt(format!("batch {epoch}: {e}"))),
+        }
+    }
+
+    /// Up to `max` stored batches from `from` on, in epoch order.
+    pub fn batches(&self, from: u64, max: usize) -> Result<Vec<StoredBatch>, StoreError> {
+        let read = self.db.begin_read()?;
+        let batches = read.open_table(BATCHES)?;
+        let mut out = Vec::new();
+        for entry in batches.range(from..)?.take(max) {
+            let (epoch, bytes) = entry?;
+            out.push(
+                StoredBatch::from_bytes(bytes.value())
+                    .map_err(|e| StoreError::Corrupt(format!("batch {}: {e}", epoch.value())))?,
+            );
+        }
+        Ok(out)
     }
 }
 

@@ -1,0 +1,882 @@
+//! The bistro worker: a thread that applies delivered batches to the bistro service, signs each
+//! epoch's root with the other replicas, and answers what the gRPC layer asks.
+//!
+//! Order of things for an epoch (STYLE.md: persist before send):
+//! 1. the batch is durable in the replica's log store (the driver wrote it);
+//! 2. the worker applies it to the service and writes the new state, the outcomes and the epoch's
+//!    leaves in one redb transaction (several epochs may share one);
+//! 3. only then it sends its signature share on the epoch's root to the peers and answers
+//!    clients whose outcome needs no signature;
+//! 4. once `t + 1` shares on the same root combine (the result is verified), the signature is
+//!    stored and the clients waiting for signed records are answered.
+//!
+//! Signature shares are deterministic (BLS), so sending one again after a restart contradicts
+//! nothing. A replica that receives a share for an epoch it already signed answers with the
+//! signature, which lets a replica that was down finish quickly.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use blsttc::{G2Affine, Signature, SignatureShare};
+use fides_bistro::proof::{root_point, EpochProof, Tree};
+use fides_bistro::records::{domain, EventId, Signed};
+use fides_bistro::service::{view, Code, EpochOutput, KvError, Outcome, Service, Table};
+use fides_crypto::ThresholdKeys;
+use fides_types::codec::{DecodeError, Reader, Wire};
+use fides_types::NodeIndex;
+use redb::{Database, ReadableDatabase, ReadableTable};
+use tokio::sync::oneshot;
+
+use super::kv::{self, ReadKv, WriteKv};
+use crate::node::{Command, NodeHandle, ServiceEvent, FRAME_SERVICE};
+use crate::store::BatchReader;
+
+const SHARE: u8 = 1;
+const SIGNATURE: u8 = 2;
+/// Epochs applied per transaction at most.
+const EPOCHS_PER_TXN: usize = 64;
+/// Shares kept for epochs this far ahead of what we applied.
+const AHEAD_MAX: u64 = 10_000;
+/// Trees kept in memory for answering paths.
+const TREES_MAX: usize = 64;
+
+/// An epoch's row: its agreed time, leaves and (once combined) signature.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EpochRow {
+    /// Agreed time.
+    pub time_ms: u64,
+    /// Leaves.
+    pub leaves: Vec<[u8; 32]>,
+    /// The cluster's signature on the root.
+    pub signature: Option<[u8; 96]>,
+}
+
+impl Wire for EpochRow {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.time_ms.to_le_bytes());
+        out.extend_from_slice(&(self.leaves.len() as u32).to_le_bytes());
+        for leaf in &self.leaves {
+            out.extend_from_slice(leaf);
+        }
+        match &self.signature {
+            Some(signature) => {
+                out.push(1);
+                out.extend_from_slice(signature);
+            }
+            None => out.push(0),
+        }
+    }
+
+    fn decode(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let time_ms = reader.u64()?;
+        let count = reader.u32()? as usize;
+        let leaves = (0..count).map(|_| reader.array()).collect::<Result<_, _>>()?;
+        let signature = if reader.bool()? { Some(reader.array()?) } else { None };
+        Ok(EpochRow { time_ms, leaves, signature })
+    }
+}
+
+fn outcome_key(epoch: u64, index: u32) -> Vec<u8> {
+    [&epoch.to_be_bytes()[..], &index.to_be_bytes()].concat()
+}
+
+/// What the worker answers for an ordered request.
+#[derive(Clone, Debug)]
+pub struct Answer {
+    /// The outcome.
+    pub outcome: Outcome,
+    /// The proof, for a signed record.
+    pub proof: Option<EpochProof>,
+}
+
+/// An upload this replica has yet to fetch.
+#[derive(Clone, Debug)]
+pub struct PendingUpload {
+    /// The event.
+    pub event: EventId,
+    /// The ticket.
+    pub ticket: u64,
+    /// The upload's hash.
+    pub hash: [u8; 32],
+    /// Its size.
+    pub size: u64,
+    /// Its capsule.
+    pub capsule: Vec<u8>,
+    /// Intermediaries holding it: their keys and, for relays, their addresses.
+    pub intermediaries: Vec<([u8; 32], Option<String>)>,
+    /// Replicas that stored it.
+    pub stored_by: Vec<u32>,
+}
+
+/// An answer with where its request was ordered: (answer, epoch, index).
+pub type Located = (Answer, u64, u32);
+
+/// A relay's key and state.
+pub type Relay = ([u8; 32], fides_bistro::service::RelayState);
+
+/// Read-only questions.
+pub enum Query {
+    /// An event's signed record.
+    Event {
+        /// The event.
+        event: EventId,
+        /// The answer.
+        reply: oneshot::Sender<Result<Option<Located>, String>>,
+    },
+    /// Events after one, at most `max`.
+    Events {
+        /// Start after.
+        after: Option<EventId>,
+        /// At most.
+        max: usize,
+        /// The answer.
+        reply: oneshot::Sender<Result<Vec<view_types::EventSummary>, String>>,
+    },
+    /// Registered relays.
+    Relays {
+        /// The answer.
+        reply: oneshot::Sender<Result<Vec<Relay>, String>>,
+    },
+    /// This replica's shares of a collection.
+    CollectShares {
+        /// The event.
+        event: EventId,
+        /// The collection.
+        number: u64,
+        /// The answer.
+        reply: oneshot::Sender<Result<super::CollectShares, (Code, String)>>,
+    },
+    /// Uploads still to fetch here whose event's deadline passed.
+    Pending {
+        /// At most.
+        max: usize,
+        /// The answer.
+        reply: oneshot::Sender<Result<Vec<PendingUpload>, String>>,
+    },
+    /// An upload is stored here now.
+    Fetched {
+        /// Its key.
+        event: EventId,
+        /// Ticket.
+        ticket: u64,
+        /// Hash.
+        hash: [u8; 32],
+        /// Done.
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+}
+
+/// Small types of answers.
+pub mod view_types {
+    /// An event in a listing.
+    #[derive(Clone, Debug)]
+    pub struct EventSummary {
+        /// Id.
+        pub event: [u8; 16],
+        /// Description.
+        pub description: String,
+        /// Deadline.
+        pub deadline_ms: u64,
+        /// Created.
+        pub created_ms: u64,
+        /// Tickets issued.
+        pub tickets: u64,
+        /// Collections.
+        pub collections: u64,
+    }
+}
+
+/// What the worker takes.
+pub enum Input {
+    /// From the driver.
+    Service(ServiceEvent),
+    /// The outcome of the request ordered at (epoch, index), once applied (and signed).
+    Outcome {
+        /// Epoch.
+        epoch: u64,
+        /// Index in the batch.
+        index: u32,
+        /// The answer.
+        reply: oneshot::Sender<Result<Answer, String>>,
+    },
+    /// A question.
+    Query(Query),
+}
+
+/// A handle to the worker.
+#[derive(Clone)]
+pub struct WorkerHandle {
+    tx: SyncSender<Input>,
+}
+
+impl WorkerHandle {
+    /// Send without blocking; false if the worker is gone or its queue is full.
+    pub fn try_send(&self, input: Input) -> bool {
+        self.tx.try_send(input).is_ok()
+    }
+
+    /// The driver's sink for service events.
+    pub fn service_sink(&self) -> crate::node::ServiceSink {
+        let tx = self.tx.clone();
+        Box::new(move |event| {
+            // A full queue drops a frame (the sender sends its share again) or a wake-up (the
+            // worker polls anyway).
+            let _ = tx.try_send(Input::Service(event));
+        })
+    }
+}
+
+/// What the worker needs.
+pub struct WorkerSetup {
+    /// The service.
+    pub service: Service,
+    /// The cluster's signing keys (our share).
+    pub signing: Arc<ThresholdKeys>,
+    /// The cluster's encryption keys (our share).
+    pub encryption: Arc<ThresholdKeys>,
+    /// Our index.
+    pub our_index: NodeIndex,
+    /// Replica count.
+    pub n: u32,
+    /// The driver's stored batches.
+    pub batches: BatchReader,
+    /// The driver, for sending frames.
+    pub node: NodeHandle,
+    /// Fault injection for tests: answer collections with wrong decryption shares.
+    pub wrong_shares: bool,
+}
+
+struct Waiter {
+    index: u32,
+    reply: oneshot::Sender<Result<Answer, String>>,
+}
+
+#[derive(Clone)]
+struct Cached {
+    tree: Arc<Tree>,
+    time_ms: u64,
+    signature: Option<[u8; 96]>,
+}
+
+struct Worker {
+    setup: WorkerSetup,
+    db: Database,
+    next_epoch: u64,
+    /// Applied epochs with leaves whose signature is not combined yet: their signed point and
+    /// when we last sent our share.
+    unsigned: BTreeMap<u64, (G2Affine, Instant)>,
+    shares: BTreeMap<u64, BTreeMap<NodeIndex, SignatureShare>>,
+    /// Combined signatures received for epochs not applied yet.
+    early_signatures: BTreeMap<u64, Vec<[u8; 96]>>,
+    waiters: BTreeMap<u64, Vec<Waiter>>,
+    /// Recent epochs' trees, agreed times and signatures, for answering paths.
+    trees: HashMap<u64, Cached>,
+    tree_order: std::collections::VecDeque<u64>,
+    /// Replies to peers asking for a signature we have: (peer, epoch), rate-limited per turn.
+    signatures_owed: Vec<(NodeIndex, u64)>,
+}
+
+/// Open the bistro store in `dir` and start the worker on its own thread.
+pub fn start(dir: &Path, setup: WorkerSetup) -> anyhow::Result<(WorkerHandle, std::thread::JoinHandle<()>)> {
+    let db = Database::builder().set_cache_size(64 * 1024 * 1024).create(dir.join("bistro.redb"))?;
+    {
+        let txn = db.begin_write()?;
+        for t in Table::ALL {
+            txn.open_table(kv::table(t))?;
+        }
+        for t in [kv::OUTCOMES, kv::EPOCHS, kv::RECORD_AT, kv::PENDING, kv::META] {
+            txn.open_table(t)?;
+        }
+        txn.commit()?;
+    }
+    let next_epoch = {
+        let read = db.begin_read()?;
+        let meta = read.open_table(kv::META)?;
+        let value = meta.get(&b"next_epoch"[..])?.map(|v| v.value().to_vec());
+        match value {
+            Some(bytes) => u64::from_le_bytes(
+                bytes.as_slice().try_into().map_err(|_| anyhow::anyhow!("bistro store: next_epoch is not 8 bytes"))?,
+            ),
+            None => 0,
+        }
+    };
+    let (tx, rx) = std::sync::mpsc::sync_channel(65_536);
+    let mut worker = Worker {
+        setup,
+        db,
+        next_epoch,
+        unsigned: BTreeMap::new(),
+        shares: BTreeMap::new(),
+        early_signatures: BTreeMap::new(),
+        waiters: BTreeMap::new(),
+        trees: HashMap::new(),
+        tree_order: Default::default(),
+        signatures_owed: Vec::new(),
+    };
+    worker.load_unsigned()?;
+    let thread = std::thread::Builder::new().name("bistro".into()).spawn(move || worker.run(rx))?;
+    Ok((WorkerHandle { tx }, thread))
+}
+
+impl Worker {
+    /// Epochs applied before a restart whose signature was not combined: sign them again.
+    fn load_unsigned(&mut self) -> anyhow::Result<()> {
+        let read = self.db.begin_read()?;
+        let epochs = read.open_table(kv::EPOCHS)?;
+        let from = self.next_epoch.saturating_sub(AHEAD_MAX);
+        for entry in epochs.range(&from.to_be_bytes()[..]..)? {
+            let (key, value) = entry?;
+            let epoch = u64::from_be_bytes(key.value().try_into().unwrap_or([0; 8]));
+            let row = EpochRow::from_bytes(value.value())?;
+            if row.signature.is_none() && !row.leaves.is_empty() {
+                let tree = Tree::new(row.leaves);
+                let point = self.point(epoch, row.time_ms, &tree);
+                self.unsigned.insert(epoch, (point, Instant::now() - Duration::from_secs(60)));
+            }
+        }
+        Ok(())
+    }
+
+    fn point(&self, epoch: u64, time_ms: u64, tree: &Tree) -> G2Affine {
+        root_point(&self.setup.service.config().cluster, epoch, time_ms, tree.len() as u64, &tree.root())
+    }
+
+    fn run(mut self, rx: Receiver<Input>) {
+        loop {
+            let input = match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(input) => Some(input),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            let mut inputs: Vec<Input> = input.into_iter().collect();
+            while inputs.len() < 4096 {
+                match rx.try_recv() {
+                    Ok(input) => inputs.push(input),
+                    Err(_) => break,
+                }
+            }
+            let mut queries = Vec::new();
+            for input in inputs {
+                match input {
+                    Input::Service(ServiceEvent::Written) => {}
+                    Input::Service(ServiceEvent::Frame { from, bytes }) => self.on_frame(from, &bytes),
+                    Input::Outcome { epoch, index, reply } => {
+                        self.waiters.entry(epoch).or_default().push(Waiter { index, reply })
+                    }
+                    Input::Query(query) => queries.push(query),
+                }
+            }
+            if let Err(error) = self.advance() {
+                tracing::error!(%error, "the bistro service cannot go on: its store failed");
+                return;
+            }
+            self.combine_ready();
+            self.resend_shares();
+            self.send_owed_signatures();
+            self.answer_waiters();
+            for query in queries {
+                self.on_query(query);
+            }
+        }
+    }
+
+    /// Apply every stored batch from `next_epoch` on.
+    fn advance(&mut self) -> Result<(), anyhow::Error> {
+        loop {
+            let batches = self.setup.batches.batches(self.next_epoch, EPOCHS_PER_TXN)?;
+            let batches: Vec<_> = batches
+                .into_iter()
+                .enumerate()
+                .take_while(|(k, b)| b.batch.epoch == self.next_epoch + *k as u64)
+                .collect();
+            if batches.is_empty() {
+                return Ok(());
+            }
+            let txn = self.db.begin_write()?;
+            let mut applied: Vec<(u64, u64, EpochOutput)> = Vec::new();
+            {
+                let mut kv = WriteKv { txn: &txn };
+                for (_, stored) in &batches {
+                    let batch = &stored.batch;
+                    let requests = batch.requests.iter().enumerate().map(|(i, r)| (i as u32, r.payload.as_slice()));
+                    let output = self.setup.service.apply(&mut kv, batch.epoch, batch.time, requests)?;
+                    self.write_epoch(&txn, batch.epoch, batch.time, &output)?;
+                    applied.push((batch.epoch, batch.time, output));
+                }
+                let next = batches.last().map_or(self.next_epoch, |(_, b)| b.batch.epoch + 1);
+                let mut meta = txn.open_table(kv::META)?;
+                meta.insert(&b"next_epoch"[..], &next.to_le_bytes()[..])?;
+                self.next_epoch = next;
+            }
+            txn.commit()?;
+            // Durable: now sign.
+            for (epoch, time_ms, output) in applied {
+                if output.leaves.is_empty() {
+                    continue;
+                }
+                let tree = Arc::new(Tree::new(output.leaves));
+                let point = self.point(epoch, time_ms, &tree);
+                self.remember_tree(epoch, Cached { tree, time_ms, signature: None });
+                self.unsigned.insert(epoch, (point, Instant::now()));
+                let share = self.setup.signing.sign_share(point);
+                self.shares.entry(epoch).or_default().insert(self.setup.our_index, share.clone());
+                self.send_frame(None, SHARE, epoch, &share.to_bytes());
+                if let Some(signatures) = self.early_signatures.remove(&epoch) {
+                    for signature in signatures {
+                        self.accept_signature(epoch, signature);
+                    }
+                }
+            }
+        }
+    }
+
+    fn write_epoch(
+        &self,
+        txn: &redb::WriteTransaction,
+        epoch: u64,
+        time_ms: u64,
+        output: &EpochOutput,
+    ) -> Result<(), anyhow::Error> {
+        let mut outcomes = txn.open_table(kv::OUTCOMES)?;
+        let mut record_at = txn.open_table(kv::RECORD_AT)?;
+        let mut pending = txn.open_table(kv::PENDING)?;
+        for (index, outcome) in &output.outcomes {
+            outcomes.insert(outcome_key(epoch, *index).as_slice(), outcome.to_bytes().as_slice())?;
+            if let Outcome::Signed { record: Signed::Event(record), .. } = outcome {
+                record_at.insert(&record.event.0[..], outcome_key(epoch, *index).as_slice())?;
+            }
+        }
+        // New uploads are to be fetched here (held ones are dropped from the list by `Fetched`).
+        for (index, outcome) in &output.outcomes {
+            if let Outcome::Held { first: true } = outcome {
+                if let Some(key) = self.held_key(epoch, *index)? {
+                    pending.insert(key.as_slice(), &[][..])?;
+                }
+            }
+        }
+        if !output.leaves.is_empty() {
+            let row = EpochRow { time_ms, leaves: output.leaves.clone(), signature: None };
+            let mut epochs = txn.open_table(kv::EPOCHS)?;
+            epochs.insert(&epoch.to_be_bytes()[..], row.to_bytes().as_slice())?;
+        }
+        Ok(())
+    }
+
+    /// The upload key of the Held report at (epoch, index).
+    fn held_key(&self, epoch: u64, index: u32) -> Result<Option<Vec<u8>>, anyhow::Error> {
+        let Some(stored) = self.setup.batches.batch(epoch)? else { return Ok(None) };
+        let Some(request) = stored.batch.requests.get(index as usize) else { return Ok(None) };
+        match fides_bistro::records::Request::from_payload(&request.payload) {
+            Ok(fides_bistro::records::Request::Held(report)) => {
+                let r = report.receipt;
+                Ok(Some([&r.event.0[..], &r.ticket.to_be_bytes(), &r.upload_hash].concat()))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn remember_tree(&mut self, epoch: u64, cached: Cached) {
+        if self.trees.insert(epoch, cached).is_none() {
+            self.tree_order.push_back(epoch);
+        }
+        while self.tree_order.len() > TREES_MAX {
+            if let Some(old) = self.tree_order.pop_front() {
+                self.trees.remove(&old);
+            }
+        }
+    }
+
+    fn send_frame(&self, to: Option<NodeIndex>, kind: u8, epoch: u64, body: &[u8]) {
+        let mut frame = Vec::with_capacity(2 + 8 + body.len());
+        frame.push(FRAME_SERVICE);
+        frame.push(kind);
+        frame.extend_from_slice(&epoch.to_le_bytes());
+        frame.extend_from_slice(body);
+        let _ = self.setup.node.try_send(Command::Send { to, frame });
+    }
+
+    fn on_frame(&mut self, from: NodeIndex, bytes: &[u8]) {
+        let (Some(&kind), Some(epoch), Some(body)) =
+            (bytes.first(), bytes.get(1..9).and_then(|e| <[u8; 8]>::try_from(e).ok()), bytes.get(9..))
+        else {
+            return;
+        };
+        let epoch = u64::from_le_bytes(epoch);
+        let Ok(body) = <[u8; 96]>::try_from(body) else { return };
+        match kind {
+            SHARE => {
+                if epoch < self.next_epoch && !self.unsigned.contains_key(&epoch) {
+                    // Signed already (or nothing to sign): hand the peer the signature.
+                    self.signatures_owed.push((from, epoch));
+                    return;
+                }
+                if epoch >= self.next_epoch + AHEAD_MAX {
+                    return;
+                }
+                let Ok(share) = SignatureShare::from_bytes(body) else { return };
+                self.shares.entry(epoch).or_default().entry(from).or_insert(share);
+            }
+            SIGNATURE => {
+                if epoch >= self.next_epoch {
+                    if epoch < self.next_epoch + AHEAD_MAX {
+                        let early = self.early_signatures.entry(epoch).or_default();
+                        if early.len() < 4 && !early.contains(&body) {
+                            early.push(body);
+                        }
+                    }
+                    return;
+                }
+                self.accept_signature(epoch, body);
+            }
+            _ => {}
+        }
+    }
+
+    fn accept_signature(&mut self, epoch: u64, signature: [u8; 96]) {
+        let Some((point, _)) = self.unsigned.get(&epoch) else { return };
+        let Ok(parsed) = Signature::from_bytes(signature) else { return };
+        if self.setup.signing.public().public_key().verify_g2(&parsed, *point) {
+            self.store_signature(epoch, signature);
+        }
+    }
+
+    fn combine_ready(&mut self) {
+        let ready: Vec<u64> = self
+            .unsigned
+            .keys()
+            .copied()
+            .filter(|e| self.shares.get(e).is_some_and(|s| s.len() >= self.setup.signing.shares_needed()))
+            .collect();
+        for epoch in ready {
+            let Some((point, _)) = self.unsigned.get(&epoch).copied() else { continue };
+            let Some(shares) = self.shares.get_mut(&epoch) else { continue };
+            match self.setup.signing.combine(shares, point) {
+                Ok(signature) => {
+                    self.store_signature(epoch, signature.to_bytes());
+                }
+                Err(fides_crypto::CombineError::InvalidShares(bad)) => {
+                    for index in &bad {
+                        tracing::warn!(peer = index.0, epoch, "a bistro signature share does not verify");
+                        shares.remove(index);
+                    }
+                }
+                Err(fides_crypto::CombineError::NotEnough { .. }) => {}
+            }
+        }
+        // Forget shares of epochs signed or too old.
+        let next = self.next_epoch;
+        self.shares.retain(|e, _| *e >= next || self.unsigned.contains_key(e));
+        self.early_signatures.retain(|e, _| *e >= next);
+    }
+
+    fn store_signature(&mut self, epoch: u64, signature: [u8; 96]) {
+        let result = (|| -> anyhow::Result<()> {
+            let txn = self.db.begin_write()?;
+            {
+                let mut epochs = txn.open_table(kv::EPOCHS)?;
+                let row = epochs.get(&epoch.to_be_bytes()[..])?.map(|v| EpochRow::from_bytes(v.value()));
+                if let Some(Ok(mut row)) = row {
+                    row.signature = Some(signature);
+                    epochs.insert(&epoch.to_be_bytes()[..], row.to_bytes().as_slice())?;
+                }
+            }
+            txn.commit()?;
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {
+                self.unsigned.remove(&epoch);
+                self.shares.remove(&epoch);
+                if let Some(cached) = self.trees.get_mut(&epoch) {
+                    cached.signature = Some(signature);
+                }
+            }
+            Err(error) => tracing::error!(%error, epoch, "cannot store an epoch's signature"),
+        }
+    }
+
+    /// Send our share again for epochs unsigned for 2 s (a peer may have missed it or restarted).
+    fn resend_shares(&mut self) {
+        let now = Instant::now();
+        let due: Vec<(u64, G2Affine)> = self
+            .unsigned
+            .iter()
+            .filter(|(_, (_, sent))| now.duration_since(*sent) > Duration::from_secs(2))
+            .map(|(e, (p, _))| (*e, *p))
+            .take(256)
+            .collect();
+        for (epoch, point) in due {
+            let share = self.setup.signing.sign_share(point);
+            self.shares.entry(epoch).or_default().insert(self.setup.our_index, share.clone());
+            self.send_frame(None, SHARE, epoch, &share.to_bytes());
+            if let Some(entry) = self.unsigned.get_mut(&epoch) {
+                entry.1 = now;
+            }
+        }
+    }
+
+    fn send_owed_signatures(&mut self) {
+        let owed = std::mem::take(&mut self.signatures_owed);
+        let mut sent = std::collections::HashSet::new();
+        for (peer, epoch) in owed.into_iter().take(1024) {
+            if !sent.insert((peer, epoch)) {
+                continue;
+            }
+            if let Ok(Some(row)) = self.epoch_row(epoch) {
+                if let Some(signature) = row.signature {
+                    self.send_frame(Some(peer), SIGNATURE, epoch, &signature);
+                }
+            }
+        }
+    }
+
+    fn epoch_row(&self, epoch: u64) -> anyhow::Result<Option<EpochRow>> {
+        let read = self.db.begin_read()?;
+        let epochs = read.open_table(kv::EPOCHS)?;
+        let value = epochs.get(&epoch.to_be_bytes()[..])?.map(|v| v.value().to_vec());
+        Ok(value.map(|v| EpochRow::from_bytes(&v)).transpose()?)
+    }
+
+    fn answer_waiters(&mut self) {
+        // Epochs applied here whose signature is not pending (a signed record waits for it).
+        let ready: Vec<u64> =
+            self.waiters.range(..self.next_epoch).map(|(e, _)| *e).filter(|e| !self.unsigned.contains_key(e)).collect();
+        if ready.is_empty() {
+            return;
+        }
+        let read = match self.db.begin_read() {
+            Ok(read) => read,
+            Err(error) => {
+                tracing::error!(%error, "cannot read the bistro store");
+                return;
+            }
+        };
+        for epoch in ready {
+            for waiter in self.waiters.remove(&epoch).unwrap_or_default() {
+                if waiter.reply.is_closed() {
+                    continue;
+                }
+                let answer = self.answer(&read, epoch, waiter.index).map_err(|e| e.to_string());
+                let _ = waiter.reply.send(answer);
+            }
+        }
+    }
+
+    /// The answer for the request at (epoch, index), applied already.
+    fn answer(&mut self, read: &redb::ReadTransaction, epoch: u64, index: u32) -> anyhow::Result<Answer> {
+        let outcomes = read.open_table(kv::OUTCOMES)?;
+        let bytes = outcomes.get(outcome_key(epoch, index).as_slice())?.map(|v| v.value().to_vec());
+        let Some(bytes) = bytes else {
+            return Ok(Answer {
+                outcome: Outcome::Refused {
+                    code: Code::InvalidArgument,
+                    message: "the request ordered there is no bistro request".into(),
+                },
+                proof: None,
+            });
+        };
+        let outcome = Outcome::from_bytes(&bytes)?;
+        let proof = match &outcome {
+            Outcome::Signed { leaf, .. } => self.proof(read, epoch, *leaf)?,
+            _ => None,
+        };
+        Ok(Answer { outcome, proof })
+    }
+
+    fn proof(&mut self, read: &redb::ReadTransaction, epoch: u64, leaf: u64) -> anyhow::Result<Option<EpochProof>> {
+        let cached = match self.trees.get(&epoch) {
+            Some(cached) if cached.signature.is_some() => cached.clone(),
+            _ => {
+                let epochs = read.open_table(kv::EPOCHS)?;
+                let value = epochs.get(&epoch.to_be_bytes()[..])?.map(|v| v.value().to_vec());
+                let Some(row) = value.map(|v| EpochRow::from_bytes(&v)).transpose()? else { return Ok(None) };
+                let cached =
+                    Cached { tree: Arc::new(Tree::new(row.leaves)), time_ms: row.time_ms, signature: row.signature };
+                self.remember_tree(epoch, cached.clone());
+                cached
+            }
+        };
+        let Some(signature) = cached.signature else { return Ok(None) };
+        Ok(Some(EpochProof {
+            epoch,
+            time_ms: cached.time_ms,
+            index: leaf,
+            count: cached.tree.len() as u64,
+            path: cached.tree.path(leaf as usize),
+            signature,
+        }))
+    }
+
+    fn read_kv(&self) -> Result<ReadKv, KvError> {
+        self.db.begin_read().map(|txn| ReadKv { txn }).map_err(|e| KvError::Store(e.to_string()))
+    }
+
+    fn on_query(&mut self, query: Query) {
+        match query {
+            Query::Event { event, reply } => {
+                let result = (|| -> anyhow::Result<Option<Located>> {
+                    let read = self.db.begin_read()?;
+                    let table = read.open_table(kv::RECORD_AT)?;
+                    let at = table.get(&event.0[..])?.map(|v| v.value().to_vec());
+                    let Some(at) = at else { return Ok(None) };
+                    let epoch = u64::from_be_bytes(at.get(..8).and_then(|b| b.try_into().ok()).unwrap_or([0; 8]));
+                    let index = u32::from_be_bytes(at.get(8..12).and_then(|b| b.try_into().ok()).unwrap_or([0; 4]));
+                    Ok(Some((self.answer(&read, epoch, index)?, epoch, index)))
+                })();
+                let _ = reply.send(result.map_err(|e| e.to_string()));
+            }
+            Query::Events { after, max, reply } => {
+                let result = self.read_kv().and_then(|kv| view::events(&kv, after.as_ref(), max)).map(|events| {
+                    events
+                        .into_iter()
+                        .map(|e| view_types::EventSummary {
+                            event: e.record.event.0,
+                            description: e.record.terms.description.clone(),
+                            deadline_ms: e.record.terms.deadline_ms,
+                            created_ms: e.record.created_ms,
+                            tickets: e.tickets,
+                            collections: e.collections,
+                        })
+                        .collect()
+                });
+                let _ = reply.send(result.map_err(|e| e.to_string()));
+            }
+            Query::Relays { reply } => {
+                let result = self.read_kv().and_then(|kv| view::relays(&kv));
+                let _ = reply.send(result.map_err(|e| e.to_string()));
+            }
+            Query::CollectShares { event, number, reply } => {
+                let _ = reply.send(self.collect_shares(event, number));
+            }
+            Query::Pending { max, reply } => {
+                let _ = reply.send(self.pending(max).map_err(|e| e.to_string()));
+            }
+            Query::Fetched { event, ticket, hash, reply } => {
+                let result = (|| -> anyhow::Result<()> {
+                    let txn = self.db.begin_write()?;
+                    {
+                        let mut pending = txn.open_table(kv::PENDING)?;
+                        let key = [&event.0[..], &ticket.to_be_bytes(), &hash].concat();
+                        pending.remove(key.as_slice())?;
+                    }
+                    txn.commit()?;
+                    Ok(())
+                })();
+                let _ = reply.send(result.map_err(|e| e.to_string()));
+            }
+        }
+    }
+
+    fn collect_shares(&self, event: EventId, number: u64) -> Result<super::CollectShares, (Code, String)> {
+        let internal = |e: KvError| (Code::FailedPrecondition, format!("store: {e}"));
+        let kv = self.read_kv().map_err(internal)?;
+        let Some(collection) = view::collection(&kv, &event, number).map_err(internal)? else {
+            return Err((
+                Code::NotFound,
+                format!("no collection {number} of event {event} here (yet): it may not be applied here"),
+            ));
+        };
+        let cluster = self.setup.service.config().cluster;
+        let mut uploads = Vec::with_capacity(collection.uploads.len());
+        let mut shares = Vec::with_capacity(collection.uploads.len() * 48);
+        for (ticket, hash) in &collection.uploads {
+            let Some(upload) = view::upload(&kv, &event, *ticket, hash).map_err(internal)? else { continue };
+            let record = view::ticket(&kv, &event, *ticket).map_err(internal)?;
+            let capsule = fides_crypto::labeled::LabeledCapsule::from_bytes(&upload.capsule)
+                .map_err(|e| (Code::FailedPrecondition, format!("a recorded capsule does not parse: {e}")))?;
+            let share = if self.setup.wrong_shares {
+                // Fault injection: a valid point that is not our share of this capsule.
+                let other = fides_crypto::labeled::LabeledCapsule::encrypt(
+                    &self.setup.encryption.public().public_key(),
+                    b"wrong",
+                    &[0; 40],
+                    &mut rand::thread_rng(),
+                )
+                .map_err(|e| (Code::FailedPrecondition, e.to_string()))?;
+                self.setup.encryption.labeled_share(&other).to_bytes()
+            } else {
+                self.setup.encryption.labeled_share(&capsule).to_bytes()
+            };
+            shares.extend_from_slice(&share);
+            uploads.push(super::UploadInfo {
+                ticket: *ticket,
+                hash: *hash,
+                size: upload.size,
+                capsule: upload.capsule.clone(),
+                stored_by: upload.stored_by.clone(),
+                ticket_record: record.map(|t| t.to_bytes()).unwrap_or_default(),
+            });
+        }
+        let replica = self.setup.our_index.0;
+        let associated = fides_crypto::tagged(
+            domain::SHARES_AD,
+            &[&cluster, &event.0, &number.to_le_bytes(), &replica.to_le_bytes()],
+        );
+        let sealed = fides_crypto::sealed::seal_to(&collection.recipient, &associated, &shares, &mut rand::rngs::OsRng)
+            .map_err(|e| (Code::InvalidArgument, format!("cannot seal to the recipient key: {e}")))?;
+        Ok(super::CollectShares { replica, uploads, sealed })
+    }
+
+    fn pending(&self, max: usize) -> anyhow::Result<Vec<PendingUpload>> {
+        let kv = self.read_kv()?;
+        let read = self.db.begin_read()?;
+        let table = read.open_table(kv::PENDING)?;
+        let mut out = Vec::new();
+        let mut deadlines: HashMap<EventId, u64> = HashMap::new();
+        let now = self.last_time()?;
+        for entry in table.iter()? {
+            if out.len() >= max {
+                break;
+            }
+            let (key, _) = entry?;
+            let key = key.value();
+            let (Some(event), Some(ticket), Some(hash)) = (
+                key.get(..16).and_then(|b| <[u8; 16]>::try_from(b).ok()),
+                key.get(16..24).and_then(|b| <[u8; 8]>::try_from(b).ok()),
+                key.get(24..56).and_then(|b| <[u8; 32]>::try_from(b).ok()),
+            ) else {
+                continue;
+            };
+            let event = EventId(event);
+            let ticket = u64::from_be_bytes(ticket);
+            let deadline = match deadlines.get(&event) {
+                Some(d) => *d,
+                None => {
+                    let d = view::event(&kv, &event)?.map_or(u64::MAX, |e| e.record.terms.deadline_ms);
+                    deadlines.insert(event, d);
+                    d
+                }
+            };
+            if now <= deadline {
+                continue;
+            }
+            let Some(upload) = view::upload(&kv, &event, ticket, &hash)? else { continue };
+            let mut intermediaries = Vec::new();
+            for (key, _) in &upload.intermediaries {
+                let address = view::relay(&kv, key)?.map(|r| r.address);
+                intermediaries.push((*key, address));
+            }
+            out.push(PendingUpload {
+                event,
+                ticket,
+                hash,
+                size: upload.size,
+                capsule: upload.capsule,
+                intermediaries,
+                stored_by: upload.stored_by,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The agreed time of the last applied epoch.
+    fn last_time(&self) -> anyhow::Result<u64> {
+        if self.next_epoch == 0 {
+            return Ok(0);
+        }
+        Ok(self.setup.batches.batch(self.next_epoch - 1)?.map_or(0, |b| b.batch.time))
+    }
+}

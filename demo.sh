@@ -1,9 +1,126 @@
 #!/usr/bin/env bash
-# The main job: a local cluster of 4 replica processes on 127.0.0.1 (dealt on first use into
-# cluster-configs/local-4), clients ordering requests through it, and the replicas' status every
-# 5 s until Ctrl-C, which stops every replica. Extra arguments go to `replica cluster`
-# (e.g. `--seconds 30`, `--fresh`, `--dir cluster-configs/local-7 -n 7 -t 2`).
+# The main job: the timestamping bistro's whole story on a local cluster of 4 replica processes
+# on 127.0.0.1 (dealt on first use into cluster-configs/local-4) and one relay.
+#
+#   1. the event owner makes a key and creates an event whose deadline is 20 s away;
+#   2. three submitters (bsubmit, each with its own ~/.bistro) get threshold-signed tickets and
+#      upload their encrypted files: two through the relay, one directly to a replica;
+#   3. a fourth submitter comes after the deadline and is refused;
+#   4. the replicas pull the uploads from the relay and from each other;
+#   5. the owner collects, decrypts and verifies every file, and a ticket is checked offline.
+#
+# Everything it makes is in cluster-configs/local-4/story/ (made anew each run). Every process it
+# starts is stopped when it ends, also on Ctrl-C. `./demo.sh --keep` leaves the cluster running
+# (with the replicas' status every 5 s) until Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")"
-cargo build --release --locked -p fides-replica --bin replica
-exec target/release/replica cluster --dir cluster-configs/local-4 "$@"
+keep=0
+if [[ "${1:-}" == "--keep" ]]; then keep=1; fi
+
+cargo build --release --locked -p fides-replica -p fides-client-sdk --bins
+bin=target/release
+dir=cluster-configs/local-4
+story=$dir/story
+rm -rf "$story"
+mkdir -p "$story"
+export BISTRO_CLUSTER=$dir/cluster.toml
+
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "starting 4 replicas (replica cluster --dir $dir); their output is in $story/cluster.out"
+"$bin/replica" cluster --dir "$dir" --clients 0 >"$story/cluster.out" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 600); do
+    if [[ -f $dir/cluster.toml ]] && "$bin/replica" status --cluster "$dir/cluster.toml" 2>/dev/null \
+        | grep -c "^replica .*: epoch" | grep -q '^4$'; then
+        break
+    fi
+    sleep 0.2
+done
+"$bin/replica" status --cluster "$dir/cluster.toml"
+
+step "starting a relay (an untrusted intermediary with its own key); log in $story/relay.log"
+"$bin/bistro" relay --data "$story/relay" --listen 127.0.0.1:7500 >"$story/relay.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 300); do
+    grep -q "relay listening" "$story/relay.log" && break
+    sleep 0.2
+done
+cat "$story/relay.log" | grep "relay listening"
+
+step "the owner makes a key and creates an event (deadline in 20 s, transfer window 60 s)"
+"$bin/bistro" keygen --out "$story/owner.key"
+"$bin/bistro" event create --owner-key "$story/owner.key" --deadline +20s --transfer-window 60 \
+    --description "Assignment 1: submit your report" --save "$story/event.txt" | tee "$story/event.out"
+event=$(awk '/^event /{print $2; exit}' "$story/event.out")
+
+submit() { # name via
+    local name=$1 via=$2 home=$story/home-$1
+    head -c $((100000 + RANDOM * 10)) /dev/urandom >"$story/$name-report.tar.gz"
+    BISTRO_HOME=$home "$bin/bsubmit" config -set "email=$name@example.org" >/dev/null
+    BISTRO_HOME=$home "$bin/bsubmit" upload -event "$event" -file "$story/$name-report.tar.gz" $via
+}
+
+step "alice submits through the relay"
+submit alice "-via 127.0.0.1:7500"
+step "bob submits through the relay"
+submit bob "-via 127.0.0.1:7500"
+step "carol submits directly to replica 2"
+submit carol "-via $(awk -F'"' '/client_address/{print $2}' "$dir/cluster.toml" | sed -n 3p)"
+
+step "waiting for the deadline"
+deadline=$(awk '/^deadline /{print $2; exit}' "$story/event.out")
+echo "deadline $deadline"
+deadline_s=$(date -u -d "$deadline" +%s)
+while [[ $(date -u +%s) -le $deadline_s ]]; do sleep 1; done
+step "dave comes after the deadline"
+head -c 1000 /dev/urandom >"$story/dave-report.tar.gz"
+BISTRO_HOME=$story/home-dave "$bin/bsubmit" config -set email=dave@example.org >/dev/null
+if BISTRO_HOME=$story/home-dave "$bin/bsubmit" upload -event "$event" -file "$story/dave-report.tar.gz"; then
+    echo "dave got a ticket after the deadline: that is wrong" >&2
+    exit 1
+fi
+
+step "the replicas pull the uploads from the relay and from each other"
+for _ in $(seq 1 120); do
+    done_count=0
+    for name in alice bob carol; do
+        if BISTRO_HOME=$story/home-$name "$bin/bsubmit" records -event "$event" 2>/dev/null | grep -q ": transferred"; then
+            done_count=$((done_count + 1))
+        fi
+    done
+    [[ $done_count -eq 3 ]] && break
+    sleep 1
+done
+BISTRO_HOME=$story/home-alice "$bin/bsubmit" records -event "$event"
+
+step "the owner collects: decryption shares from the replicas, sealed to the owner; every file checked"
+"$bin/bistro" collect --owner-key "$story/owner.key" --event "$event" --out "$story/collected"
+cat "$story/collected/manifest.txt"
+for name in alice bob carol; do
+    saved=$(ls "$story/collected"/*-"$name"-report.tar.gz 2>/dev/null | head -1 || true)
+    if [[ -n $saved ]] && cmp -s "$saved" "$story/$name-report.tar.gz"; then
+        echo "$name's file: identical to what $name submitted"
+    else
+        echo "$name's file: NOT found or different" >&2
+        exit 1
+    fi
+done
+
+step "anyone can check a ticket offline with the cluster file: bsubmit verify"
+ticket=$(ls "$story/home-alice/tickets/$event"/*.bti | head -1)
+"$bin/bsubmit" verify "$ticket" "$story/alice-report.tar.gz"
+
+step "the story is complete"
+if [[ $keep -eq 1 ]]; then
+    echo "the cluster keeps running; Ctrl-C stops it (status: $bin/replica status --cluster $dir/cluster.toml)"
+    wait "${pids[0]}"
+fi

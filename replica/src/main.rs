@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod bench_e2e;
+mod bench_ts;
 mod client_cli;
 
 use std::path::PathBuf;
@@ -89,6 +90,12 @@ enum Command {
 enum Bench {
     /// Replica processes on 127.0.0.1 and a load generator: ordered requests per second, latency, memory.
     E2e(bench_e2e::E2eArgs),
+    /// The timestamping bistro under a surge of ticket requests: verified tickets per second and
+    /// latency of the cluster, against one Ed25519 timestamp server on the same machine.
+    TsSurge(bench_ts::SurgeArgs),
+    /// The one-server baseline of `bench ts-surge` (started by it).
+    #[command(hide = true)]
+    TsBaselineServer(bench_ts::BaselineServerArgs),
 }
 
 fn main() -> ExitCode {
@@ -139,6 +146,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Submit(args) => client_cli::submit(args).await,
         Command::Log(args) => client_cli::log(args).await,
         Command::Bench { bench: Bench::E2e(args) } => bench_e2e::run(args).await,
+        Command::Bench { bench: Bench::TsSurge(args) } => bench_ts::run(args).await,
+        Command::Bench { bench: Bench::TsBaselineServer(args) } => bench_ts::baseline_server(args).await,
         Command::Cluster { dir, n, t, fresh, clients, requests, seconds } => {
             cluster(dir, n, t, fresh, clients, requests, seconds).await
         }
@@ -268,6 +277,8 @@ async fn exercise(local: &mut LocalCluster, clients: u32, requests: u32, seconds
         "== the cluster keeps running; status every 5 s{}",
         if stop.is_some() { "" } else { " (Ctrl-C stops it)" }
     );
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("watching SIGTERM")?;
     loop {
         for i in 0..n {
             match client.status(NodeIndex(i)).await {
@@ -284,6 +295,7 @@ async fn exercise(local: &mut LocalCluster, clients: u32, requests: u32, seconds
         tokio::select! {
             _ = pause => {}
             _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = terminate.recv() => return Ok(()),
         }
         if stop.is_some_and(|s| Instant::now() >= s) {
             return Ok(());

@@ -107,7 +107,7 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         data: PathBuf,
         /// Where it serves the Intermediary gRPC service.
-        #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:7300")]
+        #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:7500")]
         listen: SocketAddr,
         /// The address it registers with the cluster [default: the bound listen address].
         #[arg(long, value_name = "HOST:PORT")]

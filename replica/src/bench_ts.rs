@@ -76,7 +76,9 @@ pub struct SurgeArgs {
     #[arg(long, default_value_t = 20)]
     pub seconds: u64,
     /// Concurrent clients: tasks that each ask one ticket per request, one request at a time.
-    #[arg(long, default_value_t = 1000)]
+    /// With 1,000 the cluster is bound by latency (1,000 clients / ~0.2 s), not by capacity; the
+    /// default puts it near saturation on a 2-core machine.
+    #[arg(long, default_value_t = 4000)]
     pub clients: u32,
     /// Requests considered per epoch, over all proposers (passed to the replicas).
     #[arg(long, default_value_t = 8000)]

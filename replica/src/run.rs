@@ -55,7 +55,8 @@ pub struct RunConfig {
     /// Largest upload (commit file) this replica takes as an intermediary, in bytes.
     #[arg(long)]
     pub upload_max: Option<u64>,
-    /// Fault injection for tests: answer owners' collections with wrong decryption shares.
+    /// Fault injection for tests: send wrong signature shares of the bistro's epoch roots and
+    /// answer owners' collections with wrong decryption shares.
     #[arg(long, hide = true)]
     #[serde(default)]
     pub fault_wrong_shares: bool,

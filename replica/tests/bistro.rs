@@ -390,8 +390,8 @@ fn a_relay_that_never_delivers_is_caught_and_wrong_shares_do_not_stop_the_owner(
     let dir = tempfile::tempdir().expect("temporary directory");
     let _logs = LogsOnFailure::new(dir.path(), 4);
     let mut local = cluster(dir.path(), 4, 1, &[]);
-    // Replica 0 answers collections with wrong decryption shares: the owner's client tries the
-    // lowest-numbered replicas' shares first, so it meets them.
+    // Replica 0 sends wrong signature shares of every epoch's root and answers collections with
+    // wrong decryption shares.
     local.set_extra_args(0, vec!["--fault-wrong-shares".into()]);
     runtime_test(
         async {
@@ -465,6 +465,13 @@ fn a_relay_that_never_delivers_is_caught_and_wrong_shares_do_not_stop_the_owner(
             assert_eq!(agreed.len(), 1);
             assert!(book.key(&agreed[0].id()).is_some(), "the key is recovered despite replica 0");
             assert_eq!(book.bad_shares(&agreed[0]), vec![fides_types::NodeIndex(0)], "replica 0's shares are named");
+            // Replica 0's signature shares were found out by the others (and left out: every ticket
+            // above verified).
+            let named = (1..4).any(|i| {
+                std::fs::read_to_string(dir.path().join("logs").join(format!("replica-{i}.log")))
+                    .is_ok_and(|log| log.contains("a bistro signature share does not verify"))
+            });
+            assert!(named, "no replica noticed replica 0's wrong signature shares");
             // A collection signed by another key than the owner's is refused, and so is a replayed
             // one.
             let stranger = SigningKey::generate(&mut rand::rngs::OsRng);

@@ -28,35 +28,48 @@ fn store_error(error: impl std::fmt::Display) -> KvError {
     KvError::Store(error.to_string())
 }
 
-/// The service's view of a write transaction.
+/// The service's view of a write transaction: its tables, opened once.
 pub struct WriteKv<'a> {
-    /// The transaction.
-    pub txn: &'a WriteTransaction,
+    tables: Vec<redb::Table<'a, &'static [u8], &'static [u8]>>,
+}
+
+impl<'a> WriteKv<'a> {
+    /// Open the service's tables in `txn`.
+    pub fn new(txn: &'a WriteTransaction) -> Result<WriteKv<'a>, KvError> {
+        let tables =
+            Table::ALL.iter().map(|t| txn.open_table(table(*t)).map_err(store_error)).collect::<Result<_, _>>()?;
+        Ok(WriteKv { tables })
+    }
+
+    fn table(&self, t: Table) -> &redb::Table<'a, &'static [u8], &'static [u8]> {
+        &self.tables[Table::ALL.iter().position(|x| *x == t).unwrap_or(0)]
+    }
+
+    fn table_mut(&mut self, t: Table) -> &mut redb::Table<'a, &'static [u8], &'static [u8]> {
+        let at = Table::ALL.iter().position(|x| *x == t).unwrap_or(0);
+        &mut self.tables[at]
+    }
 }
 
 impl Kv for WriteKv<'_> {
     fn get(&self, t: Table, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
-        let table = self.txn.open_table(table(t)).map_err(store_error)?;
-        let value = table.get(key).map_err(store_error)?.map(|v| v.value().to_vec());
+        let value = self.table(t).get(key).map_err(store_error)?.map(|v| v.value().to_vec());
         Ok(value)
     }
 
     fn put(&mut self, t: Table, key: &[u8], value: &[u8]) -> Result<(), KvError> {
-        let mut table = self.txn.open_table(table(t)).map_err(store_error)?;
-        table.insert(key, value).map_err(store_error)?;
+        self.table_mut(t).insert(key, value).map_err(store_error)?;
         Ok(())
     }
 
     fn delete(&mut self, t: Table, key: &[u8]) -> Result<(), KvError> {
-        let mut table = self.txn.open_table(table(t)).map_err(store_error)?;
-        table.remove(key).map_err(store_error)?;
+        self.table_mut(t).remove(key).map_err(store_error)?;
         Ok(())
     }
 
     fn range(&self, t: Table, from: &[u8], to: &[u8], max: usize) -> Result<Entries, KvError> {
-        let table = self.txn.open_table(table(t)).map_err(store_error)?;
         let mut out = Vec::new();
-        for entry in table.range(from..to).map_err(store_error)?.take(max) {
+        for entry in self.table(t).range(from..to).map_err(store_error)?.take(max) {
             let (k, v) = entry.map_err(store_error)?;
             out.push((k.value().to_vec(), v.value().to_vec()));
         }

@@ -245,7 +245,8 @@ pub struct WorkerSetup {
     pub batches: BatchReader,
     /// The driver, for sending frames.
     pub node: NodeHandle,
-    /// Fault injection for tests: answer collections with wrong decryption shares.
+    /// Fault injection for tests: send wrong signature shares of epoch roots and answer
+    /// collections with wrong decryption shares.
     pub wrong_shares: bool,
 }
 
@@ -340,6 +341,15 @@ impl Worker {
         Ok(())
     }
 
+    /// Our signature share on an epoch's root (with the fault injection, a share on something
+    /// else: a valid point that does not combine).
+    fn our_share(&self, point: G2Affine) -> SignatureShare {
+        if self.setup.wrong_shares {
+            return self.setup.signing.sign_share(fides_crypto::hash_to_g2(b"fides/v1/fault", &[b"wrong root"]));
+        }
+        self.setup.signing.sign_share(point)
+    }
+
     fn point(&self, epoch: u64, time_ms: u64, tree: &Tree) -> G2Affine {
         root_point(&self.setup.service.config().cluster, epoch, time_ms, tree.len() as u64, &tree.root())
     }
@@ -398,7 +408,7 @@ impl Worker {
             let txn = self.db.begin_write()?;
             let mut applied: Vec<(u64, u64, EpochOutput)> = Vec::new();
             {
-                let mut kv = WriteKv { txn: &txn };
+                let mut kv = WriteKv::new(&txn)?;
                 for (_, stored) in &batches {
                     let batch = &stored.batch;
                     let requests = batch.requests.iter().enumerate().map(|(i, r)| (i as u32, r.payload.as_slice()));
@@ -421,7 +431,7 @@ impl Worker {
                 let point = self.point(epoch, time_ms, &tree);
                 self.remember_tree(epoch, Cached { tree, time_ms, signature: None });
                 self.unsigned.insert(epoch, (point, Instant::now()));
-                let share = self.setup.signing.sign_share(point);
+                let share = self.our_share(point);
                 self.shares.entry(epoch).or_default().insert(self.setup.our_index, share.clone());
                 self.send_frame(None, SHARE, epoch, &share.to_bytes());
                 if let Some(signatures) = self.early_signatures.remove(&epoch) {
@@ -609,7 +619,7 @@ impl Worker {
             .take(256)
             .collect();
         for (epoch, point) in due {
-            let share = self.setup.signing.sign_share(point);
+            let share = self.our_share(point);
             self.shares.entry(epoch).or_default().insert(self.setup.our_index, share.clone());
             self.send_frame(None, SHARE, epoch, &share.to_bytes());
             if let Some(entry) = self.unsigned.get_mut(&epoch) {
@@ -654,20 +664,32 @@ impl Worker {
                 return;
             }
         };
+        let outcomes = match read.open_table(kv::OUTCOMES) {
+            Ok(table) => table,
+            Err(error) => {
+                tracing::error!(%error, "cannot read the bistro store");
+                return;
+            }
+        };
         for epoch in ready {
             for waiter in self.waiters.remove(&epoch).unwrap_or_default() {
                 if waiter.reply.is_closed() {
                     continue;
                 }
-                let answer = self.answer(&read, epoch, waiter.index).map_err(|e| e.to_string());
+                let answer = self.answer(&read, &outcomes, epoch, waiter.index).map_err(|e| e.to_string());
                 let _ = waiter.reply.send(answer);
             }
         }
     }
 
     /// The answer for the request at (epoch, index), applied already.
-    fn answer(&mut self, read: &redb::ReadTransaction, epoch: u64, index: u32) -> anyhow::Result<Answer> {
-        let outcomes = read.open_table(kv::OUTCOMES)?;
+    fn answer(
+        &mut self,
+        read: &redb::ReadTransaction,
+        outcomes: &redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+        epoch: u64,
+        index: u32,
+    ) -> anyhow::Result<Answer> {
         let bytes = outcomes.get(outcome_key(epoch, index).as_slice())?.map(|v| v.value().to_vec());
         let Some(bytes) = bytes else {
             return Ok(Answer {
@@ -724,7 +746,8 @@ impl Worker {
                     let Some(at) = at else { return Ok(None) };
                     let epoch = u64::from_be_bytes(at.get(..8).and_then(|b| b.try_into().ok()).unwrap_or([0; 8]));
                     let index = u32::from_be_bytes(at.get(8..12).and_then(|b| b.try_into().ok()).unwrap_or([0; 4]));
-                    Ok(Some((self.answer(&read, epoch, index)?, epoch, index)))
+                    let outcomes = read.open_table(kv::OUTCOMES)?;
+                    Ok(Some((self.answer(&read, &outcomes, epoch, index)?, epoch, index)))
                 })();
                 let _ = reply.send(result.map_err(|e| e.to_string()));
             }

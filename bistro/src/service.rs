@@ -890,3 +890,267 @@ pub mod view {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::commit::seal_commit;
+    use crate::records::{ed_sign, CollectRequest, Receipt, RelayRegistration, StoredReport};
+    use crate::stream::{Aead, HashAlg};
+    use ed25519_dalek::SigningKey;
+    use rand::SeedableRng;
+
+    const CLUSTER: [u8; 32] = [5; 32];
+
+    struct Setup {
+        service: Service,
+        replicas: Vec<SigningKey>,
+        encryption: blsttc::SecretKeySet,
+        owner: SigningKey,
+        relay: SigningKey,
+        rng: rand_chacha::ChaCha20Rng,
+    }
+
+    fn setup() -> Setup {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(11);
+        let replicas: Vec<SigningKey> = (0..4).map(|_| SigningKey::generate(&mut rng)).collect();
+        let encryption = blsttc::SecretKeySet::random(1, &mut rng);
+        let service = Service::new(ServiceConfig {
+            cluster: CLUSTER,
+            t: 1,
+            replicas: replicas.iter().map(|k| k.verifying_key().to_bytes()).collect(),
+            encryption: encryption.public_keys(),
+        });
+        Setup {
+            service,
+            replicas,
+            encryption,
+            owner: SigningKey::generate(&mut rng),
+            relay: SigningKey::generate(&mut rng),
+            rng,
+        }
+    }
+
+    fn apply(s: &Setup, kv: &mut MemoryKv, epoch: u64, time: u64, requests: &[Request]) -> EpochOutput {
+        let payloads: Vec<Vec<u8>> = requests.iter().map(Request::to_payload).collect();
+        s.service
+            .apply(kv, epoch, time, payloads.iter().enumerate().map(|(i, p)| (i as u32, p.as_slice())))
+            .expect("apply")
+    }
+
+    fn create(s: &Setup, deadline: u64, window: u64) -> Request {
+        let terms = EventTerms {
+            deadline_ms: deadline,
+            description: "d".into(),
+            owner: s.owner.verifying_key().to_bytes(),
+            hash: HashAlg::Sha256,
+            aead: Aead::XChaCha20Poly1305,
+            transfer_window_ms: window,
+            nonce: 1,
+        };
+        let signature = ed_sign(&s.owner, domain::CREATE, &CLUSTER, &terms.to_bytes());
+        Request::CreateEvent { terms, signature }
+    }
+
+    fn ticket(event: EventId, size: u64) -> Request {
+        Request::Ticket(TicketRequest { event, digest: vec![7; 32], size, contact: "c".into(), file_name: "f".into() })
+    }
+
+    fn code(outcome: &Outcome) -> Option<Code> {
+        match outcome {
+            Outcome::Refused { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// A commit file's upload hash, size and capsule for `ticket` of `event` (a 100-byte file).
+    fn commit(s: &mut Setup, event: EventId, ticket: u64) -> ([u8; 32], u64, Vec<u8>) {
+        let mut out = Vec::new();
+        let public = s.encryption.public_keys().public_key();
+        let size = seal_commit(
+            &CLUSTER,
+            &public,
+            Aead::XChaCha20Poly1305,
+            &event,
+            ticket,
+            &[1u8; 100][..],
+            &mut out,
+            &mut s.rng,
+            &mut |_| {},
+        )
+        .expect("seal");
+        let header = crate::commit::CommitHeader::read(&mut out.as_slice()).expect("header");
+        (fides_crypto::sha256(&out), size, header.capsule)
+    }
+
+    fn held(key: &SigningKey, event: EventId, ticket: u64, upload: &([u8; 32], u64, Vec<u8>)) -> Request {
+        let receipt = Receipt {
+            event,
+            ticket,
+            upload_hash: upload.0,
+            upload_size: upload.1,
+            intermediary: key.verifying_key().to_bytes(),
+            receipt_id: 1,
+            time_ms: 0,
+        };
+        Request::Held(HeldReport { signature: receipt.sign(key, &CLUSTER), receipt, capsule: upload.2.clone() })
+    }
+
+    fn stored(s: &Setup, event: EventId, ticket: u64, hash: [u8; 32], replica: u32) -> Request {
+        let body = StoredReport::body(&event, ticket, &hash, replica);
+        let signature = ed_sign(&s.replicas[replica as usize], domain::STORED, &CLUSTER, &body);
+        Request::Stored(StoredReport { event, ticket, upload_hash: hash, replica, signature })
+    }
+
+    #[test]
+    fn tickets_count_up_until_the_deadline_and_refusals_change_nothing() {
+        let s = setup();
+        let mut kv = MemoryKv::default();
+        let out = apply(&s, &mut kv, 0, 1_000, &[create(&s, 5_000, 1_000)]);
+        let Outcome::Signed { record: Signed::Event(record), leaf: 0 } = &out.outcomes[0].1 else {
+            panic!("no event record: {out:?}")
+        };
+        let event = record.event;
+        assert_eq!(event, EventId::derive(&CLUSTER, 0, 0));
+        let before = kv.clone();
+        let bad = [
+            ticket(EventId([0; 16]), 1),
+            Request::Ticket(TicketRequest {
+                event,
+                digest: vec![1; 31],
+                size: 1,
+                contact: String::new(),
+                file_name: String::new(),
+            }),
+            ticket(event, u64::MAX),
+        ];
+        let out = apply(&s, &mut kv, 1, 2_000, &bad);
+        let codes: Vec<_> = out.outcomes.iter().map(|(_, o)| code(o)).collect();
+        assert_eq!(codes, vec![Some(Code::NotFound), Some(Code::InvalidArgument), Some(Code::InvalidArgument)]);
+        assert!(out.leaves.is_empty());
+        assert_eq!(format!("{:?}", kv.tables), format!("{:?}", before.tables), "refusals change nothing");
+        let out = apply(&s, &mut kv, 2, 5_000, &[ticket(event, 10), ticket(event, 20)]);
+        let numbers: Vec<u64> = out
+            .outcomes
+            .iter()
+            .map(|(_, o)| match o {
+                Outcome::Signed { record: Signed::Ticket(t), .. } => t.ticket,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(numbers, vec![1, 2], "at the deadline itself tickets are still issued");
+        assert_eq!(out.leaves.len(), 2);
+        let out = apply(&s, &mut kv, 3, 5_001, &[ticket(event, 10)]);
+        match &out.outcomes[0].1 {
+            Outcome::Refused { code: Code::FailedPrecondition, message } => {
+                assert!(message.contains("deadline") && message.contains("agreed time"), "{message}")
+            }
+            other => panic!("a late ticket: {other:?}"),
+        }
+        // The same batches give the same outcomes at another replica.
+        let mut other = MemoryKv::default();
+        let a = apply(&s, &mut other, 0, 1_000, &[create(&s, 5_000, 1_000)]);
+        assert_eq!(a.leaves.len(), 1);
+        assert_eq!(apply(&s, &mut other, 2, 5_000, &[ticket(event, 10), ticket(event, 20)]).leaves, out_leaves(&s));
+    }
+
+    fn out_leaves(s: &Setup) -> Vec<[u8; 32]> {
+        let mut kv = MemoryKv::default();
+        apply(s, &mut kv, 0, 1_000, &[create(s, 5_000, 1_000)]);
+        let event = EventId::derive(&CLUSTER, 0, 0);
+        apply(s, &mut kv, 2, 5_000, &[ticket(event, 10), ticket(event, 20)]).leaves
+    }
+
+    #[test]
+    fn uploads_are_held_stored_collected_and_counted_against_a_relay_that_does_not_deliver() {
+        let mut s = setup();
+        let mut kv = MemoryKv::default();
+        apply(&s, &mut kv, 0, 1_000, &[create(&s, 5_000, 1_000)]);
+        let event = EventId::derive(&CLUSTER, 0, 0);
+        apply(&s, &mut kv, 1, 2_000, &[ticket(event, 100), ticket(event, 100)]);
+        let registration = RelayRegistration { key: s.relay.verifying_key().to_bytes(), address: "r:1".into(), seq: 1 };
+        let signature = ed_sign(&s.relay, domain::RELAY, &CLUSTER, &registration.to_bytes());
+        let register = Request::RegisterRelay { registration, signature };
+        let out = apply(&s, &mut kv, 2, 2_100, &[register.clone(), register]);
+        assert_eq!(out.outcomes[0].1, Outcome::RelayRegistered);
+        assert_eq!(code(&out.outcomes[1].1), Some(Code::AlreadyExists), "a replayed registration");
+
+        let first = commit(&mut s, event, 1);
+        let second = commit(&mut s, event, 2);
+        let stranger = SigningKey::from_bytes(&[9; 32]);
+        let mut moved = held(&s.relay, event, 2, &first);
+        if let Request::Held(report) = &mut moved {
+            report.receipt.upload_hash = second.0;
+            report.receipt.upload_size = second.1;
+            report.signature = report.receipt.sign(&s.relay, &CLUSTER);
+        }
+        let mut short = held(&s.relay, event, 1, &first);
+        if let Request::Held(report) = &mut short {
+            report.receipt.upload_size -= 1;
+            report.signature = report.receipt.sign(&s.relay, &CLUSTER);
+        }
+        let out = apply(
+            &s,
+            &mut kv,
+            3,
+            3_000,
+            &[
+                held(&s.relay, event, 1, &first),
+                held(&s.relay, event, 1, &first),
+                held(&s.replicas[2], event, 2, &second),
+                held(&stranger, event, 1, &first),
+                moved,
+                short,
+            ],
+        );
+        let got: Vec<_> = out.outcomes.iter().map(|(_, o)| o.clone()).collect();
+        assert_eq!(got[0], Outcome::Held { first: true });
+        assert_eq!(got[1], Outcome::Held { first: false });
+        assert_eq!(got[2], Outcome::Held { first: true });
+        assert_eq!(code(&got[3]), Some(Code::PermissionDenied), "not a replica nor a relay");
+        assert_eq!(code(&got[4]), Some(Code::InvalidArgument), "a capsule moved to another ticket");
+        assert_eq!(code(&got[5]), Some(Code::InvalidArgument), "a size that does not fit the ticket");
+
+        // Ticket 2's upload is stored by two replicas (t + 1); ticket 1's by one.
+        let out = apply(
+            &s,
+            &mut kv,
+            4,
+            4_000,
+            &[stored(&s, event, 2, second.0, 0), stored(&s, event, 2, second.0, 1), stored(&s, event, 1, first.0, 3)],
+        );
+        assert_eq!(out.outcomes[1].1, Outcome::Stored { replicas: 2 });
+        // The transfer window ends at 6,000: the relay's upload is overdue and counted.
+        let status = Request::Status { event, tickets: vec![1, 2, 3] };
+        let out = apply(&s, &mut kv, 5, 6_001, std::slice::from_ref(&status));
+        let Outcome::Signed { record: Signed::Status(record), .. } = &out.outcomes[0].1 else { panic!("{out:?}") };
+        assert!(record.deadline_passed);
+        assert!(record.tickets[0].uploads[0].overdue);
+        assert!(!record.tickets[1].uploads[0].overdue);
+        assert!(!record.tickets[2].issued);
+        let relay = view::relay(&kv, &s.relay.verifying_key().to_bytes()).expect("kv").expect("relay");
+        assert_eq!(relay.undelivered, 1);
+
+        // Collections: the owner's, once per nonce; nobody else's.
+        let request = CollectRequest { event, recipient: [1; 32], nonce: 4 };
+        let owner_signature = ed_sign(&s.owner, domain::COLLECT, &CLUSTER, &request.to_bytes());
+        let forged = ed_sign(&stranger, domain::COLLECT, &CLUSTER, &request.to_bytes());
+        let out = apply(
+            &s,
+            &mut kv,
+            6,
+            7_000,
+            &[
+                Request::Collect { request: request.clone(), signature: forged },
+                Request::Collect { request: request.clone(), signature: owner_signature },
+                Request::Collect { request, signature: owner_signature },
+            ],
+        );
+        assert_eq!(code(&out.outcomes[0].1), Some(Code::PermissionDenied));
+        assert_eq!(out.outcomes[1].1, Outcome::Collected { number: 1, uploads: 2 });
+        assert_eq!(code(&out.outcomes[2].1), Some(Code::AlreadyExists));
+        let collection = view::collection(&kv, &event, 1).expect("kv").expect("collection");
+        assert_eq!(collection.uploads.len(), 2);
+        assert!(view::uploads(&kv, &event).expect("kv").iter().all(|(_, _, u)| u.collected));
+    }
+}

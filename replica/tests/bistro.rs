@@ -25,15 +25,6 @@ use rand::{Rng, RngCore, SeedableRng};
 
 const UP: Duration = Duration::from_secs(60);
 
-fn runtime_test(test: impl std::future::Future<Output = ()>, limit: Duration) {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    runtime.block_on(async {
-        if tokio::time::timeout(limit, test).await.is_err() {
-            panic!("the test did not finish within {limit:?}");
-        }
-    });
-}
-
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }

@@ -15,15 +15,6 @@ use rand::{Rng, SeedableRng};
 const UP: Duration = Duration::from_secs(60);
 const RESTART_UNDER_LOAD: Duration = Duration::from_secs(240);
 
-fn runtime_test(test: impl std::future::Future<Output = ()>, limit: Duration) {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    runtime.block_on(async {
-        if tokio::time::timeout(limit, test).await.is_err() {
-            panic!("the test did not finish within {limit:?}");
-        }
-    });
-}
-
 async fn start(local: &mut fides_replica::launcher::LocalCluster, client: &fides_client_sdk::Client) {
     local.start_all().expect("start");
     for i in 0..client.n() {

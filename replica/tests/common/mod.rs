@@ -182,3 +182,13 @@ pub async fn assert_no_equivocation(client: &Client, replicas: &[u32]) {
         }
     }
 }
+
+/// Run a test's body on a 2-thread runtime, failing it if it takes longer than `limit`.
+pub fn runtime_test(test: impl std::future::Future<Output = ()>, limit: Duration) {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        if tokio::time::timeout(limit, test).await.is_err() {
+            panic!("the test did not finish within {limit:?}");
+        }
+    });
+}

@@ -192,7 +192,6 @@ pub async fn run(config: RunConfig, exit_on_stdin_close: bool) -> anyhow::Result
             signing: Arc::clone(&threshold_keys.signing),
             encryption: Arc::clone(&threshold_keys.encryption),
             our_index: index,
-            n: quorum.n(),
             batches: node.batch_reader(),
             node: handle.clone(),
             wrong_shares: config.fault_wrong_shares,

@@ -83,6 +83,18 @@ fn outcome_key(epoch: u64, index: u32) -> Vec<u8> {
     [&epoch.to_be_bytes()[..], &index.to_be_bytes()].concat()
 }
 
+/// The upload key of the Held report at `index` of `batch`.
+fn held_key(batch: &fides_atomic_broadcast::epoch::Batch, index: u32) -> Option<Vec<u8>> {
+    let request = batch.requests.get(index as usize)?;
+    match fides_bistro::records::Request::from_payload(&request.payload) {
+        Ok(fides_bistro::records::Request::Held(report)) => {
+            let r = report.receipt;
+            Some([&r.event.0[..], &r.ticket.to_be_bytes(), &r.upload_hash].concat())
+        }
+        _ => None,
+    }
+}
+
 /// What the worker answers for an ordered request.
 #[derive(Clone, Debug)]
 pub struct Answer {
@@ -239,8 +251,6 @@ pub struct WorkerSetup {
     pub encryption: Arc<ThresholdKeys>,
     /// Our index.
     pub our_index: NodeIndex,
-    /// Replica count.
-    pub n: u32,
     /// The driver's stored batches.
     pub batches: BatchReader,
     /// The driver, for sending frames.
@@ -413,7 +423,7 @@ impl Worker {
                     let batch = &stored.batch;
                     let requests = batch.requests.iter().enumerate().map(|(i, r)| (i as u32, r.payload.as_slice()));
                     let output = self.setup.service.apply(&mut kv, batch.epoch, batch.time, requests)?;
-                    self.write_epoch(&txn, batch.epoch, batch.time, &output)?;
+                    Self::write_epoch(&txn, batch, &output)?;
                     applied.push((batch.epoch, batch.time, output));
                 }
                 let next = batches.last().map_or(self.next_epoch, |(_, b)| b.batch.epoch + 1);
@@ -444,12 +454,11 @@ impl Worker {
     }
 
     fn write_epoch(
-        &self,
         txn: &redb::WriteTransaction,
-        epoch: u64,
-        time_ms: u64,
+        batch: &fides_atomic_broadcast::epoch::Batch,
         output: &EpochOutput,
     ) -> Result<(), anyhow::Error> {
+        let (epoch, time_ms) = (batch.epoch, batch.time);
         let mut outcomes = txn.open_table(kv::OUTCOMES)?;
         let mut record_at = txn.open_table(kv::RECORD_AT)?;
         let mut pending = txn.open_table(kv::PENDING)?;
@@ -462,7 +471,7 @@ impl Worker {
         // New uploads are to be fetched here (held ones are dropped from the list by `Fetched`).
         for (index, outcome) in &output.outcomes {
             if let Outcome::Held { first: true } = outcome {
-                if let Some(key) = self.held_key(epoch, *index)? {
+                if let Some(key) = held_key(batch, *index) {
                     pending.insert(key.as_slice(), &[][..])?;
                 }
             }
@@ -473,19 +482,6 @@ impl Worker {
             epochs.insert(&epoch.to_be_bytes()[..], row.to_bytes().as_slice())?;
         }
         Ok(())
-    }
-
-    /// The upload key of the Held report at (epoch, index).
-    fn held_key(&self, epoch: u64, index: u32) -> Result<Option<Vec<u8>>, anyhow::Error> {
-        let Some(stored) = self.setup.batches.batch(epoch)? else { return Ok(None) };
-        let Some(request) = stored.batch.requests.get(index as usize) else { return Ok(None) };
-        match fides_bistro::records::Request::from_payload(&request.payload) {
-            Ok(fides_bistro::records::Request::Held(report)) => {
-                let r = report.receipt;
-                Ok(Some([&r.event.0[..], &r.ticket.to_be_bytes(), &r.upload_hash].concat()))
-            }
-            _ => Ok(None),
-        }
     }
 
     fn remember_tree(&mut self, epoch: u64, cached: Cached) {

@@ -31,7 +31,6 @@ pub mod seeds;
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::time::Instant;
 
 use fides_types::codec::Wire;
 use fides_types::{Fault, FaultKind, NodeIndex, Protocol, Quorum, Target};
@@ -379,7 +378,7 @@ where
             let i = node.as_usize();
             self.now = self.now.max(at);
             self.clocks[i] = self.clocks[i].max(at);
-            let started = Instant::now();
+            let started = CpuInstant::now();
             let Node::Honest(protocol) = &mut self.nodes[i] else { continue };
             let step = protocol.handle_input(input, &mut self.node_rngs[i]);
             let cpu = elapsed_nanos(started);
@@ -418,7 +417,7 @@ where
     ) -> (Report<P::Output>, S) {
         for index in self.quorum.nodes() {
             let i = index.as_usize();
-            let started = Instant::now();
+            let started = CpuInstant::now();
             match &mut self.nodes[i] {
                 Node::Honest(protocol) => {
                     let Some(value) = input(index) else { continue };
@@ -522,7 +521,7 @@ where
         self.trace.update(to.0.to_le_bytes());
         self.trace.update((bytes.len() as u64).to_le_bytes());
         self.trace.update(&bytes);
-        let started = Instant::now();
+        let started = CpuInstant::now();
         match &mut self.nodes[i] {
             Node::Honest(protocol) => {
                 if protocol.terminated() {
@@ -580,7 +579,7 @@ where
             self.report.terminated[i] = Some(protocol.terminated());
         }
         for input in reactions {
-            let started = Instant::now();
+            let started = CpuInstant::now();
             let Node::Honest(protocol) = &mut self.nodes[i] else { break };
             let step = protocol.handle_input(input, &mut self.node_rngs[i]);
             let cpu = elapsed_nanos(started);
@@ -671,6 +670,19 @@ pub fn place(quorum: Quorum, kind: &Behaviour, rng: &mut ChaCha8Rng) -> Placemen
     Placement { byzantine: indices, honest, behaviours }
 }
 
-fn elapsed_nanos(started: Instant) -> u64 {
-    u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX)
+/// A reading of the calling thread's CPU clock: what a handler costs, whatever else the machine
+/// runs meanwhile (wall time would charge a replica for other processes' turns on the CPU).
+#[derive(Clone, Copy)]
+struct CpuInstant(u64);
+
+impl CpuInstant {
+    fn now() -> Self {
+        let time = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+        let nanos = u64::try_from(time.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(time.tv_nsec).unwrap_or(0);
+        CpuInstant(nanos)
+    }
+}
+
+fn elapsed_nanos(started: CpuInstant) -> u64 {
+    CpuInstant::now().0.saturating_sub(started.0)
 }

@@ -452,6 +452,8 @@ pub struct AbcBenchCase {
 pub struct AbcBenchSummary {
     /// Epochs until every honest replica delivered everything.
     pub epochs: u64,
+    /// Distinct requests delivered (each at most once, so all the transactions).
+    pub requests: usize,
     /// Virtual time at which the last honest replica delivered the last transaction.
     pub all_delivered_at: u64,
     /// Virtual time of the first non-empty batch at the first honest replica to deliver one.
@@ -525,6 +527,19 @@ pub fn bench_case(case: &AbcBenchCase) -> Result<AbcBenchSummary, String> {
         report.outputs.iter().map(|o| o.as_ref().map(|list| list.iter().map(|p| p.output.clone()).collect())).collect();
     let given: BTreeSet<(u64, u64)> = scenario.requests[0].iter().map(|r| (r.client, r.id)).collect();
     let epochs = check::atomic_broadcast(&session, &logs, &given, &[clock]).map_err(context)?;
+    let requests = logs
+        .iter()
+        .flatten()
+        .map(|log| {
+            log.iter()
+                .map(|o| match o {
+                    Output::Batch(b) => b.requests.len(),
+                    _ => 0,
+                })
+                .sum::<usize>()
+        })
+        .max()
+        .unwrap_or(0);
     let honest: Vec<NodeIndex> = report.honest().collect();
     let produced = || report.outputs.iter().flatten();
     let all_delivered_at = produced().filter_map(|log| log.last().map(|p| p.at)).max().unwrap_or(0);
@@ -539,6 +554,7 @@ pub fn bench_case(case: &AbcBenchCase) -> Result<AbcBenchSummary, String> {
     };
     Ok(AbcBenchSummary {
         epochs,
+        requests,
         all_delivered_at,
         first_commit_at,
         messages_per_node: per_node(&|s| s.messages_sent),

@@ -13,10 +13,12 @@
 //!   Partitions delay the messages that cross them until they heal.
 //! - The [`Scheduler`] picks each message's delay. [`RandomScheduler`] draws it; a content-aware
 //!   scheduler reads the message and delays what would help the honest replicas most.
-//! - Virtual time is in microseconds. In CPU-accounting mode ([`CpuModel`]) each handler call's
-//!   measured CPU time is charged to its replica's clock and a message arrives
-//!   `lag + size / bandwidth` after its sender's clock — the method of hbbft's
-//!   `examples/simulation`, so throughput figures compare. That mode is not deterministic.
+//! - Virtual time is in microseconds. In CPU-accounting mode ([`CpuModel`]) the thread CPU time
+//!   of each handler call, and of encoding the messages it sends, is charged to its replica's
+//!   clock; each replica's uplink is a queue that sends one copy per recipient after another at
+//!   the model's bandwidth, and a copy arrives `lag` after it left the uplink ([`Uplink`]) — the
+//!   method of hbbft's `examples/simulation`, stricter in that a copy to each peer takes the
+//!   uplink. That mode is not deterministic.
 //! - Every delivery is folded into a trace hash: the same seed gives the same hash.
 
 #![forbid(unsafe_code)]
@@ -46,16 +48,36 @@ pub type Micros = u64;
 /// Network timing in CPU-accounting mode.
 #[derive(Clone, Copy, Debug)]
 pub struct CpuModel {
-    /// Latency of every message, in microseconds.
+    /// Latency of every message once it left its sender's uplink, in microseconds.
     pub lag: Micros,
-    /// Bandwidth of every link, in bits per second.
+    /// Bandwidth of each replica's uplink, in bits per second, shared by all the copies it
+    /// sends (one per recipient); downlinks are not limited.
     pub bandwidth_bps: u64,
 }
 
 impl CpuModel {
-    /// Transfer time of `bytes` on one link.
-    pub fn transfer(&self, bytes: usize) -> Micros {
-        self.lag + (bytes as u64 * 8 * 1_000_000) / self.bandwidth_bps.max(1)
+    /// Time `bytes` occupy an uplink, in nanoseconds (small messages take well under a
+    /// microsecond at high bandwidths, and thousands of them must still add up).
+    pub fn transmission_nanos(&self, bytes: usize) -> u64 {
+        (bytes as u64).saturating_mul(8_000_000_000) / self.bandwidth_bps.max(1)
+    }
+}
+
+/// A replica's uplink in CPU-accounting mode: the copies it sends leave one after another, each
+/// occupying it for its transmission time, and each arrives [`CpuModel::lag`] after it left.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Uplink {
+    /// When the last copy queued has left, in nanoseconds of virtual time.
+    free_at_nanos: u64,
+}
+
+impl Uplink {
+    /// Queue a copy of `bytes` handed over at `sent_at` (the sender's clock); its arrival time
+    /// at the recipient, rounded up to the microsecond.
+    pub fn send(&mut self, model: &CpuModel, sent_at: Micros, bytes: usize) -> Micros {
+        let start = self.free_at_nanos.max(sent_at.saturating_mul(1_000));
+        self.free_at_nanos = start.saturating_add(model.transmission_nanos(bytes));
+        self.free_at_nanos.div_ceil(1_000).saturating_add(model.lag)
     }
 }
 
@@ -283,6 +305,7 @@ pub struct Network<P: Protocol, S: Scheduler<P::Message>> {
     sequence: u64,
     now: Micros,
     clocks: Vec<Micros>,
+    uplinks: Vec<Uplink>,
     report: Report<P::Output>,
     trace: Sha256,
     outputs_new: bool,
@@ -348,6 +371,7 @@ where
             sequence: 0,
             now: 0,
             clocks: vec![0; n],
+            uplinks: vec![Uplink::default(); n],
             report,
             trace: Sha256::new(),
             outputs_new: false,
@@ -572,7 +596,10 @@ where
         }
         self.report.faults.extend(step.faults.into_iter().map(|fault| (index, fault)));
         for outgoing in step.messages {
+            // Encoding is the sender's work too (once per message, whatever its recipients).
+            let started = CpuInstant::now();
             let bytes = outgoing.message.to_bytes();
+            self.charge(index, elapsed_nanos(started));
             self.send(index, outgoing.target, bytes, Some(&outgoing.message));
         }
         if let Node::Honest(protocol) = &self.nodes[i] {
@@ -618,7 +645,7 @@ where
         let sent_at = self.clocks[from.as_usize()];
         let delay = match self.config.cpu {
             Some(_) if from == to => 0,
-            Some(model) => model.transfer(bytes.len()),
+            Some(model) => self.uplinks[from.as_usize()].send(&model, sent_at, bytes.len()) - sent_at,
             None => self.scheduler.delay(sent_at, from, to, message, &mut self.net_rng),
         };
         let stats = &mut self.report.stats[from.as_usize()];
@@ -685,4 +712,37 @@ impl CpuInstant {
 
 fn elapsed_nanos(started: CpuInstant) -> u64 {
     CpuInstant::now().0.saturating_sub(started.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{CpuModel, Uplink};
+
+    #[test]
+    fn uplink_sends_copies_one_after_another_and_idles_when_nothing_is_queued() {
+        // 1 ms of lag, 8 Mbit/s: one byte per microsecond.
+        let model = CpuModel { lag: 1_000, bandwidth_bps: 8_000_000 };
+        let mut uplink = Uplink::default();
+        // Three copies of 500 bytes handed over at 100 µs leave at 600, 1,100 and 1,600 µs.
+        assert_eq!(uplink.send(&model, 100, 500), 1_600);
+        assert_eq!(uplink.send(&model, 100, 500), 2_100);
+        assert_eq!(uplink.send(&model, 100, 500), 2_600);
+        // Handed over while the uplink is still busy: it waits for the queue.
+        assert_eq!(uplink.send(&model, 1_000, 100), 2_700);
+        // Handed over once the uplink is idle: it leaves at once.
+        assert_eq!(uplink.send(&model, 5_000, 10), 6_010);
+    }
+
+    #[test]
+    fn uplink_adds_up_copies_shorter_than_a_microsecond() {
+        // 1 Gbit/s: 125 bytes take 1 µs; a thousand copies of 25 bytes take 200 µs, not 0.
+        let model = CpuModel { lag: 0, bandwidth_bps: 1_000_000_000 };
+        let mut uplink = Uplink::default();
+        let mut arrival = 0;
+        for _ in 0..1_000 {
+            arrival = uplink.send(&model, 0, 25);
+        }
+        assert_eq!(arrival, 200);
+        assert_eq!(model.transmission_nanos(125), 1_000);
+    }
 }

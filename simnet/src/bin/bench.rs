@@ -1,6 +1,8 @@
 //! Protocol benchmarks in the simulator's CPU-accounting mode (the method of hbbft's
-//! `examples/simulation`): each handler call's measured CPU time is charged to its replica's
-//! virtual clock, and a message arrives `lag + size / bandwidth` after it was sent.
+//! `examples/simulation`): the thread CPU time of each handler call and of encoding what it sends
+//! is charged to its replica's virtual clock; each replica's uplink sends one copy per recipient
+//! after another at `--bw` kbit/s (1,000 bits per second), and a copy arrives `--lag` ms after it
+//! left the uplink.
 //!
 //! `bench aba [-n N]…` prints, per cluster size: the mean and worst round of decision (rounds count
 //! from 0, so 0 means the first round), messages and bytes sent per honest replica, CPU per honest
@@ -8,8 +10,9 @@
 //!
 //! `bench abc [-n N] [--txs T] [--batch B] [--tx-size S] [--lag MS] [--bw KBIT]` gives every
 //! replica all `T` transactions and runs atomic broadcast until every honest replica delivered all
-//! of them; it prints throughput (transactions per second of virtual time), time to the first
-//! non-empty batch, mean epoch time, messages, bytes and CPU per replica, and real wall time.
+//! of them; it prints throughput (transactions per second of virtual time), the distinct requests
+//! delivered per epoch and the mean epoch time (their ratio is the throughput), time to the first
+//! non-empty batch, messages, bytes and CPU per replica, and real wall time.
 
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -48,10 +51,11 @@ struct AbcArgs {
     /// Payload bytes per transaction.
     #[arg(long = "tx-size", default_value_t = 250)]
     tx_size: usize,
-    /// Message latency in milliseconds.
+    /// Latency of each message once it left its sender's uplink, in milliseconds.
     #[arg(long, default_value_t = 1)]
     lag: u64,
-    /// Link bandwidth in kbit/s.
+    /// Bandwidth of each replica's uplink, in kbit/s (1,000 bits per second), shared by the
+    /// copies it sends to each peer.
     #[arg(long, default_value_t = 1_000_000)]
     bw: u64,
     /// Make t replicas Byzantine of this kind; their CPU is not counted.
@@ -78,10 +82,11 @@ struct AbaArgs {
     /// Instances per size.
     #[arg(long, default_value_t = 20)]
     runs: u64,
-    /// Message latency in milliseconds.
+    /// Latency of each message once it left its sender's uplink, in milliseconds.
     #[arg(long, default_value_t = 1)]
     lag: u64,
-    /// Link bandwidth in kbit/s.
+    /// Bandwidth of each replica's uplink, in kbit/s (1,000 bits per second), shared by the
+    /// copies it sends to each peer.
     #[arg(long, default_value_t = 1_000_000)]
     bw: u64,
     /// What the honest replicas propose.
@@ -121,7 +126,7 @@ fn abc(args: AbcArgs) -> Result<()> {
     let sizes = if args.nodes.is_empty() { vec![4, 7, 10, 16, 31] } else { args.nodes.clone() };
     let cpu = CpuModel { lag: args.lag * 1_000, bandwidth_bps: args.bw * 1_000 };
     println!(
-        "atomic broadcast, {} txs of {} B, batch {}, lag {} ms, bandwidth {} kbit/s, Byzantine: {}",
+        "atomic broadcast, {} txs of {} B, batch {}, lag {} ms, uplink {} kbit/s per replica, Byzantine: {}",
         args.txs,
         args.tx_size,
         args.batch,
@@ -130,12 +135,13 @@ fn abc(args: AbcArgs) -> Result<()> {
         if byzantine == Behaviour::Honest { "none".to_string() } else { format!("t {}", byzantine.name()) }
     );
     println!(
-        "{:>4} {:>3} | {:>10} | {:>12} {:>12} | {:>6} {:>10} | {:>9} {:>11} | {:>11} | {:>8}",
+        "{:>4} {:>3} | {:>10} {:>14} {:>12} | {:>12} | {:>6} {:>10} | {:>9} {:>11} | {:>11} | {:>8}",
         "n",
         "t",
         "tx/s",
-        "first (ms)",
+        "distinct/epoch",
         "epoch (ms)",
+        "first (ms)",
         "epochs",
         "all (ms)",
         "msgs/node",
@@ -158,12 +164,13 @@ fn abc(args: AbcArgs) -> Result<()> {
         let wall = started.elapsed().as_secs_f64();
         let seconds = summary.all_delivered_at as f64 / 1e6;
         println!(
-            "{:>4} {:>3} | {:>10.0} | {:>12.2} {:>12.2} | {:>6} {:>10.1} | {:>9.0} {:>11.2} | {:>11.1} | {:>8.1}",
+            "{:>4} {:>3} | {:>10.0} {:>14.0} {:>12.2} | {:>12.2} | {:>6} {:>10.1} | {:>9.0} {:>11.2} | {:>11.1} | {:>8.1}",
             n,
             (n - 1) / 3,
-            args.txs as f64 / seconds,
-            summary.first_commit_at as f64 / 1e3,
+            summary.requests as f64 / seconds,
+            summary.requests as f64 / summary.epochs.max(1) as f64,
             summary.all_delivered_at as f64 / 1e3 / summary.epochs.max(1) as f64,
+            summary.first_commit_at as f64 / 1e3,
             summary.epochs,
             summary.all_delivered_at as f64 / 1e3,
             summary.messages_per_node,
@@ -183,7 +190,7 @@ fn aba(args: AbaArgs) -> Result<()> {
     let sizes = if args.nodes.is_empty() { vec![4, 7, 10, 16, 31] } else { args.nodes.clone() };
     let cpu = CpuModel { lag: args.lag * 1_000, bandwidth_bps: args.bw * 1_000 };
     println!(
-        "binary agreement, {} runs per size, {} proposals{}, lag {} ms, bandwidth {} kbit/s, Byzantine: {}",
+        "binary agreement, {} runs per size, {} proposals{}, lag {} ms, uplink {} kbit/s per replica, Byzantine: {}",
         args.runs,
         match args.proposals {
             Proposals::Mixed => "mixed",

@@ -10,11 +10,15 @@ use fides_types::{NodeIndex, Quorum};
 use rand::{CryptoRng, Rng};
 
 use crate::address::{check_addresses, check_client_addresses, derive_client_addresses, Address, ADDRESS_LIST};
+use crate::protocol::ProtocolParameters;
 use crate::shares::bad_shares;
 use crate::DealerError;
 
-/// The `format` of a cluster file.
-pub const CLUSTER_FORMAT: &str = "fides-cluster-v1";
+/// The `format` of a cluster file, as written: with a `[protocol]` table.
+pub const CLUSTER_FORMAT: &str = "fides-cluster-v2";
+/// The `format` of a cluster file written before the `[protocol]` table: still read, with
+/// [`ProtocolParameters::V1`].
+pub const CLUSTER_FORMAT_V1: &str = "fides-cluster-v1";
 /// The `format` of a replica file.
 pub const REPLICA_FORMAT: &str = "fides-replica-v1";
 
@@ -34,6 +38,26 @@ impl KeySet {
             KeySet::Signing => "signing",
             KeySet::Coin => "coin",
             KeySet::Encryption => "encryption",
+        }
+    }
+}
+
+/// The version of a cluster file, which decides how its id is computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClusterFormat {
+    /// `fides-cluster-v1`: no `[protocol]` table; the parameters are [`ProtocolParameters::V1`]
+    /// and the id does not cover them (it was computed before they existed).
+    V1,
+    /// `fides-cluster-v2`: a `[protocol]` table, covered by the id.
+    V2,
+}
+
+impl ClusterFormat {
+    /// The `format` field.
+    pub fn name(self) -> &'static str {
+        match self {
+            ClusterFormat::V1 => CLUSTER_FORMAT_V1,
+            ClusterFormat::V2 => CLUSTER_FORMAT,
         }
     }
 }
@@ -73,7 +97,9 @@ pub struct ReplicaInfo {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterFile {
     id: ClusterId,
+    format: ClusterFormat,
     quorum: Quorum,
+    protocol: ProtocolParameters,
     signing: PublicKeySet,
     coin: PublicKeySet,
     encryption: PublicKeySet,
@@ -83,12 +109,18 @@ pub struct ClusterFile {
 impl ClusterFile {
     /// Check that the parts make a cluster, and compute its id.
     pub(crate) fn new(
+        format: ClusterFormat,
         quorum: Quorum,
+        protocol: ProtocolParameters,
         signing: PublicKeySet,
         coin: PublicKeySet,
         encryption: PublicKeySet,
         replicas: Vec<ReplicaInfo>,
     ) -> Result<ClusterFile, String> {
+        if format == ClusterFormat::V1 && protocol != ProtocolParameters::V1 {
+            return Err(format!("a {} file has the parameters {}", CLUSTER_FORMAT_V1, ProtocolParameters::V1));
+        }
+        protocol.check(quorum).map_err(|reason| format!("protocol: {reason}"))?;
         for (name, set) in [("signing", &signing), ("coin", &coin), ("encryption", &encryption)] {
             if set.threshold() != quorum.t() as usize {
                 return Err(format!("the {name} key set has threshold {}, not t = {}", set.threshold(), quorum.t()));
@@ -117,16 +149,27 @@ impl ClusterFile {
                 return Err(format!("replica {} has the identity of another replica", replica.index.0));
             }
         }
-        let id = cluster_id(quorum, &signing, &coin, &encryption, &replicas);
-        Ok(ClusterFile { id, quorum, signing, coin, encryption, replicas })
+        let id = cluster_id(format, quorum, &protocol, &signing, &coin, &encryption, &replicas);
+        Ok(ClusterFile { id, format, quorum, protocol, signing, coin, encryption, replicas })
     }
 
-    /// The cluster id: SHA-256 of `tagged(domain::CLUSTER_ID, [format, n, t, signing, coin,
-    /// encryption, identity 0, …, identity n-1])`, integers as 4 little-endian bytes, key sets as
-    /// their commitments. Addresses (replica-to-replica and client) are not in it: they can change
-    /// without a new deal.
+    /// The cluster id: SHA-256 of `tagged(domain::CLUSTER_ID, [format, n, t, protocol, signing,
+    /// coin, encryption, identity 0, …, identity n-1])`, `n` and `t` as 4 little-endian bytes,
+    /// `protocol` as each parameter in 8 little-endian bytes (absent from a `fides-cluster-v1`
+    /// file's id), key sets as their commitments. Addresses (replica-to-replica and client) are
+    /// not in it: they can change without a new deal.
     pub fn id(&self) -> ClusterId {
         self.id
+    }
+
+    /// The version of the file it was read from (or will be written as).
+    pub fn format(&self) -> ClusterFormat {
+        self.format
+    }
+
+    /// The protocol parameters every replica of the cluster runs with.
+    pub fn protocol(&self) -> &ProtocolParameters {
+        &self.protocol
     }
 
     /// `n` and `t`.
@@ -170,7 +213,9 @@ impl ClusterFile {
 }
 
 fn cluster_id(
+    format: ClusterFormat,
     quorum: Quorum,
+    protocol: &ProtocolParameters,
     signing: &PublicKeySet,
     coin: &PublicKeySet,
     encryption: &PublicKeySet,
@@ -180,7 +225,12 @@ fn cluster_id(
     let t = quorum.t().to_le_bytes();
     let sets = [signing.to_bytes(), coin.to_bytes(), encryption.to_bytes()];
     let identities: Vec<[u8; 32]> = replicas.iter().map(|r| r.identity.to_bytes()).collect();
-    let mut parts: Vec<&[u8]> = vec![CLUSTER_FORMAT.as_bytes(), &n, &t, &sets[0], &sets[1], &sets[2]];
+    let protocol = protocol.id_bytes();
+    let mut parts: Vec<&[u8]> = vec![format.name().as_bytes(), &n, &t];
+    if format == ClusterFormat::V2 {
+        parts.push(&protocol);
+    }
+    parts.extend([sets[0].as_slice(), &sets[1], &sets[2]]);
     parts.extend(identities.iter().map(|identity| identity.as_slice()));
     ClusterId(sha256(&tagged(domain::CLUSTER_ID, &parts)))
 }
@@ -370,8 +420,22 @@ pub fn generate_with_client_addresses<R: Rng + CryptoRng>(
     client_addresses: Vec<Address>,
     rng: &mut R,
 ) -> Result<Cluster, DealerError> {
+    generate_with_protocol(quorum, ProtocolParameters::DEFAULT, addresses, client_addresses, rng)
+}
+
+/// [`generate_with_client_addresses`], with the protocol parameters given instead of
+/// [`ProtocolParameters::DEFAULT`]; refused if they cannot run a cluster of `quorum` (see
+/// [`ProtocolParameters::check`]).
+pub fn generate_with_protocol<R: Rng + CryptoRng>(
+    quorum: Quorum,
+    protocol: ProtocolParameters,
+    addresses: Vec<Address>,
+    client_addresses: Vec<Address>,
+    rng: &mut R,
+) -> Result<Cluster, DealerError> {
     check_addresses(&addresses, quorum, ADDRESS_LIST)?;
     check_client_addresses(&client_addresses, &addresses, quorum)?;
+    protocol.check(quorum).map_err(DealerError::Protocol)?;
     let t = quorum.t() as usize;
     let signing = SecretKeySet::random(t, rng);
     let coin = SecretKeySet::random(t, rng);
@@ -388,9 +452,16 @@ pub fn generate_with_client_addresses<R: Rng + CryptoRng>(
             identity: identity.verifying_key(),
         })
         .collect();
-    let public =
-        ClusterFile::new(quorum, signing.public_keys(), coin.public_keys(), encryption.public_keys(), replicas_public)
-            .expect("freshly dealt key sets and identities are consistent, and the addresses were checked");
+    let public = ClusterFile::new(
+        ClusterFormat::V2,
+        quorum,
+        protocol,
+        signing.public_keys(),
+        coin.public_keys(),
+        encryption.public_keys(),
+        replicas_public,
+    )
+    .expect("freshly dealt key sets and identities are consistent, and the addresses were checked");
     let replicas = quorum
         .nodes()
         .zip(identities)
@@ -472,6 +543,43 @@ mod tests {
         assert!(matches!(refused, Err(DealerError::ClientAddressCollision { client: NodeIndex(0), .. })));
         let addresses = crate::parse_addresses("a:7100,a:7101,a:65500,a:7103", quorum).expect("valid");
         assert!(matches!(generate(quorum, addresses, &mut rng), Err(DealerError::ClientAddressOverflow { .. })));
+    }
+
+    #[test]
+    fn every_protocol_parameter_is_in_the_cluster_id() {
+        let quorum = Quorum::new(4, 1).expect("valid quorum");
+        let deal = |protocol: ProtocolParameters| {
+            let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
+            let (addresses, clients) = (default_addresses(quorum), crate::address::default_client_addresses(quorum));
+            generate_with_protocol(quorum, protocol, addresses, clients, &mut rng).expect("valid parameters")
+        };
+        let base = ProtocolParameters::DEFAULT;
+        let reference = deal(base);
+        assert_eq!(reference.public().id(), dealt(4, 1).public().id(), "the same deal gave another id");
+        let changed = [
+            ProtocolParameters { batch_size: 999, ..base },
+            ProtocolParameters { checkpoint_interval: 65, ..base },
+            ProtocolParameters { epochs_in_flight: 4, ..base },
+            ProtocolParameters { epochs_future_max: 17, ..base },
+            ProtocolParameters { payload_len_max: 65_535, ..base },
+            ProtocolParameters { dedup_window_epochs: 9_999, ..base },
+        ];
+        for protocol in changed {
+            let other = deal(protocol);
+            assert_eq!(other.public().signing(), reference.public().signing(), "not the same keys");
+            assert_ne!(other.public().id(), reference.public().id(), "{protocol} gave the same cluster id");
+            assert_eq!(other.replicas()[0].cluster_id(), other.public().id());
+        }
+    }
+
+    #[test]
+    fn parameters_that_cannot_run_the_cluster_are_not_dealt() {
+        let quorum = Quorum::new(4, 1).expect("valid quorum");
+        let protocol = ProtocolParameters { checkpoint_interval: 0, ..ProtocolParameters::DEFAULT };
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
+        let (addresses, clients) = (default_addresses(quorum), crate::address::default_client_addresses(quorum));
+        let refused = generate_with_protocol(quorum, protocol, addresses, clients, &mut rng);
+        assert!(matches!(refused, Err(DealerError::Protocol(ref reason)) if reason.contains("checkpoint_interval")));
     }
 
     #[test]

@@ -10,6 +10,9 @@ pub enum DealerError {
     /// `(n, t)` is not a valid cluster size.
     #[error(transparent)]
     Quorum(#[from] QuorumError),
+    /// Protocol parameters that cannot run the cluster (a wire bound, or no progress).
+    #[error("protocol parameters: {0}")]
+    Protocol(String),
     /// An entry of an address list is not `HOST:PORT`.
     #[error("{list} entry {position} ({entry:?}): {reason}")]
     AddressMalformed {

@@ -10,7 +10,10 @@ use fides_types::{NodeIndex, Quorum};
 use serde::{Deserialize, Serialize};
 
 use crate::address::Address;
-use crate::cluster::{ClusterFile, ClusterId, ReplicaFile, ReplicaInfo, CLUSTER_FORMAT, REPLICA_FORMAT};
+use crate::cluster::{
+    ClusterFile, ClusterFormat, ClusterId, ReplicaFile, ReplicaInfo, CLUSTER_FORMAT, CLUSTER_FORMAT_V1, REPLICA_FORMAT,
+};
+use crate::protocol::ProtocolParameters;
 use crate::DealerError;
 
 /// The largest file read: a cluster of 1024 replicas takes about 250 KiB.
@@ -30,8 +33,50 @@ struct ClusterToml {
     cluster_id: String,
     n: u32,
     t: u32,
+    /// Required in `fides-cluster-v2`, absent from `fides-cluster-v1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    protocol: Option<ProtocolToml>,
     keys: KeySetsToml,
     replicas: Vec<ReplicaEntryToml>,
+}
+
+/// The `[protocol]` table: every parameter is required, so that no reader fills one in with a
+/// default of its own.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProtocolToml {
+    batch_size: u32,
+    checkpoint_interval: u64,
+    epochs_in_flight: u64,
+    epochs_future_max: u64,
+    payload_len_max: u32,
+    dedup_window_epochs: u64,
+}
+
+impl From<&ProtocolParameters> for ProtocolToml {
+    fn from(p: &ProtocolParameters) -> Self {
+        ProtocolToml {
+            batch_size: p.batch_size,
+            checkpoint_interval: p.checkpoint_interval,
+            epochs_in_flight: p.epochs_in_flight,
+            epochs_future_max: p.epochs_future_max,
+            payload_len_max: p.payload_len_max,
+            dedup_window_epochs: p.dedup_window_epochs,
+        }
+    }
+}
+
+impl From<ProtocolToml> for ProtocolParameters {
+    fn from(p: ProtocolToml) -> Self {
+        ProtocolParameters {
+            batch_size: p.batch_size,
+            checkpoint_interval: p.checkpoint_interval,
+            epochs_in_flight: p.epochs_in_flight,
+            epochs_future_max: p.epochs_future_max,
+            payload_len_max: p.payload_len_max,
+            dedup_window_epochs: p.dedup_window_epochs,
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -83,10 +128,14 @@ impl ClusterFile {
     /// The file's text.
     pub fn to_toml(&self) -> String {
         let raw = ClusterToml {
-            format: CLUSTER_FORMAT.to_string(),
+            format: self.format().name().to_string(),
             cluster_id: self.id().to_string(),
             n: self.quorum().n(),
             t: self.quorum().t(),
+            protocol: match self.format() {
+                ClusterFormat::V1 => None,
+                ClusterFormat::V2 => Some(self.protocol().into()),
+            },
             keys: KeySetsToml {
                 signing: hex::encode(self.signing().to_bytes()),
                 coin: hex::encode(self.coin().to_bytes()),
@@ -176,13 +225,19 @@ fn parse(text: &str) -> Result<Parsed, String> {
     match format.as_str() {
         CLUSTER_FORMAT => {
             let raw: ClusterToml = toml::from_str(text).map_err(|e| toml_reason(text, &e))?;
-            decode_cluster(raw).map(Parsed::Cluster)
+            decode_cluster(ClusterFormat::V2, raw).map(Parsed::Cluster)
+        }
+        CLUSTER_FORMAT_V1 => {
+            let raw: ClusterToml = toml::from_str(text).map_err(|e| toml_reason(text, &e))?;
+            decode_cluster(ClusterFormat::V1, raw).map(Parsed::Cluster)
         }
         REPLICA_FORMAT => {
             let raw: ReplicaToml = toml::from_str(text).map_err(|e| toml_reason(text, &e))?;
             decode_replica(raw).map(|replica| Parsed::Replica(Box::new(replica)))
         }
-        other => Err(format!("format {other:?} is neither {CLUSTER_FORMAT:?} nor {REPLICA_FORMAT:?}")),
+        other => {
+            Err(format!("format {other:?} is none of {CLUSTER_FORMAT:?}, {CLUSTER_FORMAT_V1:?} and {REPLICA_FORMAT:?}"))
+        }
     }
 }
 
@@ -198,8 +253,19 @@ fn toml_reason(text: &str, error: &toml::de::Error) -> String {
     }
 }
 
-fn decode_cluster(raw: ClusterToml) -> Result<ClusterFile, String> {
+fn decode_cluster(format: ClusterFormat, raw: ClusterToml) -> Result<ClusterFile, String> {
     let quorum = Quorum::new(raw.n, raw.t).map_err(|e| e.to_string())?;
+    let protocol = match (format, raw.protocol) {
+        (ClusterFormat::V2, Some(protocol)) => ProtocolParameters::from(protocol),
+        (ClusterFormat::V2, None) => return Err(format!("no [protocol] table, which a {CLUSTER_FORMAT} file has")),
+        (ClusterFormat::V1, None) => ProtocolParameters::V1,
+        (ClusterFormat::V1, Some(_)) => {
+            return Err(format!(
+                "a [protocol] table in a {CLUSTER_FORMAT_V1} file (its cluster id cannot cover it; deal a \
+                 {CLUSTER_FORMAT} cluster to choose parameters)"
+            ))
+        }
+    };
     let signing = decode_key_set("keys.signing", &raw.keys.signing, quorum)?;
     let coin = decode_key_set("keys.coin", &raw.keys.coin, quorum)?;
     let encryption = decode_key_set("keys.encryption", &raw.keys.encryption, quorum)?;
@@ -209,11 +275,11 @@ fn decode_cluster(raw: ClusterToml) -> Result<ClusterFile, String> {
         .enumerate()
         .map(|(position, entry)| decode_replica_entry(position, entry))
         .collect::<Result<Vec<_>, _>>()?;
-    let cluster = ClusterFile::new(quorum, signing, coin, encryption, replicas)?;
+    let cluster = ClusterFile::new(format, quorum, protocol, signing, coin, encryption, replicas)?;
     let stated = ClusterId(decode_hex::<32>("cluster_id", &raw.cluster_id)?);
     if stated != cluster.id() {
         return Err(format!(
-            "cluster_id {stated} does not match the key material in the file (it hashes to {})",
+            "cluster_id {stated} does not match the key material and protocol parameters in the file (they hash to {})",
             cluster.id()
         ));
     }
@@ -351,6 +417,69 @@ mod tests {
         let high = without_client_addresses(cluster.public()).replacen("127.0.0.1:7103", "127.0.0.1:65500", 1);
         let Err(reason) = parse(&high) else { panic!("an underivable client address parsed") };
         assert!(reason.contains("replicas[3]: no client_address"), "{reason}");
+    }
+
+    /// A fresh deal's cluster file as a `fides-cluster-v1` file: no `[protocol]` table, and the id
+    /// computed as documented for v1 (here, independently of `ClusterFile`).
+    fn as_v1_file(cluster: &ClusterFile) -> (String, ClusterId) {
+        let (n, t) = (cluster.quorum().n().to_le_bytes(), cluster.quorum().t().to_le_bytes());
+        let sets = [cluster.signing().to_bytes(), cluster.coin().to_bytes(), cluster.encryption().to_bytes()];
+        let identities: Vec<[u8; 32]> = cluster.replicas().iter().map(|r| r.identity.to_bytes()).collect();
+        let mut parts: Vec<&[u8]> = vec![b"fides-cluster-v1", &n, &t, &sets[0], &sets[1], &sets[2]];
+        parts.extend(identities.iter().map(|identity| identity.as_slice()));
+        let v1_id = ClusterId(fides_crypto::sha256(&fides_crypto::tagged(fides_crypto::domain::CLUSTER_ID, &parts)));
+        let text = cluster.to_toml();
+        let (head, rest) = text.split_once("[protocol]").expect("a v2 file has a [protocol] table");
+        let keys = rest.find("[keys]").expect("the keys follow the protocol table");
+        let text = format!("{head}{}", &rest[keys..])
+            .replace("fides-cluster-v2", "fides-cluster-v1")
+            .replace(&cluster.id().to_string(), &v1_id.to_string());
+        (text, v1_id)
+    }
+
+    #[test]
+    fn a_v1_file_reads_with_the_frozen_v1_parameters_and_its_old_id() {
+        let quorum = Quorum::new(4, 1).expect("valid quorum");
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(6);
+        let cluster = generate(quorum, default_addresses(quorum), &mut rng).expect("default addresses fit");
+        let (text, v1_id) = as_v1_file(cluster.public());
+        assert!(!text.contains("batch_size"), "{text}");
+        let parsed = match parse(&text) {
+            Ok(Parsed::Cluster(parsed)) => parsed,
+            Ok(Parsed::Replica(_)) => panic!("a cluster file parsed as a replica file"),
+            Err(reason) => panic!("a v1 file does not parse: {reason}"),
+        };
+        assert_eq!(parsed.format(), ClusterFormat::V1);
+        assert_eq!(parsed.id(), v1_id);
+        assert_eq!(parsed.protocol(), &ProtocolParameters::V1);
+        assert_eq!(parsed.to_toml(), text, "a v1 file is not written back as it was");
+        // A v1 file cannot carry parameters: its id could not cover them.
+        let with_table = cluster
+            .public()
+            .to_toml()
+            .replace("fides-cluster-v2", "fides-cluster-v1")
+            .replace(&cluster.public().id().to_string(), &v1_id.to_string());
+        let Err(reason) = parse(&with_table) else { panic!("a v1 file with a [protocol] table parsed") };
+        assert!(reason.contains("[protocol] table in a fides-cluster-v1 file"), "{reason}");
+    }
+
+    #[test]
+    fn a_v2_file_without_its_protocol_table_or_with_a_changed_parameter_is_refused() {
+        let quorum = Quorum::new(4, 1).expect("valid quorum");
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(7);
+        let cluster = generate(quorum, default_addresses(quorum), &mut rng).expect("default addresses fit");
+        let text = cluster.public().to_toml();
+        assert!(text.contains("\n[protocol]\nbatch_size = 1000\n"), "{text}");
+        let changed = text.replacen("batch_size = 1000", "batch_size = 500", 1);
+        let Err(reason) = parse(&changed) else { panic!("a changed batch_size parsed") };
+        assert!(reason.contains("does not match"), "{reason}");
+        let (without, _) = as_v1_file(cluster.public());
+        let without = without.replace("fides-cluster-v1", "fides-cluster-v2");
+        let Err(reason) = parse(&without) else { panic!("a v2 file without [protocol] parsed") };
+        assert!(reason.contains("no [protocol] table"), "{reason}");
+        let missing = text.replacen("dedup_window_epochs = 10000\n", "", 1);
+        let Err(reason) = parse(&missing) else { panic!("a [protocol] table without a parameter parsed") };
+        assert!(reason.contains("dedup_window_epochs"), "{reason}");
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::fmt::Write;
 use std::path::Path;
 
 use crate::format::{read_any, Parsed};
-use crate::{ClusterFile, DealerError, ReplicaFile};
+use crate::{ClusterFile, ClusterFormat, DealerError, ReplicaFile};
 
 /// Read `path`, a cluster or a replica file, and summarise it. The summary of a replica file
 /// shows the public keys its secrets correspond to, never the secrets.
@@ -18,7 +18,7 @@ pub fn inspect(path: &Path) -> Result<String, DealerError> {
 fn summarise_cluster(path: &Path, cluster: &ClusterFile) -> String {
     let quorum = cluster.quorum();
     let mut out = String::new();
-    let _ = writeln!(out, "{}: public cluster file (fides-cluster-v1)", path.display());
+    let _ = writeln!(out, "{}: public cluster file ({})", path.display(), cluster.format().name());
     let _ = writeln!(out, "  cluster id   {}", cluster.id());
     let _ = writeln!(
         out,
@@ -27,6 +27,13 @@ fn summarise_cluster(path: &Path, cluster: &ClusterFile) -> String {
         quorum.t(),
         quorum.one_honest()
     );
+    let _ = match cluster.format() {
+        ClusterFormat::V1 => writeln!(out, "  protocol (the values of every fides-cluster-v1 file):"),
+        ClusterFormat::V2 => writeln!(out, "  protocol (the same at every replica, covered by the cluster id):"),
+    };
+    for (name, value) in cluster.protocol().named() {
+        let _ = writeln!(out, "    {name:<21}{value}");
+    }
     let _ = writeln!(out, "  public keys (BLS12-381 G1, compressed):");
     for (name, set) in [("signing", cluster.signing()), ("coin", cluster.coin()), ("encryption", cluster.encryption())]
     {

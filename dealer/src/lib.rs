@@ -7,6 +7,9 @@
 //!   replayed as a signature; *encryption*, for threshold decryption. Share `i` is the secret
 //!   polynomial evaluated at `i + 1`, as blsttc does.
 //! - one Ed25519 identity per replica, which authenticates it to its peers.
+//! - the cluster's [`ProtocolParameters`]: every setting that decides what a replica accepts or
+//!   sends (batch size, checkpoint interval, …). They are in the cluster file and in the cluster
+//!   id, so replicas of one cluster cannot run with different ones.
 //!
 //! Rules:
 //! - [`generate`] deals a [`Cluster`] in memory: a public [`ClusterFile`] and one private
@@ -37,6 +40,7 @@ mod cluster;
 mod error;
 mod format;
 mod inspect;
+mod protocol;
 mod shares;
 mod verify;
 mod write;
@@ -46,12 +50,16 @@ pub use address::{
     Address, CLIENT_PORT_OFFSET, DEFAULT_CLIENT_PORT_FIRST, DEFAULT_PORT_FIRST,
 };
 pub use cluster::{
-    generate, generate_with_client_addresses, Cluster, ClusterFile, ClusterId, ReplicaFile, ReplicaInfo,
-    CLUSTER_FORMAT, REPLICA_FORMAT,
+    generate, generate_with_client_addresses, generate_with_protocol, Cluster, ClusterFile, ClusterFormat, ClusterId,
+    ReplicaFile, ReplicaInfo, CLUSTER_FORMAT, CLUSTER_FORMAT_V1, REPLICA_FORMAT,
 };
 pub use error::DealerError;
 pub use fides_types::Quorum;
 pub use format::{read_cluster, read_replica};
 pub use inspect::inspect;
+pub use protocol::{
+    ProtocolParameters, CHECKPOINT_INTERVAL_LIMIT, EPOCHS_FUTURE_LIMIT, PAYLOAD_LEN_LIMIT, PROPOSAL_BYTES_LIMIT,
+    PROPOSAL_REQUESTS_LIMIT, WINDOW_IDS_LIMIT,
+};
 pub use verify::{verify_dir, VerifyReport};
 pub use write::{replica_file_name, write, CLUSTER_FILE_NAME};

@@ -8,8 +8,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fides_dealer::{
-    default_addresses, default_client_addresses, derive_client_addresses, generate_with_client_addresses, inspect,
-    parse_addresses, parse_client_addresses, verify_dir, write, Quorum,
+    default_addresses, default_client_addresses, derive_client_addresses, generate_with_protocol, inspect,
+    parse_addresses, parse_client_addresses, verify_dir, write, ProtocolParameters, Quorum,
 };
 
 /// The trusted dealer of a Fides cluster.
@@ -45,6 +45,8 @@ enum Command {
         /// Replace the cluster files of a non-empty output directory.
         #[arg(long)]
         force: bool,
+        #[command(flatten)]
+        protocol: ProtocolArgs,
     },
     /// Print a summary of a cluster or replica file; never prints a secret.
     Inspect {
@@ -56,6 +58,44 @@ enum Command {
         /// The directory made by `dealer init`.
         dir: PathBuf,
     },
+}
+
+/// The protocol parameters, the same at every replica and covered by the cluster id; each
+/// defaults to `ProtocolParameters::DEFAULT`.
+#[derive(clap::Args)]
+struct ProtocolArgs {
+    /// Requests considered per epoch, over all proposers [default: 1000].
+    #[arg(long)]
+    batch_size: Option<u32>,
+    /// Epochs between checkpoints [default: 64].
+    #[arg(long)]
+    checkpoint_interval: Option<u64>,
+    /// Epochs a replica runs ahead of the next one to deliver [default: 3].
+    #[arg(long)]
+    epochs_in_flight: Option<u64>,
+    /// Epochs ahead whose messages a replica keeps [default: 16].
+    #[arg(long)]
+    epochs_future_max: Option<u64>,
+    /// Longest request payload, in bytes [default: 65536].
+    #[arg(long)]
+    payload_len_max: Option<u32>,
+    /// Epochs for which executed request ids are remembered (at most once) [default: 10000].
+    #[arg(long)]
+    dedup_window_epochs: Option<u64>,
+}
+
+impl ProtocolArgs {
+    fn parameters(&self) -> ProtocolParameters {
+        let d = ProtocolParameters::DEFAULT;
+        ProtocolParameters {
+            batch_size: self.batch_size.unwrap_or(d.batch_size),
+            checkpoint_interval: self.checkpoint_interval.unwrap_or(d.checkpoint_interval),
+            epochs_in_flight: self.epochs_in_flight.unwrap_or(d.epochs_in_flight),
+            epochs_future_max: self.epochs_future_max.unwrap_or(d.epochs_future_max),
+            payload_len_max: self.payload_len_max.unwrap_or(d.payload_len_max),
+            dedup_window_epochs: self.dedup_window_epochs.unwrap_or(d.dedup_window_epochs),
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -70,8 +110,9 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Init { n, t, out, addresses, client_addresses, force } => {
+        Command::Init { n, t, out, addresses, client_addresses, force, protocol } => {
             let quorum = Quorum::new(n, t)?;
+            let protocol = protocol.parameters();
             let addresses = addresses.map(|list| parse_addresses(&list, quorum)).transpose()?;
             let client_addresses = match (client_addresses, &addresses) {
                 (Some(list), _) => parse_client_addresses(&list, quorum)?,
@@ -79,9 +120,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 (None, None) => default_client_addresses(quorum),
             };
             let addresses = addresses.unwrap_or_else(|| default_addresses(quorum));
-            let cluster = generate_with_client_addresses(quorum, addresses, client_addresses, &mut rand::rngs::OsRng)?;
+            let cluster =
+                generate_with_protocol(quorum, protocol, addresses, client_addresses, &mut rand::rngs::OsRng)?;
             write(&out, &cluster, force)?;
             println!("dealt cluster {}: n = {n}, t = {t}", cluster.public().id());
+            println!("  protocol: {protocol}");
             println!("  {} (public)", out.join(fides_dealer::CLUSTER_FILE_NAME).display());
             println!("  {}/replica-0.toml … replica-{}.toml (SECRET, mode 0600)", out.display(), n - 1);
             println!("give replica-<i>.toml to replica i only, then delete them here");

@@ -12,6 +12,7 @@ use fides_types::{NodeIndex, Quorum};
 use rand::SeedableRng;
 
 use crate::cluster::{share_mismatch, KeySet};
+use crate::protocol::ProtocolParameters;
 use crate::shares::bad_shares;
 use crate::write::{entry_names, is_temporary, replica_file_index, replica_file_name, CLUSTER_FILE_NAME};
 use crate::{read_cluster, read_replica, ClusterFile, ClusterId, DealerError, ReplicaFile};
@@ -23,6 +24,8 @@ pub struct VerifyReport {
     pub cluster_id: ClusterId,
     /// Its `n` and `t`.
     pub quorum: Quorum,
+    /// Its protocol parameters.
+    pub protocol: ProtocolParameters,
     /// The replica files checked, in index order.
     pub replica_files: Vec<PathBuf>,
 }
@@ -32,12 +35,13 @@ impl fmt::Display for VerifyReport {
         write!(
             f,
             "OK: cluster {}: n = {}, t = {}; {} replica files match {CLUSTER_FILE_NAME}; \
-             t + 1 = {} shares combine for the signing, coin and encryption key sets",
+             t + 1 = {} shares combine for the signing, coin and encryption key sets; protocol: {}",
             self.cluster_id,
             self.quorum.n(),
             self.quorum.t(),
             self.replica_files.len(),
-            self.quorum.one_honest()
+            self.quorum.one_honest(),
+            self.protocol
         )
     }
 }
@@ -86,7 +90,12 @@ pub fn verify_dir(dir: &Path) -> Result<VerifyReport, DealerError> {
     }
     let replicas: Vec<ReplicaFile> = replicas.into_iter().map(|(_, replica)| replica).collect();
     self_test(&cluster, &replicas)?;
-    Ok(VerifyReport { cluster_id: cluster.id(), quorum: cluster.quorum(), replica_files })
+    Ok(VerifyReport {
+        cluster_id: cluster.id(),
+        quorum: cluster.quorum(),
+        protocol: *cluster.protocol(),
+        replica_files,
+    })
 }
 
 /// What is wrong with the replica file at `path` that is named `replica-<i>.toml`, but its shares.

@@ -449,3 +449,49 @@ fn a_tampered_client_address_is_refused_by_the_reader() {
     assert_refused(&output, "cluster.toml");
     assert_refused(&output, "replica-to-replica address of replica #0");
 }
+
+#[test]
+fn protocol_parameters_given_to_init_are_in_the_file_and_shown_by_inspect_and_verify() {
+    let (_root, dir) = out_dir();
+    let output = dealer(&[
+        "init",
+        "-n",
+        "4",
+        "-t",
+        "1",
+        "--out",
+        path_str(&dir),
+        "--batch-size",
+        "200",
+        "--checkpoint-interval",
+        "8",
+    ]);
+    assert!(output.status.success(), "init failed: {}", stderr(&output));
+    let text = fs::read_to_string(dir.join("cluster.toml")).expect("cluster file readable");
+    assert!(text.contains("format = \"fides-cluster-v2\""), "{text}");
+    assert!(text.contains("\n[protocol]\nbatch_size = 200\ncheckpoint_interval = 8\n"), "{text}");
+    let summary = stdout(&dealer(&["inspect", path_str(&dir.join("cluster.toml"))]));
+    assert!(summary.contains("batch_size           200"), "{summary}");
+    assert!(summary.contains("dedup_window_epochs  10000"), "{summary}");
+    let verified = verify(&dir);
+    assert!(verified.status.success(), "verify failed: {}", stderr(&verified));
+    assert!(stdout(&verified).contains("protocol: batch_size = 200, checkpoint_interval = 8"), "{}", stdout(&verified));
+}
+
+#[test]
+fn protocol_parameters_that_cannot_run_the_cluster_are_refused_by_init() {
+    let (_root, dir) = out_dir();
+    let output = dealer(&["init", "-n", "4", "-t", "1", "--out", path_str(&dir), "--checkpoint-interval", "0"]);
+    assert_refused(&output, "protocol parameters: checkpoint_interval = 0");
+    assert!(!dir.join("cluster.toml").exists(), "a refused init wrote a cluster file");
+}
+
+#[test]
+fn verify_refuses_a_cluster_file_whose_parameter_was_changed() {
+    let (_root, dir) = out_dir();
+    init(&dir, 4, 1);
+    let path = dir.join("cluster.toml");
+    let text = fs::read_to_string(&path).expect("cluster file readable");
+    fs::write(&path, text.replacen("batch_size = 1000", "batch_size = 999", 1)).expect("cluster file writable");
+    assert_refused(&verify(&dir), "does not match the key material");
+}

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use fides_client_sdk::{Client, ClientOptions};
-use fides_replica::launcher::{deal_if_missing, rss_kib, LocalCluster, ReplicaOptions};
+use fides_replica::launcher::{deal_if_missing_with, protocol_with_batch_size, rss_kib, LocalCluster, ReplicaOptions};
 use fides_types::NodeIndex;
 
 /// Settings of the run.
@@ -29,7 +29,7 @@ pub struct E2eArgs {
     pub sizes: Vec<usize>,
     /// Requests considered per epoch, over all proposers.
     #[arg(long, default_value_t = 8000)]
-    pub batch_size: usize,
+    pub batch_size: u32,
     /// Where to put the cluster (default: a new temporary directory under target/).
     #[arg(long)]
     pub dir: Option<PathBuf>,
@@ -44,7 +44,7 @@ pub async fn run(args: E2eArgs) -> anyhow::Result<()> {
         std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
     }
     let t = (args.n - 1) / 3;
-    deal_if_missing(&dir, args.n, t, 7600)?;
+    deal_if_missing_with(&dir, args.n, t, 7600, protocol_with_batch_size(args.n, args.batch_size))?;
     let binary = std::env::current_exe()?;
     let options = ReplicaOptions {
         metrics_port_first: None,

@@ -31,7 +31,7 @@ use fides_client_sdk::bistro::{BistroClient, BistroOptions, RootCache, MESSAGE_M
 use fides_client_sdk::proto;
 use fides_client_sdk::{Client, ClientOptions};
 use fides_crypto::tagged;
-use fides_replica::launcher::{deal_if_missing, rss_kib, LocalCluster, ReplicaOptions};
+use fides_replica::launcher::{deal_if_missing_with, protocol_with_batch_size, rss_kib, LocalCluster, ReplicaOptions};
 use fides_types::codec::Wire;
 use fides_types::NodeIndex;
 use proto::bistro_client::BistroClient as BistroGrpc;
@@ -80,9 +80,9 @@ pub struct SurgeArgs {
     /// default puts it near saturation on a 2-core machine.
     #[arg(long, default_value_t = 4000)]
     pub clients: u32,
-    /// Requests considered per epoch, over all proposers (passed to the replicas).
+    /// Requests considered per epoch, over all proposers (dealt into the bench cluster).
     #[arg(long, default_value_t = 8000)]
-    pub batch_size: usize,
+    pub batch_size: u32,
     /// gRPC connections per replica that the clients share, round robin. The baseline server gets
     /// as many connections in all as the cluster does (n × this).
     #[arg(long, default_value_t = 8)]
@@ -281,7 +281,8 @@ fn milliseconds(x: f64) -> String {
 /// Deal and start the replicas, load them, measure, stop them.
 async fn cluster_part(args: &SurgeArgs, dir: &Path, binary: &Path) -> anyhow::Result<Figures> {
     let t = (args.n - 1) / 3;
-    deal_if_missing(dir, args.n, t, PORT_FIRST).context("dealing the bench cluster")?;
+    deal_if_missing_with(dir, args.n, t, PORT_FIRST, protocol_with_batch_size(args.n, args.batch_size))
+        .context("dealing the bench cluster")?;
     let options = ReplicaOptions {
         metrics_port_first: None,
         extra_args: vec!["--batch-size".into(), args.batch_size.to_string()],

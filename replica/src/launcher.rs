@@ -21,7 +21,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use fides_dealer::{generate, parse_addresses, read_cluster, write, ClusterFile, Quorum};
+use fides_dealer::{
+    derive_client_addresses, generate_with_protocol, parse_addresses, read_cluster, write, ClusterFile,
+    ProtocolParameters, Quorum, PROPOSAL_BYTES_LIMIT, WINDOW_IDS_LIMIT,
+};
 use fides_types::NodeIndex;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -48,16 +51,46 @@ pub struct LocalCluster {
 
 /// Deal a cluster of `n` replicas tolerating `t` into `dir` unless it already has one; replica `i`
 /// listens for peers on `127.0.0.1:(port_first + i)` and for clients on `127.0.0.1:(port_first + 100 + i)`.
+/// The cluster gets the default protocol parameters.
 pub fn deal_if_missing(dir: &Path, n: u32, t: u32, port_first: u16) -> anyhow::Result<bool> {
+    deal_if_missing_with(dir, n, t, port_first, ProtocolParameters::DEFAULT)
+}
+
+/// [`deal_if_missing`] with these protocol parameters. A cluster already in `dir` is kept as it
+/// is, whatever its parameters: a replica given a contradicting setting refuses to start.
+pub fn deal_if_missing_with(
+    dir: &Path,
+    n: u32,
+    t: u32,
+    port_first: u16,
+    protocol: ProtocolParameters,
+) -> anyhow::Result<bool> {
     if dir.join(fides_dealer::CLUSTER_FILE_NAME).exists() {
         return Ok(false);
     }
     let quorum = Quorum::new(n, t)?;
     let list = (0..n).map(|i| format!("127.0.0.1:{}", u32::from(port_first) + i)).collect::<Vec<_>>().join(",");
     let addresses = parse_addresses(&list, quorum)?;
-    let cluster = generate(quorum, addresses, &mut rand::rngs::OsRng)?;
+    let client_addresses = derive_client_addresses(&addresses)?;
+    let cluster = generate_with_protocol(quorum, protocol, addresses, client_addresses, &mut rand::rngs::OsRng)?;
     write(dir, &cluster, true)?;
     Ok(true)
+}
+
+/// The default protocol parameters with `batch_size`, for benchmarks: `payload_len_max` and
+/// `dedup_window_epochs` are lowered where the defaults would make proposals or at-most-once
+/// windows above the wire bounds at that batch size.
+pub fn protocol_with_batch_size(n: u32, batch_size: u32) -> ProtocolParameters {
+    let defaults = ProtocolParameters::DEFAULT;
+    let requests = u64::from(batch_size).div_ceil(u64::from(n.max(1))).max(1);
+    let payload_fit = (PROPOSAL_BYTES_LIMIT / requests).saturating_sub(20);
+    let window_fit = WINDOW_IDS_LIMIT / (requests * u64::from(n.max(1)));
+    ProtocolParameters {
+        batch_size,
+        payload_len_max: u32::try_from(payload_fit).unwrap_or(u32::MAX).min(defaults.payload_len_max),
+        dedup_window_epochs: window_fit.min(defaults.dedup_window_epochs),
+        ..defaults
+    }
 }
 
 impl LocalCluster {

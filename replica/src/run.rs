@@ -40,10 +40,12 @@ pub struct RunConfig {
     /// Where to serve Prometheus metrics [default: none].
     #[arg(long)]
     pub metrics: Option<SocketAddr>,
-    /// Requests considered per epoch (over all proposers).
+    /// Requests considered per epoch (over all proposers). Set for the whole cluster by
+    /// `dealer init`: a replica given another value than its cluster file's refuses to start.
     #[arg(long)]
-    pub batch_size: Option<usize>,
-    /// Epochs between checkpoints.
+    pub batch_size: Option<u64>,
+    /// Epochs between checkpoints. Set for the whole cluster by `dealer init`: a replica given
+    /// another value than its cluster file's refuses to start.
     #[arg(long)]
     pub checkpoint_interval: Option<u64>,
     /// Submissions one client connection may have in flight.
@@ -99,6 +101,37 @@ impl RunConfig {
 /// Largest upload a replica takes by default: 1 GiB.
 pub const UPLOAD_MAX_DEFAULT: u64 = 1 << 30;
 
+/// The atomic-broadcast configuration of a replica of `cluster` (read from `cluster_path`): the
+/// cluster id as session and the cluster file's protocol parameters, after checking that none of
+/// `config`'s settings contradicts them. The parameters decide what a replica accepts and sends,
+/// so they are the cluster's, never one replica's: a setting that differs is refused, naming the
+/// parameter and both values, rather than overriding the file.
+pub fn abc_config(cluster: &ClusterFile, cluster_path: &Path, config: &RunConfig) -> anyhow::Result<AbcConfig> {
+    let protocol = cluster.protocol();
+    let given = [
+        ("batch_size", config.batch_size, u64::from(protocol.batch_size)),
+        ("checkpoint_interval", config.checkpoint_interval, protocol.checkpoint_interval),
+    ];
+    for (name, given, agreed) in given {
+        if let Some(given) = given.filter(|given| *given != agreed) {
+            bail!(
+                "{name} = {given} (given to this replica) contradicts {name} = {agreed} in the cluster file {}: \
+                 protocol parameters are the same at every replica of a cluster and are set by `dealer init`; \
+                 drop the setting, or deal a new cluster with the value",
+                cluster_path.display()
+            );
+        }
+    }
+    let mut abc = AbcConfig::new(cluster.id().0.to_vec());
+    abc.batch_size = usize::try_from(protocol.batch_size).context("batch_size does not fit this machine")?;
+    abc.checkpoint_interval = protocol.checkpoint_interval;
+    abc.epochs_in_flight = protocol.epochs_in_flight;
+    abc.epochs_future_max = protocol.epochs_future_max;
+    abc.payload_len_max = usize::try_from(protocol.payload_len_max).context("payload_len_max does not fit")?;
+    abc.dedup_window_epochs = protocol.dedup_window_epochs;
+    Ok(abc)
+}
+
 /// The threshold keys of replica `replica` of `cluster`.
 pub fn keys(replica: &ReplicaFile, cluster: &ClusterFile) -> anyhow::Result<Keys> {
     let coin = replica.coin_keys(cluster)?;
@@ -143,13 +176,7 @@ pub async fn run(config: RunConfig, exit_on_stdin_close: bool) -> anyhow::Result
         None => resolve(&info.client_address.to_string())?,
     };
 
-    let mut abc_config = AbcConfig::new(cluster.id().0.to_vec());
-    if let Some(batch) = config.batch_size {
-        abc_config.batch_size = batch.max(1);
-    }
-    if let Some(interval) = config.checkpoint_interval {
-        abc_config.checkpoint_interval = interval.max(1);
-    }
+    let abc_config = abc_config(&cluster, cluster_path, &config)?;
     let limits = Limits {
         submit_wait: Duration::from_secs(config.submit_wait_s.unwrap_or(30).max(1)),
         payload_len_max: abc_config.payload_len_max,
@@ -310,5 +337,82 @@ async fn wait_for_stop(exit_on_stdin_close: bool) {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate.recv() => {}
         _ = stdin_closed => tracing::info!("standard input closed: the launcher is gone"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fides_dealer::{
+        default_addresses, default_client_addresses, generate_with_protocol, ProtocolParameters, Quorum,
+    };
+    use rand::SeedableRng;
+
+    fn cluster(protocol: ProtocolParameters) -> ClusterFile {
+        let quorum = Quorum::new(4, 1).expect("valid quorum");
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(11);
+        let (addresses, clients) = (default_addresses(quorum), default_client_addresses(quorum));
+        let dealt = generate_with_protocol(quorum, protocol, addresses, clients, &mut rng).expect("valid parameters");
+        dealt.public().clone()
+    }
+
+    #[test]
+    fn a_batch_size_that_contradicts_the_cluster_file_is_refused_with_both_values() {
+        let cluster = cluster(ProtocolParameters { batch_size: 200, ..ProtocolParameters::DEFAULT });
+        let config = RunConfig { batch_size: Some(500), ..RunConfig::default() };
+        let Err(error) = abc_config(&cluster, Path::new("cluster.toml"), &config) else {
+            panic!("a replica took batch_size = 500 against the cluster file's 200")
+        };
+        let message = format!("{error:#}");
+        assert!(message.contains("batch_size = 500 (given to this replica)"), "{message}");
+        assert!(message.contains("contradicts batch_size = 200 in the cluster file cluster.toml"), "{message}");
+        let config = RunConfig { checkpoint_interval: Some(4), ..RunConfig::default() };
+        let Err(error) = abc_config(&cluster, Path::new("cluster.toml"), &config) else {
+            panic!("a replica took checkpoint_interval = 4 against the cluster file's 64")
+        };
+        assert!(format!("{error:#}").contains("checkpoint_interval = 4 (given to this replica) contradicts"));
+    }
+
+    #[test]
+    fn two_replicas_of_one_cluster_cannot_run_with_different_batch_sizes() {
+        let protocol = ProtocolParameters { batch_size: 200, checkpoint_interval: 8, ..ProtocolParameters::DEFAULT };
+        let cluster = cluster(protocol);
+        // Whatever each replica is given, every one that starts runs the cluster file's values.
+        let settings = [None, Some(200), Some(1), Some(1_000), Some(0)];
+        let mut started = Vec::new();
+        for batch_size in settings {
+            let config = RunConfig { batch_size, ..RunConfig::default() };
+            if let Ok(abc) = abc_config(&cluster, Path::new("cluster.toml"), &config) {
+                started.push((batch_size, abc.batch_size, abc.checkpoint_interval));
+            }
+        }
+        assert_eq!(started, [(None, 200, 8), (Some(200), 200, 8)]);
+    }
+
+    #[test]
+    fn every_protocol_parameter_reaches_atomic_broadcast() {
+        let protocol = ProtocolParameters {
+            batch_size: 123,
+            checkpoint_interval: 7,
+            epochs_in_flight: 2,
+            epochs_future_max: 9,
+            payload_len_max: 4_096,
+            dedup_window_epochs: 77,
+        };
+        let cluster = cluster(protocol);
+        let abc = abc_config(&cluster, Path::new("cluster.toml"), &RunConfig::default()).expect("no contradiction");
+        assert_eq!(abc.session, cluster.id().0.to_vec());
+        let got = (abc.batch_size, abc.checkpoint_interval, abc.epochs_in_flight, abc.epochs_future_max);
+        assert_eq!(got, (123, 7, 2, 9));
+        assert_eq!((abc.payload_len_max, abc.dedup_window_epochs), (4_096, 77));
+    }
+
+    #[test]
+    fn the_dealers_limits_are_the_decoders_bounds() {
+        use fides_atomic_broadcast::{checkpoint::WINDOW_ENTRIES_MAX, epoch};
+        assert_eq!(fides_dealer::PAYLOAD_LEN_LIMIT as usize, epoch::PAYLOAD_WIRE_MAX);
+        assert_eq!(fides_dealer::PROPOSAL_REQUESTS_LIMIT, epoch::CONTRIBUTION_REQUESTS_MAX);
+        assert_eq!(fides_dealer::WINDOW_IDS_LIMIT, u64::from(WINDOW_ENTRIES_MAX));
+        assert!(fides_dealer::PROPOSAL_BYTES_LIMIT < crate::transport::FRAME_LEN_MAX as u64);
     }
 }

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use common::{assert_acknowledged_present, assert_logs_agree, one_at_a_time, LogsOnFailure};
 use fides_client_sdk::proto::{Batch, Request};
 use fides_client_sdk::Ordered;
-use fides_dealer::{generate_with_client_addresses, write, Address, Quorum};
+use fides_dealer::{generate_with_protocol, write, Address, ProtocolParameters, Quorum};
 use fides_replica::launcher::{LocalCluster, ReplicaOptions};
 
 /// Replicas (tolerating one fault).
@@ -573,7 +573,10 @@ fn deal(dir: &Path, network: &Network) {
         |i: u32, port: u16| Address::parse(&format!("{}:{port}", network.host_address(i))).expect("a valid address");
     let addresses = (0..N).map(|i| address(i, PEER_PORT)).collect();
     let client_addresses = (0..N).map(|i| address(i, CLIENT_PORT)).collect();
-    let cluster = generate_with_client_addresses(quorum, addresses, client_addresses, &mut rand::rngs::OsRng)
+    // Checkpoints every 4 epochs, so that several become stable in this short run (and a replica
+    // that falls behind by more than a few epochs can catch up through one).
+    let protocol = ProtocolParameters { checkpoint_interval: 4, ..ProtocolParameters::DEFAULT };
+    let cluster = generate_with_protocol(quorum, protocol, addresses, client_addresses, &mut rand::rngs::OsRng)
         .expect("dealing the cluster");
     write(dir, &cluster, true).expect("writing the cluster files");
 }
@@ -602,9 +605,7 @@ fn replicas_on_four_hosts_survive_one_host_cut_off_and_stall_safely_without_a_qu
     let dir = tempfile::tempdir().expect("temporary directory");
     deal(dir.path(), &network);
     let _logs_on_failure = LogsOnFailure::new(dir.path(), N);
-    // Checkpoints every 4 epochs, so that several become stable in this short run (and a replica
-    // that falls behind by more than a few epochs can catch up through one).
-    let options = ReplicaOptions { metrics_port_first: None, extra_args: strings(&["--checkpoint-interval", "4"]) };
+    let options = ReplicaOptions { metrics_port_first: None, extra_args: Vec::new() };
     let mut local = LocalCluster::new(dir.path(), Path::new(REPLICA), options).expect("launcher");
     for i in 0..N {
         local.set_command_prefix(i, strings(&["ip", "netns", "exec", &network.host(i)]));

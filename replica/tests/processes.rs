@@ -83,7 +83,7 @@ fn a_replica_killed_with_sigkill_catches_up_after_restart() {
     let _one = one_at_a_time();
     let dir = tempfile::tempdir().expect("temporary directory");
     let _logs = LogsOnFailure::new(dir.path(), 4);
-    let mut local = cluster(dir.path(), 4, 1, &["--checkpoint-interval", "4"]);
+    let mut local = cluster_with(dir.path(), 4, 1, checkpoint_every(4), &[]);
     runtime_test(
         async {
             let probe = client(dir.path(), Duration::from_secs(5));
@@ -116,7 +116,7 @@ fn twenty_sigkills_at_random_moments_under_load_lose_no_acknowledged_request() {
     let _one = one_at_a_time();
     let dir = tempfile::tempdir().expect("temporary directory");
     let _logs = LogsOnFailure::new(dir.path(), 4);
-    let mut local = cluster(dir.path(), 4, 1, &["--checkpoint-interval", "8"]);
+    let mut local = cluster_with(dir.path(), 4, 1, checkpoint_every(8), &[]);
     runtime_test(
         async {
             let probe = client(dir.path(), Duration::from_secs(5));
@@ -176,7 +176,7 @@ fn a_replica_whose_data_was_wiped_rejoins_and_catches_up() {
     let _one = one_at_a_time();
     let dir = tempfile::tempdir().expect("temporary directory");
     let _logs = LogsOnFailure::new(dir.path(), 4);
-    let mut local = cluster(dir.path(), 4, 1, &["--checkpoint-interval", "4"]);
+    let mut local = cluster_with(dir.path(), 4, 1, checkpoint_every(4), &[]);
     runtime_test(
         async {
             let probe = client(dir.path(), Duration::from_secs(5));
@@ -202,4 +202,66 @@ fn a_replica_whose_data_was_wiped_rejoins_and_catches_up() {
         Duration::from_secs(240),
     );
     local.stop_all(Duration::from_secs(10));
+}
+
+/// Run `replica run` for replica 0 of the cluster in `dir` with `extra` arguments; its exit status
+/// and standard error, or `None` if it was still running after `within` (then it is stopped).
+fn run_replica_0(
+    dir: &std::path::Path,
+    extra: &[&str],
+    within: Duration,
+) -> Option<(std::process::ExitStatus, String)> {
+    use std::io::Read;
+    let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let (init, cluster, data) = (path("replica-0.toml"), path("cluster.toml"), path("data-0"));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_replica"))
+        .args(["run", "--init", &init, "--cluster", &cluster, "--data", &data, "--exit-on-stdin-close"])
+        .args(extra)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the replica binary starts");
+    let deadline = std::time::Instant::now() + within;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for the replica") {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            drop(child.stdin.take());
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        let _ = pipe.read_to_string(&mut stderr);
+    }
+    status.map(|status| (status, stderr))
+}
+
+#[test]
+fn a_replica_given_a_protocol_parameter_that_contradicts_its_cluster_file_refuses_to_start() {
+    let _one = one_at_a_time();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let _dealt = cluster_with(dir.path(), 4, 1, checkpoint_every(8), &[]);
+    let settings = dir.path().join("run.toml");
+    std::fs::write(&settings, "checkpoint_interval = 5\n").expect("settings file");
+    let settings = settings.to_string_lossy().into_owned();
+    let cases: [(&[&str], &str); 2] = [
+        (&["--batch-size", "7"], "batch_size = 7 (given to this replica) contradicts batch_size = 1000"),
+        (
+            &["--config", &settings],
+            "checkpoint_interval = 5 (given to this replica) contradicts checkpoint_interval = 8",
+        ),
+    ];
+    for (extra, needle) in cases {
+        let Some((status, stderr)) = run_replica_0(dir.path(), extra, Duration::from_secs(30)) else {
+            panic!("the replica ran with {extra:?} against its cluster file");
+        };
+        assert!(!status.success(), "the replica exited 0 with {extra:?}: {stderr}");
+        assert!(stderr.contains(needle), "no {needle:?} in: {stderr}");
+    }
 }

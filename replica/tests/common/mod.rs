@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use fides_client_sdk::proto::Batch;
 use fides_client_sdk::{Client, ClientOptions, Ordered};
-use fides_replica::launcher::{deal_if_missing, LocalCluster, ReplicaOptions};
+use fides_dealer::ProtocolParameters;
+use fides_replica::launcher::{deal_if_missing_with, LocalCluster, ReplicaOptions};
 use fides_types::NodeIndex;
 
 /// Tests that start processes run one at a time: a cluster of processes per test, all at once,
@@ -65,10 +66,21 @@ pub fn free_port_base(n: u32) -> u16 {
     panic!("no free port range found on 127.0.0.1");
 }
 
-/// A dealt cluster of `n` replicas in `dir`, not started.
+/// A dealt cluster of `n` replicas in `dir` with the default protocol parameters, not started.
 pub fn cluster(dir: &Path, n: u32, t: u32, extra_args: &[&str]) -> LocalCluster {
+    cluster_with(dir, n, t, ProtocolParameters::DEFAULT, extra_args)
+}
+
+/// The default protocol parameters but a checkpoint every `interval` epochs, so that several
+/// become stable in a short run.
+pub fn checkpoint_every(interval: u64) -> ProtocolParameters {
+    ProtocolParameters { checkpoint_interval: interval, ..ProtocolParameters::DEFAULT }
+}
+
+/// A dealt cluster of `n` replicas in `dir` with these protocol parameters, not started.
+pub fn cluster_with(dir: &Path, n: u32, t: u32, protocol: ProtocolParameters, extra_args: &[&str]) -> LocalCluster {
     let base = free_port_base(n);
-    deal_if_missing(dir, n, t, base).expect("dealing the cluster");
+    deal_if_missing_with(dir, n, t, base, protocol).expect("dealing the cluster");
     let options =
         ReplicaOptions { metrics_port_first: None, extra_args: extra_args.iter().map(|s| s.to_string()).collect() };
     LocalCluster::new(dir, Path::new(env!("CARGO_BIN_EXE_replica")), options).expect("launcher")

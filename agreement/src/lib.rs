@@ -782,7 +782,7 @@ impl<V: Validator> BinaryAgreement<V> {
     /// Take `value`, decided through TERM, as the estimate of a replica that has not proposed,
     /// and vote it in the current round. Until it terminates, this replica is one of the `n - t`
     /// honest ones whose `AUX` the undecided may be waiting for (the schedule of
-    /// `simnet::aba::decided_before_proposing` halts the cluster without this).
+    /// `simnet::aba::run_decided_before_proposing` halts the cluster without this).
     fn adopt(&mut self, value: bool, step: &mut AbaStep) {
         self.estimate = Some(value);
         self.send_bval(self.round, value, step);

@@ -136,6 +136,30 @@ fn binary_agreement_holds_with_t_rushers_and_late_proposers() {
     suite(&Behaviour::Rusher, SchedulerKind::ContentAware, false, SEEDS_DEFAULT / 2);
 }
 
+/// The liveness phase is a real check: a run whose honest replicas cannot be done within the
+/// bound after the network healed fails as such, and one with a sensible bound passes.
+#[test]
+fn the_liveness_phase_fails_a_run_not_done_within_its_bound() {
+    use fides_types::Quorum;
+    use rand::SeedableRng;
+    use simnet::aba::AbaScenario;
+    use simnet::{Network, RandomScheduler, RunConfig, Scenario};
+    let quorum = Quorum::with_max_faults(4).expect("4 replicas tolerate 1");
+    let behaviours = vec![Behaviour::Honest; 4];
+    let run = |bound| {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let scenario = AbaScenario::new(quorum, false, true, 2, &mut rng);
+        let scheduler = RandomScheduler::new(quorum, &mut rng);
+        let config = RunConfig { seed: 7, deliveries_max: 100_000, cpu: None };
+        let report = Network::new(quorum, &scenario, &behaviours, scheduler, config)
+            .with_liveness(1_000, bound)
+            .run(|i| scenario.input(i));
+        report.liveness.map(|(_, missed)| missed)
+    };
+    assert_eq!(run(1), Some(true), "1 µs is too short for anything");
+    assert_eq!(run(simnet::aba::LIVENESS_BOUND), Some(false));
+}
+
 #[test]
 fn the_same_seed_gives_the_same_trace_and_another_seed_another() {
     for kind in Behaviour::byzantine_kinds() {

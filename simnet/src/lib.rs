@@ -21,7 +21,7 @@
 //! - A run may end in a **liveness phase** ([`Network::with_liveness`]): from a given time the
 //!   network heals — the scheduler is no longer asked, every message in flight and every message
 //!   sent later arrives within [`HEALED_DELAY_MAX`] — and the honest replicas must then be done
-//!   within a bound, or the run fails (`Report::liveness_missed`).
+//!   within a bound, or the run fails (`Report::liveness`).
 
 #![forbid(unsafe_code)]
 

@@ -27,6 +27,10 @@
 //! Termination: on deciding `b` a replica broadcasts `TERM(b)` and keeps running rounds with
 //! `est = b`. Upon `TERM(b)` from `t + 1` replicas it decides `b` (some honest replica did); upon
 //! `TERM(b)` from `2t + 1` it terminates: then every honest replica receives `t + 1` of them.
+//! A replica that decides through `t + 1` TERM before it proposed takes `b` as its estimate and
+//! runs the rounds from where it is, as if it had proposed `b`: the others may need its `AUX`
+//! to complete a round, and without it `n - t` honest votes are never guaranteed (a proposal
+//! that comes later changes nothing). The argument is in `docs/agreement.md`.
 //!
 //! Catching up: messages more than `rounds_future_max` rounds ahead are dropped (a fault, kept
 //! bounded). The receiver remembers, per sender, the range of rounds it dropped, and on entering
@@ -222,6 +226,8 @@ pub struct BinaryAgreement<V: Validator = Unvalidated> {
     decision: Option<Decision>,
     /// The round in which this replica decided by the coin (not by TERM).
     decided_by_coin: Option<Round>,
+    /// Whether `propose` was called (the estimate may also come from a decision by TERM).
+    proposed: bool,
     term_received: BTreeMap<NodeIndex, bool>,
     term_sent: bool,
     terminated: bool,
@@ -280,6 +286,7 @@ impl<V: Validator> BinaryAgreement<V> {
             justifications_invalid: BTreeSet::new(),
             decision: None,
             decided_by_coin: None,
+            proposed: false,
             term_received: BTreeMap::new(),
             term_sent: false,
             terminated: false,
@@ -299,12 +306,17 @@ impl<V: Validator> BinaryAgreement<V> {
         self.round
     }
 
-    /// Propose a value. Call once.
+    /// Propose a value. Call once. After a decision through `t + 1` TERM the proposal changes
+    /// nothing: the replica already runs the rounds with the decided value as its estimate.
     pub fn propose(&mut self, vote: Vote) -> Result<AbaStep, Error> {
-        if self.estimate.is_some() || self.decision.is_some() {
+        if self.proposed {
             return Err(Error::AlreadyProposed);
         }
+        self.proposed = true;
         let mut step = AbaStep::default();
+        if self.decision.is_some() {
+            return Ok(step);
+        }
         let value = match vote {
             Vote::Zero => false,
             Vote::One(justification) => {
@@ -748,7 +760,8 @@ impl<V: Validator> BinaryAgreement<V> {
         }
     }
 
-    /// Decide on `t + 1` TERM(b); terminate on `2t + 1`.
+    /// Decide on `t + 1` TERM(b); terminate on `2t + 1`. A replica that decides so before it
+    /// proposed adopts `b` as its estimate and starts the rounds.
     fn try_terminate_by_term(&mut self, step: &mut AbaStep) {
         for value in [false, true] {
             let count = self.term_received.values().filter(|v| **v == value).count();
@@ -760,6 +773,20 @@ impl<V: Validator> BinaryAgreement<V> {
                 self.terminated = true;
             }
         }
+        if let (Some(decision), None, false) = (&self.decision, self.estimate, self.terminated) {
+            let value = decision.value;
+            self.adopt(value, step);
+        }
+    }
+
+    /// Take `value`, decided through TERM, as the estimate of a replica that has not proposed,
+    /// and vote it in the current round. Until it terminates, this replica is one of the `n - t`
+    /// honest ones whose `AUX` the undecided may be waiting for (the schedule of
+    /// `simnet::aba::run_decided_before_proposing` halts the cluster without this).
+    fn adopt(&mut self, value: bool, step: &mut AbaStep) {
+        self.estimate = Some(value);
+        self.send_bval(self.round, value, step);
+        self.relay_bvals(self.round, step);
     }
 }
 

@@ -199,14 +199,13 @@ impl CommonSubset {
             return;
         }
         self.voted[i] = true;
-        if self.agreements[i].decision().is_some() {
-            // Decided through t + 1 TERM before we proposed: nothing to add.
-            return;
-        }
+        // An agreement that decided through t + 1 TERM before this vote already runs its rounds
+        // with the decided value (others may need its votes to finish): the vote changes nothing
+        // there, and the agreement says so by an empty step.
         let vote = if value { Vote::One(Vec::new()) } else { Vote::Zero };
-        // Invariant: each agreement gets one proposal (guarded by `voted`) and only before it
-        // decided, and an empty justification is what plain agreement expects.
-        let inner = self.agreements[i].propose(vote).expect("one proposal per undecided agreement");
+        // Invariant: each agreement gets one proposal (guarded by `voted`), and an empty
+        // justification is what plain agreement expects.
+        let inner = self.agreements[i].propose(vote).expect("one proposal per agreement");
         self.absorb_agreement(proposer, inner, step);
     }
 

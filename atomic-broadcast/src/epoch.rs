@@ -474,15 +474,20 @@ impl AtomicBroadcast {
         self.queue.len()
     }
 
-    /// Whether nothing is under way: no request queued, every epoch started is delivered, no
-    /// message kept for a later epoch, no catch-up running. A replica in this state is the state
-    /// [`AtomicBroadcast::restore`] rebuilds from [`AtomicBroadcast::snapshot`], as far as anything
-    /// it will send is concerned (it has voted in no epoch it has not delivered).
+    /// Whether nothing is under way: no request queued, every epoch started is delivered and its
+    /// agreements terminated, no message kept for a later epoch, no catch-up running. A replica in
+    /// this state is the state [`AtomicBroadcast::restore`] rebuilds from
+    /// [`AtomicBroadcast::snapshot`], as far as anything it will send is concerned (it has voted
+    /// in no epoch it has not delivered, and no other replica needs its votes in those: see
+    /// `docs/agreement.md`, "Termination").
     pub fn is_quiescent(&self) -> bool {
         self.queue.is_empty()
             && self.buffered.is_empty()
             && self.catching_up.is_none()
-            && self.epochs.iter().all(|(epoch, state)| *epoch < self.next_epoch && state.delivered)
+            && self
+                .epochs
+                .iter()
+                .all(|(epoch, state)| *epoch < self.next_epoch && state.delivered && state.subset.terminated())
     }
 
     /// The delivered state as a catch-up answer: the latest stable checkpoint with its window, and

@@ -14,6 +14,7 @@ use fides_types::{NodeIndex, Quorum, Round};
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::actors::{AgreementKey, AgreementView};
 use crate::check::{self, BinaryOutcome};
 use crate::{
     Behaviour, Byzantine, ByzantineSend, Micros, Network, RandomScheduler, Report, RunConfig, Scenario, Scheduler,
@@ -92,6 +93,9 @@ pub struct AbaScenario {
     validator: AbaValidator,
     conf_phase: bool,
     instance: Vec<u8>,
+    /// Byzantine replicas that follow a script instead of the adaptive attack: what each sends
+    /// at the start (and nothing else, ever).
+    scripts: BTreeMap<NodeIndex, Vec<(Target, Message)>>,
 }
 
 impl AbaScenario {
@@ -132,7 +136,7 @@ impl AbaScenario {
             coins_fresh: Vec::new(),
             coins_learned: 0,
         }));
-        AbaScenario { quorum, keys, adversary, proposals, validator, conf_phase, instance }
+        AbaScenario { quorum, keys, adversary, proposals, validator, conf_phase, instance, scripts: BTreeMap::new() }
     }
 
     /// The adversary of this run: which replicas it controls, what it learned.
@@ -163,7 +167,21 @@ impl AbaScenario {
 impl Scenario for AbaScenario {
     type P = Aba;
 
+    fn agreements(&self) -> Option<AgreementView<Message>> {
+        fn open(message: &Message) -> Option<(AgreementKey, &Message)> {
+            Some(((0, 0), message))
+        }
+        fn wrap(_key: AgreementKey, message: Message) -> Message {
+            message
+        }
+        Some(AgreementView { open, wrap })
+    }
+
     fn adaptive(&self, index: NodeIndex) -> Box<dyn Byzantine<Aba>> {
+        if let Some(script) = self.scripts.get(&index) {
+            let sends = script.iter().map(|(target, message)| ByzantineSend::new(*target, message.to_bytes()));
+            return Box::new(Script { sends: sends.collect() });
+        }
         Box::new(Splitter {
             index,
             quorum: self.quorum,
@@ -539,6 +557,70 @@ impl Byzantine<Aba> for Splitter {
     }
 }
 
+/// A Byzantine replica that sends a fixed list of messages at the start and nothing else.
+struct Script {
+    sends: Vec<ByzantineSend>,
+}
+
+impl Byzantine<Aba> for Script {
+    fn start(&mut self, _rng: &mut ChaCha8Rng) -> Vec<ByzantineSend> {
+        std::mem::take(&mut self.sends)
+    }
+
+    fn receive(&mut self, _from: NodeIndex, _bytes: &[u8], _rng: &mut ChaCha8Rng) -> Vec<ByzantineSend> {
+        Vec::new()
+    }
+}
+
+/// The schedule in which a replica decides through `t + 1` TERM before it proposed (n = 7,
+/// t = 2): honest A, C, U1–U3 (replicas 0–4), Byzantine Z1, Z2 (5, 6), round 0 with its fixed
+/// coin 1. C never proposes — in the common subset its `RBC_j` is held, and once the agreement
+/// decided the vote changes nothing. A and U1–U3 propose 1; with Z1's and Z2's BVAL(1) the four
+/// send AUX(1); Z1 sends AUX(1) to A only, so A has `n - t` AUX, decides 1 and sends TERM; Z1 and
+/// Z2 send TERM(1) to C only, so C has `t + 1` TERM and decides. U1–U3 then hold 4 AUX (they need
+/// 5) and 2 TERM (they need 3): unless C takes part in the rounds with its decided value, they
+/// wait forever, whatever the order of delivery.
+pub fn run_decided_before_proposing(validated: bool, seed: u64) -> Result<AbaSummary, String> {
+    const A: NodeIndex = NodeIndex(0);
+    const C: NodeIndex = NodeIndex(1);
+    const Z1: NodeIndex = NodeIndex(5);
+    const Z2: NodeIndex = NodeIndex(6);
+    let quorum = Quorum::with_max_faults(7).map_err(|e| e.to_string())?;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let keys = crate::threshold_keys(quorum, &mut rng);
+    let validator = if validated { AbaValidator::Predicate } else { AbaValidator::Plain };
+    let mut scenario = AbaScenario::build(quorum, keys, vec![true; 7], validator, true);
+    let proof = |z: NodeIndex| if validated { format!("proof:{}", z.0).into_bytes() } else { Vec::new() };
+    for z in [Z1, Z2] {
+        let mut script = vec![
+            (Target::All, Message::BVal { round: Round(0), value: true, justification: proof(z) }),
+            (Target::Node(C), Message::Term { value: true, justification: proof(z) }),
+        ];
+        if z == Z1 {
+            script.push((Target::Node(A), Message::Aux { round: Round(0), value: true }));
+        }
+        scenario.scripts.insert(z, script);
+    }
+    let byzantine = vec![Z1, Z2];
+    scenario.adversary.borrow_mut().byzantine = byzantine.clone();
+    let behaviours: Vec<Behaviour> =
+        quorum.nodes().map(|i| if byzantine.contains(&i) { Behaviour::Adaptive } else { Behaviour::Honest }).collect();
+    let scheduler = RandomScheduler { delay_min: 100, delay_max: 2_000, partitions: Vec::new() };
+    let config = RunConfig { seed, deliveries_max: 100_000, cpu: None };
+    let report = Network::new(quorum, &scenario, &behaviours, scheduler, config).run(|i| {
+        if i == C {
+            None
+        } else {
+            scenario.input(i)
+        }
+    });
+    let case = AbaCase { validated, ..AbaCase::new(7, Behaviour::Adaptive, seed) };
+    check::faults_only_against(&report, &byzantine)?;
+    let mut summary = check_report(&case, &scenario, &report, 0)?;
+    summary.byzantine = byzantine;
+    Ok(summary)
+}
+
 /// What one checked run gives.
 #[derive(Clone, Debug)]
 pub struct AbaSummary {
@@ -592,27 +674,70 @@ pub fn run_scenario(
     rng: &mut ChaCha8Rng,
 ) -> Result<AbaSummary, String> {
     let quorum = scenario.quorum;
-    let crate::Placement { byzantine, behaviours, .. } = crate::place(quorum, &case.byzantine, rng);
+    let crate::Placement { byzantine, honest, behaviours } = crate::place(quorum, &case.byzantine, rng);
     let config = RunConfig { seed: case.seed, deliveries_max: 2_000_000, cpu };
-    let input = |i: NodeIndex| scenario.input(i);
     scenario.adversary.borrow_mut().byzantine = byzantine.clone();
+    // Against the rusher, 1 to max(1, t - 1) honest replicas propose late (as in the common
+    // subset, where a replica proposes when a broadcast reaches it): the rusher's TERMs can make
+    // them decide first.
+    let late: Vec<(NodeIndex, Micros)> = match case.byzantine {
+        Behaviour::Rusher => {
+            let count = rng.gen_range(1..=quorum.t().saturating_sub(1).max(1)) as usize;
+            honest.iter().take(count).map(|i| (*i, rng.gen_range(LATE_PROPOSAL_MIN..LATE_PROPOSAL_MAX))).collect()
+        }
+        _ => Vec::new(),
+    };
     let report = match case.scheduler {
         SchedulerKind::Random => {
             let scheduler = RandomScheduler::new(quorum, rng);
-            Network::new(quorum, scenario, &behaviours, scheduler, config).run(input)
+            let liveness = cpu.is_none().then(|| (rng.gen_range(0..HEAL_AT_MAX_RANDOM), LIVENESS_BOUND));
+            run_network(Network::new(quorum, scenario, &behaviours, scheduler, config), scenario, &late, liveness)
         }
         SchedulerKind::ContentAware => {
             let scheduler = SplitScheduler::new(Rc::clone(&scenario.adversary), quorum.n());
-            Network::new(quorum, scenario, &behaviours, scheduler, config).run(input)
+            let liveness = cpu.is_none().then(|| (rng.gen_range(0..HEAL_AT_MAX_CONTENT_AWARE), LIVENESS_BOUND));
+            run_network(Network::new(quorum, scenario, &behaviours, scheduler, config), scenario, &late, liveness)
         }
     };
     let coins_learned = scenario.adversary.borrow().coins_learned;
-    check::faults_only_against(&report, &byzantine).map_err(|e| {
-        format!("{e} (n={}, byzantine={}, scheduler={:?})", case.n, case.byzantine.name(), case.scheduler)
-    })?;
+    let context =
+        |e: String| format!("{e} (n={}, byzantine={}, scheduler={:?})", case.n, case.byzantine.name(), case.scheduler);
+    check::faults_only_against(&report, &byzantine).map_err(context)?;
+    check::liveness(&report).map_err(context)?;
     let mut summary = check_report(case, scenario, &report, coins_learned)?;
     summary.byzantine = byzantine;
     Ok(summary)
+}
+
+/// Earliest and latest time of a late proposal (virtual µs).
+const LATE_PROPOSAL_MIN: Micros = 5_000;
+const LATE_PROPOSAL_MAX: Micros = 300_000;
+/// The liveness phase starts at a time drawn below these (virtual µs): a few times as long as a
+/// run usually takes under each scheduler, so that most runs meet the whole adversarial phase and
+/// the others are cut off at any point of it.
+const HEAL_AT_MAX_RANDOM: Micros = 3_000_000;
+const HEAL_AT_MAX_CONTENT_AWARE: Micros = 20_000_000;
+/// How long after the network healed every honest replica must have terminated (virtual µs):
+/// with messages taking at most 2 ms, that is hundreds of rounds.
+pub const LIVENESS_BOUND: Micros = 2_000_000;
+
+/// Give the late replicas their proposals at their times, add the liveness phase, and run.
+fn run_network<S: Scheduler<Message>>(
+    mut network: Network<Aba, S>,
+    scenario: &AbaScenario,
+    late: &[(NodeIndex, Micros)],
+    liveness: Option<(Micros, Micros)>,
+) -> Report<Decision> {
+    for (index, at) in late {
+        if let Some(input) = scenario.input(*index) {
+            network = network.with_input_at(*at, *index, input);
+        }
+    }
+    if let Some((heal_at, bound)) = liveness {
+        network = network.with_liveness(heal_at, bound);
+    }
+    let is_late = |i: NodeIndex| late.iter().any(|(l, _)| *l == i);
+    network.run(|i| if is_late(i) { None } else { scenario.input(i) })
 }
 
 fn check_report(

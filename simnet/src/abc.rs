@@ -15,13 +15,20 @@ use rand::seq::SliceRandom;
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::actors::{AgreementKey, AgreementView};
 use crate::check;
-use crate::{Behaviour, Byzantine, Network, Produced, RandomScheduler, Reaction, RunConfig, Scenario};
+use crate::{Behaviour, Byzantine, Micros, Network, Produced, RandomScheduler, Reaction, RunConfig, Scenario};
 
 /// Epochs between checkpoints in the simulated runs.
 pub const CHECKPOINT_INTERVAL: u64 = 2;
 /// How long (virtual µs) a lagging replica is down.
 pub const LAG_UNTIL: u64 = 4_000_000;
+/// The liveness phase starts at a time drawn below this (virtual µs, a few times a usual run),
+/// after [`LAG_UNTIL`] in runs with a lagging replica; every request must then be delivered
+/// within [`LIVENESS_BOUND`].
+const HEAL_AT_MAX: Micros = 8_000_000;
+/// How long after the network healed the honest replicas have (virtual µs).
+pub const LIVENESS_BOUND: Micros = 5_000_000;
 
 /// One run of atomic broadcast.
 #[derive(Clone, Debug)]
@@ -212,6 +219,23 @@ impl Scenario for AbcScenario {
         }
     }
 
+    fn agreements(&self) -> Option<AgreementView<Message>> {
+        use fides_agreement::Message as AbaMessage;
+        use fides_atomic_broadcast::acs::Message as Subset;
+        fn open(message: &Message) -> Option<(AgreementKey, &AbaMessage)> {
+            match message {
+                Message::Subset { epoch, message: Subset::Agreement { proposer, message } } => {
+                    Some(((*epoch, proposer.0), message))
+                }
+                _ => None,
+            }
+        }
+        fn wrap((epoch, proposer): AgreementKey, message: AbaMessage) -> Message {
+            Message::Subset { epoch, message: Subset::Agreement { proposer: NodeIndex(proposer), message } }
+        }
+        Some(AgreementView { open, wrap })
+    }
+
     fn adaptive(&self, index: NodeIndex) -> Box<dyn Byzantine<AtomicBroadcast>> {
         // The equivocator is the sharpest generic attacker here: two faces, two clocks.
         crate::actors::make(&Behaviour::Equivocator, index, self, self.quorum)
@@ -357,8 +381,10 @@ pub fn run_with_keys(case: &AbcCase, keys: ClusterKeys, rng: &mut ChaCha8Rng) ->
         }
         all_by.is_some_and(|by| outputs.iter().flatten().all(|log| reached(log) >= by))
     };
+    let heal_at = rng.gen_range(0..HEAL_AT_MAX) + if lagging.is_some() { LAG_UNTIL } else { 0 };
     let mut network = Network::new(quorum, &scenario, &behaviours, scheduler, run)
-        .with_reaction(application(quorum.n(), CHECKPOINT_INTERVAL));
+        .with_reaction(application(quorum.n(), CHECKPOINT_INTERVAL))
+        .with_liveness(heal_at, LIVENESS_BOUND);
     if let Some(index) = lagging {
         network = network.with_outage(index, LAG_UNTIL).with_input_at(LAG_UNTIL, index, Input::Recover);
     }
@@ -372,6 +398,7 @@ pub fn run_with_keys(case: &AbcCase, keys: ClusterKeys, rng: &mut ChaCha8Rng) ->
         )
     };
     check::faults_only_against(&report, &byzantine).map_err(context)?;
+    check::liveness(&report).map_err(context)?;
     if !report.done_early {
         return Err(context(format!(
             "validity: run ended ({} deliveries) before every request was delivered",

@@ -11,8 +11,15 @@ use fides_types::{NodeIndex, Protocol, Quorum, Round};
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::actors::{AgreementKey, AgreementView};
 use crate::check;
-use crate::{Behaviour, Byzantine, ByzantineSend, Network, RandomScheduler, RunConfig, Scenario};
+use crate::{Behaviour, Byzantine, ByzantineSend, Micros, Network, RandomScheduler, RunConfig, Scenario};
+
+/// The liveness phase starts at a time drawn below this (virtual µs, a few times a usual run);
+/// every honest replica must then have output and terminated within [`LIVENESS_BOUND`].
+const HEAL_AT_MAX: Micros = 3_000_000;
+/// How long after the network healed the honest replicas have (virtual µs).
+pub const LIVENESS_BOUND: Micros = 3_000_000;
 
 /// One common subset to simulate.
 #[derive(Clone, Debug)]
@@ -82,6 +89,19 @@ impl Scenario for AcsScenario {
         message.to_bytes()
     }
 
+    fn agreements(&self) -> Option<AgreementView<Message>> {
+        fn open(message: &Message) -> Option<(AgreementKey, &AbaMessage)> {
+            match message {
+                Message::Agreement { proposer, message } => Some(((0, proposer.0), message)),
+                Message::Broadcast { .. } => None,
+            }
+        }
+        fn wrap((_, proposer): AgreementKey, message: AbaMessage) -> Message {
+            Message::Agreement { proposer: NodeIndex(proposer), message }
+        }
+        Some(AgreementView { open, wrap })
+    }
+
     fn adaptive(&self, index: NodeIndex) -> Box<dyn Byzantine<CommonSubset>> {
         Box::new(Censor { inner: self.honest(index) })
     }
@@ -141,10 +161,14 @@ pub fn run_case(case: &AcsCase) -> Result<usize, String> {
     let scenario = AcsScenario { quorum, keys, proposals };
     let crate::Placement { byzantine, behaviours, .. } = crate::place(quorum, &case.byzantine, &mut rng);
     let scheduler = RandomScheduler::new(quorum, &mut rng);
+    let heal_at = rng.gen_range(0..HEAL_AT_MAX);
     let config = RunConfig { seed: case.seed, deliveries_max: 3_000_000, cpu: None };
-    let report = Network::new(quorum, &scenario, &behaviours, scheduler, config).run(|i| scenario.input(i));
+    let report = Network::new(quorum, &scenario, &behaviours, scheduler, config)
+        .with_liveness(heal_at, LIVENESS_BOUND)
+        .run(|i| scenario.input(i));
     let context = |e: String| format!("{e} (n={}, byzantine={})", case.n, case.byzantine.name());
     check::faults_only_against(&report, &byzantine).map_err(context)?;
+    check::liveness(&report).map_err(context)?;
     let outputs: Vec<Option<Vec<check::SubsetView>>> = report
         .outputs
         .iter()

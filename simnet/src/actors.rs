@@ -1,5 +1,8 @@
 //! Byzantine actors: what a replica controlled by the adversary does instead of the protocol.
 
+use std::collections::{BTreeMap, BTreeSet};
+
+use fides_agreement::Message as AbaMessage;
 use fides_types::codec::Wire;
 use fides_types::{NodeIndex, Protocol, Quorum, Step, Target};
 use rand::seq::SliceRandom;
@@ -30,6 +33,24 @@ pub trait Scenario {
     /// The protocol-specific attacker of [`Behaviour::Adaptive`] at `index`: it may share what it
     /// knows with the other attackers and with a content-aware scheduler.
     fn adaptive(&self, index: NodeIndex) -> Box<dyn Byzantine<Self::P>>;
+
+    /// Where the protocol's messages carry binary agreement messages, for [`Behaviour::Rusher`];
+    /// `None` for a protocol without agreements.
+    fn agreements(&self) -> Option<AgreementView<<Self::P as Protocol>::Message>> {
+        None
+    }
+}
+
+/// Names one binary agreement inside a protocol: `(epoch, proposer)` for atomic broadcast,
+/// `(0, proposer)` for the common subset, `(0, 0)` for a lone agreement.
+pub type AgreementKey = (u64, u32);
+
+/// How a protocol's messages carry binary agreement messages.
+pub struct AgreementView<M> {
+    /// The agreement and its message inside `message`, if it carries one.
+    pub open: fn(&M) -> Option<(AgreementKey, &AbaMessage)>,
+    /// An agreement message as a message of the protocol.
+    pub wrap: fn(AgreementKey, AbaMessage) -> M,
 }
 
 /// What a replica does.
@@ -56,6 +77,13 @@ pub enum Behaviour {
     /// attackers and the content-aware scheduler (for agreement: it learns each round's coin and
     /// votes so as to split the honest replicas around it).
     Adaptive,
+    /// Takes part in every binary agreement like an honest replica, except that it sends its
+    /// `AUX` to one replica only (the first it heard from in that agreement, which can then
+    /// complete rounds the others cannot), and sends `TERM(b)` — as soon as it knows a decided
+    /// `b`, from its own instance or another replica's TERM — only to the replicas that have not
+    /// proposed yet (those it has had no `AUX` from), so that `t` of them and one honest `TERM`
+    /// make a replica decide before it proposes. Agreement-carrying protocols only.
+    Rusher,
 }
 
 impl Behaviour {
@@ -83,6 +111,7 @@ impl Behaviour {
             Behaviour::Replayer => "replayer",
             Behaviour::Impersonator => "impersonator",
             Behaviour::Adaptive => "adaptive",
+            Behaviour::Rusher => "rusher",
         }
     }
 }
@@ -145,6 +174,17 @@ where
             sent: 0,
         }),
         Behaviour::Adaptive => scenario.adaptive(index),
+        Behaviour::Rusher => {
+            let view = scenario.agreements().expect("the rusher needs a protocol that runs binary agreements");
+            Box::new(Rusher {
+                inner: scenario.honest(index),
+                input: scenario.input(index),
+                index,
+                quorum,
+                view,
+                agreements: BTreeMap::new(),
+            })
+        }
         Behaviour::Impersonator => {
             Box::new(Impersonator { inner: scenario.honest(index), input: scenario.input(index), quorum, forwarded: 0 })
         }
@@ -372,6 +412,123 @@ impl<P: Protocol> Byzantine<P> for Impersonator<P> {
             let to = NodeIndex(rng.gen_range(0..self.quorum.n()));
             sends.push(ByzantineSend { target: Target::Node(to), bytes: bytes.to_vec(), claimed_from: Some(from) });
         }
+        sends
+    }
+}
+
+/// What the rusher knows of one agreement.
+#[derive(Default)]
+struct Rushed {
+    /// The replica its AUX goes to: the first one it had an AUX from in this agreement (one that
+    /// runs rounds, and that the others' missing AUX will hold back).
+    favoured: Option<NodeIndex>,
+    /// Its own AUX messages while no replica is favoured yet.
+    aux_held: Vec<AbaMessage>,
+    /// Replicas that sent it an AUX in this agreement: they have an estimate, so have proposed.
+    proposed: BTreeSet<NodeIndex>,
+    /// A TERM of the decided value (with its justification), once known.
+    term: Option<AbaMessage>,
+    /// Replicas it sent TERM to.
+    termed: BTreeSet<NodeIndex>,
+}
+
+struct Rusher<P: Protocol> {
+    inner: P,
+    input: Option<P::Input>,
+    index: NodeIndex,
+    quorum: Quorum,
+    view: AgreementView<P::Message>,
+    /// Per agreement the honest part has seen (a run is finite, so this is too).
+    agreements: BTreeMap<AgreementKey, Rushed>,
+}
+
+impl<P: Protocol> Rusher<P> {
+    /// Note what a message received says about its agreement; a TERM tells the decided value
+    /// (if its sender lies, the TERMs we pass on are merely wrong, which we may do).
+    fn observe(&mut self, from: NodeIndex, message: &P::Message) -> Option<AgreementKey> {
+        let (key, message) = (self.view.open)(message)?;
+        let rushed = self.agreements.entry(key).or_default();
+        match message {
+            AbaMessage::Aux { .. } => {
+                rushed.proposed.insert(from);
+                if from != self.index && rushed.favoured.is_none() {
+                    rushed.favoured = Some(from);
+                }
+            }
+            AbaMessage::Term { .. } if from != self.index && rushed.term.is_none() => {
+                rushed.term = Some(message.clone());
+            }
+            _ => {}
+        }
+        Some(key)
+    }
+
+    /// The honest part's messages, with AUX narrowed to the favoured replica and TERM kept back
+    /// (the rusher sends TERMs its own way); `touched` gets the agreements whose TERM it learned.
+    fn filter(&mut self, step: Step<P::Message, P::Output>, touched: &mut Vec<AgreementKey>) -> Vec<ByzantineSend> {
+        let mut sends = Vec::new();
+        for outgoing in step.messages {
+            let target = match (self.view.open)(&outgoing.message) {
+                Some((key, aux @ AbaMessage::Aux { .. })) => {
+                    let rushed = self.agreements.entry(key).or_default();
+                    match rushed.favoured {
+                        Some(favoured) => Target::Node(favoured),
+                        None => {
+                            rushed.aux_held.push(aux.clone());
+                            continue;
+                        }
+                    }
+                }
+                Some((key, term @ AbaMessage::Term { .. })) => {
+                    self.agreements.entry(key).or_default().term.get_or_insert_with(|| term.clone());
+                    touched.push(key);
+                    continue;
+                }
+                _ => outgoing.target,
+            };
+            sends.push(ByzantineSend::new(target, outgoing.message.to_bytes()));
+        }
+        sends
+    }
+
+    /// In each agreement of `keys`: the AUX held for the favoured replica once there is one, and
+    /// if it knows the decided value, TERM to every replica that has not proposed (once each).
+    fn rush(&mut self, keys: &[AgreementKey]) -> Vec<ByzantineSend> {
+        let mut sends = Vec::new();
+        for key in keys {
+            let Some(rushed) = self.agreements.get_mut(key) else { continue };
+            if let Some(favoured) = rushed.favoured {
+                for aux in std::mem::take(&mut rushed.aux_held) {
+                    sends.push(ByzantineSend::new(Target::Node(favoured), (self.view.wrap)(*key, aux).to_bytes()));
+                }
+            }
+            let Some(term) = &rushed.term else { continue };
+            for to in self.quorum.nodes() {
+                if to == self.index || rushed.proposed.contains(&to) || !rushed.termed.insert(to) {
+                    continue;
+                }
+                sends.push(ByzantineSend::new(Target::Node(to), (self.view.wrap)(*key, term.clone()).to_bytes()));
+            }
+        }
+        sends
+    }
+}
+
+impl<P: Protocol> Byzantine<P> for Rusher<P> {
+    fn start(&mut self, rng: &mut ChaCha8Rng) -> Vec<ByzantineSend> {
+        let step = start_honest(&mut self.inner, self.input.take(), rng);
+        let mut touched = Vec::new();
+        let mut sends = self.filter(step, &mut touched);
+        sends.extend(self.rush(&touched));
+        sends
+    }
+
+    fn receive(&mut self, from: NodeIndex, bytes: &[u8], rng: &mut ChaCha8Rng) -> Vec<ByzantineSend> {
+        let Ok(message) = P::Message::from_bytes(bytes) else { return Vec::new() };
+        let mut touched: Vec<AgreementKey> = self.observe(from, &message).into_iter().collect();
+        let step = self.inner.handle_message(from, message, rng);
+        let mut sends = self.filter(step, &mut touched);
+        sends.extend(self.rush(&touched));
         sends
     }
 }

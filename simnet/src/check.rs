@@ -86,6 +86,19 @@ pub fn binary_agreement(
     Ok(value)
 }
 
+/// Check the liveness phase, if the run had one: the honest replicas were done within its bound
+/// after the network healed.
+pub fn liveness<O>(report: &Report<O>) -> Result<(), String> {
+    match report.liveness {
+        Some((liveness, true)) => Err(format!(
+            "liveness: honest replicas not done {} ms after the network healed at {} ms",
+            liveness.bound / 1_000,
+            liveness.heal_at / 1_000
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Check that honest replicas recorded faults only against Byzantine ones. The one exception is
 /// `RoundTooFar`: under enough asynchrony an honest replica can be that far ahead of another.
 pub fn faults_only_against<O>(report: &Report<O>, byzantine: &[NodeIndex]) -> Result<(), String> {

@@ -20,6 +20,10 @@
 //!   method of hbbft's `examples/simulation`, stricter in that a copy to each peer takes the
 //!   uplink. That mode is not deterministic.
 //! - Every delivery is folded into a trace hash: the same seed gives the same hash.
+//! - A run may end in a **liveness phase** ([`Network::with_liveness`]): from a given time the
+//!   network heals — the scheduler is no longer asked, every message in flight and every message
+//!   sent later arrives within [`HEALED_DELAY_MAX`] — and the honest replicas must then be done
+//!   within a bound, or the run fails (`Report::liveness`).
 
 #![forbid(unsafe_code)]
 
@@ -208,6 +212,19 @@ impl<M> Scheduler<M> for RandomScheduler {
     }
 }
 
+/// The liveness phase of a run: when the network heals and how long the honest replicas then have.
+#[derive(Clone, Copy, Debug)]
+pub struct Liveness {
+    /// Virtual time at which the adversarial phase ends.
+    pub heal_at: Micros,
+    /// How long after `heal_at` every honest replica must be done (terminated, or the run's
+    /// `done` holds); a run that is not is a liveness failure.
+    pub bound: Micros,
+}
+
+/// Longest delay of a message once the network healed: a timely link, whatever the scheduler.
+pub const HEALED_DELAY_MAX: Micros = 2_000;
+
 /// Settings of one run.
 #[derive(Clone, Debug)]
 pub struct RunConfig {
@@ -262,6 +279,9 @@ pub struct Report<O> {
     pub stalled: bool,
     /// Whether the run stopped because the caller's `done` held.
     pub done_early: bool,
+    /// The liveness phase, if the run had one, and whether the honest replicas missed its bound
+    /// (the run was stopped then, a liveness failure).
+    pub liveness: Option<(Liveness, bool)>,
     /// Messages lost because their sender or recipient was down.
     pub lost: u64,
     /// SHA-256 over every delivery (time, sender, recipient, bytes).
@@ -313,6 +333,8 @@ pub struct Network<P: Protocol, S: Scheduler<P::Message>> {
     outages: Vec<(NodeIndex, Micros)>,
     /// Inputs given later, by time (in order of time).
     timed: std::collections::VecDeque<(Micros, NodeIndex, P::Input)>,
+    liveness: Option<Liveness>,
+    healed: bool,
 }
 
 /// The caller's part in a protocol whose outputs ask for an input back (an application that
@@ -356,6 +378,7 @@ where
             time_end: 0,
             stalled: false,
             done_early: false,
+            liveness: None,
             lost: 0,
             trace_hash: [0; 32],
         };
@@ -378,7 +401,17 @@ where
             reaction: None,
             outages: Vec::new(),
             timed: std::collections::VecDeque::new(),
+            liveness: None,
+            healed: false,
         }
+    }
+
+    /// End the run with a liveness phase: from `heal_at` on the network is timely, and every
+    /// honest replica must be done by `heal_at + bound` (see [`Liveness`]).
+    pub fn with_liveness(mut self, heal_at: Micros, bound: Micros) -> Self {
+        self.liveness = Some(Liveness { heal_at, bound });
+        self.report.liveness = Some((Liveness { heal_at, bound }, false));
+        self
     }
 
     /// Replica `node` is down until `until`: every message sent to it or by it before then is
@@ -471,6 +504,11 @@ where
             if self.all_honest_terminated() {
                 break;
             }
+            if let Some(liveness) = self.liveness.filter(|l| !self.healed && at >= l.heal_at) {
+                self.queue.push(Reverse((at, sequence)));
+                self.heal(liveness.heal_at);
+                continue;
+            }
             if std::mem::take(&mut self.outputs_new) && done(&self.report.outputs) {
                 self.report.done_early = true;
                 break;
@@ -479,9 +517,17 @@ where
                 self.report.stalled = true;
                 break;
             }
+            if self.liveness.is_some_and(|l| self.healed && at > l.heal_at.saturating_add(l.bound)) {
+                // Not done within the bound after the network healed: a liveness failure.
+                if let Some((_, missed)) = &mut self.report.liveness {
+                    *missed = true;
+                }
+                self.report.stalled = true;
+                break;
+            }
             let delivery = self.pending.remove(&sequence).expect("every queued sequence has a delivery");
             self.deliver(at, delivery);
-            if self.config.cpu.is_none() && self.scheduler.wants_retime() {
+            if self.config.cpu.is_none() && !self.healed && self.scheduler.wants_retime() {
                 self.retime();
             }
         }
@@ -498,6 +544,21 @@ where
         self.report.time_end = self.now;
         self.report.trace_hash = self.trace.finalize().into();
         (self.report, self.scheduler)
+    }
+
+    /// End the adversarial phase at `at`: every message in flight arrives within
+    /// [`HEALED_DELAY_MAX`] from then (none later than it would have), and so will every message
+    /// sent from now on.
+    fn heal(&mut self, at: Micros) {
+        self.healed = true;
+        self.now = self.now.max(at);
+        let mut entries: Vec<(Micros, u64)> = self.queue.drain().map(|Reverse(entry)| entry).collect();
+        entries.sort_unstable();
+        for (arrival, _) in &mut entries {
+            let timely = self.now + self.net_rng.gen_range(100..=HEALED_DELAY_MAX);
+            *arrival = (*arrival).min(timely).max(self.now);
+        }
+        self.queue.extend(entries.into_iter().map(Reverse));
     }
 
     /// Let the scheduler move messages in flight (never into the past).
@@ -646,6 +707,7 @@ where
         let delay = match self.config.cpu {
             Some(_) if from == to => 0,
             Some(model) => self.uplinks[from.as_usize()].send(&model, sent_at, bytes.len()) - sent_at,
+            None if self.healed => self.net_rng.gen_range(100..=HEALED_DELAY_MAX),
             None => self.scheduler.delay(sent_at, from, to, message, &mut self.net_rng),
         };
         let stats = &mut self.report.stats[from.as_usize()];

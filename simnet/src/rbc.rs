@@ -7,7 +7,14 @@ use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::check;
-use crate::{Behaviour, Byzantine, ByzantineSend, Network, RandomScheduler, RunConfig, Scenario};
+use crate::{Behaviour, Byzantine, ByzantineSend, Micros, Network, RandomScheduler, RunConfig, Scenario};
+
+/// The liveness phase starts at a time drawn below this (virtual µs, a few times a usual run).
+/// It applies to runs with an honest proposer: every honest replica must then deliver within
+/// [`LIVENESS_BOUND`]. (A Byzantine proposer may leave everyone without a delivery.)
+const HEAL_AT_MAX: Micros = 2_000_000;
+/// How long after the network healed the honest replicas have (virtual µs).
+pub const LIVENESS_BOUND: Micros = 1_000_000;
 
 /// One broadcast to simulate.
 #[derive(Clone, Debug)]
@@ -143,8 +150,13 @@ pub fn run_case(case: &RbcCase) -> Result<usize, String> {
     value_other.push(1);
     let scenario = RbcScenario { quorum, proposer, value: value.clone(), value_other, config: Config::default() };
     let scheduler = RandomScheduler::new(quorum, &mut rng);
+    let heal_at = rng.gen_range(0..HEAL_AT_MAX);
     let config = RunConfig { seed: case.seed, deliveries_max: 1_000_000, cpu: None };
-    let report = Network::new(quorum, &scenario, &behaviours, scheduler, config).run(|i| scenario.input(i));
+    let mut network = Network::new(quorum, &scenario, &behaviours, scheduler, config);
+    if !byzantine.contains(&proposer) {
+        network = network.with_liveness(heal_at, LIVENESS_BOUND);
+    }
+    let report = network.run(|i| scenario.input(i));
     let context = |e: String| {
         format!(
             "{e} (n={}, byzantine={}, proposer byzantine: {})",
@@ -154,6 +166,7 @@ pub fn run_case(case: &RbcCase) -> Result<usize, String> {
         )
     };
     check::faults_only_against(&report, &byzantine).map_err(context)?;
+    check::liveness(&report).map_err(context)?;
     let deliveries: Vec<Option<Vec<Option<Vec<u8>>>>> = report
         .outputs
         .iter()

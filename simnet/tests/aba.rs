@@ -4,7 +4,7 @@
 //! The default run takes 50 seeds per configuration; the `slow_` tests (ignored by default, run by
 //! CI in their own step) take 1,000. A failure prints the command that replays it.
 
-use simnet::aba::{run_case, AbaCase, AbaSummary, SchedulerKind};
+use simnet::aba::{run_case, run_decided_before_proposing, AbaCase, AbaSummary, SchedulerKind};
 use simnet::seeds::run_seeds;
 use simnet::Behaviour;
 
@@ -118,6 +118,48 @@ fn content_aware_scheduler_cannot_stop_binary_agreement() {
     }
 }
 
+/// The schedule of issue 11: at n = 7 a replica decides through t + 1 TERM before it proposed;
+/// the three replicas that need its AUX must still decide (before the fix they waited forever).
+#[test]
+fn a_replica_that_decides_before_proposing_still_helps_the_others_finish() {
+    for validated in [false, true] {
+        run_seeds(env!("CARGO_CRATE_NAME"), 5, |seed| run_decided_before_proposing(validated, seed));
+    }
+}
+
+/// The rusher sends TERM to replicas that have not proposed yet and its AUX to one replica only;
+/// 1 to t - 1 honest replicas propose late. Every run must terminate, within the liveness bound.
+#[test]
+fn binary_agreement_holds_with_t_rushers_and_late_proposers() {
+    suite(&Behaviour::Rusher, SchedulerKind::Random, false, SEEDS_DEFAULT);
+    suite(&Behaviour::Rusher, SchedulerKind::Random, true, SEEDS_DEFAULT / 2);
+    suite(&Behaviour::Rusher, SchedulerKind::ContentAware, false, SEEDS_DEFAULT / 2);
+}
+
+/// The liveness phase is a real check: a run whose honest replicas cannot be done within the
+/// bound after the network healed fails as such, and one with a sensible bound passes.
+#[test]
+fn the_liveness_phase_fails_a_run_not_done_within_its_bound() {
+    use fides_types::Quorum;
+    use rand::SeedableRng;
+    use simnet::aba::AbaScenario;
+    use simnet::{Network, RandomScheduler, RunConfig, Scenario};
+    let quorum = Quorum::with_max_faults(4).expect("4 replicas tolerate 1");
+    let behaviours = vec![Behaviour::Honest; 4];
+    let run = |bound| {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let scenario = AbaScenario::new(quorum, false, true, 2, &mut rng);
+        let scheduler = RandomScheduler::new(quorum, &mut rng);
+        let config = RunConfig { seed: 7, deliveries_max: 100_000, cpu: None };
+        let report = Network::new(quorum, &scenario, &behaviours, scheduler, config)
+            .with_liveness(1_000, bound)
+            .run(|i| scenario.input(i));
+        report.liveness.map(|(_, missed)| missed)
+    };
+    assert_eq!(run(1), Some(true), "1 µs is too short for anything");
+    assert_eq!(run(simnet::aba::LIVENESS_BOUND), Some(false));
+}
+
 #[test]
 fn the_same_seed_gives_the_same_trace_and_another_seed_another() {
     for kind in Behaviour::byzantine_kinds() {
@@ -174,4 +216,17 @@ fn slow_validated_agreement_with_every_kind_under_the_random_scheduler() {
 #[ignore = "slow suite: CI runs it in its own step"]
 fn slow_validated_agreement_with_every_kind_under_the_content_aware_scheduler() {
     every_kind(SchedulerKind::ContentAware, true, SEEDS_SLOW);
+}
+
+#[test]
+#[ignore = "slow suite: CI runs it in its own step"]
+fn slow_binary_agreement_with_rushers_and_late_proposers() {
+    for (scheduler, validated) in [
+        (SchedulerKind::Random, false),
+        (SchedulerKind::Random, true),
+        (SchedulerKind::ContentAware, false),
+        (SchedulerKind::ContentAware, true),
+    ] {
+        suite(&Behaviour::Rusher, scheduler, validated, SEEDS_SLOW / 4);
+    }
 }

@@ -4,6 +4,8 @@
 //! a content-aware scheduler that tries to censor one honest replica (every request given to
 //! 2t + 1); and an honest replica down for a while (its messages lost) that recovers from a
 //! checkpoint, with t - 1 Byzantine replicas. 20 seeds per configuration, 200 in the `slow_` tests.
+//! Rushers (TERM to replicas that have not proposed, AUX to one): n = 7, 5 seeds; n = 7 and 10, 50 and
+//! 20 under the censoring scheduler in the `slow_` test. Every run ends with a liveness phase.
 
 use simnet::abc::{run_case, run_case_summary, AbcCase};
 use simnet::seeds::run_seeds;
@@ -74,6 +76,20 @@ fn atomic_broadcast_delivers_requests_given_to_2t_plus_1_under_a_censoring_sched
 #[test]
 fn a_replica_down_for_a_while_catches_up_from_a_checkpoint() {
     every_kind(&[4, 7, 10], 20, Mode::Lagging);
+}
+
+/// Rushers push replicas that have not proposed in an epoch's agreement yet to decide first
+/// (TERM to them only, AUX to one replica only); the others must still finish every epoch.
+#[test]
+fn atomic_broadcast_orders_requests_with_t_rushers() {
+    suite(&[7], 5, &[Behaviour::Rusher], Mode::Random);
+}
+
+#[test]
+#[ignore = "slow suite: CI runs it in its own step"]
+fn slow_atomic_broadcast_orders_requests_with_t_rushers() {
+    suite(&[7, 10], 50, &[Behaviour::Rusher], Mode::Random);
+    suite(&[7, 10], 20, &[Behaviour::Rusher], Mode::Censoring);
 }
 
 // The slow suite is split by size so that its parts share the cores evenly (n = 10 costs about as

@@ -105,12 +105,20 @@ fn the_client_api_answers_bad_input_and_overload_with_clear_statuses_and_serves_
             assert_ne!((a.epoch, a.index), (b.epoch, b.index), "two payloads, one place: {a:?} {b:?}");
             for (answer, payload) in [(&a, &b"from the client"[..]), (&b, &b"from a forger"[..])] {
                 assert_eq!(answer.payload_digest, digest(payload));
-                let log = ordering
-                    .log(proto::LogRequest { from_epoch: answer.epoch, max_batches: 1 })
-                    .await
-                    .expect("log")
-                    .into_inner();
-                let batch = log.batches.iter().find(|b| b.epoch == answer.epoch).expect("the answer's epoch is logged");
+                // The batch may be written just after the answer left: ask until it is there.
+                let deadline = std::time::Instant::now() + Duration::from_secs(20);
+                let batch = loop {
+                    let log = ordering
+                        .log(proto::LogRequest { from_epoch: answer.epoch, max_batches: 1 })
+                        .await
+                        .expect("log")
+                        .into_inner();
+                    if let Some(batch) = log.batches.into_iter().find(|b| b.epoch == answer.epoch) {
+                        break batch;
+                    }
+                    assert!(std::time::Instant::now() < deadline, "epoch {} is not in the log", answer.epoch);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                };
                 let there = batch.requests.get(answer.index as usize).expect("the answer's index is in the batch");
                 assert_eq!(
                     (there.client, there.id, there.payload.as_slice()),

@@ -23,7 +23,7 @@ use fides_crypto::{domain, hash_to_g2, sha256_tagged};
 use fides_types::codec::{DecodeError, Reader, Wire};
 use fides_types::NodeIndex;
 
-use crate::epoch::{get_requests, put_requests, Batch};
+use crate::epoch::{get_requests, put_requests, Batch, RequestKey};
 
 /// A SHA-256 digest.
 pub type Digest = [u8; 32];
@@ -115,8 +115,8 @@ impl Wire for Checkpoint {
     }
 }
 
-/// The ids executed in one epoch, in delivery order.
-pub type WindowEntry = (u64, Vec<(u64, u64)>);
+/// The keys (client, id, payload digest) executed in one epoch, in delivery order.
+pub type WindowEntry = (u64, Vec<RequestKey>);
 
 /// The digest of a window.
 pub fn window_digest<'a>(entries: impl IntoIterator<Item = &'a WindowEntry>) -> Digest {
@@ -124,9 +124,10 @@ pub fn window_digest<'a>(entries: impl IntoIterator<Item = &'a WindowEntry>) -> 
     for (epoch, keys) in entries {
         bytes.extend_from_slice(&epoch.to_le_bytes());
         bytes.extend_from_slice(&(keys.len() as u64).to_le_bytes());
-        for (client, id) in keys {
+        for (client, id, digest) in keys {
             bytes.extend_from_slice(&client.to_le_bytes());
             bytes.extend_from_slice(&id.to_le_bytes());
+            bytes.extend_from_slice(digest);
         }
     }
     sha256_tagged(domain::ABC_WINDOW, &[&bytes])
@@ -175,9 +176,10 @@ impl Wire for CatchUp {
                 for (epoch, keys) in window {
                     out.extend_from_slice(&epoch.to_le_bytes());
                     out.extend_from_slice(&(keys.len() as u32).to_le_bytes());
-                    for (client, id) in keys {
+                    for (client, id, digest) in keys {
                         out.extend_from_slice(&client.to_le_bytes());
                         out.extend_from_slice(&id.to_le_bytes());
+                        out.extend_from_slice(digest);
                     }
                 }
             }
@@ -207,7 +209,9 @@ impl Wire for CatchUp {
                     if total > WINDOW_ENTRIES_MAX {
                         return Err(too_long(total, WINDOW_ENTRIES_MAX));
                     }
-                    let keys = (0..count).map(|_| Ok((reader.u64()?, reader.u64()?))).collect::<Result<_, _>>()?;
+                    let keys = (0..count)
+                        .map(|_| Ok((reader.u64()?, reader.u64()?, reader.array()?)))
+                        .collect::<Result<_, _>>()?;
                     window.push((epoch, keys));
                 }
                 Some((checkpoint, window))
@@ -306,7 +310,7 @@ mod tests {
             signature: [4; SIG_SIZE],
         };
         let answer = CatchUp {
-            checkpoint: Some((checkpoint, vec![(2, vec![(1, 2), (3, 4)]), (3, Vec::new())])),
+            checkpoint: Some((checkpoint, vec![(2, vec![(1, 2, [5; 32]), (3, 4, [6; 32])]), (3, Vec::new())])),
             batches: log(4, 7, 0),
         };
         let bytes = answer.to_bytes();

@@ -57,9 +57,37 @@ pub struct Request {
     pub payload: Vec<u8>,
 }
 
+/// What names a request for at-most-once: the client, its id and the SHA-256 digest of its
+/// payload. `(client, id)` is not authenticated, so it cannot name a request alone: a Byzantine
+/// replica could order the victim's next ids with payloads of its own first and make the real
+/// requests duplicates. With the digest in the key, its copies are other requests (ordered, and
+/// judged by the service, which checks the authority of whoever signs a payload), and the real
+/// ones are still ordered and answered. Resending the same request never orders it twice.
+pub type RequestKey = (u64, u64, Digest);
+
 impl Request {
-    fn key(&self) -> (u64, u64) {
-        (self.client, self.id)
+    /// The request's key: `(client, id, SHA-256(payload))`.
+    pub fn key(&self) -> RequestKey {
+        (self.client, self.id, payload_digest(&self.payload))
+    }
+}
+
+/// `SHA-256(payload)`, the digest in a [`RequestKey`] (plain, so that a client computes it with
+/// no knowledge of Fides's domain tags).
+pub fn payload_digest(payload: &[u8]) -> Digest {
+    fides_crypto::sha256(payload)
+}
+
+/// A queued request with its key (computed once: the key hashes the payload).
+#[derive(Clone, Debug)]
+struct Queued {
+    key: RequestKey,
+    request: Request,
+}
+
+impl Queued {
+    fn key(&self) -> RequestKey {
+        self.key
     }
 }
 
@@ -98,6 +126,31 @@ impl Wire for Contribution {
 
     fn decode(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
         Ok(Contribution { clock: reader.u64()?, requests: get_requests(reader)? })
+    }
+}
+
+impl Contribution {
+    /// Decode a contribution within the bounds that make it valid, the same at every replica (they
+    /// come from the cluster's shared configuration): at most `requests_max` requests, each
+    /// payload at most `payload_len_max` bytes. A count or a length beyond them is `TooLong`
+    /// before anything is allocated for it. The envelope's size bound alone would let one
+    /// Byzantine replica put some 800,000 empty requests in each epoch (16 MB at the defaults) into
+    /// every replica's at-most-once window and answers.
+    fn decode_bounded(bytes: &[u8], requests_max: usize, payload_len_max: usize) -> Result<Self, DecodeError> {
+        let mut reader = Reader::new(bytes);
+        let clock = reader.u64()?;
+        let count = reader.u32()?;
+        if count as usize > requests_max {
+            return Err(DecodeError::TooLong { len: u64::from(count), max: requests_max as u64 });
+        }
+        let mut requests = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            let (client, id) = (reader.u64()?, reader.u64()?);
+            let payload = reader.bytes(payload_len_max)?.to_vec();
+            requests.push(Request { client, id, payload });
+        }
+        reader.finish()?;
+        Ok(Contribution { clock, requests })
     }
 }
 
@@ -365,17 +418,17 @@ pub struct AtomicBroadcast {
     coin_keys: Arc<ThresholdKeys>,
     encryption_keys: Arc<ThresholdKeys>,
     clock: u64,
-    queue: VecDeque<Request>,
-    queued: HashSet<(u64, u64)>,
+    queue: VecDeque<Queued>,
+    queued: HashSet<RequestKey>,
     /// Requests proposed in an epoch not yet delivered, with that epoch.
-    in_flight: HashMap<(u64, u64), u64>,
+    in_flight: HashMap<RequestKey, u64>,
     /// Requests of other buckets among the first `batch_size` of the queue, with the epoch we
     /// first saw them there.
-    waiting: HashMap<(u64, u64), u64>,
+    waiting: HashMap<RequestKey, u64>,
     epochs: BTreeMap<u64, EpochState>,
     next_epoch: u64,
     time: u64,
-    executed: HashSet<(u64, u64)>,
+    executed: HashSet<RequestKey>,
     /// The ids executed in each epoch still in the at-most-once window.
     window: VecDeque<WindowEntry>,
     share_suspects: BTreeSet<NodeIndex>,
@@ -523,9 +576,9 @@ impl AtomicBroadcast {
         step
     }
 
-    /// Whether request `(client, id)` was executed within the at-most-once window.
-    pub fn is_executed(&self, client: u64, id: u64) -> bool {
-        self.executed.contains(&(client, id))
+    /// Whether the request named `key` was executed within the at-most-once window.
+    pub fn is_executed(&self, key: &RequestKey) -> bool {
+        self.executed.contains(key)
     }
 
     /// The clock's last reading.
@@ -545,7 +598,7 @@ impl AtomicBroadcast {
             return Err(Error::QueueFull(self.queue.len()));
         }
         self.queued.insert(key);
-        self.queue.push_back(request);
+        self.queue.push_back(Queued { key, request });
         Ok(())
     }
 
@@ -744,15 +797,22 @@ impl AtomicBroadcast {
         Ok(())
     }
 
+    /// The most requests one contribution may hold: a replica's share of the batch,
+    /// `⌈batch_size / n⌉` (what [`AtomicBroadcast::choose`] proposes at most).
+    fn contribution_requests_max(&self) -> usize {
+        self.config.batch_size.div_ceil(self.quorum.n() as usize).max(1)
+    }
+
     /// The longest envelope an honest replica makes: the most requests it proposes at the
     /// longest payload, with their framing, the capsule and the tag.
     fn ciphertext_len_max(&self) -> usize {
-        let requests = self.config.batch_size.div_ceil(self.quorum.n() as usize).max(1);
+        let requests = self.contribution_requests_max();
         let request = 8 + 8 + 4 + self.config.payload_len_max;
         CAPSULE_LEN + TAG_LEN + 8 + 4 + requests * request
     }
 
-    /// What `proposer`'s envelope in `epoch` is bound to: it opens nowhere else.
+    /// What `proposer`'s envelope in `epoch` is bound to, its label: its capsule verifies (so
+    /// honest replicas release decryption shares of it) and its payload opens nowhere else.
     fn associated(&self, epoch: u64, proposer: NodeIndex) -> Vec<u8> {
         tagged(domain::ABC_CONTRIBUTION, &[&self.config.session, &epoch.to_le_bytes(), &proposer.0.to_le_bytes()])
     }
@@ -772,11 +832,11 @@ impl AtomicBroadcast {
     fn choose(&mut self, epoch: u64, rng: &mut dyn rand::RngCore) -> Vec<Request> {
         let n = self.quorum.n();
         let me = self.our_index.0;
-        let amount = self.config.batch_size.div_ceil(n as usize).max(1);
+        let amount = self.contribution_requests_max();
         let now = self.next_epoch;
         let patience = self.config.epochs_in_flight + 2;
         let in_flight_there = self.config.epochs_in_flight as usize * amount;
-        let scan: Vec<&Request> = self
+        let scan: Vec<&Queued> = self
             .queue
             .iter()
             .filter(|r| !self.in_flight.contains_key(&r.key()))
@@ -784,7 +844,7 @@ impl AtomicBroadcast {
             .collect();
         // Each candidate of another bucket, with whether its replica likely has it in flight.
         let mut seen = vec![0usize; n as usize];
-        let mut others: Vec<(usize, bool, &Request)> = Vec::new();
+        let mut others: Vec<(usize, bool, &Queued)> = Vec::new();
         for (position, request) in scan.iter().enumerate() {
             let owner = bucket(request.key(), n) as usize;
             if owner != me as usize {
@@ -798,13 +858,13 @@ impl AtomicBroadcast {
         }
         // Late for its helper after `patience` epochs, for everyone after twice that (the helper
         // may be faulty too): honest replicas do not all propose the same late requests.
-        let is_late = |r: &Request| {
+        let is_late = |r: &Queued| {
             self.waiting.get(&r.key()).is_some_and(|since| {
                 let waited = now.saturating_sub(*since);
                 waited >= 2 * patience || (waited >= patience && helper(r.key(), n) == me)
             })
         };
-        let mut chosen: Vec<&Request> = others
+        let mut chosen: Vec<&Queued> = others
             .iter()
             .take_while(|(p, _, _)| *p < window)
             .map(|(_, _, r)| *r)
@@ -813,7 +873,7 @@ impl AtomicBroadcast {
             .collect();
         let own = scan.iter().copied().filter(|r| bucket(r.key(), n) == me);
         chosen.extend(own.take(amount - chosen.len()));
-        let mut taken: BTreeSet<(u64, u64)> = chosen.iter().map(|r| r.key()).collect();
+        let mut taken: BTreeSet<RequestKey> = chosen.iter().map(|r| r.key()).collect();
         let helped = others
             .iter()
             .filter(|(_, front, r)| !front && helper(r.key(), n) == me && !taken.contains(&r.key()))
@@ -821,7 +881,7 @@ impl AtomicBroadcast {
         chosen.extend(helped.take(amount - chosen.len()));
         if chosen.len() < amount {
             taken.extend(chosen.iter().map(|r| r.key()));
-            let mut rest: Vec<&Request> = others
+            let mut rest: Vec<&Queued> = others
                 .iter()
                 .take_while(|(p, _, _)| *p < window)
                 .map(|(_, _, r)| *r)
@@ -831,11 +891,10 @@ impl AtomicBroadcast {
             rest.shuffle(&mut rng);
             chosen.extend(rest.into_iter().take(amount - chosen.len()));
         }
-        let chosen: Vec<Request> = chosen.into_iter().cloned().collect();
-        for request in &chosen {
-            self.in_flight.insert(request.key(), epoch);
+        for queued in &chosen {
+            self.in_flight.insert(queued.key(), epoch);
         }
-        chosen
+        chosen.into_iter().map(|q| q.request.clone()).collect()
     }
 
     fn absorb(&mut self, epoch: u64, inner: acs::AcsStep, rng: &mut dyn rand::RngCore, step: &mut AbcStep) {
@@ -854,7 +913,14 @@ impl AtomicBroadcast {
                 Delivery::Invalid => (proposer, None),
             })
             .collect();
-        let envelopes: Vec<&Envelope> = parsed.iter().filter_map(|(_, e)| e.as_ref()).collect();
+        let labels: Vec<Vec<u8>> = parsed.iter().map(|(proposer, _)| self.associated(epoch, *proposer)).collect();
+        let envelopes: Vec<(&Envelope, &[u8])> = parsed
+            .iter()
+            .zip(&labels)
+            .filter_map(|((_, e), label)| e.as_ref().map(|e| (e, label.as_slice())))
+            .collect();
+        // A capsule copied from another proposer's or another epoch's envelope does not verify
+        // under this one's label: no share of it is released.
         let mut verdicts = verify_capsules(&envelopes, rng).into_iter();
         let mut agreed = BTreeMap::new();
         for (proposer, envelope) in parsed {
@@ -862,7 +928,7 @@ impl AtomicBroadcast {
             let mut decryption = Decryption { ciphertext, ..Decryption::default() };
             match &decryption.ciphertext {
                 Some(envelope) => {
-                    let share = self.encryption_keys.decrypt_share(envelope.capsule()).to_bytes();
+                    let share = self.encryption_keys.labeled_share(envelope.capsule()).to_bytes();
                     step.broadcast(Message::Decryption { epoch, proposer, share });
                 }
                 None => {
@@ -927,6 +993,7 @@ impl AtomicBroadcast {
         let needed = self.encryption_keys.shares_needed();
         let keys = Arc::clone(&self.encryption_keys);
         let associated = self.associated(epoch, proposer);
+        let (requests_max, payload_len_max) = (self.contribution_requests_max(), self.config.payload_len_max);
         let Some(decryption) =
             self.epochs.get_mut(&epoch).and_then(|s| s.agreed.as_mut()).and_then(|a| a.get_mut(&proposer))
         else {
@@ -940,6 +1007,9 @@ impl AtomicBroadcast {
         }
         let Some(envelope) = decryption.ciphertext.clone() else { return };
         let ciphertext = envelope.capsule();
+        let verifies = |sender: NodeIndex, share: &DecryptionShare| {
+            ciphertext.verify_share(&associated, &keys.public().public_key_share(sender.as_usize()), share)
+        };
         loop {
             let mut usable: BTreeMap<NodeIndex, DecryptionShare> = BTreeMap::new();
             let mut bad = Vec::new();
@@ -952,7 +1022,7 @@ impl AtomicBroadcast {
                     break;
                 }
                 match DecryptionShare::from_bytes(*bytes) {
-                    Ok(share) if !suspect(sender) || keys.verify_decryption_share(*sender, &share, ciphertext) => {
+                    Ok(share) if !suspect(sender) || verifies(*sender, &share) => {
                         usable.insert(*sender, share);
                     }
                     _ => bad.push(*sender),
@@ -962,20 +1032,27 @@ impl AtomicBroadcast {
                 return;
             }
             if bad.is_empty() {
-                if let Some(key) = keys.decrypt(&usable, ciphertext) {
-                    if let Some(contribution) =
-                        envelope.open(&key, &associated).and_then(|b| Contribution::from_bytes(&b).ok())
-                    {
-                        decryption.contribution = Some(Some(contribution));
-                        return;
+                let opened =
+                    ciphertext.combine(keys.public(), &usable).ok().and_then(|k| envelope.open(&k, &associated));
+                if let Some(plaintext) = opened {
+                    // The tag verified, so the key is right: what the plaintext holds is the
+                    // proposer's doing, and every honest replica finds the same.
+                    let decoded = Contribution::decode_bounded(&plaintext, requests_max, payload_len_max);
+                    match decoded {
+                        Ok(contribution) => decryption.contribution = Some(Some(contribution)),
+                        Err(error) => {
+                            decryption.contribution = Some(None);
+                            let kind = match error {
+                                DecodeError::TooLong { .. } => FaultKind::TooLong,
+                                _ => FaultKind::InvalidCiphertext,
+                            };
+                            step.fault(proposer, kind);
+                        }
                     }
+                    return;
                 }
                 // Either a bad share spoiled it or the proposer encrypted no contribution.
-                bad = usable
-                    .iter()
-                    .filter(|(s, share)| !keys.verify_decryption_share(**s, share, ciphertext))
-                    .map(|(s, _)| *s)
-                    .collect();
+                bad = usable.iter().filter(|(s, share)| !verifies(**s, share)).map(|(s, _)| *s).collect();
                 if bad.is_empty() {
                     decryption.contribution = Some(None);
                     step.fault(proposer, FaultKind::InvalidCiphertext);
@@ -1025,7 +1102,7 @@ impl AtomicBroadcast {
     fn commit(&mut self, batch: Batch, step: &mut AbcStep) {
         let epoch = batch.epoch;
         self.time = batch.time;
-        let keys: Vec<(u64, u64)> = batch.requests.iter().map(Request::key).collect();
+        let keys: Vec<RequestKey> = batch.requests.iter().map(Request::key).collect();
         for key in &keys {
             self.executed.insert(*key);
             self.queued.remove(key);
@@ -1033,7 +1110,7 @@ impl AtomicBroadcast {
             self.in_flight.remove(key);
         }
         if !keys.is_empty() {
-            self.queue.retain(|r| self.queued.contains(&r.key()));
+            self.queue.retain(|q| self.queued.contains(&q.key));
         }
         // Requests proposed in this epoch that it did not deliver can be proposed again.
         self.in_flight.retain(|_, e| *e > epoch);
@@ -1302,7 +1379,7 @@ impl AtomicBroadcast {
             self.queued.remove(key);
             self.waiting.remove(key);
         }
-        self.queue.retain(|r| self.queued.contains(&r.key()));
+        self.queue.retain(|q| self.queued.contains(&q.key));
         self.in_flight.retain(|key, e| *e > checkpoint.epoch && self.queued.contains(key));
         self.retained.clear();
         step.outputs.push(Output::Install(checkpoint.clone()));
@@ -1317,16 +1394,16 @@ impl AtomicBroadcast {
 /// Every replica still proposes requests of other buckets when its own run out, and the oldest
 /// requests of its queue are the only candidates, so a request whose bucket is a Byzantine replica
 /// reaches the front of the honest queues and is proposed all the same.
-fn bucket(key: (u64, u64), n: u32) -> u32 {
+fn bucket(key: RequestKey, n: u32) -> u32 {
     mix(key, 0, n)
 }
 
 /// The replica that helps with request `key` when its bucket's replica is busy: another fixed mix.
-fn helper(key: (u64, u64), n: u32) -> u32 {
+fn helper(key: RequestKey, n: u32) -> u32 {
     mix(key, 1, n)
 }
 
-fn mix((client, id): (u64, u64), salt: u64, n: u32) -> u32 {
+fn mix((client, id, _): RequestKey, salt: u64, n: u32) -> u32 {
     let mut x = client.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ id ^ salt.wrapping_mul(0xD6E8_FEB8_6659_FD93);
     x ^= x >> 30;
     x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);

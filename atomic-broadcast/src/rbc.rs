@@ -255,13 +255,16 @@ impl ReliableBroadcast {
         step
     }
 
-    /// Whether `proof` is a valid proof of shard `index`, within the length bound.
+    /// Whether `proof` is a valid proof of shard `index` in a tree of `n` leaves, within the
+    /// length bound. The depth is checked as every replica checks an echo's: a proposer could
+    /// otherwise build a deeper tree whose proofs verify, get our ECHO of one, and have the others
+    /// refuse it and record us as faulty.
     fn check_proof(&self, from: NodeIndex, proof: &Proof, index: NodeIndex, step: &mut RbcStep) -> bool {
         if proof.shard.len() > self.shard_len_max() {
             step.fault(from, FaultKind::TooLong);
             return false;
         }
-        if proof.index != index.0 || !proof.verifies() {
+        if proof.index != index.0 || proof.path.len() != merkle::depth(self.quorum.n() as usize) || !proof.verifies() {
             step.fault(from, FaultKind::InvalidProof);
             return false;
         }
@@ -495,6 +498,35 @@ mod tests {
                 assert_eq!(decode(&kept, k, n as usize, 1 << 20), Some(value.clone()), "n={n} t={t}");
             }
         }
+    }
+
+    /// A Byzantine proposer builds its tree over twice as many leaves: the proof of our shard
+    /// verifies against that root but is one level too deep. Echoing it would have every other
+    /// replica refuse our ECHO and record us as faulty.
+    #[test]
+    fn a_value_with_a_proof_of_the_wrong_depth_is_refused_and_not_echoed() {
+        let quorum = Quorum::with_max_faults(4).expect("n = 4");
+        let (proposer, us) = (NodeIndex(0), NodeIndex(1));
+        let mut shards = encode(b"value", 2, 4);
+        shards.extend(encode(b"other", 2, 4));
+        let tree = Tree::new(&shards);
+        let proof = Proof { root: tree.root(), index: us.0, shard: shards[1].clone(), path: tree.path(1) };
+        assert!(proof.verifies(), "the deeper proof verifies against its root");
+        assert_eq!(proof.path.len(), merkle::depth(4) + 1);
+        let mut ours = ReliableBroadcast::new(quorum, us, proposer, Config::default());
+        let step = ours.handle(proposer, Message::Value(proof.clone()));
+        assert!(step.messages.is_empty(), "an ECHO of a proof the others refuse was sent: {:?}", step.messages);
+        assert_eq!(
+            step.faults.iter().map(|f| (f.node, f.kind.clone())).collect::<Vec<_>>(),
+            vec![(proposer, FaultKind::InvalidProof)]
+        );
+        // What another replica does with such an ECHO: refuse it, blaming the sender.
+        let mut other = ReliableBroadcast::new(quorum, NodeIndex(2), proposer, Config::default());
+        let step = other.handle(us, Message::Echo(proof));
+        assert_eq!(
+            step.faults.iter().map(|f| (f.node, f.kind.clone())).collect::<Vec<_>>(),
+            vec![(us, FaultKind::InvalidProof)]
+        );
     }
 
     #[test]

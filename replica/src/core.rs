@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use fides_atomic_broadcast::checkpoint::{log_genesis, log_next, CatchUp, Checkpoint, Digest};
-use fides_atomic_broadcast::epoch::{AtomicBroadcast, Batch, Error as AbcError, Input, Message, Output};
+use fides_atomic_broadcast::epoch::{AtomicBroadcast, Batch, Error as AbcError, Input, Message, Output, RequestKey};
 use fides_types::codec::Wire;
 use fides_types::{Fault, FaultKind, NodeIndex, Outgoing, Target};
 use rand::SeedableRng;
@@ -26,7 +26,7 @@ pub struct Effects {
     /// Checkpoints we jumped to (batches before them were skipped here).
     pub installs: Vec<Checkpoint>,
     /// Requests the core refused, with the reason.
-    pub refused: Vec<((u64, u64), AbcError)>,
+    pub refused: Vec<(RequestKey, AbcError)>,
     /// Misbehaviour seen.
     pub faults: Vec<Fault>,
 }
@@ -82,7 +82,7 @@ impl Core {
         self.rng = ChaCha20Rng::from_seed(hasher.finalize().into());
         match event {
             Event::Submit(request) => {
-                let key = (request.client, request.id);
+                let key = request.key();
                 match self.abc.handle_input(Input::Submit(request.clone()), &mut self.rng) {
                     Ok(step) => self.absorb(step, effects),
                     Err(error) => effects.refused.push((key, error)),

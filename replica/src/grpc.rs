@@ -86,6 +86,7 @@ fn to_proto(o: Ordered) -> proto::Ordered {
         index: o.index,
         time_ms: o.time_ms,
         log_digest: o.log_digest.to_vec(),
+        payload_digest: o.payload_digest.to_vec(),
     }
 }
 
@@ -107,8 +108,12 @@ impl Ordering for OrderingService {
     }
 
     async fn lookup(&self, request: GrpcRequest<proto::LookupRequest>) -> Result<Response<proto::LookupReply>, Status> {
-        let proto::LookupRequest { client, id } = request.into_inner();
-        let answer = self.ask(|reply| Command::Lookup { key: (client, id), reply }).await?;
+        let proto::LookupRequest { client, id, payload_digest } = request.into_inner();
+        // `(client, id)` alone could name another payload ordered under the same id.
+        let digest: [u8; 32] = payload_digest
+            .try_into()
+            .map_err(|_| Status::invalid_argument("payload_digest must be the 32-byte SHA-256 of the payload"))?;
+        let answer = self.ask(|reply| Command::Lookup { key: (client, id, digest), reply }).await?;
         let reply = match answer {
             Lookup::Unknown => proto::LookupReply { state: proto::lookup_reply::State::Unknown as i32, ordered: None },
             Lookup::Pending => proto::LookupReply { state: proto::lookup_reply::State::Pending as i32, ordered: None },

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fides_atomic_broadcast::checkpoint::Checkpoint;
-use fides_atomic_broadcast::epoch::{Error as AbcError, Message, Request};
+use fides_atomic_broadcast::epoch::{Error as AbcError, Message, Request, RequestKey};
 use fides_types::codec::Wire;
 use fides_types::{NodeIndex, Outgoing, Quorum, Target};
 use futures::FutureExt;
@@ -72,6 +72,9 @@ pub struct Ordered {
     pub time_ms: u64,
     /// Log digest after the epoch.
     pub log_digest: [u8; 32],
+    /// SHA-256 of the payload ordered: `(client, id)` is not authenticated, so a place is told
+    /// only for the request with this payload (see `docs/atomic-broadcast.md`).
+    pub payload_digest: [u8; 32],
 }
 
 /// Why a submission got no `Ordered` answer.
@@ -162,8 +165,8 @@ pub enum Command {
     },
     /// Where a request stands.
     Lookup {
-        /// (client, id).
-        key: (u64, u64),
+        /// (client, id, SHA-256 of the payload).
+        key: RequestKey,
         /// Where the answer goes.
         reply: oneshot::Sender<Lookup>,
     },
@@ -322,12 +325,13 @@ pub struct Node<T: Transport> {
     limits: Limits,
     metrics: Arc<Metrics>,
     commands: mpsc::Receiver<Command>,
-    waiters: HashMap<(u64, u64), Vec<Waiter>>,
+    /// Waiters by request key: a waiter is answered only by the request with its own payload.
+    waiters: HashMap<RequestKey, Vec<Waiter>>,
     waiting: usize,
     /// Requests logged and not yet delivered or refused.
-    pending: std::collections::HashSet<(u64, u64)>,
-    ordered: HashMap<(u64, u64), Ordered>,
-    ordered_by_epoch: VecDeque<(u64, Vec<(u64, u64)>)>,
+    pending: std::collections::HashSet<RequestKey>,
+    ordered: HashMap<RequestKey, Ordered>,
+    ordered_by_epoch: VecDeque<(u64, Vec<RequestKey>)>,
     derived: Derived,
     /// The epoch from which we vote; `None` while joining.
     join_epoch: Option<u64>,
@@ -501,7 +505,7 @@ impl<T: Transport> Node<T> {
                 self.last_clock = now;
             }
             if let Event::Submit(request) = &event {
-                self.pending.insert((request.client, request.id));
+                self.pending.insert(request.key());
             }
             let mut effects = Effects::default();
             self.core.apply(seq, &event, &mut effects);
@@ -810,7 +814,6 @@ impl<T: Transport> Node<T> {
     fn on_command(&mut self, command: Command, events: &mut Vec<Event>) {
         match command {
             Command::Submit { request, reply } => {
-                let key = (request.client, request.id);
                 if request.payload.len() > self.limits.payload_len_max {
                     let _ = reply.send(Err(SubmitError::Invalid(format!(
                         "payload of {} bytes is above the bound of {}",
@@ -819,11 +822,12 @@ impl<T: Transport> Node<T> {
                     ))));
                     return;
                 }
+                let key = request.key();
                 if let Some(ordered) = self.ordered.get(&key) {
                     let _ = reply.send(Ok(ordered.clone()));
                     return;
                 }
-                if self.core.abc().is_executed(key.0, key.1) {
+                if self.core.abc().is_executed(&key) {
                     let _ = reply.send(Err(SubmitError::AlreadyOrdered));
                     return;
                 }
@@ -956,7 +960,7 @@ impl<T: Transport> Node<T> {
         }
         let mut keys = Vec::with_capacity(batch.requests.len());
         for (index, request) in batch.requests.iter().enumerate() {
-            let key = (request.client, request.id);
+            let key = request.key();
             keys.push(key);
             self.pending.remove(&key);
             let ordered = Ordered {
@@ -966,6 +970,7 @@ impl<T: Transport> Node<T> {
                 index: index as u32,
                 time_ms: batch.time,
                 log_digest: log,
+                payload_digest: key.2,
             };
             self.answer(key, Ok(ordered.clone()));
             self.ordered.insert(key, ordered);
@@ -988,7 +993,7 @@ impl<T: Transport> Node<T> {
         }
     }
 
-    fn answer(&mut self, key: (u64, u64), answer: Result<Ordered, SubmitError>) {
+    fn answer(&mut self, key: RequestKey, answer: Result<Ordered, SubmitError>) {
         if let Some(waiters) = self.waiters.remove(&key) {
             self.waiting = self.waiting.saturating_sub(waiters.len());
             for waiter in waiters {

@@ -1,5 +1,7 @@
 //! The client API of real replica processes: clear statuses for bad input and overload, the
-//! standard health service, server reflection, and the ordering status call.
+//! standard health service, server reflection, the ordering status call, and answers that go by
+//! the payload (two clients sending the same `(client, id)` with different payloads are each
+//! told the place of their own payload).
 
 mod common;
 
@@ -77,13 +79,53 @@ fn the_client_api_answers_bad_input_and_overload_with_clear_statuses_and_serves_
                 .await
                 .expect("ordered")
                 .into_inner();
-            let lookup =
-                ordering.lookup(proto::LookupRequest { client: 1, id: 2 }).await.expect("lookup").into_inner();
+            assert_eq!(ordered.payload_digest, digest(b"hello"));
+            let lookup = ordering.lookup(lookup_of(1, 2, b"hello")).await.expect("lookup").into_inner();
             assert_eq!(lookup.state, State::Ordered as i32);
             assert_eq!(lookup.ordered, Some(ordered));
-            let lookup =
-                ordering.lookup(proto::LookupRequest { client: 1, id: 99 }).await.expect("lookup").into_inner();
+            let lookup = ordering.lookup(lookup_of(1, 2, b"other")).await.expect("lookup").into_inner();
+            assert_eq!(lookup.state, State::Unknown as i32, "another payload under (1, 2) was never sent");
+            let lookup = ordering.lookup(lookup_of(1, 99, b"hello")).await.expect("lookup").into_inner();
             assert_eq!(lookup.state, State::Unknown as i32);
+            let status = ordering
+                .lookup(proto::LookupRequest { client: 1, id: 2, payload_digest: Vec::new() })
+                .await
+                .expect_err("a lookup names the payload");
+            assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+
+            // Two clients claim the same (client, id) with different payloads (one of them, say,
+            // through a Byzantine replica): both are ordered, and each is told its own place.
+            let mut other = ordering.clone();
+            let (a, b) = tokio::join!(
+                ordering.submit(proto::SubmitRequest { client: 5, id: 1, payload: b"from the client".to_vec() }),
+                other.submit(proto::SubmitRequest { client: 5, id: 1, payload: b"from a forger".to_vec() }),
+            );
+            let a = a.expect("ordered").into_inner();
+            let b = b.expect("ordered").into_inner();
+            assert_ne!((a.epoch, a.index), (b.epoch, b.index), "two payloads, one place: {a:?} {b:?}");
+            for (answer, payload) in [(&a, &b"from the client"[..]), (&b, &b"from a forger"[..])] {
+                assert_eq!(answer.payload_digest, digest(payload));
+                // The batch may be written just after the answer left: ask until it is there.
+                let deadline = std::time::Instant::now() + Duration::from_secs(20);
+                let batch = loop {
+                    let log = ordering
+                        .log(proto::LogRequest { from_epoch: answer.epoch, max_batches: 1 })
+                        .await
+                        .expect("log")
+                        .into_inner();
+                    if let Some(batch) = log.batches.into_iter().find(|b| b.epoch == answer.epoch) {
+                        break batch;
+                    }
+                    assert!(std::time::Instant::now() < deadline, "epoch {} is not in the log", answer.epoch);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                };
+                let there = batch.requests.get(answer.index as usize).expect("the answer's index is in the batch");
+                assert_eq!(
+                    (there.client, there.id, there.payload.as_slice()),
+                    (5, 1, payload),
+                    "a client was told the place of another payload"
+                );
+            }
 
             // Without a quorum nothing is ordered: submissions wait, and past the per-connection
             // bound of 2 the answer is RESOURCE_EXHAUSTED at once.
@@ -100,8 +142,8 @@ fn the_client_api_answers_bad_input_and_overload_with_clear_statuses_and_serves_
             // Let both reach the replica.
             let deadline = std::time::Instant::now() + Duration::from_secs(20);
             loop {
-                let a = ordering.lookup(proto::LookupRequest { client: 1, id: 10 }).await.expect("lookup").into_inner();
-                let b = ordering.lookup(proto::LookupRequest { client: 1, id: 11 }).await.expect("lookup").into_inner();
+                let a = ordering.lookup(lookup_of(1, 10, b"waits")).await.expect("lookup").into_inner();
+                let b = ordering.lookup(lookup_of(1, 11, b"waits")).await.expect("lookup").into_inner();
                 if a.state == State::Pending as i32 && b.state == State::Pending as i32 {
                     break;
                 }
@@ -126,4 +168,14 @@ fn the_client_api_answers_bad_input_and_overload_with_clear_statuses_and_serves_
         tokio::time::timeout(Duration::from_secs(180), test).await.expect("the test finishes within 180 s");
     });
     local.stop_all(Duration::from_secs(10));
+}
+
+/// SHA-256 of a payload, as a request's key and answers carry it.
+fn digest(payload: &[u8]) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(payload).to_vec()
+}
+
+fn lookup_of(client: u64, id: u64, payload: &[u8]) -> proto::LookupRequest {
+    proto::LookupRequest { client, id, payload_digest: digest(payload) }
 }

@@ -4,17 +4,18 @@
 //! validity, at-most-once, checkpoints and agreed time.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use fides_atomic_broadcast::checkpoint::{CatchUp, Checkpoint};
 use fides_atomic_broadcast::epoch::{AtomicBroadcast, Batch, Config, Input, Keys, Message, Output, Request};
 use fides_crypto::ThresholdKeys;
 use fides_types::codec::Wire;
-use fides_types::{NodeIndex, Quorum};
+use fides_types::{FaultKind, NodeIndex, Quorum};
 use rand::seq::SliceRandom;
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+pub use crate::abc_actors::{AbcAttack, AttackLog};
 use crate::actors::{AgreementKey, AgreementView};
 use crate::check;
 use crate::{Behaviour, Byzantine, Micros, Network, Produced, RandomScheduler, Reaction, RunConfig, Scenario};
@@ -123,17 +124,26 @@ impl ClusterKeys {
 
 /// The scenario: keys, each replica's clock and requests.
 pub struct AbcScenario {
-    quorum: Quorum,
+    pub(crate) quorum: Quorum,
     keys: ClusterKeys,
-    clocks: Vec<u64>,
-    requests: Vec<Vec<Request>>,
-    config: Config,
+    pub(crate) clocks: Vec<u64>,
+    pub(crate) requests: Vec<Vec<Request>>,
+    pub(crate) config: Config,
+    /// What [`Behaviour::Adaptive`] does: an attack on atomic broadcast, or (`None`) equivocate.
+    attack: Option<AbcAttack>,
+    /// What the attackers report.
+    pub(crate) attack_log: Arc<Mutex<AttackLog>>,
 }
 
 impl AbcScenario {
     fn instance(&self, index: NodeIndex, session: &[u8]) -> AtomicBroadcast {
         let mut config = self.config.clone();
         config.session = session.to_vec();
+        self.instance_with(index, config)
+    }
+
+    /// A replica at `index` with the cluster's keys and `config`.
+    pub(crate) fn instance_with(&self, index: NodeIndex, config: Config) -> AtomicBroadcast {
         AtomicBroadcast::new(self.quorum, index, config, self.keys.of(index))
     }
 }
@@ -237,8 +247,11 @@ impl Scenario for AbcScenario {
     }
 
     fn adaptive(&self, index: NodeIndex) -> Box<dyn Byzantine<AtomicBroadcast>> {
-        // The equivocator is the sharpest generic attacker here: two faces, two clocks.
-        crate::actors::make(&Behaviour::Equivocator, index, self, self.quorum)
+        match self.attack {
+            Some(attack) => crate::abc_actors::make(attack, index, self),
+            // The equivocator is the sharpest generic attacker here: two faces, two clocks.
+            None => crate::actors::make(&Behaviour::Equivocator, index, self, self.quorum),
+        }
     }
 }
 
@@ -299,6 +312,12 @@ pub struct AbcSummary {
     pub installed: Option<(NodeIndex, u64)>,
     /// The run's trace hash, in hex: the same seed gives the same one.
     pub trace: String,
+    /// The batches of the longest honest log that starts at epoch 0.
+    pub batches: Vec<Batch>,
+    /// The faults honest replicas recorded against Byzantine ones.
+    pub byzantine_faults: Vec<FaultKind>,
+    /// What the attackers of [`run_attack`] report.
+    pub attack: AttackLog,
 }
 
 /// Where each honest log stands: the next epoch it will deliver.
@@ -313,8 +332,27 @@ fn reached(log: &[Produced<Output>]) -> u64 {
         .unwrap_or(0)
 }
 
+/// Run one case whose `t` Byzantine replicas make `attack` (`case.byzantine` is not used), and
+/// check it as any case; the summary tells what the attackers achieved.
+pub fn run_attack(case: &AbcCase, attack: AbcAttack) -> Result<AbcSummary, String> {
+    let quorum = Quorum::with_max_faults(case.n).map_err(|e| e.to_string())?;
+    let mut rng = ChaCha8Rng::seed_from_u64(case.seed);
+    let keys = ClusterKeys::random(quorum, &mut rng);
+    let case = AbcCase { byzantine: Behaviour::Adaptive, ..case.clone() };
+    run_checked(&case, keys, &mut rng, Some(attack))
+}
+
 /// Run one case with given keys (e.g. the dealer's) and check it.
 pub fn run_with_keys(case: &AbcCase, keys: ClusterKeys, rng: &mut ChaCha8Rng) -> Result<AbcSummary, String> {
+    run_checked(case, keys, rng, None)
+}
+
+fn run_checked(
+    case: &AbcCase,
+    keys: ClusterKeys,
+    rng: &mut ChaCha8Rng,
+    attack: Option<AbcAttack>,
+) -> Result<AbcSummary, String> {
     let quorum = Quorum::with_max_faults(case.n).map_err(|e| e.to_string())?;
     let crate::Placement { mut byzantine, mut honest, mut behaviours } = crate::place(quorum, &case.byzantine, rng);
     let lagging = case.lagging.then(|| match byzantine.pop() {
@@ -348,15 +386,26 @@ pub fn run_with_keys(case: &AbcCase, keys: ClusterKeys, rng: &mut ChaCha8Rng) ->
     config.checkpoint_interval = CHECKPOINT_INTERVAL;
     config.epochs_future_max = 8;
     let session = config.session.clone();
-    let scenario = AbcScenario { quorum, keys, clocks: clocks.clone(), requests, config };
+    let attack_log = Arc::new(Mutex::new(AttackLog::default()));
+    let scenario = AbcScenario {
+        quorum,
+        keys,
+        clocks: clocks.clone(),
+        requests,
+        config,
+        attack,
+        attack_log: Arc::clone(&attack_log),
+    };
     let scheduler: Box<dyn crate::Scheduler<Message>> = if case.content_aware {
         Box::new(CensorScheduler { victim })
     } else {
         Box::new(RandomScheduler::new(quorum, rng))
     };
     let run = RunConfig { seed: case.seed, deliveries_max: 5_000_000, cpu: None };
-    let given: BTreeSet<(u64, u64)> =
-        honest.iter().flat_map(|i| scenario.requests[i.as_usize()].iter().map(|r| (r.client, r.id))).collect();
+    let given: BTreeSet<(u64, u64, Vec<u8>)> = honest
+        .iter()
+        .flat_map(|i| scenario.requests[i.as_usize()].iter().map(|r| (r.client, r.id, r.payload.clone())))
+        .collect();
     // Atomic broadcast never terminates (a Byzantine replica can keep starting epochs): the run
     // stops once every honest replica reached the epoch by which some honest replica delivered
     // every request given to an honest one.
@@ -367,7 +416,7 @@ pub fn run_with_keys(case: &AbcCase, keys: ClusterKeys, rng: &mut ChaCha8Rng) ->
             for produced in log {
                 if let Output::Batch(batch) = &produced.output {
                     for request in &batch.requests {
-                        missing.remove(&(request.client, request.id));
+                        missing.remove(&(request.client, request.id, request.payload.clone()));
                     }
                     if missing.is_empty() {
                         all_by = Some(batch.epoch + 1);
@@ -443,6 +492,9 @@ pub fn run_with_keys(case: &AbcCase, keys: ClusterKeys, rng: &mut ChaCha8Rng) ->
             _ => None,
         })
         .collect();
+    let byzantine_faults =
+        report.faults.iter().filter(|(_, f)| byzantine.contains(&f.node)).map(|(_, f)| f.kind.clone()).collect();
+    let attack = attack_log.lock().map(|log| log.clone()).unwrap_or_default();
     Ok(AbcSummary {
         epochs,
         requests: longest.iter().map(|b| b.requests.len()).sum(),
@@ -451,6 +503,9 @@ pub fn run_with_keys(case: &AbcCase, keys: ClusterKeys, rng: &mut ChaCha8Rng) ->
         byzantine,
         installed,
         trace: report.trace_hex(),
+        batches: longest,
+        byzantine_faults,
+        attack,
     })
 }
 
@@ -519,6 +574,8 @@ pub fn bench_case(case: &AbcBenchCase) -> Result<AbcBenchSummary, String> {
         clocks: vec![clock; quorum.n() as usize],
         requests: vec![transactions; quorum.n() as usize],
         config,
+        attack: None,
+        attack_log: Arc::default(),
     };
     let scheduler = RandomScheduler::new(quorum, &mut rng);
     let run = RunConfig { seed: case.seed, deliveries_max: u64::MAX, cpu: Some(case.cpu) };
@@ -552,7 +609,8 @@ pub fn bench_case(case: &AbcBenchCase) -> Result<AbcBenchSummary, String> {
     }
     let logs: Vec<Option<Vec<Output>>> =
         report.outputs.iter().map(|o| o.as_ref().map(|list| list.iter().map(|p| p.output.clone()).collect())).collect();
-    let given: BTreeSet<(u64, u64)> = scenario.requests[0].iter().map(|r| (r.client, r.id)).collect();
+    let given: BTreeSet<(u64, u64, Vec<u8>)> =
+        scenario.requests[0].iter().map(|r| (r.client, r.id, r.payload.clone())).collect();
     let epochs = check::atomic_broadcast(&session, &logs, &given, &[clock]).map_err(context)?;
     let requests = logs
         .iter()

@@ -213,7 +213,7 @@ pub fn common_subset(
 pub fn atomic_broadcast(
     session: &[u8],
     logs: &[Option<Vec<fides_atomic_broadcast::epoch::Output>>],
-    given: &std::collections::BTreeSet<(u64, u64)>,
+    given: &std::collections::BTreeSet<(u64, u64, Vec<u8>)>,
     honest_clocks: &[u64],
 ) -> Result<u64, String> {
     use fides_atomic_broadcast::checkpoint::{log_genesis, log_next, Checkpoint};
@@ -268,11 +268,14 @@ pub fn atomic_broadcast(
         }
         time = batch.time;
         for request in &batch.requests {
-            if !seen.insert((request.client, request.id)) {
-                return Err(format!("at-most-once: ({}, {}) delivered twice", request.client, request.id));
-            }
-            if given.contains(&(request.client, request.id)) {
+            // A request is (client, id, payload): the same (client, id) with another payload is
+            // another request (a Byzantine replica may order one; it must not suppress the real one).
+            let key = (request.client, request.id, request.payload.clone());
+            if given.contains(&key) {
                 all_given_by = epoch + 1;
+            }
+            if !seen.insert(key) {
+                return Err(format!("at-most-once: ({}, {}) delivered twice", request.client, request.id));
             }
         }
         digest = log_next(&digest, batch);
@@ -282,8 +285,8 @@ pub fn atomic_broadcast(
             }
         }
     }
-    if let Some(missing) = given.iter().find(|key| !seen.contains(key)) {
-        return Err(format!("validity: request {missing:?} given to an honest replica was never delivered"));
+    if let Some((client, id, _)) = given.iter().find(|key| !seen.contains(key)) {
+        return Err(format!("validity: request ({client}, {id}) given to an honest replica was never delivered"));
     }
     if let Some((index, reached)) = reached.iter().enumerate().find(|(_, r)| **r < all_given_by) {
         return Err(format!("validity: honest log {index} reached epoch {reached}, requests run to {all_given_by}"));

@@ -29,6 +29,7 @@
 
 pub mod aba;
 pub mod abc;
+pub mod abc_actors;
 pub mod acs;
 pub mod actors;
 pub mod check;

@@ -6,8 +6,12 @@
 //! checkpoint, with t - 1 Byzantine replicas. 20 seeds per configuration, 200 in the `slow_` tests.
 //! Rushers (TERM to replicas that have not proposed, AUX to one): n = 7, 5 seeds; n = 7 and 10, 50 and
 //! 20 under the censoring scheduler in the `slow_` test. Every run ends with a liveness phase.
+//! Then the attacks on atomic broadcast itself (`simnet::abc_actors`): forged request ids,
+//! oversized contributions and copied capsules, with n ∈ {4, 7}, a few seeds each (more in `slow_`).
 
-use simnet::abc::{run_case, run_case_summary, AbcCase};
+use fides_types::FaultKind;
+use simnet::abc::{run_attack, run_case, run_case_summary, AbcAttack, AbcCase, AbcSummary};
+use simnet::abc_actors::{FORGED_PAYLOAD, OVERSIZED_CLIENT};
 use simnet::seeds::run_seeds;
 use simnet::Behaviour;
 
@@ -129,4 +133,87 @@ fn slow_a_replica_down_for_a_while_catches_up_n_4_7() {
 #[ignore = "slow suite: CI runs it in its own step"]
 fn slow_a_replica_down_for_a_while_catches_up_n_10() {
     every_kind(&[10], 200, Mode::Lagging);
+}
+
+/// Run `attack` with n ∈ {4, 7} over `seeds` seeds; each run passes every check of a case
+/// (validity counts a request as delivered only with its own payload) and then `check`.
+fn attack_suite(attack: AbcAttack, seeds: u64, check: impl Fn(u32, &AbcSummary) -> Result<(), String>) {
+    for n in [4u32, 7] {
+        let runs = run_seeds(env!("CARGO_CRATE_NAME"), seeds, |seed| {
+            let case =
+                AbcCase { n, byzantine: Behaviour::Adaptive, requests: 30, lagging: false, content_aware: false, seed };
+            let summary = run_attack(&case, attack)?;
+            check(n, &summary).map_err(|e| format!("{e} (n={n}, attack={attack:?})"))?;
+            Ok(summary)
+        });
+        println!("n={n:>2} attack={attack:?}: {} runs", runs.len());
+    }
+}
+
+fn forged_requests_are_other_requests(_: u32, summary: &AbcSummary) -> Result<(), String> {
+    let forged = summary.batches.iter().flat_map(|b| &b.requests).filter(|r| r.payload == FORGED_PAYLOAD).count();
+    // The attack took place: forged copies were ordered (and the real requests all the same, which
+    // the run's validity check saw).
+    if forged == 0 {
+        return Err("no forged request was ordered: the attack did not take place".into());
+    }
+    Ok(())
+}
+
+#[test]
+fn a_byzantine_replica_can_neither_suppress_nor_replace_a_request_by_forging_its_id() {
+    attack_suite(AbcAttack::ForgeRequests, 3, forged_requests_are_other_requests);
+}
+
+fn oversized_contributions_are_dropped(n: u32, summary: &AbcSummary) -> Result<(), String> {
+    // Each replica proposes at most ⌈batch_size / n⌉ = 4 requests (the simulated batch is 4n).
+    let bound = 4 * n as usize;
+    if let Some(batch) = summary.batches.iter().find(|b| b.requests.len() > bound) {
+        return Err(format!(
+            "epoch {} holds {} requests, above n·⌈batch/n⌉ = {bound}",
+            batch.epoch,
+            batch.requests.len()
+        ));
+    }
+    if summary.batches.iter().flat_map(|b| &b.requests).any(|r| r.client == OVERSIZED_CLIENT) {
+        return Err("a request of an oversized contribution was ordered".into());
+    }
+    if !summary.byzantine_faults.contains(&FaultKind::TooLong) {
+        return Err("no oversized contribution was recorded as a fault".into());
+    }
+    Ok(())
+}
+
+#[test]
+fn contributions_beyond_a_replicas_share_or_the_payload_bound_are_dropped_as_faults() {
+    attack_suite(AbcAttack::Oversized, 3, oversized_contributions_are_dropped);
+}
+
+fn copied_capsules_release_no_share(_: u32, summary: &AbcSummary) -> Result<(), String> {
+    if summary.attack.copies_proposed == 0 {
+        return Err("no envelope was copied: the attack did not take place".into());
+    }
+    if summary.attack.copied_shares_received > 0 {
+        return Err(format!(
+            "confidentiality: honest replicas sent {} decryption shares of copied capsules ({} copies)",
+            summary.attack.copied_shares_received, summary.attack.copies_proposed
+        ));
+    }
+    if !summary.byzantine_faults.contains(&FaultKind::InvalidCiphertext) {
+        return Err("no copied capsule was recorded as a fault".into());
+    }
+    Ok(())
+}
+
+#[test]
+fn a_capsule_copied_into_another_proposers_envelope_gets_no_decryption_share() {
+    attack_suite(AbcAttack::CopyCapsules, 3, copied_capsules_release_no_share);
+}
+
+#[test]
+#[ignore = "slow suite: CI runs it in its own step"]
+fn slow_attacks_on_atomic_broadcast_fail() {
+    attack_suite(AbcAttack::ForgeRequests, 50, forged_requests_are_other_requests);
+    attack_suite(AbcAttack::Oversized, 50, oversized_contributions_are_dropped);
+    attack_suite(AbcAttack::CopyCapsules, 50, copied_capsules_release_no_share);
 }

@@ -39,6 +39,9 @@ pub struct TransportConfig {
     pub peer_burst_bytes: u64,
     /// The longest frame sent or handed up: [`FRAME_LEN_MAX`], lowered only by tests.
     pub frame_len_max: usize,
+    /// Fault injection for tests: the percentage of frames lost on the way out, as if by a lossy
+    /// network (0 in production).
+    pub fault_drop_frames_percent: u8,
 }
 
 impl Default for TransportConfig {
@@ -50,6 +53,7 @@ impl Default for TransportConfig {
             peer_bytes_per_second: 256 * 1024 * 1024,
             peer_burst_bytes: 512 * 1024 * 1024,
             frame_len_max: FRAME_LEN_MAX,
+            fault_drop_frames_percent: 0,
         }
     }
 }

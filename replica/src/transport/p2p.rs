@@ -630,7 +630,7 @@ async fn run_outbound(
             Ok(Ok(Ok(()))) => match tokio::time::timeout(CONNECT_TIMEOUT, control.open_stream(peer_id, PROTOCOL)).await
             {
                 Ok(Ok(stream)) => {
-                    if write_frames(peer, state, stream, shared.config.peer_queue_max).await {
+                    if write_frames(peer, state, stream, &shared).await {
                         delay = delay_min;
                     }
                 }
@@ -648,7 +648,9 @@ async fn run_outbound(
 }
 
 /// Write queued frames into `stream` until it breaks; `false` if the peer never took it.
-async fn write_frames(peer: NodeIndex, state: &PeerState, stream: Stream, queue_max: usize) -> bool {
+async fn write_frames(peer: NodeIndex, state: &PeerState, stream: Stream, shared: &Shared) -> bool {
+    let queue_max = shared.config.peer_queue_max;
+    let mut loss = Loss::new(shared.config.fault_drop_frames_percent, shared.our_index, peer);
     let (mut reader, writer) = stream.split();
     let mut ready = [0u8; 1];
     match tokio::time::timeout(CONNECT_TIMEOUT, reader.read_exact(&mut ready)).await {
@@ -672,6 +674,10 @@ async fn write_frames(peer: NodeIndex, state: &PeerState, stream: Stream, queue_
         let next = lock(&state.queue).pop_front();
         match next {
             Some(frame) => {
+                if loss.drops() {
+                    state.frames_sent.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
                 if let Err(error) = write_frame(&mut writer, &frame).await {
                     debug!(%peer, %error, "outbound stream broke");
                     // The frame did not get through whole, so the peer discards what it got of
@@ -706,6 +712,25 @@ async fn write_frames(peer: NodeIndex, state: &PeerState, stream: Stream, queue_
                 }
             }
         }
+    }
+}
+
+/// The fault switch that loses frames on the way out, from an RNG seeded by the link.
+struct Loss {
+    percent: u8,
+    rng: rand_chacha::ChaCha8Rng,
+}
+
+impl Loss {
+    fn new(percent: u8, from: NodeIndex, to: NodeIndex) -> Self {
+        use rand::SeedableRng;
+        Loss { percent, rng: rand_chacha::ChaCha8Rng::seed_from_u64(u64::from(from.0) << 32 | u64::from(to.0)) }
+    }
+
+    /// Whether to lose the next frame.
+    fn drops(&mut self) -> bool {
+        use rand::Rng;
+        self.percent > 0 && self.rng.gen_range(0..100u8) < self.percent
     }
 }
 

@@ -175,11 +175,13 @@ pub async fn run(config: RunConfig, exit_on_stdin_close: bool) -> anyhow::Result
         .iter()
         .map(|r| PeerInfo { index: r.index, identity: r.identity.to_bytes(), address: r.address.to_string() })
         .collect();
-    let transport_config =
-        TransportConfig { fault_drop_frames_percent: config.fault_drop_frames.unwrap_or(0), ..TransportConfig::default() };
+    let transport_config = TransportConfig {
+        fault_drop_frames_percent: config.fault_drop_frames.unwrap_or(0),
+        ..TransportConfig::default()
+    };
     let transport = P2pTransport::start(index, replica.identity().to_bytes(), peers, listen, transport_config)
-            .await
-            .with_context(|| format!("starting the peer transport on {listen}"))?;
+        .await
+        .with_context(|| format!("starting the peer transport on {listen}"))?;
 
     let metrics = Arc::new(Metrics::new());
     let threshold_keys = keys(&replica, &cluster)?;

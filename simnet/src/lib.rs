@@ -26,6 +26,7 @@ pub mod abc;
 pub mod acs;
 pub mod actors;
 pub mod check;
+pub mod lossy;
 pub mod rbc;
 pub mod seeds;
 

@@ -5,7 +5,7 @@
 //! 2t + 1); and an honest replica down for a while (its messages lost) that recovers from a
 //! checkpoint, with t - 1 Byzantine replicas. 20 seeds per configuration, 200 in the `slow_` tests.
 
-use simnet::abc::{run_case, run_case_summary, AbcCase};
+use simnet::abc::{run_case, run_case_over_lossy_links, run_case_summary, AbcCase};
 use simnet::seeds::run_seeds;
 use simnet::Behaviour;
 
@@ -113,4 +113,37 @@ fn slow_a_replica_down_for_a_while_catches_up_n_4_7() {
 #[ignore = "slow suite: CI runs it in its own step"]
 fn slow_a_replica_down_for_a_while_catches_up_n_10() {
     every_kind(&[10], 200, Mode::Lagging);
+}
+
+/// Every link loses a fifth of its transmissions; the transport resends them after a timeout
+/// (`simnet::lossy`), so they arrive late. Total order and validity must hold all the same.
+fn over_lossy_links(sizes: &[u32], seeds: u64) {
+    for kind in Behaviour::byzantine_kinds() {
+        for &n in sizes {
+            for content_aware in [false, true] {
+                let lagging = false;
+                let epochs = run_seeds(env!("CARGO_CRATE_NAME"), seeds, |seed| {
+                    let case = AbcCase { n, byzantine: kind.clone(), requests: 30, lagging, content_aware, seed };
+                    run_case_over_lossy_links(&case, 0.2).map(|summary| summary.epochs)
+                });
+                let most = epochs.iter().max().copied().unwrap_or(0);
+                println!(
+                    "lossy n={n:>2} byzantine={:<12} lagging={lagging:<5} censoring={content_aware:<5}: {} runs, at most {most} epochs",
+                    kind.name(),
+                    epochs.len()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn atomic_broadcast_orders_requests_over_links_that_lose_a_fifth_of_their_messages() {
+    over_lossy_links(&[4], 3);
+}
+
+#[test]
+#[ignore = "slow suite: CI runs it in its own step"]
+fn slow_atomic_broadcast_over_lossy_links() {
+    over_lossy_links(&[4, 7, 10], 50);
 }

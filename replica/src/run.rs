@@ -62,6 +62,10 @@ pub struct RunConfig {
     #[arg(long, hide = true)]
     #[serde(default)]
     pub fault_wrong_shares: bool,
+    /// Fault injection for tests: lose this percentage of the frames sent to peers, below the
+    /// transport's retransmission (as a lossy network would).
+    #[arg(long, hide = true, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub fault_drop_frames: Option<u8>,
 }
 
 impl RunConfig {
@@ -94,6 +98,7 @@ impl RunConfig {
             submit_wait_s: other.submit_wait_s.or(self.submit_wait_s),
             upload_max: other.upload_max.or(self.upload_max),
             fault_wrong_shares: other.fault_wrong_shares || self.fault_wrong_shares,
+            fault_drop_frames: other.fault_drop_frames.or(self.fault_drop_frames),
         }
     }
 }
@@ -197,10 +202,13 @@ pub async fn run(config: RunConfig, exit_on_stdin_close: bool) -> anyhow::Result
         .iter()
         .map(|r| PeerInfo { index: r.index, identity: r.identity.to_bytes(), address: r.address.to_string() })
         .collect();
-    let transport =
-        P2pTransport::start(index, replica.identity().to_bytes(), peers, listen, TransportConfig::default())
-            .await
-            .with_context(|| format!("starting the peer transport on {listen}"))?;
+    let transport_config = TransportConfig {
+        fault_drop_frames_percent: config.fault_drop_frames.unwrap_or(0),
+        ..TransportConfig::default()
+    };
+    let transport = P2pTransport::start(index, replica.identity().to_bytes(), peers, listen, transport_config)
+        .await
+        .with_context(|| format!("starting the peer transport on {listen}"))?;
 
     let metrics = Arc::new(Metrics::new());
     let threshold_keys = keys(&replica, &cluster)?;

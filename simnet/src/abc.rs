@@ -339,12 +339,24 @@ pub fn run_attack(case: &AbcCase, attack: AbcAttack) -> Result<AbcSummary, Strin
     let mut rng = ChaCha8Rng::seed_from_u64(case.seed);
     let keys = ClusterKeys::random(quorum, &mut rng);
     let case = AbcCase { byzantine: Behaviour::Adaptive, ..case.clone() };
-    run_checked(&case, keys, &mut rng, Some(attack))
+    run_checked(&case, keys, &mut rng, Some(attack), None)
 }
 
 /// Run one case with given keys (e.g. the dealer's) and check it.
 pub fn run_with_keys(case: &AbcCase, keys: ClusterKeys, rng: &mut ChaCha8Rng) -> Result<AbcSummary, String> {
-    run_checked(case, keys, rng, None)
+    run_checked(case, keys, rng, None, None)
+}
+
+/// The first retransmission timeout of lossy links: the replica transport's.
+pub const LOSSY_RETRANSMIT_TIMEOUT: u64 = 200_000;
+
+/// Run one case over links that lose each transmission with probability `loss` and resend it after
+/// a retransmission timeout ([`crate::lossy::Lossy`]), and check it.
+pub fn run_case_over_lossy_links(case: &AbcCase, loss: f64) -> Result<AbcSummary, String> {
+    let quorum = Quorum::with_max_faults(case.n).map_err(|e| e.to_string())?;
+    let mut rng = ChaCha8Rng::seed_from_u64(case.seed);
+    let keys = ClusterKeys::random(quorum, &mut rng);
+    run_checked(case, keys, &mut rng, None, Some(loss))
 }
 
 fn run_checked(
@@ -352,6 +364,7 @@ fn run_checked(
     keys: ClusterKeys,
     rng: &mut ChaCha8Rng,
     attack: Option<AbcAttack>,
+    loss: Option<f64>,
 ) -> Result<AbcSummary, String> {
     let quorum = Quorum::with_max_faults(case.n).map_err(|e| e.to_string())?;
     let crate::Placement { mut byzantine, mut honest, mut behaviours } = crate::place(quorum, &case.byzantine, rng);
@@ -400,6 +413,10 @@ fn run_checked(
         Box::new(CensorScheduler { victim })
     } else {
         Box::new(RandomScheduler::new(quorum, rng))
+    };
+    let scheduler = match loss {
+        Some(loss) => Box::new(crate::lossy::Lossy::new(scheduler, loss, LOSSY_RETRANSMIT_TIMEOUT)),
+        None => scheduler,
     };
     let run = RunConfig { seed: case.seed, deliveries_max: 5_000_000, cpu: None };
     let given: BTreeSet<(u64, u64, Vec<u8>)> = honest

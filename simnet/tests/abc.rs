@@ -10,7 +10,7 @@
 //! oversized contributions and copied capsules, with n ∈ {4, 7}, a few seeds each (more in `slow_`).
 
 use fides_types::FaultKind;
-use simnet::abc::{run_attack, run_case, run_case_summary, AbcAttack, AbcCase, AbcSummary};
+use simnet::abc::{run_attack, run_case, run_case_over_lossy_links, run_case_summary, AbcAttack, AbcCase, AbcSummary};
 use simnet::abc_actors::{FORGED_PAYLOAD, OVERSIZED_CLIENT};
 use simnet::seeds::run_seeds;
 use simnet::Behaviour;
@@ -210,10 +210,43 @@ fn a_capsule_copied_into_another_proposers_envelope_gets_no_decryption_share() {
     attack_suite(AbcAttack::CopyCapsules, 3, copied_capsules_release_no_share);
 }
 
+/// Every link loses a fifth of its transmissions; the transport resends them after a timeout
+/// (`simnet::lossy`), so they arrive late. Total order and validity must hold all the same.
+fn over_lossy_links(sizes: &[u32], seeds: u64) {
+    for kind in Behaviour::byzantine_kinds() {
+        for &n in sizes {
+            for content_aware in [false, true] {
+                let lagging = false;
+                let epochs = run_seeds(env!("CARGO_CRATE_NAME"), seeds, |seed| {
+                    let case = AbcCase { n, byzantine: kind.clone(), requests: 30, lagging, content_aware, seed };
+                    run_case_over_lossy_links(&case, 0.2).map(|summary| summary.epochs)
+                });
+                let most = epochs.iter().max().copied().unwrap_or(0);
+                println!(
+                    "lossy n={n:>2} byzantine={:<12} lagging={lagging:<5} censoring={content_aware:<5}: {} runs, at most {most} epochs",
+                    kind.name(),
+                    epochs.len()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn atomic_broadcast_orders_requests_over_links_that_lose_a_fifth_of_their_messages() {
+    over_lossy_links(&[4], 3);
+}
+
 #[test]
 #[ignore = "slow suite: CI runs it in its own step"]
 fn slow_attacks_on_atomic_broadcast_fail() {
     attack_suite(AbcAttack::ForgeRequests, 50, forged_requests_are_other_requests);
     attack_suite(AbcAttack::Oversized, 50, oversized_contributions_are_dropped);
     attack_suite(AbcAttack::CopyCapsules, 50, copied_capsules_release_no_share);
+}
+
+#[test]
+#[ignore = "slow suite: CI runs it in its own step"]
+fn slow_atomic_broadcast_over_lossy_links() {
+    over_lossy_links(&[4, 7, 10], 50);
 }

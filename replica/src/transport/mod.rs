@@ -8,8 +8,14 @@
 //! - a frame handed up says which replica sent it, as the connection authenticated it; frames from
 //!   anyone else are never handed up;
 //! - frames longer than [`FRAME_LEN_MAX`] are neither sent nor handed up;
-//! - per peer, at most [`TransportConfig::peer_queue_max`] frames wait to be sent; past that the
-//!   oldest are dropped and counted (the protocols recover lost messages by catch-up);
+//! - per peer, the link is reliable while both processes live: frames are handed up in the order
+//!   sent, each once, none lost, across broken connections (the [`p2p`] transport numbers them,
+//!   keeps them until acknowledged and resends);
+//! - except past a bound: per peer, at most [`TransportConfig::peer_queue_max`] frames and
+//!   [`TransportConfig::peer_outbox_bytes_max`] bytes wait unacknowledged; past that the oldest are
+//!   given up and counted. This happens only when a peer is down or far behind for long, and the
+//!   protocols' own catch-up (checkpoints, fetching the log) covers what it missed, as it covers
+//!   what a restarted process never received;
 //! - lost connections are re-established with backoff, forever.
 
 pub mod memory;
@@ -26,8 +32,11 @@ pub const FRAME_LEN_MAX: usize = 64 * 1024 * 1024;
 /// Bounds and timings of a transport.
 #[derive(Clone, Debug)]
 pub struct TransportConfig {
-    /// Frames waiting per peer before the oldest are dropped.
+    /// Frames waiting per peer (unsent or unacknowledged) before the oldest are given up.
     pub peer_queue_max: usize,
+    /// Bytes of frames waiting per peer before the oldest are given up (the newest frame always
+    /// stays, whatever its length).
+    pub peer_outbox_bytes_max: usize,
     /// First delay before redialling a lost peer; doubled up to `redial_delay_max`.
     pub redial_delay_min: Duration,
     /// Longest delay between redials.
@@ -39,17 +48,22 @@ pub struct TransportConfig {
     pub peer_burst_bytes: u64,
     /// The longest frame sent or handed up: [`FRAME_LEN_MAX`], lowered only by tests.
     pub frame_len_max: usize,
+    /// Fault injection for tests: the percentage of frames lost on the way out, as if by a lossy
+    /// network (0 in production).
+    pub fault_drop_frames_percent: u8,
 }
 
 impl Default for TransportConfig {
     fn default() -> Self {
         TransportConfig {
             peer_queue_max: 16 * 1024,
+            peer_outbox_bytes_max: 128 * 1024 * 1024,
             redial_delay_min: Duration::from_millis(100),
             redial_delay_max: Duration::from_secs(5),
             peer_bytes_per_second: 256 * 1024 * 1024,
             peer_burst_bytes: 512 * 1024 * 1024,
             frame_len_max: FRAME_LEN_MAX,
+            fault_drop_frames_percent: 0,
         }
     }
 }
@@ -82,21 +96,23 @@ pub enum TransportEvent {
 pub struct PeerCounters {
     /// Whether a connection is up.
     pub connected: bool,
-    /// Frames sent.
+    /// Frames sent (the first time).
     pub frames_sent: u64,
+    /// Frames sent again because the peer had not acknowledged them.
+    pub frames_resent: u64,
     /// Frames received and handed up.
     pub frames_received: u64,
-    /// Frames dropped because the outgoing queue was full.
+    /// Frames given up because the outgoing queue was full (or not sent: too long).
     pub frames_dropped_out: u64,
     /// Frames dropped because the peer sent too fast or too long.
     pub frames_dropped_in: u64,
-    /// Frames waiting to be sent.
+    /// Frames waiting to be sent or acknowledged.
     pub queued: u64,
 }
 
 /// Carries frames between the replicas of a cluster.
 pub trait Transport: Send + 'static {
-    /// Queue `frame` for `to`. Never blocks: a full queue drops its oldest frame.
+    /// Queue `frame` for `to`. Never blocks: a full queue gives up its oldest frame.
     fn send(&self, to: NodeIndex, frame: Arc<[u8]>);
 
     /// The next event; `None` once the transport has shut down.

@@ -1,17 +1,37 @@
-//! Frames between replicas over libp2p: TCP, Noise, yamux, one stream protocol of our own.
+//! Frames between replicas over libp2p: TCP, Noise, yamux, one stream protocol of our own, and a
+//! reliable link on top (sequence numbers, acknowledgements, retransmission).
 //!
 //! Every replica's libp2p identity is its dealt Ed25519 key, so the Noise handshake authenticates
 //! the peer and its `PeerId` tells which replica it is. Connections from any other key are denied
 //! as soon as the handshake names them.
 //!
 //! Per peer:
-//! - an outbound task owns a bounded queue; it dials the peer (backing off between attempts), opens
-//!   one long-lived stream of [`PROTOCOL`], waits for the peer's one-byte [`STREAM_READY`] on it,
-//!   and writes the queued frames into it, each as a `u32` little-endian length and the bytes.
-//!   When the stream breaks it opens another, forever;
+//! - an outbound task owns the peer's outbox: every frame queued for the peer gets the next
+//!   sequence number and stays there until the peer acknowledges it (or the outbox's bounds push it
+//!   out). The task dials the peer (backing off between attempts), opens one long-lived stream of
+//!   [`PROTOCOL`], waits for the peer's one-byte [`STREAM_READY`], sends our incarnation (a random
+//!   number drawn when the transport starts) and reads the peer's first acknowledgement; then it
+//!   writes frames from the first one the peer has not acknowledged, each as its sequence number,
+//!   the first sequence number still in the outbox and its length (`u64`, `u64`, `u32`, little
+//!   endian) and the bytes. When the stream breaks it opens another, forever, and resends from the
+//!   first unacknowledged frame;
 //! - every stream the peer opens to us is read by a reader task, which first answers
-//!   [`STREAM_READY`], then bounds frame lengths and rate-limits the peer with a token bucket
-//!   before handing frames up.
+//!   [`STREAM_READY`], reads the incarnation (a new one means the peer restarted: expect anything
+//!   from it afresh), then hands up each frame whose sequence number is the next one expected,
+//!   drops duplicates, drops frames after a gap (the sender resends), and writes the next sequence
+//!   number it expects back on the same stream as a cumulative acknowledgement. It bounds frame
+//!   lengths and rate-limits the peer with a token bucket.
+//!
+//! The sender goes back to the first unacknowledged frame when an acknowledgement reports a gap
+//! (once per gap), or when no acknowledgement came for a retransmission timeout
+//! (doubling while none comes). Over TCP a stream loses nothing while it lives, so in production
+//! frames are resent only after a stream breaks; the in-stream recovery serves the fault switch
+//! [`TransportConfig::fault_drop_frames_percent`], which loses frames below this layer.
+//!
+//! What a peer can do to us through the link is bounded: an acknowledgement of frames we never
+//! wrote counts only up to what we wrote (and only loses that peer its own frames), a frame far
+//! ahead of the expected one is dropped as after a gap, a new incarnation only resets what we
+//! expect from that peer; the per-peer state is a few numbers whatever it sends.
 //!
 //! Both sides open their own outbound stream to each other: no tie-breaking between dialers, and a
 //! direction never waits on the other one. The swarm itself runs in a task of its own; dropping the
@@ -41,7 +61,7 @@ use tracing::{debug, info, warn};
 use super::{PeerCounters, Transport, TransportConfig, TransportEvent};
 
 /// The stream protocol that carries frames.
-pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/fides/frames/1");
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/fides/frames/2");
 
 /// The byte a reader writes when it takes a stream. A stream can be negotiated and still be
 /// dropped before any reader has it (when streams arrive faster than they are taken); frames
@@ -72,6 +92,16 @@ const READ_RESERVE_MAX: usize = 1024 * 1024;
 
 /// The shortest redial delay, so a zero in the configuration cannot make a task spin.
 const REDIAL_DELAY_FLOOR: Duration = Duration::from_millis(1);
+
+/// The first retransmission timeout: written frames unacknowledged this long are written again.
+const RETRANSMIT_TIMEOUT_MIN: Duration = Duration::from_millis(200);
+
+/// The longest retransmission timeout; it doubles up to this while no acknowledgement comes, so a
+/// slow link carrying a large frame is not flooded with copies of it.
+const RETRANSMIT_TIMEOUT_MAX: Duration = Duration::from_secs(10);
+
+/// A frame's header on the wire: sequence number, first sequence number held, length.
+const FRAME_HEADER_LEN: usize = 8 + 8 + 4;
 
 /// One replica of the cluster, as the transport needs to know it.
 #[derive(Clone, Debug)]
@@ -232,7 +262,8 @@ impl P2pTransport {
 
         let shared = Arc::new(Shared {
             our_index,
-            peers: (0..n).map(|_| PeerState::new(&config)).collect(),
+            incarnation: rand::random(),
+            peers: (0..n).map(|i| PeerState::new(&config, our_index, NodeIndex(i as u32))).collect(),
             peer_ids,
             index_of,
             addresses,
@@ -275,16 +306,11 @@ impl Transport for P2pTransport {
             peer.frames_dropped_out.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let dropped = {
-            let mut queue = lock(&peer.queue);
-            let mut dropped = 0u64;
-            while queue.len() >= self.shared.config.peer_queue_max.max(1) {
-                queue.pop_front();
-                dropped += 1;
-            }
-            queue.push_back(frame);
-            dropped
-        };
+        let dropped = lock(&peer.outbox).push(
+            frame,
+            self.shared.config.peer_queue_max.max(1),
+            self.shared.config.peer_outbox_bytes_max,
+        );
         if dropped > 0 {
             peer.frames_dropped_out.fetch_add(dropped, Ordering::Relaxed);
         }
@@ -305,7 +331,8 @@ impl Transport for P2pTransport {
                 frames_received: peer.frames_received.load(Ordering::Relaxed),
                 frames_dropped_out: peer.frames_dropped_out.load(Ordering::Relaxed),
                 frames_dropped_in: peer.frames_dropped_in.load(Ordering::Relaxed),
-                queued: lock(&peer.queue).len() as u64,
+                frames_resent: peer.frames_resent.load(Ordering::Relaxed),
+                queued: lock(&peer.outbox).frames.len() as u64,
             })
             .collect()
     }
@@ -377,6 +404,9 @@ fn build_swarm(keypair: Keypair, behaviour: Behaviour, needs_dns: bool) -> Resul
 /// What the tasks share.
 struct Shared {
     our_index: NodeIndex,
+    /// Drawn when the transport starts and sent on every stream we open, so a peer can tell our
+    /// sequence numbers started again.
+    incarnation: u64,
     peers: Vec<PeerState>,
     peer_ids: Vec<PeerId>,
     index_of: HashMap<PeerId, NodeIndex>,
@@ -385,13 +415,17 @@ struct Shared {
     config: TransportConfig,
 }
 
-/// One peer's queue, counters and inbound rate limit.
+/// One peer's outbox, what we expect from it, counters and inbound rate limit.
 struct PeerState {
-    queue: Mutex<VecDeque<Arc<[u8]>>>,
-    /// Wakes the outbound task when a frame is queued.
+    outbox: Mutex<Outbox>,
+    /// Wakes the outbound task when a frame is queued or it must go back and resend.
     ready: Notify,
+    inbound: Mutex<Inbound>,
+    /// The fault switch on our frames to this peer.
+    loss: Mutex<Loss>,
     connected: AtomicBool,
     frames_sent: AtomicU64,
+    frames_resent: AtomicU64,
     frames_received: AtomicU64,
     frames_dropped_out: AtomicU64,
     frames_dropped_in: AtomicU64,
@@ -400,16 +434,195 @@ struct PeerState {
 }
 
 impl PeerState {
-    fn new(config: &TransportConfig) -> Self {
+    fn new(config: &TransportConfig, from: NodeIndex, to: NodeIndex) -> Self {
         PeerState {
-            queue: Mutex::new(VecDeque::new()),
+            outbox: Mutex::new(Outbox::new()),
             ready: Notify::new(),
+            inbound: Mutex::new(Inbound::default()),
+            loss: Mutex::new(Loss::new(config.fault_drop_frames_percent, from, to)),
             connected: AtomicBool::new(false),
             frames_sent: AtomicU64::new(0),
+            frames_resent: AtomicU64::new(0),
             frames_received: AtomicU64::new(0),
             frames_dropped_out: AtomicU64::new(0),
             frames_dropped_in: AtomicU64::new(0),
             rate: Mutex::new(RateLimit::new(config.peer_bytes_per_second, config.peer_burst_bytes)),
+        }
+    }
+}
+
+/// The frames for one peer that it has not acknowledged, kept across streams and reconnects, and
+/// where the current stream is in them.
+struct Outbox {
+    /// The sequence number of `frames[0]`; every frame before it was acknowledged or given up.
+    first_seq: u64,
+    frames: VecDeque<Arc<[u8]>>,
+    /// The bytes of `frames`.
+    bytes: usize,
+    /// The next frame to write on the current stream.
+    cursor: u64,
+    /// One past the highest sequence number ever written: acknowledgements count only up to it.
+    written_end: u64,
+    /// The peer's highest acknowledgement: the sequence number it expects next.
+    acked: u64,
+    /// When the oldest written, unacknowledged frame was written, acknowledged past or resent.
+    progress_at: Instant,
+    retransmit_timeout: Duration,
+    /// The acknowledgement we last went back on, so that repeats of it (one per frame after the
+    /// gap) go back once.
+    rewound_for: Option<u64>,
+}
+
+impl Outbox {
+    fn new() -> Self {
+        Outbox {
+            first_seq: 0,
+            frames: VecDeque::new(),
+            bytes: 0,
+            cursor: 0,
+            written_end: 0,
+            acked: 0,
+            progress_at: Instant::now(),
+            retransmit_timeout: RETRANSMIT_TIMEOUT_MIN,
+            rewound_for: None,
+        }
+    }
+
+    /// Queue `frame`; past `frames_max` frames or `bytes_max` bytes the oldest are given up (the
+    /// newest always stays). Returns how many were given up.
+    fn push(&mut self, frame: Arc<[u8]>, frames_max: usize, bytes_max: usize) -> u64 {
+        self.bytes += frame.len();
+        self.frames.push_back(frame);
+        let mut dropped = 0;
+        while self.frames.len() > 1 && (self.frames.len() > frames_max || self.bytes > bytes_max) {
+            if let Some(oldest) = self.frames.pop_front() {
+                self.bytes -= oldest.len();
+                self.first_seq += 1;
+                dropped += 1;
+            }
+        }
+        dropped
+    }
+
+    /// Whether frames were written that the peer has not acknowledged.
+    fn outstanding(&self) -> bool {
+        self.cursor > self.acked.max(self.first_seq)
+    }
+
+    /// A new stream, on which the peer said it expects `ack` next: write from there (or from the
+    /// oldest frame held, if it expects one we gave up).
+    fn start_stream(&mut self, ack: u64, now: Instant) {
+        self.cursor = self.first_seq;
+        self.rewound_for = None;
+        self.retransmit_timeout = RETRANSMIT_TIMEOUT_MIN;
+        self.progress_at = now;
+        self.on_ack(ack, false, now);
+        self.cursor = self.cursor.max(self.acked);
+    }
+
+    /// The next frame to write.
+    fn next_to_write(&mut self, now: Instant) -> Option<Outgoing> {
+        self.cursor = self.cursor.max(self.first_seq);
+        let offset = usize::try_from(self.cursor - self.first_seq).ok()?;
+        let frame = Arc::clone(self.frames.get(offset)?);
+        if !self.outstanding() {
+            self.progress_at = now;
+        }
+        let seq = self.cursor;
+        self.cursor += 1;
+        let resent = seq < self.written_end;
+        self.written_end = self.written_end.max(self.cursor);
+        Some(Outgoing { seq, first_held: self.first_seq, frame, resent })
+    }
+
+    /// The peer expects `ack` next. Forget what it has; if it saw a frame after a `gap`, the one it
+    /// expects was lost: go back to it (once per gap). Returns whether the writer must go back.
+    fn on_ack(&mut self, ack: u64, gap: bool, now: Instant) -> bool {
+        // A peer cannot have what we never wrote: a larger number is a lie or a stale stream.
+        let ack = ack.min(self.written_end);
+        if ack > self.acked {
+            self.acked = ack;
+            while self.first_seq < ack {
+                let Some(frame) = self.frames.pop_front() else { break };
+                self.bytes -= frame.len();
+                self.first_seq += 1;
+            }
+            self.cursor = self.cursor.max(ack);
+            self.progress_at = now;
+            self.retransmit_timeout = RETRANSMIT_TIMEOUT_MIN;
+            self.rewound_for = None;
+        }
+        if gap && ack == self.acked && self.outstanding() && self.rewound_for != Some(ack) {
+            self.rewind(now);
+            self.rewound_for = Some(ack);
+            return true;
+        }
+        false
+    }
+
+    /// When to write the unacknowledged frames again, if any are out.
+    fn retransmit_at(&self) -> Option<Instant> {
+        self.outstanding().then(|| self.progress_at + self.retransmit_timeout)
+    }
+
+    /// No acknowledgement came in time: write again from the first unacknowledged frame, and wait
+    /// twice as long next time.
+    fn on_retransmit_timeout(&mut self, now: Instant) {
+        if self.retransmit_at().is_some_and(|at| now >= at) {
+            self.rewind(now);
+            self.retransmit_timeout = (self.retransmit_timeout * 2).min(RETRANSMIT_TIMEOUT_MAX);
+        }
+    }
+
+    fn rewind(&mut self, now: Instant) {
+        self.cursor = self.acked.max(self.first_seq);
+        self.progress_at = now;
+    }
+}
+
+/// A frame to write, as [`Outbox::next_to_write`] gives it.
+struct Outgoing {
+    seq: u64,
+    /// The oldest frame the outbox holds: the receiver waits for none before it.
+    first_held: u64,
+    frame: Arc<[u8]>,
+    /// Whether it was written before (on this stream or an earlier one).
+    resent: bool,
+}
+
+/// What we expect from one peer.
+#[derive(Default)]
+struct Inbound {
+    /// The peer's incarnation whose sequence numbers `expected` counts; `None` before its first
+    /// stream.
+    incarnation: Option<u64>,
+    /// The next sequence number to hand up.
+    expected: u64,
+}
+
+/// What a reader makes of a frame.
+#[derive(Debug, PartialEq, Eq)]
+enum Arrival {
+    /// The next one: hand it up.
+    Next,
+    /// Already handed up (a resend).
+    Duplicate,
+    /// After a gap: one before it was lost; dropped, the sender resends from the gap.
+    AfterGap,
+}
+
+impl Inbound {
+    /// Take the frame `seq` from a sender whose oldest held frame is `first_held`: frames before
+    /// that were given up by the sender and are not waited for.
+    fn arrive(&mut self, seq: u64, first_held: u64) -> Arrival {
+        self.expected = self.expected.max(first_held);
+        if seq == self.expected {
+            self.expected = self.expected.saturating_add(1);
+            Arrival::Next
+        } else if seq < self.expected {
+            Arrival::Duplicate
+        } else {
+            Arrival::AfterGap
         }
     }
 }
@@ -630,7 +843,7 @@ async fn run_outbound(
             Ok(Ok(Ok(()))) => match tokio::time::timeout(CONNECT_TIMEOUT, control.open_stream(peer_id, PROTOCOL)).await
             {
                 Ok(Ok(stream)) => {
-                    if write_frames(peer, state, stream, shared.config.peer_queue_max).await {
+                    if write_frames(peer, state, stream, &shared).await {
                         delay = delay_min;
                     }
                 }
@@ -647,12 +860,13 @@ async fn run_outbound(
     }
 }
 
-/// Write queued frames into `stream` until it breaks; `false` if the peer never took it.
-async fn write_frames(peer: NodeIndex, state: &PeerState, stream: Stream, queue_max: usize) -> bool {
-    let (mut reader, writer) = stream.split();
+/// Write the outbox into `stream` until it breaks, reading the peer's acknowledgements from it;
+/// `false` if the peer never took it.
+async fn write_frames(peer: NodeIndex, state: &PeerState, stream: Stream, shared: &Shared) -> bool {
+    let (mut reader, mut writer) = stream.split();
     let mut ready = [0u8; 1];
     match tokio::time::timeout(CONNECT_TIMEOUT, reader.read_exact(&mut ready)).await {
-        Ok(Ok(())) if ready[0] == STREAM_READY => debug!(%peer, "outbound stream open"),
+        Ok(Ok(())) if ready[0] == STREAM_READY => {}
         Ok(Ok(())) => {
             warn!(%peer, byte = ready[0], "peer answered our stream with a wrong byte");
             return false;
@@ -666,54 +880,136 @@ async fn write_frames(peer: NodeIndex, state: &PeerState, stream: Stream, queue_
             return false;
         }
     }
+    // Our incarnation; the peer answers with the sequence number it expects next from it.
+    let opened = async {
+        writer.write_all(&shared.incarnation.to_le_bytes()).await?;
+        writer.flush().await?;
+        read_ack(&mut reader).await.map(|(ack, _)| ack)
+    };
+    let ack = match tokio::time::timeout(CONNECT_TIMEOUT, opened).await {
+        Ok(Ok(ack)) => ack,
+        Ok(Err(error)) => {
+            debug!(%peer, %error, "peer did not acknowledge our incarnation");
+            return false;
+        }
+        Err(_) => {
+            debug!(%peer, "peer did not acknowledge our incarnation in time");
+            return false;
+        }
+    };
+    lock(&state.outbox).start_stream(ack, Instant::now());
+    debug!(%peer, ack, "outbound stream open");
+    tokio::select! {
+        () = write_outbox(peer, state, writer) => {}
+        () = read_acks(peer, state, reader) => {}
+    }
+    true
+}
+
+/// Write the outbox's frames from its cursor on, and again after a retransmission timeout; returns
+/// when the stream breaks. A frame written stays in the outbox until acknowledged.
+async fn write_outbox<W: AsyncWrite + Unpin>(peer: NodeIndex, state: &PeerState, writer: W) {
     let mut writer = BufWriter::with_capacity(WRITE_BUFFER_LEN, writer);
-    let mut probe = [0u8; 1];
     loop {
-        let next = lock(&state.queue).pop_front();
-        match next {
-            Some(frame) => {
-                if let Err(error) = write_frame(&mut writer, &frame).await {
-                    debug!(%peer, %error, "outbound stream broke");
-                    // The frame did not get through whole, so the peer discards what it got of
-                    // it: send it again on the next stream, unless newer frames filled the queue.
-                    let mut queue = lock(&state.queue);
-                    if queue.len() < queue_max.max(1) {
-                        queue.push_front(frame);
-                    } else {
-                        state.frames_dropped_out.fetch_add(1, Ordering::Relaxed);
-                    }
-                    return true;
-                }
-                state.frames_sent.fetch_add(1, Ordering::Relaxed);
+        let next = lock(&state.outbox).next_to_write(Instant::now());
+        let Some(outgoing) = next else {
+            if let Err(error) = writer.flush().await {
+                debug!(%peer, %error, "outbound stream broke");
+                return;
             }
-            None => {
-                if let Err(error) = writer.flush().await {
-                    debug!(%peer, %error, "outbound stream broke");
-                    return true;
-                }
-                // The peer writes nothing more on this stream: a read that completes means it was closed
-                // or reset, and the next frame should go to a new stream rather than be lost.
-                tokio::select! {
+            let retransmit_at = lock(&state.outbox).retransmit_at();
+            match retransmit_at {
+                Some(at) => tokio::select! {
                     () = state.ready.notified() => {}
-                    result = reader.read(&mut probe) => {
-                        match result {
-                            Ok(0) => debug!(%peer, "outbound stream closed by the peer"),
-                            Ok(_) => warn!(%peer, "peer wrote on our outbound stream; reopening it"),
-                            Err(error) => debug!(%peer, %error, "outbound stream broke"),
-                        }
-                        return true;
+                    () = tokio::time::sleep_until(at.into()) => {
+                        lock(&state.outbox).on_retransmit_timeout(Instant::now());
                     }
+                },
+                None => state.ready.notified().await,
+            }
+            continue;
+        };
+        let counter = if outgoing.resent { &state.frames_resent } else { &state.frames_sent };
+        counter.fetch_add(1, Ordering::Relaxed);
+        if lock(&state.loss).drops() {
+            continue;
+        }
+        if let Err(error) = write_frame(&mut writer, outgoing.seq, outgoing.first_held, &outgoing.frame).await {
+            // The frame stays in the outbox: the next stream resends it.
+            debug!(%peer, %error, "outbound stream broke");
+            return;
+        }
+    }
+}
+
+/// Apply the peer's acknowledgements to the outbox until the stream closes or breaks; wake the
+/// writer when it must go back.
+async fn read_acks<R: AsyncRead + Unpin>(peer: NodeIndex, state: &PeerState, mut reader: R) {
+    loop {
+        match read_ack(&mut reader).await {
+            Ok((ack, gap)) => {
+                if lock(&state.outbox).on_ack(ack, gap, Instant::now()) {
+                    state.ready.notify_one();
                 }
+            }
+            Err(error) => {
+                debug!(%peer, %error, "outbound stream closed");
+                return;
             }
         }
     }
 }
 
-/// One frame on the wire: its length as a little-endian `u32`, then its bytes.
-async fn write_frame<W: AsyncWrite + Unpin>(writer: &mut W, frame: &[u8]) -> std::io::Result<()> {
+/// The fault switch that loses frames on the way out, from an RNG seeded by the link.
+struct Loss {
+    percent: u8,
+    rng: rand_chacha::ChaCha8Rng,
+}
+
+impl Loss {
+    fn new(percent: u8, from: NodeIndex, to: NodeIndex) -> Self {
+        use rand::SeedableRng;
+        Loss { percent, rng: rand_chacha::ChaCha8Rng::seed_from_u64(u64::from(from.0) << 32 | u64::from(to.0)) }
+    }
+
+    /// Whether to lose the next frame.
+    fn drops(&mut self) -> bool {
+        use rand::Rng;
+        self.percent > 0 && self.rng.gen_range(0..100u8) < self.percent
+    }
+}
+
+/// One frame on the wire: its sequence number, the first sequence number the sender still holds,
+/// its length (`u64`, `u64`, `u32`, little endian), then its bytes.
+async fn write_frame<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    seq: u64,
+    first_held: u64,
+    frame: &[u8],
+) -> std::io::Result<()> {
     let len = u32::try_from(frame.len()).map_err(|_| std::io::Error::other("frame too long"))?;
-    writer.write_all(&len.to_le_bytes()).await?;
+    let mut header = [0u8; FRAME_HEADER_LEN];
+    header[..8].copy_from_slice(&seq.to_le_bytes());
+    header[8..16].copy_from_slice(&first_held.to_le_bytes());
+    header[16..].copy_from_slice(&len.to_le_bytes());
+    writer.write_all(&header).await?;
     writer.write_all(frame).await
+}
+
+/// An acknowledgement: the next sequence number expected (`u64`, little endian) and whether a frame
+/// after a gap arrived since the last one (one byte, 0 or 1).
+async fn read_ack<R: AsyncRead + Unpin>(reader: &mut R) -> std::io::Result<(u64, bool)> {
+    let mut bytes = [0u8; 9];
+    reader.read_exact(&mut bytes).await?;
+    let ack = u64::from_le_bytes(bytes[..8].try_into().expect("eight bytes of the acknowledgement"));
+    Ok((ack, bytes[8] != 0))
+}
+
+/// A little-endian `u64`: an incarnation.
+async fn read_u64<R: AsyncRead + Unpin>(reader: &mut R) -> std::io::Result<u64> {
+    let mut bytes = [0u8; 8];
+    reader.read_exact(&mut bytes).await?;
+    Ok(u64::from_le_bytes(bytes))
 }
 
 /// Hand every inbound stream to a reader; a peer's new stream replaces its old one (it opens a new
@@ -750,34 +1046,89 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Read frames from one inbound stream of `from` and hand them up, within its limits.
-async fn read_frames(from: NodeIndex, mut stream: Stream, shared: Arc<Shared>, events: mpsc::Sender<TransportEvent>) {
+/// Read frames from one inbound stream of `from`, hand up each next one within its limits, and
+/// acknowledge them on the same stream.
+async fn read_frames(from: NodeIndex, stream: Stream, shared: Arc<Shared>, events: mpsc::Sender<TransportEvent>) {
     let Some(state) = shared.peers.get(from.as_usize()) else {
         return;
     };
-    // Tell the opener we have the stream: it writes no frame before this.
+    let (mut reader, mut writer) = stream.split();
+    // Tell the opener we have the stream (it writes nothing before this), then learn its incarnation.
     let taken = async {
-        stream.write_all(&[STREAM_READY]).await?;
-        stream.flush().await
+        writer.write_all(&[STREAM_READY]).await?;
+        writer.flush().await?;
+        read_u64(&mut reader).await
     };
-    if let Err(error) = taken.await {
-        debug!(peer = %from, %error, "inbound stream ended before it was taken");
-        return;
+    let incarnation = match tokio::time::timeout(CONNECT_TIMEOUT, taken).await {
+        Ok(Ok(incarnation)) => incarnation,
+        Ok(Err(error)) => {
+            debug!(peer = %from, %error, "inbound stream ended before it was taken");
+            return;
+        }
+        Err(_) => {
+            debug!(peer = %from, "peer did not send its incarnation in time");
+            return;
+        }
+    };
+    {
+        let mut inbound = lock(&state.inbound);
+        if inbound.incarnation != Some(incarnation) {
+            if inbound.incarnation.is_some() {
+                info!(peer = %from, "peer restarted: its sequence numbers start again");
+            }
+            *inbound = Inbound { incarnation: Some(incarnation), expected: 0 };
+        }
     }
+    let acks = AckSignal { wake: Notify::new(), gap: AtomicBool::new(false) };
+    tokio::select! {
+        () = hand_up_frames(from, state, &shared, reader, incarnation, &acks, &events) => {}
+        () = write_acks(from, state, incarnation, writer, &acks) => {}
+    }
+}
+
+/// How a reader tells its acknowledgement writer to write.
+struct AckSignal {
+    wake: Notify,
+    /// A frame after a gap arrived: repeat the acknowledgement even if it did not move, so the
+    /// sender goes back.
+    gap: AtomicBool,
+}
+
+/// Read frames of `incarnation` of `from` and hand up each next one; returns when the stream ends
+/// or breaks, a frame is too long, the peer restarted or the driver is gone.
+async fn hand_up_frames<R: AsyncRead + Unpin>(
+    from: NodeIndex,
+    state: &PeerState,
+    shared: &Shared,
+    mut reader: R,
+    incarnation: u64,
+    acks: &AckSignal,
+    events: &mpsc::Sender<TransportEvent>,
+) {
     let len_max = shared.config.frame_len_max;
     loop {
-        let bytes = match read_frame(&mut stream, len_max).await {
-            Ok(Some(bytes)) => bytes,
-            Ok(None) => {
-                warn!(peer = %from, "peer sent a frame longer than the limit; closing its stream");
-                state.frames_dropped_in.fetch_add(1, Ordering::Relaxed);
-                // Dropping the stream resets it; the peer opens a new one.
-                return;
-            }
+        let frame = match read_frame(&mut reader, len_max).await {
+            Ok(frame) => frame,
             Err(error) => {
                 debug!(peer = %from, %error, "inbound stream ended");
                 return;
             }
+        };
+        let arrival = {
+            let mut inbound = lock(&state.inbound);
+            if inbound.incarnation != Some(incarnation) {
+                // The peer restarted: its newer stream is read by another reader.
+                return;
+            }
+            inbound.arrive(frame.seq, frame.first_held)
+        };
+        let Some(bytes) = frame.bytes else {
+            // Counted as arrived, so the next stream's first acknowledgement makes the sender give
+            // it up rather than send it again.
+            warn!(peer = %from, "peer sent a frame longer than the limit; closing its stream");
+            state.frames_dropped_in.fetch_add(1, Ordering::Relaxed);
+            // Dropping the stream resets it; the peer opens a new one.
+            return;
         };
         let now = Instant::now();
         let (admitted, report) = {
@@ -785,13 +1136,24 @@ async fn read_frames(from: NodeIndex, mut stream: Stream, shared: Arc<Shared>, e
             let admitted = rate.admit(bytes.len(), now);
             (admitted, rate.report(now))
         };
-        if admitted {
-            if events.send(TransportEvent::Frame { from, bytes }).await.is_err() {
-                return;
+        match arrival {
+            Arrival::Next if admitted => {
+                if events.send(TransportEvent::Frame { from, bytes }).await.is_err() {
+                    return;
+                }
+                state.frames_received.fetch_add(1, Ordering::Relaxed);
+                acks.wake.notify_one();
             }
-            state.frames_received.fetch_add(1, Ordering::Relaxed);
-        } else {
-            state.frames_dropped_in.fetch_add(1, Ordering::Relaxed);
+            // Over the rate: dropped for good, and acknowledged so that it is not sent again.
+            Arrival::Next => {
+                state.frames_dropped_in.fetch_add(1, Ordering::Relaxed);
+                acks.wake.notify_one();
+            }
+            Arrival::Duplicate => {}
+            Arrival::AfterGap => {
+                acks.gap.store(true, Ordering::Relaxed);
+                acks.wake.notify_one();
+            }
         }
         if let Some(dropped) = report {
             warn!(peer = %from, dropped, "peer sends faster than its rate limit; frames dropped");
@@ -802,21 +1164,65 @@ async fn read_frames(from: NodeIndex, mut stream: Stream, shared: Arc<Shared>, e
     }
 }
 
-/// The next frame of `reader`: `Ok(None)` if its length is over `len_max`, an error if the stream
-/// ends or breaks (a frame cut short is discarded).
-async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R, len_max: usize) -> std::io::Result<Option<Vec<u8>>> {
-    let mut header = [0u8; 4];
+/// Write the next sequence number expected from `from` whenever it moves (and after a gap), the
+/// first time at once; returns when the stream breaks or the peer restarted.
+async fn write_acks<W: AsyncWrite + Unpin>(
+    from: NodeIndex,
+    state: &PeerState,
+    incarnation: u64,
+    mut writer: W,
+    acks: &AckSignal,
+) {
+    let mut written = None;
+    loop {
+        let expected = {
+            let inbound = lock(&state.inbound);
+            if inbound.incarnation != Some(incarnation) {
+                return;
+            }
+            inbound.expected
+        };
+        let gap = acks.gap.swap(false, Ordering::Relaxed);
+        if written != Some(expected) || gap {
+            let result = async {
+                writer.write_all(&expected.to_le_bytes()).await?;
+                writer.write_all(&[u8::from(gap)]).await?;
+                writer.flush().await
+            };
+            if let Err(error) = result.await {
+                debug!(peer = %from, %error, "could not acknowledge; inbound stream broke");
+                return;
+            }
+            written = Some(expected);
+        }
+        acks.wake.notified().await;
+    }
+}
+
+/// A frame as read: its bytes are `None` if its length is over the limit (then they are not read).
+struct WireFrame {
+    seq: u64,
+    first_held: u64,
+    bytes: Option<Vec<u8>>,
+}
+
+/// The next frame of `reader`; an error if the stream ends or breaks (a frame cut short is
+/// discarded).
+async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R, len_max: usize) -> std::io::Result<WireFrame> {
+    let mut header = [0u8; FRAME_HEADER_LEN];
     reader.read_exact(&mut header).await?;
-    let len = u32::from_le_bytes(header) as usize;
+    let word = |at: usize| u64::from_le_bytes(header[at..at + 8].try_into().expect("eight bytes of the header"));
+    let (seq, first_held) = (word(0), word(8));
+    let len = u32::from_le_bytes(header[16..].try_into().expect("four bytes of the header")) as usize;
     if len > len_max {
-        return Ok(None);
+        return Ok(WireFrame { seq, first_held, bytes: None });
     }
     let mut bytes = Vec::with_capacity(len.min(READ_RESERVE_MAX));
     let read = reader.take(len as u64).read_to_end(&mut bytes).await?;
     if read < len {
         return Err(std::io::ErrorKind::UnexpectedEof.into());
     }
-    Ok(Some(bytes))
+    Ok(WireFrame { seq, first_held, bytes: Some(bytes) })
 }
 
 #[cfg(test)]
@@ -853,21 +1259,108 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn frames_are_length_prefixed_and_bounded() {
+    async fn frames_carry_their_sequence_numbers_and_are_bounded() {
         let mut wire = Vec::new();
-        write_frame(&mut wire, b"hello").await.expect("writes to memory");
-        write_frame(&mut wire, &[7u8; 100]).await.expect("writes to memory");
-        assert_eq!(&wire[..4], &5u32.to_le_bytes());
+        write_frame(&mut wire, 3, 1, b"hello").await.expect("writes to memory");
+        write_frame(&mut wire, 4, 2, &[7u8; 100]).await.expect("writes to memory");
+        assert_eq!(&wire[..8], &3u64.to_le_bytes());
+        assert_eq!(&wire[16..20], &5u32.to_le_bytes());
         let mut reader = futures::io::Cursor::new(wire.clone());
-        assert_eq!(read_frame(&mut reader, 100).await.ok().flatten().as_deref(), Some(&b"hello"[..]));
-        assert_eq!(read_frame(&mut reader, 100).await.ok().flatten(), Some(vec![7u8; 100]));
+        let frame = read_frame(&mut reader, 100).await.expect("a whole frame");
+        assert_eq!((frame.seq, frame.first_held, frame.bytes.as_deref()), (3, 1, Some(&b"hello"[..])));
+        let frame = read_frame(&mut reader, 100).await.expect("a whole frame");
+        assert_eq!((frame.seq, frame.first_held, frame.bytes), (4, 2, Some(vec![7u8; 100])));
         assert!(read_frame(&mut reader, 100).await.is_err(), "end of stream");
 
-        let mut reader = futures::io::Cursor::new(wire[..9 + 4 + 50].to_vec());
+        let first = FRAME_HEADER_LEN + 5;
+        let mut reader = futures::io::Cursor::new(wire[..first + FRAME_HEADER_LEN + 50].to_vec());
         assert!(read_frame(&mut reader, 100).await.is_ok());
         assert!(read_frame(&mut reader, 100).await.is_err(), "a frame cut short is not handed up");
 
-        let mut reader = futures::io::Cursor::new(wire[9..].to_vec());
-        assert!(matches!(read_frame(&mut reader, 99).await, Ok(None)), "too long");
+        let mut reader = futures::io::Cursor::new(wire[first..].to_vec());
+        let frame = read_frame(&mut reader, 99).await.expect("a header");
+        assert_eq!((frame.seq, frame.bytes), (4, None), "too long: its sequence number, not its bytes");
+    }
+
+    fn frame(byte: u8) -> Arc<[u8]> {
+        Arc::from(&[byte][..])
+    }
+
+    /// The sequence numbers `outbox` writes until it has nothing more.
+    fn written(outbox: &mut Outbox, now: Instant) -> Vec<u64> {
+        std::iter::from_fn(|| outbox.next_to_write(now).map(|o| o.seq)).collect()
+    }
+
+    #[test]
+    fn the_outbox_keeps_frames_until_acknowledged_and_resends_from_the_first_unacknowledged() {
+        let now = Instant::now();
+        let mut outbox = Outbox::new();
+        for b in 0..5 {
+            assert_eq!(outbox.push(frame(b), 100, 1000), 0);
+        }
+        outbox.start_stream(0, now);
+        assert_eq!(written(&mut outbox, now), vec![0, 1, 2, 3, 4]);
+        assert!(!outbox.on_ack(2, false, now), "progress");
+        assert_eq!((outbox.first_seq, outbox.frames.len()), (2, 3), "acknowledged frames are forgotten");
+        // The peer acknowledges 2 again: a frame after a gap arrived. Go back once.
+        assert!(!outbox.on_ack(2, false, now), "a repeat without a gap is no loss");
+        assert!(outbox.on_ack(2, true, now));
+        assert_eq!(written(&mut outbox, now), vec![2, 3, 4]);
+        assert!(!outbox.on_ack(2, true, now), "the same gap goes back once");
+        // Nothing more comes: the retransmission timeout goes back, and doubles.
+        let at = outbox.retransmit_at().expect("frames are out");
+        outbox.on_retransmit_timeout(at);
+        assert_eq!(written(&mut outbox, at), vec![2, 3, 4]);
+        assert_eq!(outbox.retransmit_at(), Some(at + 2 * RETRANSMIT_TIMEOUT_MIN));
+        // A new stream starts where the peer says.
+        outbox.start_stream(4, at);
+        assert_eq!(written(&mut outbox, at), vec![4]);
+        assert!(!outbox.on_ack(5, false, at));
+        assert_eq!((outbox.frames.len(), outbox.bytes, outbox.retransmit_at()), (0, 0, None));
+    }
+
+    #[test]
+    fn acknowledgements_of_frames_never_written_count_only_up_to_what_was_written() {
+        let now = Instant::now();
+        let mut outbox = Outbox::new();
+        for b in 0..4 {
+            let _ = outbox.push(frame(b), 100, 1000);
+        }
+        outbox.start_stream(u64::MAX, now);
+        assert_eq!(written(&mut outbox, now), vec![0, 1, 2, 3], "nothing was written, so nothing is acknowledged");
+        let _ = outbox.push(frame(4), 100, 1000);
+        assert!(!outbox.on_ack(u64::MAX, false, now));
+        assert_eq!((outbox.first_seq, outbox.frames.len()), (4, 1), "frame 4 was not written yet: kept");
+        assert_eq!(written(&mut outbox, now), vec![4]);
+    }
+
+    #[test]
+    fn a_full_outbox_gives_up_its_oldest_frames_and_the_receiver_stops_waiting_for_them() {
+        let now = Instant::now();
+        let mut outbox = Outbox::new();
+        let dropped: u64 = (0..10).map(|b| outbox.push(frame(b), 4, 1000)).sum();
+        assert_eq!((dropped, outbox.first_seq, outbox.frames.len()), (6, 6, 4));
+        assert_eq!(outbox.push(Arc::from(vec![0u8; 50]), 100, 10), 4, "over the byte bound: only the newest stays");
+        // A receiver that expects frame 0 stops waiting for what the sender gave up.
+        let mut inbound = Inbound::default();
+        outbox.start_stream(inbound.expected, now);
+        let outgoing = outbox.next_to_write(now).expect("the newest frame");
+        assert_eq!((outgoing.seq, outgoing.first_held), (10, 10));
+        assert_eq!(inbound.arrive(outgoing.seq, outgoing.first_held), Arrival::Next);
+        assert_eq!(inbound.expected, 11);
+    }
+
+    #[test]
+    fn the_receiver_hands_up_frames_in_sequence_once_and_waits_at_a_gap() {
+        let mut inbound = Inbound::default();
+        assert_eq!(inbound.arrive(0, 0), Arrival::Next);
+        assert_eq!(inbound.arrive(2, 0), Arrival::AfterGap);
+        assert_eq!(inbound.arrive(0, 0), Arrival::Duplicate);
+        assert_eq!(inbound.arrive(1, 0), Arrival::Next);
+        assert_eq!(inbound.arrive(2, 0), Arrival::Next);
+        // A lying sender's jumps cost it its own frames only, and no memory.
+        assert_eq!(inbound.arrive(u64::MAX, 0), Arrival::AfterGap);
+        assert_eq!(inbound.arrive(u64::MAX - 1, u64::MAX - 1), Arrival::Next);
+        assert_eq!(inbound.arrive(u64::MAX - 1, u64::MAX - 1), Arrival::Duplicate);
     }
 }

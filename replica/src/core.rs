@@ -6,7 +6,6 @@ use std::collections::{BTreeMap, VecDeque};
 
 use fides_atomic_broadcast::checkpoint::{log_genesis, log_next, CatchUp, Checkpoint, Digest};
 use fides_atomic_broadcast::epoch::{AtomicBroadcast, Batch, Error as AbcError, Input, Message, Output};
-use fides_types::codec::Wire;
 use fides_types::{Fault, FaultKind, NodeIndex, Outgoing, Target};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
@@ -67,6 +66,13 @@ impl Core {
         &self.abc
     }
 
+    /// A snapshot of the delivered state to compact the log to, if nothing of ours is under way
+    /// (see `AtomicBroadcast::take_snapshot`: what the snapshot does not hold is forgotten here
+    /// too, so that this core and one restored from the snapshot go on alike).
+    pub fn take_snapshot(&mut self) -> Option<CatchUp> {
+        self.abc.take_snapshot()
+    }
+
     /// Bring a new core to a compacted log's base (the replica's own snapshot).
     pub fn restore(&mut self, snapshot: CatchUp, clock: u64, effects: &mut Effects) {
         let step = self.abc.restore(snapshot, clock);
@@ -90,7 +96,12 @@ impl Core {
             }
             Event::Clock(now) => self.input(Input::Clock(*now), effects),
             Event::Recover => self.input(Input::Recover, effects),
-            Event::Frame { from, bytes } => match Message::from_bytes(bytes) {
+            Event::Heard { from, epoch } => {
+                let step = self.abc.heard(*from, *epoch);
+                self.absorb(step, effects);
+            }
+            // Decoded with the epochs' shard bound, as when it was admitted to the log.
+            Event::Frame { from, bytes } => match self.abc.decode_message(bytes) {
                 Ok(message) => {
                     let step = self.abc.handle(*from, message, &mut self.rng);
                     self.absorb(step, effects);

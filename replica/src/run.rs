@@ -60,6 +60,11 @@ pub struct RunConfig {
     #[arg(long, hide = true)]
     #[serde(default)]
     pub fault_wrong_shares: bool,
+    /// Fault injection for tests: flood the peers with maximal frames for this many seconds
+    /// after the start.
+    #[arg(long, hide = true)]
+    #[serde(default)]
+    pub fault_flood_s: Option<u64>,
 }
 
 impl RunConfig {
@@ -92,6 +97,7 @@ impl RunConfig {
             submit_wait_s: other.submit_wait_s.or(self.submit_wait_s),
             upload_max: other.upload_max.or(self.upload_max),
             fault_wrong_shares: other.fault_wrong_shares || self.fault_wrong_shares,
+            fault_flood_s: other.fault_flood_s.or(self.fault_flood_s),
         }
     }
 }
@@ -153,6 +159,8 @@ pub async fn run(config: RunConfig, exit_on_stdin_close: bool) -> anyhow::Result
     let limits = Limits {
         submit_wait: Duration::from_secs(config.submit_wait_s.unwrap_or(30).max(1)),
         payload_len_max: abc_config.payload_len_max,
+        // 1 MiB per peer and 50 ms tick: 20 MiB/s to each peer.
+        fault_flood: config.fault_flood_s.map(|s| (Duration::from_secs(s), 1024 * 1024)),
         ..Limits::default()
     };
     let setup = NodeSetup {

@@ -695,15 +695,14 @@ impl AtomicBroadcast {
     }
 
     /// Bytes of messages kept for later epochs, per sender: everything one replica sends us in
-    /// two epochs of the largest proposals — its proposal's shard and its echo of every
-    /// broadcast, with room for a few dozen rounds of agreement and the decryption shares —
-    /// counting [`BUFFERED_OVERHEAD`] per message besides its encoding. An honest replica ahead
-    /// of us by more sends more than that only while it runs epochs we do not, and then we catch
-    /// up instead.
+    /// four epochs of the largest proposals — its proposal's shard and its echo of every
+    /// broadcast, with room for some 20 rounds of every agreement and the decryption shares —
+    /// counting [`BUFFERED_OVERHEAD`] per message besides its encoding. An honest replica sends
+    /// more than that only when it is that far ahead of us, and then we catch up instead.
     pub fn buffered_bytes_max(&self) -> usize {
         let n = self.quorum.n() as usize;
         let shard = rbc::shard_len_bound(self.quorum, self.ciphertext_len_max()) + 512;
-        2 * ((n + 1) * shard + 64 * n * (SIG_SIZE + 64 + BUFFERED_OVERHEAD))
+        4 * ((n + 1) * shard + 128 * n * (SIG_SIZE + 64 + BUFFERED_OVERHEAD))
     }
 
     /// The longest broadcast shard of an epoch: longer ones are refused by

@@ -507,6 +507,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_shard_above_the_bound_is_refused_by_the_decoder() {
+        let proof = Proof { root: [1; 32], index: 0, shard: vec![5; 101], path: vec![[2; 32]; 2] };
+        let bytes = Message::Echo(proof.clone()).to_bytes();
+        let decode = |max| Message::decode_bounded(&mut Reader::new(&bytes), max);
+        assert_eq!(decode(101), Ok(Message::Echo(proof)));
+        assert!(matches!(decode(100), Err(DecodeError::TooLong { len: 101, max: 100 })));
+    }
+
+    #[test]
     fn values_survive_losing_any_2t_shards() {
         for (n, t) in [(1u32, 0u32), (3, 0), (4, 1), (7, 2), (10, 3), (31, 10)] {
             let k = (n - 2 * t) as usize;

@@ -71,8 +71,10 @@ impl Flood {
                     messages.push((broadcast(epoch, proposer, rbc::Message::Echo(echo)), shard_len));
                     messages.push((broadcast(epoch, proposer, rbc::Message::Ready(root)), 0));
                     for r in 0..16u32 {
-                        let aux =
-                            fides_agreement::Message::Aux { round: Round(r), value: (round + u64::from(r)) % 2 == 0 };
+                        let aux = fides_agreement::Message::Aux {
+                            round: Round(r),
+                            value: (round + u64::from(r)).is_multiple_of(2),
+                        };
                         let agreement = acs::Message::Agreement { proposer, message: aux };
                         messages.push((Message::Subset { epoch, message: agreement }, 0));
                     }
@@ -113,10 +115,12 @@ fn broadcast(epoch: u64, proposer: NodeIndex, message: rbc::Message) -> Message 
 }
 
 fn fill_shard(message: &mut Message, len: usize, byte: u8) {
-    if let Message::Subset { message: acs::Message::Broadcast { message, .. }, .. } = message {
-        if let rbc::Message::Value(proof) | rbc::Message::Echo(proof) = message {
-            proof.shard = vec![byte; len];
-        }
+    if let Message::Subset {
+        message: acs::Message::Broadcast { message: rbc::Message::Value(proof) | rbc::Message::Echo(proof), .. },
+        ..
+    } = message
+    {
+        proof.shard = vec![byte; len];
     }
 }
 

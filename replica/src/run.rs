@@ -64,7 +64,7 @@ pub struct RunConfig {
     /// after the start.
     #[arg(long, hide = true)]
     #[serde(default)]
-    pub fault_flood_s: Option<u64>,
+    pub fault_flood_s: Option<u16>,
 }
 
 impl RunConfig {
@@ -160,7 +160,7 @@ pub async fn run(config: RunConfig, exit_on_stdin_close: bool) -> anyhow::Result
         submit_wait: Duration::from_secs(config.submit_wait_s.unwrap_or(30).max(1)),
         payload_len_max: abc_config.payload_len_max,
         // 1 MiB per peer and 50 ms tick: 20 MiB/s to each peer.
-        fault_flood: config.fault_flood_s.map(|s| (Duration::from_secs(s), 1024 * 1024)),
+        fault_flood: config.fault_flood_s.map(|s| (Duration::from_secs(u64::from(s)), 1024 * 1024)),
         ..Limits::default()
     };
     let setup = NodeSetup {

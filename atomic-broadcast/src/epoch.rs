@@ -730,8 +730,9 @@ impl AtomicBroadcast {
         }
         let next = self.next_epoch;
         let too_far = |epoch: u64| epoch >= next.saturating_add(self.config.epochs_future_max);
+        // Noted in steps of `epochs_in_flight`, the step in which catching up looks at it.
         let heard = |epoch: u64| {
-            if self.heard.get(&from).is_some_and(|h| *h >= epoch) {
+            if self.heard.get(&from).is_some_and(|h| h.saturating_add(self.config.epochs_in_flight) > epoch) {
                 Admission::Ignore
             } else {
                 Admission::Heard(epoch)

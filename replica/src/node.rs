@@ -316,6 +316,9 @@ impl Hello {
     }
 }
 
+/// Epochs behind the next one for which the ledger remembers checkpoint shares.
+const LEDGER_CHECKPOINT_EPOCHS: u64 = 1024;
+
 /// Votes a joining replica holds until it knows from which epoch it may vote.
 const HELD_MAX: usize = 100_000;
 
@@ -607,7 +610,13 @@ impl<T: Transport> Node<T> {
             self.send_flood();
             let abc = self.core.abc();
             let next = abc.next_epoch();
-            self.ledger.retain(|epoch| epoch >= next || abc.runs_epoch(epoch));
+            // Epochs still run, and checkpoint epochs whose shares may still come (not too old).
+            let stable = abc.stable_checkpoint().map(|c| c.epoch);
+            self.ledger.retain(|epoch| {
+                epoch >= next
+                    || abc.runs_epoch(epoch)
+                    || (stable.is_none_or(|s| epoch > s) && epoch + LEDGER_CHECKPOINT_EPOCHS >= next)
+            });
             self.expire_waiters();
             self.update_metrics();
             self.ask_page();

@@ -65,10 +65,20 @@ impl Wire for Message {
     }
 
     fn decode(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Message::decode_bounded(reader, rbc::SHARD_WIRE_MAX)
+    }
+}
+
+impl Message {
+    /// Decode a message whose broadcast shard is at most `shard_len_max` bytes (refused before
+    /// it is copied).
+    pub fn decode_bounded(reader: &mut Reader<'_>, shard_len_max: usize) -> Result<Self, DecodeError> {
         let tag = reader.u8()?;
         let proposer = NodeIndex(reader.u32()?);
         match tag {
-            TAG_BROADCAST => Ok(Message::Broadcast { proposer, message: rbc::Message::decode(reader)? }),
+            TAG_BROADCAST => {
+                Ok(Message::Broadcast { proposer, message: rbc::Message::decode_bounded(reader, shard_len_max)? })
+            }
             TAG_AGREEMENT => Ok(Message::Agreement { proposer, message: agreement::Message::decode(reader)? }),
             other => Err(DecodeError::Invalid { what: "message tag", value: u64::from(other) }),
         }

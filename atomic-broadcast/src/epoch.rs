@@ -287,8 +287,19 @@ impl Wire for Message {
     }
 
     fn decode(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Message::decode_bounded(reader, rbc::SHARD_WIRE_MAX)
+    }
+}
+
+impl Message {
+    /// Decode a message whose broadcast shard is at most `shard_len_max` bytes: a longer one is
+    /// refused before it is copied (see [`AtomicBroadcast::decode_message`]).
+    pub fn decode_bounded(reader: &mut Reader<'_>, shard_len_max: usize) -> Result<Self, DecodeError> {
         match reader.u8()? {
-            0 => Ok(Message::Subset { epoch: reader.u64()?, message: acs::Message::decode(reader)? }),
+            0 => Ok(Message::Subset {
+                epoch: reader.u64()?,
+                message: acs::Message::decode_bounded(reader, shard_len_max)?,
+            }),
             1 => Ok(Message::Decryption {
                 epoch: reader.u64()?,
                 proposer: NodeIndex(reader.u32()?),
@@ -445,9 +456,32 @@ pub struct AtomicBroadcast {
     catching_up: Option<CatchingUp>,
     /// The last catch-up request answered, per replica.
     answered: BTreeMap<NodeIndex, u64>,
-    /// Messages of epochs beyond the ones we run, kept until we run them (bounded).
+    /// Messages of epochs beyond the ones we run, kept until we run them (bounded per sender,
+    /// in bytes: see [`AtomicBroadcast::buffered_bytes_max`]).
     buffered: BTreeMap<u64, Vec<(NodeIndex, Message)>>,
+    /// Bytes each sender has in `buffered`.
+    buffered_bytes: BTreeMap<NodeIndex, usize>,
 }
+
+/// What to do with a peer's message before it is logged and handled (see
+/// [`AtomicBroadcast::admissible`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Log it and handle it.
+    Handle,
+    /// It can change nothing here (an epoch delivered and dropped, a catch-up answer nobody
+    /// asked for, …): drop it. Not a fault: honest replicas send such messages when they are
+    /// ahead of or behind us.
+    Ignore,
+    /// It only shows that its sender reached `epoch` (too far ahead to keep): pass on just that,
+    /// with [`AtomicBroadcast::heard`].
+    Heard(u64),
+    /// A fault of its sender: drop it and record the fault.
+    Fault(FaultKind),
+}
+
+/// Bytes a kept message counts for besides its encoding (its place in the buffer).
+const BUFFERED_OVERHEAD: usize = 64;
 
 impl std::fmt::Debug for AtomicBroadcast {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -504,6 +538,7 @@ impl AtomicBroadcast {
             catching_up: None,
             answered: BTreeMap::new(),
             buffered: BTreeMap::new(),
+            buffered_bytes: BTreeMap::new(),
         }
     }
 
@@ -522,30 +557,50 @@ impl AtomicBroadcast {
         self.next_epoch
     }
 
+    /// Whether `epoch` runs here (started and not yet dropped).
+    pub fn runs_epoch(&self, epoch: u64) -> bool {
+        self.epochs.contains_key(&epoch)
+    }
+
     /// Requests waiting in the queue.
     pub fn queue_len(&self) -> usize {
         self.queue.len()
     }
 
-    /// Whether nothing is under way: no request queued, every epoch started is delivered and its
-    /// agreements terminated, no message kept for a later epoch, no catch-up running. A replica in
-    /// this state is the state [`AtomicBroadcast::restore`] rebuilds from
-    /// [`AtomicBroadcast::snapshot`], as far as anything it will send is concerned (it has voted
-    /// in no epoch it has not delivered, and no other replica needs its votes in those: see
-    /// `docs/agreement.md`, "Termination").
+    /// Whether nothing of ours is under way: no request queued and every epoch started is
+    /// delivered with its agreements terminated, so we have voted in no epoch we have not
+    /// delivered, and no other replica needs our votes in those (see `docs/agreement.md`,
+    /// "Restart from a snapshot"). Messages kept for later
+    /// epochs and a catch-up under way do not count: [`AtomicBroadcast::take_snapshot`] drops
+    /// them, so that one peer sending a message for a far epoch now and then cannot keep us from
+    /// compacting.
     pub fn is_quiescent(&self) -> bool {
         self.queue.is_empty()
-            && self.buffered.is_empty()
-            && self.catching_up.is_none()
             && self
                 .epochs
                 .iter()
                 .all(|(epoch, state)| *epoch < self.next_epoch && state.delivered && state.subset.terminated())
     }
 
+    /// [`AtomicBroadcast::snapshot`], after forgetting what the snapshot does not hold: the
+    /// messages kept for later epochs, the epochs heard of, and a catch-up under way. Then this
+    /// replica and one [`AtomicBroadcast::restore`]d from the snapshot are in the same state as far
+    /// as anything they will send is concerned, and handle every later message alike. What is
+    /// forgotten is what a lost message costs: a later epoch's messages that we kept are needed
+    /// only if honest replicas ran it without us, and then they are ahead and we catch up (asked
+    /// again as soon as `t + 1` of them show themselves ahead again).
+    pub fn take_snapshot(&mut self) -> Option<CatchUp> {
+        let snapshot = self.snapshot()?;
+        self.buffered.clear();
+        self.buffered_bytes.clear();
+        self.heard.clear();
+        self.catching_up = None;
+        Some(snapshot)
+    }
+
     /// The delivered state as a catch-up answer: the latest stable checkpoint with its window, and
     /// every batch delivered after it (`None` if some of them are no longer kept, or if the
-    /// replica is not quiescent).
+    /// replica is not quiescent). Messages kept for later epochs are not in it.
     pub fn snapshot(&self) -> Option<CatchUp> {
         if !self.is_quiescent() {
             return None;
@@ -683,20 +738,160 @@ impl AtomicBroadcast {
             // Beyond the epochs we run: keep it for when we get there. Joining at once would let
             // one replica pull us ahead of the others, whose copies of our messages they would
             // then have to drop.
-            let max = self.buffered_max();
-            let buffered = self.buffered.entry(epoch).or_default();
-            if buffered.len() < max {
-                buffered.push((from, message));
+            let size = buffered_len(&message) + BUFFERED_OVERHEAD;
+            let held = self.buffered_bytes.get(&from).copied().unwrap_or(0);
+            if held + size > self.buffered_bytes_max() {
+                // Each sender has its own budget: one over it loses its own messages, never
+                // another's.
+                step.fault(from, FaultKind::TooLong);
+                return;
             }
+            self.buffered_bytes.insert(from, held + size);
+            self.buffered.entry(epoch).or_default().push((from, message));
             return;
         }
         self.route(from, epoch, message, rng, step);
     }
 
-    /// Messages kept per epoch ahead of the ones we run: enough for everything honest replicas
-    /// send in an epoch that has not decided in many rounds.
-    fn buffered_max(&self) -> usize {
-        64 * (self.quorum.n() as usize).pow(2)
+    /// Bytes of messages kept for later epochs, per sender: everything one replica sends us in
+    /// four epochs of the largest proposals — its proposal's shard and its echo of every
+    /// broadcast, with room for some 20 rounds of every agreement and the decryption shares —
+    /// counting [`BUFFERED_OVERHEAD`] per message besides its encoding. An honest replica sends
+    /// more than that only when it is that far ahead of us, and then we catch up instead.
+    pub fn buffered_bytes_max(&self) -> usize {
+        let n = self.quorum.n() as usize;
+        let shard = rbc::shard_len_bound(self.quorum, self.ciphertext_len_max()) + 512;
+        4 * ((n + 1) * shard + 128 * n * (SIG_SIZE + 64 + BUFFERED_OVERHEAD))
+    }
+
+    /// The longest broadcast shard of an epoch: longer ones are refused by
+    /// [`AtomicBroadcast::decode_message`].
+    pub fn shard_len_max(&self) -> usize {
+        rbc::shard_len_bound(self.quorum, self.ciphertext_len_max())
+    }
+
+    /// Decode a peer's message, refusing a broadcast shard longer than any epoch accepts before
+    /// anything is allocated for it.
+    pub fn decode_message(&self, bytes: &[u8]) -> Result<Message, DecodeError> {
+        let mut reader = Reader::new(bytes);
+        let message = Message::decode_bounded(&mut reader, self.shard_len_max())?;
+        reader.finish()?;
+        Ok(message)
+    }
+
+    /// The cheap checks of a peer's message, to make before it is logged: its sender, its epoch
+    /// against the ones we run or keep messages for, the lengths and indices any instance would
+    /// check first. A message that is not [`Admission::Handle`]d needs no log entry: handling it
+    /// would change nothing but the epochs heard of ([`Admission::Heard`]) and the faults.
+    pub fn admissible(&self, from: NodeIndex, message: &Message) -> Admission {
+        if !self.quorum.contains(from) || from == self.our_index {
+            return Admission::Fault(FaultKind::UnknownSender);
+        }
+        let next = self.next_epoch;
+        let too_far = |epoch: u64| epoch >= next.saturating_add(self.config.epochs_future_max);
+        // Noted in steps of `epochs_in_flight`, the step in which catching up looks at it.
+        let heard = |epoch: u64| {
+            if self.heard.get(&from).is_some_and(|h| h.saturating_add(self.config.epochs_in_flight) > epoch) {
+                Admission::Ignore
+            } else {
+                Admission::Heard(epoch)
+            }
+        };
+        match message {
+            Message::Subset { epoch, message } => {
+                if too_far(*epoch) {
+                    return heard(*epoch);
+                }
+                if *epoch < next && !self.epochs.contains_key(epoch) {
+                    return Admission::Ignore;
+                }
+                self.admissible_subset(from, message)
+            }
+            Message::Decryption { epoch, proposer, .. } => {
+                if !self.quorum.contains(*proposer) {
+                    return Admission::Fault(FaultKind::WrongInstance);
+                }
+                if too_far(*epoch) {
+                    return heard(*epoch);
+                }
+                if *epoch < next && !self.epochs.contains_key(epoch) {
+                    return Admission::Ignore;
+                }
+                Admission::Handle
+            }
+            Message::CheckpointShare { epoch, .. } => {
+                if !self.is_checkpoint_epoch(*epoch) {
+                    return Admission::Fault(FaultKind::WrongInstance);
+                }
+                if too_far(*epoch) {
+                    return heard(epoch.saturating_add(1));
+                }
+                let stable = self.stable.as_ref().map(|(c, _)| c.epoch);
+                if stable.is_some_and(|s| *epoch <= s) {
+                    return Admission::Ignore;
+                }
+                Admission::Handle
+            }
+            Message::CatchUpRequest { next: theirs } => {
+                let quiet = self.answered.get(&from).is_some_and(|ours| next < ours + self.config.epochs_in_flight);
+                if *theirs >= next || quiet {
+                    return Admission::Ignore;
+                }
+                Admission::Handle
+            }
+            Message::CatchUp(_) if self.catching_up.is_none() => Admission::Ignore,
+            Message::CatchUp(_) => Admission::Handle,
+        }
+    }
+
+    fn admissible_subset(&self, from: NodeIndex, message: &acs::Message) -> Admission {
+        let proposer = match message {
+            acs::Message::Broadcast { proposer, .. } | acs::Message::Agreement { proposer, .. } => *proposer,
+        };
+        if !self.quorum.contains(proposer) {
+            return Admission::Fault(FaultKind::WrongInstance);
+        }
+        match message {
+            acs::Message::Broadcast { message: rbc::Message::Value(proof), .. } => {
+                if from != proposer {
+                    return Admission::Fault(FaultKind::NotProposer);
+                }
+                if proof.index != self.our_index.0 {
+                    return Admission::Fault(FaultKind::InvalidProof);
+                }
+            }
+            acs::Message::Broadcast { message: rbc::Message::Echo(proof), .. } => {
+                if proof.index != from.0 {
+                    return Admission::Fault(FaultKind::InvalidProof);
+                }
+            }
+            acs::Message::Broadcast { message: rbc::Message::Ready(_), .. } => {}
+            acs::Message::Agreement { message, .. } => {
+                // The agreements of a common subset are plain: a vote carries no justification.
+                if let fides_agreement::Message::BVal { justification, .. } = message {
+                    if !justification.is_empty() {
+                        return Admission::Fault(FaultKind::UnexpectedJustification);
+                    }
+                }
+            }
+        }
+        if message_shard_len(message) > self.shard_len_max() {
+            return Admission::Fault(FaultKind::TooLong);
+        }
+        Admission::Handle
+    }
+
+    /// `from` showed itself at `epoch` by a message too far ahead to keep (see
+    /// [`Admission::Heard`]): we may have to catch up.
+    pub fn heard(&mut self, from: NodeIndex, epoch: u64) -> AbcStep {
+        let mut step = AbcStep::default();
+        if !self.quorum.contains(from) {
+            step.fault(from, FaultKind::UnknownSender);
+            return step;
+        }
+        self.hear(from, epoch);
+        self.request_catch_up(&mut step);
+        step
     }
 
     /// Handle the messages kept for epochs that we now run.
@@ -706,6 +901,13 @@ impl AtomicBroadcast {
                 break;
             }
             let messages = self.buffered.remove(&epoch).unwrap_or_default();
+            for (from, message) in &messages {
+                let size = buffered_len(message) + BUFFERED_OVERHEAD;
+                if let Some(held) = self.buffered_bytes.get_mut(from) {
+                    *held = held.saturating_sub(size);
+                }
+            }
+            self.buffered_bytes.retain(|_, held| *held > 0);
             if epoch < self.next_epoch {
                 continue;
             }
@@ -1386,6 +1588,35 @@ impl AtomicBroadcast {
         self.make_stable(checkpoint, Arc::new(window));
         let next = self.next_epoch;
         self.epochs.retain(|e, _| *e >= next);
+    }
+}
+
+/// About how many bytes `message` holds (its encoding's length, for the messages kept for later
+/// epochs; a flat 64 for the others, which are never kept).
+fn buffered_len(message: &Message) -> usize {
+    match message {
+        Message::Subset { message, .. } => match message {
+            acs::Message::Broadcast { message, .. } => {
+                message.shard().map_or(32, |proof| proof.shard.len() + 32 * (proof.path.len() + 1) + 9) + 13
+            }
+            acs::Message::Agreement { message, .. } => {
+                let justification = match message {
+                    fides_agreement::Message::BVal { justification, .. } => justification.len(),
+                    _ => 0,
+                };
+                justification + SIG_SIZE + 24
+            }
+        },
+        Message::Decryption { .. } => PK_SIZE + 13,
+        _ => 64,
+    }
+}
+
+/// The length of the shard an epoch's message carries (0 if none).
+fn message_shard_len(message: &acs::Message) -> usize {
+    match message {
+        acs::Message::Broadcast { message, .. } => message.shard().map_or(0, |proof| proof.shard.len()),
+        acs::Message::Agreement { .. } => 0,
     }
 }
 

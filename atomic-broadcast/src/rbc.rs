@@ -81,10 +81,11 @@ fn encode_proof(proof: &Proof, out: &mut Vec<u8>) {
     }
 }
 
-fn decode_proof(reader: &mut Reader<'_>) -> Result<Proof, DecodeError> {
+fn decode_proof(reader: &mut Reader<'_>, shard_len_max: usize) -> Result<Proof, DecodeError> {
     let root = reader.array()?;
     let index = reader.u32()?;
-    let shard = reader.bytes(SHARD_WIRE_MAX)?.to_vec();
+    // The length is checked before the shard is copied: a peer cannot make us allocate more.
+    let shard = reader.bytes(shard_len_max.min(SHARD_WIRE_MAX))?.to_vec();
     let depth = reader.u8()?;
     if usize::from(depth) > DEPTH_MAX {
         return Err(DecodeError::TooLong { len: u64::from(depth), max: DEPTH_MAX as u64 });
@@ -112,13 +113,35 @@ impl Wire for Message {
     }
 
     fn decode(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Message::decode_bounded(reader, SHARD_WIRE_MAX)
+    }
+}
+
+impl Message {
+    /// Decode a message whose shard is at most `shard_len_max` bytes (an instance's
+    /// [`shard_len_bound`]): a longer one is refused before anything is allocated for it.
+    pub fn decode_bounded(reader: &mut Reader<'_>, shard_len_max: usize) -> Result<Self, DecodeError> {
         match reader.u8()? {
-            TAG_VALUE => Ok(Message::Value(decode_proof(reader)?)),
-            TAG_ECHO => Ok(Message::Echo(decode_proof(reader)?)),
+            TAG_VALUE => Ok(Message::Value(decode_proof(reader, shard_len_max)?)),
+            TAG_ECHO => Ok(Message::Echo(decode_proof(reader, shard_len_max)?)),
             TAG_READY => Ok(Message::Ready(reader.array()?)),
             other => Err(DecodeError::Invalid { what: "message tag", value: u64::from(other) }),
         }
     }
+
+    /// The shard this message carries, if any.
+    pub fn shard(&self) -> Option<&Proof> {
+        match self {
+            Message::Value(proof) | Message::Echo(proof) => Some(proof),
+            Message::Ready(_) => None,
+        }
+    }
+}
+
+/// The longest shard of a broadcast among `quorum` whose values are at most `value_len_max`
+/// bytes: what [`ReliableBroadcast`] accepts, and what [`Message::decode_bounded`] should be given.
+pub fn shard_len_bound(quorum: Quorum, value_len_max: usize) -> usize {
+    shard_len(value_len_max + 4, (quorum.n() - 2 * quorum.t()) as usize)
 }
 
 /// What a broadcast delivers.
@@ -209,7 +232,7 @@ impl ReliableBroadcast {
     }
 
     fn shard_len_max(&self) -> usize {
-        shard_len(self.config.value_len_max + 4, self.data_shards())
+        shard_len_bound(self.quorum, self.config.value_len_max)
     }
 
     /// Propose `value` (the proposer only, once).
@@ -485,6 +508,15 @@ impl Protocol for ReliableBroadcast {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shard_above_the_bound_is_refused_by_the_decoder() {
+        let proof = Proof { root: [1; 32], index: 0, shard: vec![5; 101], path: vec![[2; 32]; 2] };
+        let bytes = Message::Echo(proof.clone()).to_bytes();
+        let decode = |max| Message::decode_bounded(&mut Reader::new(&bytes), max);
+        assert_eq!(decode(101), Ok(Message::Echo(proof)));
+        assert!(matches!(decode(100), Err(DecodeError::TooLong { len: 101, max: 100 })));
+    }
 
     #[test]
     fn values_survive_losing_any_2t_shards() {

@@ -67,6 +67,13 @@ impl Core {
         &self.abc
     }
 
+    /// A snapshot of the delivered state to compact the log to, if nothing of ours is under way
+    /// (see `AtomicBroadcast::take_snapshot`: what the snapshot does not hold is forgotten here
+    /// too, so that this core and one restored from the snapshot go on alike).
+    pub fn take_snapshot(&mut self) -> Option<CatchUp> {
+        self.abc.take_snapshot()
+    }
+
     /// Bring a new core to a compacted log's base (the replica's own snapshot).
     pub fn restore(&mut self, snapshot: CatchUp, clock: u64, effects: &mut Effects) {
         let step = self.abc.restore(snapshot, clock);
@@ -90,7 +97,12 @@ impl Core {
             }
             Event::Clock(now) => self.input(Input::Clock(*now), effects),
             Event::Recover => self.input(Input::Recover, effects),
-            Event::Frame { from, bytes } => match Message::from_bytes(bytes) {
+            Event::Heard { from, epoch } => {
+                let step = self.abc.heard(*from, *epoch);
+                self.absorb(step, effects);
+            }
+            // Decoded with the epochs' shard bound, as when it was admitted to the log.
+            Event::Frame { from, bytes } => match self.abc.decode_message(bytes) {
                 Ok(message) => {
                     let step = self.abc.handle(*from, message, &mut self.rng);
                     self.absorb(step, effects);

@@ -15,9 +15,11 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod backfill;
 pub mod bistro;
 pub mod core;
+pub mod flood;
 pub mod grpc;
 pub mod launcher;
 pub mod metrics;

@@ -20,12 +20,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fides_atomic_broadcast::checkpoint::Checkpoint;
-use fides_atomic_broadcast::epoch::{Error as AbcError, Message, Request, RequestKey};
+use fides_atomic_broadcast::epoch::{Admission, Error as AbcError, Message, Request, RequestKey};
 use fides_types::codec::Wire;
 use fides_types::{NodeIndex, Outgoing, Quorum, Target};
 use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::admission::{Ledger, Verdict};
 use crate::backfill::{fit_page, Backfill, Page, PageRequest, PAGE_BATCHES_MAX};
 use crate::core::{is_vote, message_epoch, Core, Effects, Recent};
 use crate::metrics::Metrics;
@@ -221,6 +222,11 @@ pub struct Limits {
     pub payload_len_max: usize,
     /// Events logged since the last snapshot before a quiescent replica compacts its log.
     pub compact_events: u64,
+    /// Bytes of peer frames taken in one turn (at least one frame is).
+    pub turn_bytes_max: usize,
+    /// Fault injection for tests: flood the peers for this long after the start (see
+    /// [`crate::flood`]), with this many bytes per peer and tick.
+    pub fault_flood: Option<(Duration, usize)>,
 }
 
 impl Default for Limits {
@@ -233,6 +239,8 @@ impl Default for Limits {
             tick: Duration::from_millis(50),
             payload_len_max: 64 * 1024,
             compact_events: 2_000,
+            turn_bytes_max: 64 * 1024 * 1024,
+            fault_flood: None,
         }
     }
 }
@@ -311,6 +319,9 @@ impl Hello {
     }
 }
 
+/// Epochs behind the next one for which the ledger remembers checkpoint shares.
+const LEDGER_CHECKPOINT_EPOCHS: u64 = 1024;
+
 /// Votes a joining replica holds until it knows from which epoch it may vote.
 const HELD_MAX: usize = 100_000;
 
@@ -362,6 +373,11 @@ pub struct Node<T: Transport> {
     equivocations: Vec<u64>,
     started: Instant,
     service: Option<ServiceSink>,
+    /// What each peer had logged in the epochs still running (see [`crate::admission`]).
+    ledger: Ledger,
+    /// Peers that showed themselves at far epochs in this turn, with the highest.
+    heard: BTreeMap<NodeIndex, u64>,
+    flood: Option<crate::flood::Flood>,
 }
 
 /// What the caller sets up a node with.
@@ -398,6 +414,7 @@ impl<T: Transport> Node<T> {
         let core = Core::new(setup.abc, opened.seed, setup.our_index, &setup.session, setup.checkpoint_interval);
         let (commands_tx, commands) = mpsc::channel(setup.limits.waiting_max.clamp(1024, 65_536));
         let n = setup.quorum.n() as usize;
+        let flood = setup.limits.fault_flood.map(|(duration, bytes)| crate::flood::Flood::new(duration, bytes));
         let mut node = Node {
             core,
             store,
@@ -435,6 +452,9 @@ impl<T: Transport> Node<T> {
             equivocations: vec![0; n],
             started: Instant::now(),
             service: None,
+            ledger: Ledger::new(setup.quorum.n()),
+            heard: BTreeMap::new(),
+            flood,
         };
         let resend = node.replay(opened.base)?;
         // A backfill left unfinished goes on. One the replay's installs ask for again is done if
@@ -535,8 +555,13 @@ impl<T: Transport> Node<T> {
                 },
                 _ = tick.tick() => arrivals.push(Arrival::Tick),
             }
-            while arrivals.len() < self.limits.turn_events_max {
+            // Bounded in count and in bytes: a turn's frames are all in memory at once.
+            let mut bytes = 0usize;
+            while arrivals.len() < self.limits.turn_events_max && bytes < self.limits.turn_bytes_max {
                 if let Some(Some(event)) = self.transport.next_event().now_or_never() {
+                    if let TransportEvent::Frame { bytes: frame, .. } = &event {
+                        bytes += frame.len();
+                    }
                     arrivals.push(Arrival::Transport(event));
                 } else if let Ok(command) = self.commands.try_recv() {
                     arrivals.push(Arrival::Command(command));
@@ -574,6 +599,10 @@ impl<T: Transport> Node<T> {
                 Arrival::Tick => tick = true,
             }
         }
+        // A peer seen at far epochs is logged once per turn, at the highest.
+        for (from, epoch) in std::mem::take(&mut self.heard) {
+            events.push(Event::Heard { from, epoch });
+        }
         // The clock is an input like any other: it is logged, so a replay sees the same readings.
         // Read it whenever something else is logged (proposals carry it) and on the timer.
         if now > self.last_clock && (!events.is_empty() || (tick && self.core.abc().queue_len() > 0)) {
@@ -582,6 +611,16 @@ impl<T: Transport> Node<T> {
         }
         if tick {
             self.ticks += 1;
+            self.send_flood();
+            let abc = self.core.abc();
+            let next = abc.next_epoch();
+            // Epochs still run, and checkpoint epochs whose shares may still come (not too old).
+            let stable = abc.stable_checkpoint().map(|c| c.epoch);
+            self.ledger.retain(|epoch| {
+                epoch >= next
+                    || abc.runs_epoch(epoch)
+                    || (stable.is_none_or(|s| epoch > s) && epoch + LEDGER_CHECKPOINT_EPOCHS >= next)
+            });
             self.expire_waiters();
             self.update_metrics();
             self.ask_page();
@@ -627,7 +666,7 @@ impl<T: Transport> Node<T> {
         if self.events_since_base == 0 || (!now && self.events_since_base < self.limits.compact_events) {
             return Ok(());
         }
-        let Some(snapshot) = self.core.abc().snapshot() else { return Ok(()) };
+        let Some(snapshot) = self.core.take_snapshot() else { return Ok(()) };
         let derived = std::mem::take(&mut self.derived);
         let started = Instant::now();
         self.store.compact(snapshot, self.core.abc().clock(), &derived)?;
@@ -648,14 +687,7 @@ impl<T: Transport> Node<T> {
                     return;
                 }
                 match bytes.split_first() {
-                    Some((&FRAME_MESSAGE, body)) => {
-                        // Only what decodes is logged: the log holds messages, not garbage.
-                        if Message::from_bytes(body).is_ok() {
-                            events.push(Event::Frame { from, bytes: body.to_vec() });
-                        } else {
-                            self.fault(from, "undecodable");
-                        }
-                    }
+                    Some((&FRAME_MESSAGE, body)) => self.on_message(from, body, events),
                     Some((&FRAME_HELLO, body)) => match Hello::decode(body) {
                         Some(hello) => self.on_hello(from, hello),
                         None => self.fault(from, "undecodable"),
@@ -685,6 +717,48 @@ impl<T: Transport> Node<T> {
                 tracing::warn!(peer = peer.0, dropped, "peer sends faster than its allowance");
                 self.fault(peer, "flooding");
             }
+        }
+    }
+
+    /// A peer's protocol message: logged only if it decodes within the epochs' bounds, passes the
+    /// core's cheap checks, and is the first of its kind from this peer (see [`crate::admission`]).
+    /// What is not logged could have changed nothing but the faults, which are recorded here.
+    fn on_message(&mut self, from: NodeIndex, body: &[u8], events: &mut Vec<Event>) {
+        let Ok(message) = self.core.abc().decode_message(body) else {
+            self.fault(from, "undecodable");
+            return;
+        };
+        match self.core.abc().admissible(from, &message) {
+            Admission::Handle => match self.ledger.admit(from, &message, body, Instant::now()) {
+                Verdict::Log => events.push(Event::Frame { from, bytes: body.to_vec() }),
+                Verdict::Duplicate => {}
+                Verdict::Equivocation => {
+                    if let Some(count) = self.equivocations.get_mut(from.0 as usize) {
+                        *count += 1;
+                    }
+                    self.fault(from, "equivocation");
+                }
+                Verdict::OverBudget => self.fault(from, "over_budget"),
+            },
+            Admission::Ignore => {}
+            Admission::Heard(epoch) => {
+                let heard = self.heard.entry(from).or_insert(epoch);
+                *heard = (*heard).max(epoch);
+            }
+            Admission::Fault(kind) => self.fault(from, fault_name(&kind)),
+        }
+    }
+
+    /// Fault injection: this tick's share of the flood, if one runs.
+    fn send_flood(&mut self) {
+        let Some(flood) = &mut self.flood else { return };
+        if !flood.is_active(Instant::now()) {
+            tracing::info!(index = self.our_index.0, "the flood is over");
+            self.flood = None;
+            return;
+        }
+        for (peer, frame) in flood.frames(self.core.abc(), self.quorum, self.our_index, FRAME_MESSAGE) {
+            self.transport.send(peer, frame);
         }
     }
 

@@ -66,6 +66,11 @@ pub struct RunConfig {
     /// transport's retransmission (as a lossy network would).
     #[arg(long, hide = true, value_parser = clap::value_parser!(u8).range(0..=100))]
     pub fault_drop_frames: Option<u8>,
+    /// Fault injection for tests: flood the peers with maximal frames for this many seconds
+    /// after the start.
+    #[arg(long, hide = true)]
+    #[serde(default)]
+    pub fault_flood_s: Option<u16>,
 }
 
 impl RunConfig {
@@ -99,6 +104,7 @@ impl RunConfig {
             upload_max: other.upload_max.or(self.upload_max),
             fault_wrong_shares: other.fault_wrong_shares || self.fault_wrong_shares,
             fault_drop_frames: other.fault_drop_frames.or(self.fault_drop_frames),
+            fault_flood_s: other.fault_flood_s.or(self.fault_flood_s),
         }
     }
 }
@@ -185,6 +191,8 @@ pub async fn run(config: RunConfig, exit_on_stdin_close: bool) -> anyhow::Result
     let limits = Limits {
         submit_wait: Duration::from_secs(config.submit_wait_s.unwrap_or(30).max(1)),
         payload_len_max: abc_config.payload_len_max,
+        // 1 MiB per peer and 50 ms tick: 20 MiB/s to each peer.
+        fault_flood: config.fault_flood_s.map(|s| (Duration::from_secs(u64::from(s)), 1024 * 1024)),
         ..Limits::default()
     };
     let setup = NodeSetup {

@@ -79,6 +79,14 @@ pub enum Event {
     },
     /// The replica asked its peers for what it missed.
     Recover,
+    /// A peer showed itself at `epoch` by a message too far ahead to keep; only that is logged
+    /// (see `AtomicBroadcast::admissible`).
+    Heard {
+        /// The peer, as the transport authenticated it.
+        from: NodeIndex,
+        /// The epoch.
+        epoch: u64,
+    },
 }
 
 impl Wire for Event {
@@ -98,6 +106,11 @@ impl Wire for Event {
                 put_bytes(out, bytes);
             }
             Event::Recover => out.push(3),
+            Event::Heard { from, epoch } => {
+                out.push(4);
+                out.extend_from_slice(&from.0.to_le_bytes());
+                out.extend_from_slice(&epoch.to_le_bytes());
+            }
         }
     }
 
@@ -107,6 +120,7 @@ impl Wire for Event {
             1 => Ok(Event::Clock(reader.u64()?)),
             2 => Ok(Event::Frame { from: NodeIndex(reader.u32()?), bytes: reader.bytes(FRAME_WIRE_MAX)?.to_vec() }),
             3 => Ok(Event::Recover),
+            4 => Ok(Event::Heard { from: NodeIndex(reader.u32()?), epoch: reader.u64()? }),
             other => Err(DecodeError::Invalid { what: "event tag", value: u64::from(other) }),
         }
     }
@@ -451,6 +465,7 @@ mod tests {
             Event::Submit(request(1)),
             Event::Frame { from: NodeIndex(2), bytes: vec![1, 2, 3] },
             Event::Recover,
+            Event::Heard { from: NodeIndex(3), epoch: 77 },
         ];
         {
             let (mut store, opened) = Store::open(dir.path(), [9; 32]).expect("open");
@@ -472,7 +487,7 @@ mod tests {
         assert!(!opened.fresh);
         assert_eq!(opened.seed, [9; 32], "the seed of the first life is kept");
         assert_eq!(opened.join_epoch, Some(3));
-        assert_eq!(store.wal_len(), 4);
+        assert_eq!(store.wal_len(), 5);
         let replayed: Vec<Event> = store.events_from(0, 100).expect("replay").into_iter().map(|(_, e)| e).collect();
         assert_eq!(replayed, events);
         assert_eq!(store.batch(0).expect("read").map(|b| b.batch.requests.len()), Some(1));

@@ -6,7 +6,6 @@ use std::collections::{BTreeMap, VecDeque};
 
 use fides_atomic_broadcast::checkpoint::{log_genesis, log_next, CatchUp, Checkpoint, Digest};
 use fides_atomic_broadcast::epoch::{AtomicBroadcast, Batch, Error as AbcError, Input, Message, Output, RequestKey};
-use fides_types::codec::Wire;
 use fides_types::{Fault, FaultKind, NodeIndex, Outgoing, Target};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;

@@ -38,9 +38,10 @@ fn honest_replicas_keep_ordering_within_memory_and_disk_bounds_while_one_floods(
     let _one = one_at_a_time();
     let dir = tempfile::tempdir().expect("temporary directory");
     let _logs = LogsOnFailure::new(dir.path(), 4);
-    // Small batches keep the longest shard an epoch accepts small (about 64 KiB), so the bounds
+    // Small batches (dealt into the cluster file) keep the longest shard an epoch accepts small (about 64 KiB), so the bounds
     // are tight and the flood's frames many.
-    let mut local = cluster(dir.path(), 4, 1, &["--batch-size", "8"]);
+    let protocol = fides_dealer::ProtocolParameters { batch_size: 8, ..fides_dealer::ProtocolParameters::DEFAULT };
+    let mut local = cluster_with(dir.path(), 4, 1, protocol, &[]);
     local.set_extra_args(3, vec!["--fault-flood-s".into(), FLOOD_S.to_string()]);
     let honest = [0u32, 1, 2];
     let data_dirs: Vec<_> = honest.iter().map(|i| local.data_dir(*i)).collect();

@@ -567,13 +567,15 @@ impl AtomicBroadcast {
         self.queue.len()
     }
 
-    /// Whether nothing of ours is under way: no request queued and every epoch started is
-    /// delivered with its agreements terminated, so we have voted in no epoch we have not
-    /// delivered, and no other replica needs our votes in those (see `docs/agreement.md`,
-    /// "Restart from a snapshot"). Messages kept for later
-    /// epochs and a catch-up under way do not count: [`AtomicBroadcast::take_snapshot`] drops
-    /// them, so that one peer sending a message for a far epoch now and then cannot keep us from
-    /// compacting.
+    /// Whether nothing of ours is under way: no request queued, every epoch started delivered
+    /// with its agreements terminated (so we have voted in no epoch we have not delivered, and
+    /// no other replica needs our votes in those: `docs/agreement.md`, "Restart from a
+    /// snapshot"). A catch-up under way does not count (the live core goes on with it; a restored
+    /// one asks again when `t + 1` peers show themselves ahead: catching up is no vote, so the two
+    /// contradict nothing), nor do messages kept for later epochs: the
+    /// driver logs them again after the snapshot ([`AtomicBroadcast::kept_messages`]), so that
+    /// one peer sending a message for a later epoch now and then cannot keep us from compacting,
+    /// and an honest replica's message kept there is not lost.
     pub fn is_quiescent(&self) -> bool {
         self.queue.is_empty()
             && self
@@ -582,19 +584,22 @@ impl AtomicBroadcast {
                 .all(|(epoch, state)| *epoch < self.next_epoch && state.delivered && state.subset.terminated())
     }
 
-    /// [`AtomicBroadcast::snapshot`], after forgetting what the snapshot does not hold: the
-    /// messages kept for later epochs, the epochs heard of, and a catch-up under way. Then this
-    /// replica and one [`AtomicBroadcast::restore`]d from the snapshot are in the same state as far
-    /// as anything they will send is concerned, and handle every later message alike. What is
-    /// forgotten is what a lost message costs: a later epoch's messages that we kept are needed
-    /// only if honest replicas ran it without us, and then they are ahead and we catch up (asked
-    /// again as soon as `t + 1` of them show themselves ahead again).
+    /// The messages kept for later epochs, with their senders, in the order they are kept. A
+    /// snapshot does not hold them; the driver logs them after it, so that a replica restored
+    /// from the snapshot keeps them too. They must not be dropped: one may be an honest replica's
+    /// only copy of its proposal or vote in that epoch, and with n − t replicas up, losing it
+    /// stalls the cluster (the driver test did so about once in twelve runs under load, when
+    /// compaction dropped them).
+    pub fn kept_messages(&self) -> Vec<(NodeIndex, Message)> {
+        self.buffered.values().flatten().cloned().collect()
+    }
+
+    /// [`AtomicBroadcast::snapshot`], after forgetting the epochs heard of, which the snapshot
+    /// does not hold (the messages kept for later epochs are logged again by the driver: see
+    /// [`AtomicBroadcast::kept_messages`]).
     pub fn take_snapshot(&mut self) -> Option<CatchUp> {
         let snapshot = self.snapshot()?;
-        self.buffered.clear();
-        self.buffered_bytes.clear();
         self.heard.clear();
-        self.catching_up = None;
         Some(snapshot)
     }
 

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use fides_atomic_broadcast::checkpoint::{log_genesis, log_next, CatchUp, Checkpoint, Digest};
 use fides_atomic_broadcast::epoch::{AtomicBroadcast, Batch, Error as AbcError, Input, Message, Output, RequestKey};
+use fides_types::codec::Wire;
 use fides_types::{Fault, FaultKind, NodeIndex, Outgoing, Target};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
@@ -71,6 +72,16 @@ impl Core {
     /// too, so that this core and one restored from the snapshot go on alike).
     pub fn take_snapshot(&mut self) -> Option<CatchUp> {
         self.abc.take_snapshot()
+    }
+
+    /// The messages the core keeps for later epochs, as log events: logged again after a
+    /// snapshot, which does not hold them.
+    pub fn kept_events(&self) -> Vec<Event> {
+        self.abc
+            .kept_messages()
+            .into_iter()
+            .map(|(from, message)| Event::Frame { from, bytes: message.to_bytes() })
+            .collect()
     }
 
     /// Bring a new core to a compacted log's base (the replica's own snapshot).

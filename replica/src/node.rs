@@ -670,6 +670,11 @@ impl<T: Transport> Node<T> {
         let derived = std::mem::take(&mut self.derived);
         let started = Instant::now();
         self.store.compact(snapshot, self.core.abc().clock(), &derived)?;
+        // The messages kept for later epochs are not in the snapshot: logged again after it, a
+        // restart keeps them as the live core does (keeping one uses no randomness, so their new
+        // sequence numbers change nothing).
+        let kept = self.core.kept_events();
+        self.store.commit(&kept, &Derived::default())?;
         if !derived.batches.is_empty() {
             if let Some(service) = &self.service {
                 service(ServiceEvent::Written);

@@ -19,7 +19,7 @@ const FLOOD_S: u64 = 20;
 /// The bounds of `docs/replica.md` ("Bounds under a flood") for this configuration: n = 4,
 /// batch size 8, a flood of 20 s.
 const RSS_MAX_MIB: u64 = 256;
-const DATA_MAX_MIB: u64 = 160;
+const DATA_MAX_MIB: u64 = 400;
 
 fn dir_bytes(path: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(path) else { return 0 };

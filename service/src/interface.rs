@@ -1,0 +1,253 @@
+//! The interface every service implements: contexts in, outcomes out.
+
+use fides_types::codec::DecodeError;
+
+use crate::tables::{StoreError, Tables};
+
+/// What names a service in a payload: the payload's first four bytes.
+///
+/// Four bytes, not one, because the first service (the bistro) was ordered before the registry
+/// existed and its payloads start with the magic `BST1`: making its magic its id keeps every
+/// existing client's payload valid. A new service picks four bytes of its own (its name and a
+/// version digit, like `BST1`); changing a service's id is a wire break.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceId(pub [u8; 4]);
+
+impl std::fmt::Display for ServiceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", String::from_utf8_lossy(&self.0))
+    }
+}
+
+/// Where and when an ordered request is applied: equal at every replica.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Applied {
+    /// The epoch of atomic broadcast that ordered it.
+    pub epoch: u64,
+    /// Its index in the epoch's batch (counting every request, of every service).
+    pub index: u32,
+    /// The epoch's agreed time, in ms since the Unix epoch: the only clock a service has.
+    pub time_ms: u64,
+    /// The client that sent it (not authenticated: a service that needs to know who asks checks
+    /// a signature in the payload).
+    pub client: u64,
+    /// The client's id for it.
+    pub request: u64,
+    /// SHA-256 of the whole payload (with `client` and `request`, what names the request).
+    pub payload_digest: [u8; 32],
+}
+
+/// An epoch about to be applied: its agreed time, before any of its requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EpochStart {
+    /// The epoch.
+    pub epoch: u64,
+    /// Its agreed time, in ms since the Unix epoch (never less than the last epoch's).
+    pub time_ms: u64,
+}
+
+/// Names an agreement instance a service asked for. Chosen by the service (e.g. a hash of a
+/// transaction id under its own domain tag); the host scopes it by the service's id, so two
+/// services cannot collide.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct InstanceId(pub [u8; 32]);
+
+/// The decision of an agreement instance a service asked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// The instance.
+    pub instance: InstanceId,
+    /// The value decided.
+    pub value: bool,
+    /// The justification that came with the decided value (what a validated agreement checked),
+    /// as the service gave it in its [`Outcome::Agree`] or a peer's vote carried it.
+    pub justification: Vec<u8>,
+}
+
+/// A signature scheme other than the epoch certificate's threshold BLS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SchemeId {
+    /// Shoup's threshold RSA (PKCS#1 v1.5 over SHA-256), as the certification authority signs
+    /// X.509 certificates and CRLs.
+    ThresholdRsa,
+}
+
+/// Why a request was refused, as a gRPC canonical status code (the number is gRPC's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u8)]
+pub enum Code {
+    /// Malformed or out of bounds, whatever the state.
+    InvalidArgument = 3,
+    /// No such thing.
+    NotFound = 5,
+    /// Done already (a replayed request, a name taken).
+    AlreadyExists = 6,
+    /// A signature that does not verify, or a key that may not do this.
+    PermissionDenied = 7,
+    /// A bound of the state is reached (too many of something).
+    ResourceExhausted = 8,
+    /// Not in this state: a deadline passed, or not yet.
+    FailedPrecondition = 9,
+    /// Lost to a concurrent request (e.g. an agreement decided against it).
+    Aborted = 10,
+    /// Past a valid range.
+    OutOfRange = 11,
+    /// The service does not do this.
+    Unimplemented = 12,
+}
+
+impl Code {
+    /// Every code.
+    pub const ALL: [Code; 9] = [
+        Code::InvalidArgument,
+        Code::NotFound,
+        Code::AlreadyExists,
+        Code::PermissionDenied,
+        Code::ResourceExhausted,
+        Code::FailedPrecondition,
+        Code::Aborted,
+        Code::OutOfRange,
+        Code::Unimplemented,
+    ];
+
+    /// gRPC's number for it.
+    pub fn number(self) -> u8 {
+        self as u8
+    }
+
+    /// The code with gRPC number `number`, if a service may refuse with it.
+    pub fn from_number(number: u8) -> Option<Code> {
+        Code::ALL.into_iter().find(|c| c.number() == number)
+    }
+}
+
+/// A refusal: the request changed nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// The status a client gets.
+    pub code: Code,
+    /// Why, for people (it may quote the state, e.g. the agreed time and the deadline).
+    pub reason: String,
+}
+
+impl Refusal {
+    /// A refusal with `code` and `reason`.
+    pub fn new(code: Code, reason: impl Into<String>) -> Refusal {
+        Refusal { code, reason: reason.into() }
+    }
+}
+
+/// What a service made of a request, an epoch's start or a decision: data the host acts on.
+///
+/// From [`Service::apply`], a `Sign`, `Reply` or `Refuse` answers the request applied; the host
+/// answers its waiter once. A `Refuse` stands alone: a refused request's writes and other
+/// outcomes are dropped. `Agree` and `ThresholdSign` are work for the host; what they lead to
+/// comes back through [`Service::decided`] (whose answering outcomes go to the request that
+/// asked for the instance).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A record for this epoch's certificate. `leaf` is the record's leaf hash, computed by the
+    /// service under its own domain tag (so the signed bytes are the service's to define and
+    /// keep); `reply` is the answer, which a client checks against `leaf` with the inclusion
+    /// path and the epoch signature.
+    Sign {
+        /// The leaf hash.
+        leaf: [u8; 32],
+        /// The answer (the service's encoding of the record).
+        reply: Vec<u8>,
+    },
+    /// An answer that needs no signature (the service's encoding).
+    Reply(Vec<u8>),
+    /// Refused; nothing the request wrote is kept.
+    Refuse(Refusal),
+    /// Ask for a validated binary agreement on `instance` with this replica's `vote`;
+    /// `justification` is what lets the others check the vote (e.g. a signed abort request).
+    Agree {
+        /// The instance.
+        instance: InstanceId,
+        /// This replica's vote.
+        vote: bool,
+        /// Why the vote is valid, checked by the others.
+        justification: Vec<u8>,
+    },
+    /// Ask the replicas to threshold-sign `message` under another scheme (e.g. an X.509
+    /// certificate's TBS bytes under threshold RSA). The host routes it to that scheme's signer.
+    ThresholdSign {
+        /// The scheme.
+        scheme: SchemeId,
+        /// The bytes to sign.
+        message: Vec<u8>,
+    },
+}
+
+impl Outcome {
+    /// A refusal with `code` and `reason`.
+    pub fn refuse(code: Code, reason: impl Into<String>) -> Outcome {
+        Outcome::Refuse(Refusal::new(code, reason))
+    }
+}
+
+/// A deterministic service, fed by ordered requests.
+///
+/// Rules (what lets `t + 1` replicas sign what each computes alone):
+/// - **Deterministic**: the same tables, context and request give the same writes and the same
+///   outcomes at every replica. No clock but [`Applied::time_ms`], no randomness, no iteration
+///   over unordered maps, no I/O.
+/// - **All state in its tables**: the methods take `&self`; what the service keeps in `self` is
+///   configuration equal at every replica. State outside the tables would be missed by
+///   checkpoints and lost on a restart.
+/// - **Refusals are data, store failures are errors**: a bad request is an [`Outcome::Refuse`];
+///   an `Err` means the store failed and the host stops.
+pub trait Service: Send + Sync + 'static {
+    /// The payload's first four bytes.
+    const ID: ServiceId;
+    /// Its name: the namespace of its tables in the store. Lowercase letters and digits only,
+    /// so that `name_table` names one table of one service.
+    const NAME: &'static str;
+    /// The tables it uses (the host refuses any other).
+    const TABLES: &'static [&'static str];
+    /// Payloads longer than this are refused before decoding.
+    const PAYLOAD_MAX: usize;
+
+    /// A decoded request.
+    type Request: Send + 'static;
+    /// A read-only question.
+    type Query;
+    /// Its answer.
+    type View;
+
+    /// Decode a payload (all of it, [`Service::ID`] included). Called once per ordered payload,
+    /// by the registry, on at most [`Service::PAYLOAD_MAX`] bytes; an error becomes a refusal.
+    fn decode(&self, payload: &[u8]) -> Result<Self::Request, DecodeError>;
+
+    /// Apply one ordered request.
+    fn apply(&self, tables: &mut dyn Tables, at: &Applied, request: Self::Request) -> Result<Vec<Outcome>, StoreError>;
+
+    /// What the epoch's agreed time makes due (deadlines, windows), before its requests: a
+    /// request ordered at agreed time `T` sees everything `T` made due.
+    fn begin_epoch(&self, tables: &mut dyn Tables, at: &EpochStart) -> Result<Vec<Outcome>, StoreError> {
+        let _ = (tables, at);
+        Ok(Vec::new())
+    }
+
+    /// The decision of an agreement instance this service asked for. State it touches must be
+    /// keyed by the instance alone (decisions are not ordered against batches).
+    fn decided(&self, tables: &mut dyn Tables, decision: &Decision) -> Result<Vec<Outcome>, StoreError> {
+        let _ = (tables, decision);
+        Ok(Vec::new())
+    }
+
+    /// Answer a question from the state (the host passes a read-only view).
+    fn query(&self, tables: &dyn Tables, query: Self::Query) -> Result<Self::View, QueryError>;
+}
+
+/// Why a query has no answer.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum QueryError {
+    /// The question is refused (not found, malformed…).
+    #[error("{}: {}", .0.code.number(), .0.reason)]
+    Refused(Refusal),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}

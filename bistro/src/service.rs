@@ -5,12 +5,15 @@
 //! `t + 1` replicas can sign an epoch's records and nobody needs to trust one replica's word. The
 //! only clock is the epoch's agreed time.
 //!
-//! State lives in an ordered key-value store ([`Kv`]): the replica backs it with redb (written in
-//! one transaction per epoch), tests with a `BTreeMap`.
-
-use std::collections::BTreeMap;
+//! The bistro is a [`fides_service::Service`]: its state lives in its named tables ([`Table`]),
+//! which the host backs with the replica's store (one transaction per batch) and tests with
+//! [`fides_service::MemoryTables`]; its payloads are decoded once, by the registry, under the id
+//! `BST1` (its magic since before the registry existed, so clients did not change); its signed
+//! records are [`fides_service::Outcome::Sign`] with the leaf hash the bistro always used, so
+//! tickets issued before keep verifying.
 
 use blsttc::PublicKeySet;
+use fides_service::{self as host, prefix_end, Applied, EpochStart, QueryError, ServiceId, StoreError, Tables};
 use fides_types::codec::{put_bytes, DecodeError, Reader, Wire};
 
 use crate::commit::commit_len;
@@ -41,100 +44,37 @@ impl Table {
     pub const ALL: [Table; 6] =
         [Table::Events, Table::Tickets, Table::Relays, Table::Uploads, Table::Collections, Table::Due];
 
-    /// Its name in a store.
-    pub fn name(self) -> &'static str {
+    /// Every table's name, as the bistro declares them to the host.
+    pub const NAMES: [&'static str; 6] = [
+        Table::Events.name(),
+        Table::Tickets.name(),
+        Table::Relays.name(),
+        Table::Uploads.name(),
+        Table::Collections.name(),
+        Table::Due.name(),
+    ];
+
+    /// Its name among the bistro's tables (the store's table is `bistro_` and this name).
+    pub const fn name(self) -> &'static str {
         match self {
-            Table::Events => "bistro_events",
-            Table::Tickets => "bistro_tickets",
-            Table::Relays => "bistro_relays",
-            Table::Uploads => "bistro_uploads",
-            Table::Collections => "bistro_collections",
-            Table::Due => "bistro_due",
+            Table::Events => "events",
+            Table::Tickets => "tickets",
+            Table::Relays => "relays",
+            Table::Uploads => "uploads",
+            Table::Collections => "collections",
+            Table::Due => "due",
         }
     }
 }
 
-/// A failure of the store under the service (fatal for the replica: it must not go on).
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum KvError {
-    /// The store failed.
-    #[error("store: {0}")]
-    Store(String),
-    /// A stored value does not decode.
-    #[error("corrupt {table:?} value: {error}")]
-    Corrupt {
-        /// The table.
-        table: Table,
-        /// Why.
-        error: DecodeError,
-    },
+fn scan<K: Tables + ?Sized>(kv: &K, table: Table, prefix: &[u8], max: usize) -> Result<host::Entries, StoreError> {
+    kv.range(table.name(), prefix, &prefix_end(prefix), max)
 }
 
-/// An ordered key-value store.
-pub trait Kv {
-    /// The value under `key`.
-    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, KvError>;
-    /// Set `key` to `value`.
-    fn put(&mut self, table: Table, key: &[u8], value: &[u8]) -> Result<(), KvError>;
-    /// Remove `key`.
-    fn delete(&mut self, table: Table, key: &[u8]) -> Result<(), KvError>;
-    /// The entries with `from <= key < to`, in order (at most `max`).
-    fn range(&self, table: Table, from: &[u8], to: &[u8], max: usize) -> Result<Entries, KvError>;
-}
-
-/// Key-value pairs, in key order.
-pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
-
-/// A [`Kv`] in memory.
-#[derive(Clone, Debug, Default)]
-pub struct MemoryKv {
-    tables: BTreeMap<Table, BTreeMap<Vec<u8>, Vec<u8>>>,
-}
-
-impl Kv for MemoryKv {
-    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
-        Ok(self.tables.get(&table).and_then(|t| t.get(key)).cloned())
-    }
-
-    fn put(&mut self, table: Table, key: &[u8], value: &[u8]) -> Result<(), KvError> {
-        self.tables.entry(table).or_default().insert(key.to_vec(), value.to_vec());
-        Ok(())
-    }
-
-    fn delete(&mut self, table: Table, key: &[u8]) -> Result<(), KvError> {
-        if let Some(t) = self.tables.get_mut(&table) {
-            t.remove(key);
-        }
-        Ok(())
-    }
-
-    fn range(&self, table: Table, from: &[u8], to: &[u8], max: usize) -> Result<Entries, KvError> {
-        Ok(self
-            .tables
-            .get(&table)
-            .map(|t| t.range(from.to_vec()..to.to_vec()).take(max).map(|(k, v)| (k.clone(), v.clone())).collect())
-            .unwrap_or_default())
-    }
-}
-
-/// The end of the range of keys that start with `prefix` (prefixes here never are all 0xff).
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0xff; prefix.len() + 1]
-}
-
-fn scan<K: Kv + ?Sized>(kv: &K, table: Table, prefix: &[u8], max: usize) -> Result<Entries, KvError> {
-    kv.range(table, prefix, &prefix_end(prefix), max)
-}
-
-fn decoded<T: Wire>(table: Table, bytes: Option<Vec<u8>>) -> Result<Option<T>, KvError> {
-    bytes.map(|b| T::from_bytes(&b).map_err(|error| KvError::Corrupt { table, error })).transpose()
+fn decoded<T: Wire>(table: Table, bytes: Option<Vec<u8>>) -> Result<Option<T>, StoreError> {
+    bytes
+        .map(|b| T::from_bytes(&b).map_err(|error| StoreError::Corrupt { table: table.name().to_owned(), error }))
+        .transpose()
 }
 
 fn ticket_key(event: &EventId, ticket: u64) -> Vec<u8> {
@@ -298,42 +238,32 @@ impl Wire for Collection {
     }
 }
 
-/// Why a request was refused: the gRPC status a client gets.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Code {
-    /// Malformed or out of bounds.
-    InvalidArgument,
-    /// No such event or ticket.
-    NotFound,
-    /// Not now: the deadline passed, or not yet.
-    FailedPrecondition,
-    /// A signature that does not verify, or a key that may not do this.
-    PermissionDenied,
-    /// Done already (a replayed request).
-    AlreadyExists,
+/// Why a request was refused: the gRPC status a client gets (the host's codes).
+pub use fides_service::Code;
+
+/// A code's byte in an encoded [`Outcome`]: the five the bistro used before the host's codes
+/// keep their bytes (outcomes stored by earlier replicas still decode); any other is 100 plus
+/// its gRPC number.
+fn code_id(code: Code) -> u8 {
+    match code {
+        Code::InvalidArgument => 1,
+        Code::NotFound => 2,
+        Code::FailedPrecondition => 3,
+        Code::PermissionDenied => 4,
+        Code::AlreadyExists => 5,
+        other => 100 + other.number(),
+    }
 }
 
-impl Code {
-    fn id(self) -> u8 {
-        match self {
-            Code::InvalidArgument => 1,
-            Code::NotFound => 2,
-            Code::FailedPrecondition => 3,
-            Code::PermissionDenied => 4,
-            Code::AlreadyExists => 5,
-        }
-    }
-
-    fn from_id(id: u8) -> Option<Code> {
-        Some(match id {
-            1 => Code::InvalidArgument,
-            2 => Code::NotFound,
-            3 => Code::FailedPrecondition,
-            4 => Code::PermissionDenied,
-            5 => Code::AlreadyExists,
-            _ => return None,
-        })
-    }
+fn code_from_id(id: u8) -> Option<Code> {
+    Some(match id {
+        1 => Code::InvalidArgument,
+        2 => Code::NotFound,
+        3 => Code::FailedPrecondition,
+        4 => Code::PermissionDenied,
+        5 => Code::AlreadyExists,
+        _ => return Code::from_number(id.checked_sub(100)?),
+    })
 }
 
 /// What the service made of one ordered request.
@@ -384,7 +314,7 @@ impl Wire for Outcome {
             }
             Outcome::Refused { code, message } => {
                 out.push(2);
-                out.push(code.id());
+                out.push(code_id(*code));
                 put_bytes(out, message.as_bytes());
             }
             Outcome::RelayRegistered => out.push(3),
@@ -412,7 +342,7 @@ impl Wire for Outcome {
             }
             2 => {
                 let id = reader.u8()?;
-                let code = Code::from_id(id).ok_or(DecodeError::Invalid { what: "code", value: u64::from(id) })?;
+                let code = code_from_id(id).ok_or(DecodeError::Invalid { what: "code", value: u64::from(id) })?;
                 let message = String::from_utf8_lossy(reader.bytes(4096)?).into_owned();
                 Outcome::Refused { code, message }
             }
@@ -428,7 +358,7 @@ impl Wire for Outcome {
 /// What an epoch produced.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EpochOutput {
-    /// The outcome of each bistro request, by its index in the batch.
+    /// The answer to each bistro request, by its index in the batch.
     pub outcomes: Vec<(u32, Outcome)>,
     /// The leaves of the epoch's tree (one per signed record, in order).
     pub leaves: Vec<[u8; 32]>,
@@ -453,8 +383,13 @@ pub struct Service {
     config: ServiceConfig,
 }
 
-fn refused(code: Code, message: impl Into<String>) -> Outcome {
-    Outcome::Refused { code, message: message.into() }
+fn refused(code: Code, message: impl Into<String>) -> host::Outcome {
+    host::Outcome::refuse(code, message)
+}
+
+/// An answer that needs no signature, as the host carries it: the [`Outcome`]'s encoding.
+fn reply(outcome: Outcome) -> host::Outcome {
+    host::Outcome::Reply(outcome.to_bytes())
 }
 
 /// `ms` since the Unix epoch as an RFC 3339 UTC time with milliseconds.
@@ -486,45 +421,20 @@ impl Service {
         &self.config
     }
 
-    /// Apply one epoch's batch: `requests` are (index in the batch, payload) of every request;
-    /// those that are not bistro requests are skipped.
-    pub fn apply<'a, K: Kv + ?Sized>(
-        &self,
-        kv: &mut K,
-        epoch: u64,
-        time_ms: u64,
-        requests: impl IntoIterator<Item = (u32, &'a [u8])>,
-    ) -> Result<EpochOutput, KvError> {
-        self.expire(kv, time_ms)?;
-        let mut output = EpochOutput::default();
-        for (index, payload) in requests {
-            if !Request::is_bistro(payload) {
-                continue;
-            }
-            let outcome = match Request::from_payload(payload) {
-                Ok(request) => self.handle(kv, epoch, index, time_ms, request, &mut output)?,
-                Err(error) => refused(Code::InvalidArgument, format!("malformed bistro request: {error}")),
-            };
-            output.outcomes.push((index, outcome));
-        }
-        Ok(output)
+    /// A signed record, as the host carries it: the leaf hash this record always had (so tickets
+    /// issued before the host keep verifying) and the record's encoding.
+    fn sign(&self, record: Signed) -> host::Outcome {
+        host::Outcome::Sign { leaf: record.leaf(&self.config.cluster), reply: record.to_bytes() }
     }
 
-    fn sign(&self, output: &mut EpochOutput, record: Signed) -> Outcome {
-        let leaf = output.leaves.len() as u64;
-        output.leaves.push(record.leaf(&self.config.cluster));
-        Outcome::Signed { record, leaf }
-    }
-
-    fn handle<K: Kv + ?Sized>(
+    fn handle<K: Tables + ?Sized>(
         &self,
         kv: &mut K,
         epoch: u64,
         index: u32,
         time_ms: u64,
         request: Request,
-        output: &mut EpochOutput,
-    ) -> Result<Outcome, KvError> {
+    ) -> Result<host::Outcome, StoreError> {
         let cluster = self.config.cluster;
         Ok(match request {
             Request::CreateEvent { terms, signature } => {
@@ -545,12 +455,12 @@ impl Service {
                 let record = EventRecord { event, terms, created_ms: time_ms };
                 let due = record.terms.deadline_ms.saturating_add(record.terms.transfer_window_ms);
                 let state = EventState { record: record.clone(), tickets: 0, collections: 0, nonces: Vec::new() };
-                kv.put(Table::Events, &event.0, &state.to_bytes())?;
-                kv.put(Table::Due, &[&due.to_be_bytes()[..], &event.0].concat(), &[])?;
-                self.sign(output, Signed::Event(record))
+                kv.put(Table::Events.name(), &event.0, &state.to_bytes())?;
+                kv.put(Table::Due.name(), &[&due.to_be_bytes()[..], &event.0].concat(), &[])?;
+                self.sign(Signed::Event(record))
             }
             Request::Ticket(request) => match self.ticket(kv, time_ms, request)? {
-                Ok(ticket) => self.sign(output, Signed::Ticket(ticket)),
+                Ok(ticket) => self.sign(Signed::Ticket(ticket)),
                 Err(outcome) => outcome,
             },
             Request::RegisterRelay { registration, signature } => {
@@ -560,7 +470,7 @@ impl Service {
                 if self.config.replicas.contains(&registration.key) {
                     return Ok(refused(Code::InvalidArgument, "a replica's key is no relay key"));
                 }
-                let old: Option<RelayState> = decoded(Table::Relays, kv.get(Table::Relays, &registration.key)?)?;
+                let old: Option<RelayState> = decoded(Table::Relays, kv.get(Table::Relays.name(), &registration.key)?)?;
                 if old.as_ref().is_some_and(|o| o.seq >= registration.seq) {
                     return Ok(refused(Code::AlreadyExists, "a registration with this or a higher number exists"));
                 }
@@ -569,8 +479,8 @@ impl Service {
                     seq: registration.seq,
                     undelivered: old.map_or(0, |o| o.undelivered),
                 };
-                kv.put(Table::Relays, &registration.key, &state.to_bytes())?;
-                Outcome::RelayRegistered
+                kv.put(Table::Relays.name(), &registration.key, &state.to_bytes())?;
+                reply(Outcome::RelayRegistered)
             }
             Request::Held(report) => self.held(kv, report)?,
             Request::Stored(report) => {
@@ -587,15 +497,15 @@ impl Service {
                     return Ok(refused(Code::PermissionDenied, "the replica's signature does not verify"));
                 }
                 let key = upload_key(&report.event, report.ticket, &report.upload_hash);
-                let Some(mut upload) = decoded::<Upload>(Table::Uploads, kv.get(Table::Uploads, &key)?)? else {
+                let Some(mut upload) = decoded::<Upload>(Table::Uploads, kv.get(Table::Uploads.name(), &key)?)? else {
                     return Ok(refused(Code::NotFound, "no such upload"));
                 };
                 if !upload.stored_by.contains(&report.replica) {
                     upload.stored_by.push(report.replica);
                     upload.stored_by.sort_unstable();
-                    kv.put(Table::Uploads, &key, &upload.to_bytes())?;
+                    kv.put(Table::Uploads.name(), &key, &upload.to_bytes())?;
                 }
-                Outcome::Stored { replicas: upload.stored_by.len() as u32 }
+                reply(Outcome::Stored { replicas: upload.stored_by.len() as u32 })
             }
             Request::Collect { request, signature } => {
                 let Some(mut event) = self.event(kv, &request.event)? else {
@@ -620,17 +530,17 @@ impl Service {
                     uploads.push((ticket, hash));
                     if !upload.collected {
                         upload.collected = true;
-                        kv.put(Table::Uploads, &key, &upload.to_bytes())?;
+                        kv.put(Table::Uploads.name(), &key, &upload.to_bytes())?;
                     }
                 }
                 event.collections += 1;
                 event.nonces.push(request.nonce);
                 let number = event.collections;
-                kv.put(Table::Events, &request.event.0, &event.to_bytes())?;
+                kv.put(Table::Events.name(), &request.event.0, &event.to_bytes())?;
                 let count = uploads.len() as u64;
                 let collection = Collection { recipient: request.recipient, time_ms, uploads };
-                kv.put(Table::Collections, &ticket_key(&request.event, number), &collection.to_bytes())?;
-                Outcome::Collected { number, uploads: count }
+                kv.put(Table::Collections.name(), &ticket_key(&request.event, number), &collection.to_bytes())?;
+                reply(Outcome::Collected { number, uploads: count })
             }
             Request::Status { event, tickets } => {
                 let Some(state) = self.event(kv, &event)? else {
@@ -641,7 +551,7 @@ impl Service {
                 let mut states = Vec::with_capacity(tickets.len());
                 for ticket in tickets {
                     let issued: Option<Ticket> =
-                        decoded(Table::Tickets, kv.get(Table::Tickets, &ticket_key(&event, ticket))?)?;
+                        decoded(Table::Tickets, kv.get(Table::Tickets.name(), &ticket_key(&event, ticket))?)?;
                     let mut uploads = Vec::new();
                     for (key, value) in scan(kv, Table::Uploads, &ticket_key(&event, ticket), UPLOADS_PER_TICKET_MAX)? {
                         let Some(upload) = decoded::<Upload>(Table::Uploads, Some(value))? else { continue };
@@ -670,21 +580,21 @@ impl Service {
                     collections: state.collections,
                     tickets: states,
                 };
-                self.sign(output, Signed::Status(record))
+                self.sign(Signed::Status(record))
             }
         })
     }
 
-    fn event<K: Kv + ?Sized>(&self, kv: &K, event: &EventId) -> Result<Option<EventState>, KvError> {
-        decoded(Table::Events, kv.get(Table::Events, &event.0)?)
+    fn event<K: Tables + ?Sized>(&self, kv: &K, event: &EventId) -> Result<Option<EventState>, StoreError> {
+        decoded(Table::Events, kv.get(Table::Events.name(), &event.0)?)
     }
 
-    fn ticket<K: Kv + ?Sized>(
+    fn ticket<K: Tables + ?Sized>(
         &self,
         kv: &mut K,
         time_ms: u64,
         request: TicketRequest,
-    ) -> Result<Result<Ticket, Outcome>, KvError> {
+    ) -> Result<Result<Ticket, host::Outcome>, StoreError> {
         let Some(mut event) = self.event(kv, &request.event)? else {
             return Ok(Err(refused(Code::NotFound, format!("no event {}", request.event))));
         };
@@ -722,16 +632,16 @@ impl Service {
             file_name: request.file_name,
             time_ms,
         };
-        kv.put(Table::Events, &request.event.0, &event.to_bytes())?;
-        kv.put(Table::Tickets, &ticket_key(&request.event, ticket.ticket), &ticket.to_bytes())?;
+        kv.put(Table::Events.name(), &request.event.0, &event.to_bytes())?;
+        kv.put(Table::Tickets.name(), &ticket_key(&request.event, ticket.ticket), &ticket.to_bytes())?;
         Ok(Ok(ticket))
     }
 
-    fn held<K: Kv + ?Sized>(&self, kv: &mut K, report: HeldReport) -> Result<Outcome, KvError> {
+    fn held<K: Tables + ?Sized>(&self, kv: &mut K, report: HeldReport) -> Result<host::Outcome, StoreError> {
         let cluster = self.config.cluster;
         let receipt = &report.receipt;
         let is_replica = self.config.replicas.contains(&receipt.intermediary);
-        if !is_replica && kv.get(Table::Relays, &receipt.intermediary)?.is_none() {
+        if !is_replica && kv.get(Table::Relays.name(), &receipt.intermediary)?.is_none() {
             return Ok(refused(Code::PermissionDenied, "the intermediary is neither a replica nor a registered relay"));
         }
         if !receipt.verify(&cluster, &report.signature) {
@@ -740,8 +650,10 @@ impl Service {
         let Some(event) = self.event(kv, &receipt.event)? else {
             return Ok(refused(Code::NotFound, format!("no event {}", receipt.event)));
         };
-        let Some(ticket) =
-            decoded::<Ticket>(Table::Tickets, kv.get(Table::Tickets, &ticket_key(&receipt.event, receipt.ticket))?)?
+        let Some(ticket) = decoded::<Ticket>(
+            Table::Tickets,
+            kv.get(Table::Tickets.name(), &ticket_key(&receipt.event, receipt.ticket))?,
+        )?
         else {
             return Ok(refused(Code::NotFound, format!("no ticket {} in event {}", receipt.ticket, receipt.event)));
         };
@@ -763,7 +675,7 @@ impl Service {
             return Ok(refused(Code::InvalidArgument, "the key capsule is not valid for this event and ticket"));
         }
         let key = upload_key(&receipt.event, receipt.ticket, &receipt.upload_hash);
-        let existing = decoded::<Upload>(Table::Uploads, kv.get(Table::Uploads, &key)?)?;
+        let existing = decoded::<Upload>(Table::Uploads, kv.get(Table::Uploads.name(), &key)?)?;
         let first = existing.is_none();
         let mut upload = match existing {
             Some(upload) => {
@@ -789,21 +701,21 @@ impl Service {
             }
         };
         if upload.intermediaries.iter().any(|(k, _)| *k == receipt.intermediary) {
-            return Ok(Outcome::Held { first });
+            return Ok(reply(Outcome::Held { first }));
         }
         if upload.intermediaries.len() >= INTERMEDIARIES_MAX {
             return Ok(refused(Code::FailedPrecondition, "this upload has the most intermediaries allowed"));
         }
         upload.intermediaries.push((receipt.intermediary, receipt.receipt_id));
-        kv.put(Table::Uploads, &key, &upload.to_bytes())?;
-        Ok(Outcome::Held { first })
+        kv.put(Table::Uploads.name(), &key, &upload.to_bytes())?;
+        Ok(reply(Outcome::Held { first }))
     }
 
     /// Count undelivered uploads against their relays for events whose transfer window ended.
-    fn expire<K: Kv + ?Sized>(&self, kv: &mut K, time_ms: u64) -> Result<(), KvError> {
-        let due = kv.range(Table::Due, &[], &time_ms.to_be_bytes(), 64)?;
+    fn expire<K: Tables + ?Sized>(&self, kv: &mut K, time_ms: u64) -> Result<(), StoreError> {
+        let due = kv.range(Table::Due.name(), &[], &time_ms.to_be_bytes(), 64)?;
         for (key, _) in due {
-            kv.delete(Table::Due, &key)?;
+            kv.delete(Table::Due.name(), &key)?;
             let Some(event) = key.get(8..24).and_then(|e| <[u8; 16]>::try_from(e).ok()) else { continue };
             for (_, value) in scan(kv, Table::Uploads, &event, COLLECTION_UPLOADS_MAX)? {
                 let Some(upload) = decoded::<Upload>(Table::Uploads, Some(value))? else { continue };
@@ -811,9 +723,10 @@ impl Service {
                     continue;
                 }
                 for (relay, _) in &upload.intermediaries {
-                    if let Some(mut state) = decoded::<RelayState>(Table::Relays, kv.get(Table::Relays, relay)?)? {
+                    if let Some(mut state) = decoded::<RelayState>(Table::Relays, kv.get(Table::Relays.name(), relay)?)?
+                    {
                         state.undelivered += 1;
-                        kv.put(Table::Relays, relay, &state.to_bytes())?;
+                        kv.put(Table::Relays.name(), relay, &state.to_bytes())?;
                     }
                 }
             }
@@ -822,32 +735,157 @@ impl Service {
     }
 }
 
+/// Payloads longer than this are refused undecoded (the longest bistro request, a held report
+/// with its receipt and capsule, is under 1 KiB).
+pub const PAYLOAD_MAX: usize = 64 * 1024;
+
+impl host::Service for Service {
+    const ID: ServiceId = ServiceId(*crate::records::MAGIC);
+    const NAME: &'static str = "bistro";
+    const TABLES: &'static [&'static str] = &Table::NAMES;
+    const PAYLOAD_MAX: usize = PAYLOAD_MAX;
+    type Request = Request;
+    type Query = view::Query;
+    type View = view::View;
+
+    fn decode(&self, payload: &[u8]) -> Result<Request, DecodeError> {
+        Request::from_payload(payload)
+    }
+
+    fn apply(&self, tables: &mut dyn Tables, at: &Applied, request: Request) -> Result<Vec<host::Outcome>, StoreError> {
+        Ok(vec![self.handle(tables, at.epoch, at.index, at.time_ms, request)?])
+    }
+
+    /// Transfer windows that the agreed time closed: their undelivered uploads count against
+    /// their relays (before the epoch's requests, as the bistro always did).
+    fn begin_epoch(&self, tables: &mut dyn Tables, at: &EpochStart) -> Result<Vec<host::Outcome>, StoreError> {
+        self.expire(tables, at.time_ms)?;
+        Ok(Vec::new())
+    }
+
+    fn query(&self, tables: &dyn Tables, query: view::Query) -> Result<view::View, QueryError> {
+        Ok(view::answer(tables, query)?)
+    }
+}
+
+/// The bistro's answer for one of its outcomes as the host carries it; a signed record gets
+/// leaf index `leaf` in its epoch's tree.
+pub fn answer(outcome: &host::Outcome, leaf: u64) -> Result<Outcome, DecodeError> {
+    Ok(match outcome {
+        host::Outcome::Sign { reply, .. } => Outcome::Signed { record: Signed::from_bytes(reply)?, leaf },
+        host::Outcome::Reply(reply) => Outcome::from_bytes(reply)?,
+        host::Outcome::Refuse(refusal) => Outcome::Refused { code: refusal.code, message: refusal.reason.clone() },
+        // The bistro asks for neither agreements nor other signatures.
+        host::Outcome::Agree { .. } | host::Outcome::ThresholdSign { .. } => {
+            return Err(DecodeError::Invalid { what: "bistro outcome", value: 0 })
+        }
+    })
+}
+
+/// The bistro's part of a batch the registry applied: its answers by index, and the leaves of
+/// its signed records in order (each answer's leaf index is its place there).
+pub fn epoch_output(batch: &host::BatchOutcomes) -> Result<EpochOutput, DecodeError> {
+    let mut output = EpochOutput::default();
+    let ours = batch.requests.iter().filter(|(_, service, _)| *service == Some(<Service as host::Service>::ID));
+    for (index, _, outcomes) in ours {
+        for outcome in outcomes {
+            let answer = answer(outcome, output.leaves.len() as u64)?;
+            if let host::Outcome::Sign { leaf, .. } = outcome {
+                output.leaves.push(*leaf);
+            }
+            output.outcomes.push((*index, answer));
+        }
+    }
+    Ok(output)
+}
+
 /// Read-only views of the state, for the replica's answers.
 pub mod view {
     use super::*;
 
+    /// A question about the state (each is one of the functions below).
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub enum Query {
+        /// [`event`].
+        Event(EventId),
+        /// [`events`].
+        Events {
+            /// Start after this event.
+            after: Option<EventId>,
+            /// At most this many.
+            max: usize,
+        },
+        /// [`ticket`].
+        Ticket(EventId, u64),
+        /// [`upload`].
+        Upload(EventId, u64, [u8; 32]),
+        /// [`uploads`].
+        Uploads(EventId),
+        /// [`collection`].
+        Collection(EventId, u64),
+        /// [`relay`].
+        Relay([u8; 32]),
+        /// [`relays`].
+        Relays,
+    }
+
+    /// The answer to a [`Query`], of the same name.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub enum View {
+        /// An event's state.
+        Event(Option<EventState>),
+        /// Events.
+        Events(Vec<EventState>),
+        /// A ticket.
+        Ticket(Option<Ticket>),
+        /// An upload.
+        Upload(Option<Upload>),
+        /// Uploads: (ticket, hash, upload).
+        Uploads(Vec<(u64, [u8; 32], Upload)>),
+        /// A collection.
+        Collection(Option<Collection>),
+        /// A relay.
+        Relay(Option<RelayState>),
+        /// Relays.
+        Relays(Vec<([u8; 32], RelayState)>),
+    }
+
+    /// Answer `query` from the bistro's tables.
+    pub fn answer<K: Tables + ?Sized>(kv: &K, query: Query) -> Result<View, StoreError> {
+        Ok(match query {
+            Query::Event(e) => View::Event(event(kv, &e)?),
+            Query::Events { after, max } => View::Events(events(kv, after.as_ref(), max)?),
+            Query::Ticket(e, t) => View::Ticket(ticket(kv, &e, t)?),
+            Query::Upload(e, t, h) => View::Upload(upload(kv, &e, t, &h)?),
+            Query::Uploads(e) => View::Uploads(uploads(kv, &e)?),
+            Query::Collection(e, n) => View::Collection(collection(kv, &e, n)?),
+            Query::Relay(key) => View::Relay(relay(kv, &key)?),
+            Query::Relays => View::Relays(relays(kv)?),
+        })
+    }
+
     /// An event's state.
-    pub fn event<K: Kv + ?Sized>(kv: &K, event: &EventId) -> Result<Option<EventState>, KvError> {
-        decoded(Table::Events, kv.get(Table::Events, &event.0)?)
+    pub fn event<K: Tables + ?Sized>(kv: &K, event: &EventId) -> Result<Option<EventState>, StoreError> {
+        decoded(Table::Events, kv.get(Table::Events.name(), &event.0)?)
     }
 
     /// A ticket.
-    pub fn ticket<K: Kv + ?Sized>(kv: &K, event: &EventId, ticket: u64) -> Result<Option<Ticket>, KvError> {
-        decoded(Table::Tickets, kv.get(Table::Tickets, &ticket_key(event, ticket))?)
+    pub fn ticket<K: Tables + ?Sized>(kv: &K, event: &EventId, ticket: u64) -> Result<Option<Ticket>, StoreError> {
+        decoded(Table::Tickets, kv.get(Table::Tickets.name(), &ticket_key(event, ticket))?)
     }
 
     /// An upload.
-    pub fn upload<K: Kv + ?Sized>(
+    pub fn upload<K: Tables + ?Sized>(
         kv: &K,
         event: &EventId,
         ticket: u64,
         hash: &[u8; 32],
-    ) -> Result<Option<Upload>, KvError> {
-        decoded(Table::Uploads, kv.get(Table::Uploads, &upload_key(event, ticket, hash))?)
+    ) -> Result<Option<Upload>, StoreError> {
+        decoded(Table::Uploads, kv.get(Table::Uploads.name(), &upload_key(event, ticket, hash))?)
     }
 
     /// Every upload of an event: (ticket, hash, upload).
-    pub fn uploads<K: Kv + ?Sized>(kv: &K, event: &EventId) -> Result<Vec<(u64, [u8; 32], Upload)>, KvError> {
+    pub fn uploads<K: Tables + ?Sized>(kv: &K, event: &EventId) -> Result<Vec<(u64, [u8; 32], Upload)>, StoreError> {
         let mut out = Vec::new();
         for (key, value) in scan(kv, Table::Uploads, &event.0, COLLECTION_UPLOADS_MAX)? {
             let (Some(ticket), Some(hash)) = (key.get(16..24), key.get(24..56)) else { continue };
@@ -860,19 +898,23 @@ pub mod view {
     }
 
     /// A collection.
-    pub fn collection<K: Kv + ?Sized>(kv: &K, event: &EventId, number: u64) -> Result<Option<Collection>, KvError> {
-        decoded(Table::Collections, kv.get(Table::Collections, &ticket_key(event, number))?)
+    pub fn collection<K: Tables + ?Sized>(
+        kv: &K,
+        event: &EventId,
+        number: u64,
+    ) -> Result<Option<Collection>, StoreError> {
+        decoded(Table::Collections, kv.get(Table::Collections.name(), &ticket_key(event, number))?)
     }
 
     /// A relay.
-    pub fn relay<K: Kv + ?Sized>(kv: &K, key: &[u8; 32]) -> Result<Option<RelayState>, KvError> {
-        decoded(Table::Relays, kv.get(Table::Relays, key)?)
+    pub fn relay<K: Tables + ?Sized>(kv: &K, key: &[u8; 32]) -> Result<Option<RelayState>, StoreError> {
+        decoded(Table::Relays, kv.get(Table::Relays.name(), key)?)
     }
 
     /// Every relay.
-    pub fn relays<K: Kv + ?Sized>(kv: &K) -> Result<Vec<([u8; 32], RelayState)>, KvError> {
+    pub fn relays<K: Tables + ?Sized>(kv: &K) -> Result<Vec<([u8; 32], RelayState)>, StoreError> {
         let mut out = Vec::new();
-        for (key, value) in kv.range(Table::Relays, &[], &[0xff; 33], 100_000)? {
+        for (key, value) in kv.range(Table::Relays.name(), &[], &[0xff; 33], 100_000)? {
             if let (Ok(key), Some(state)) = (<[u8; 32]>::try_from(key.as_slice()), decoded(Table::Relays, Some(value))?)
             {
                 out.push((key, state));
@@ -882,9 +924,13 @@ pub mod view {
     }
 
     /// Events, from `after` on (exclusive), at most `max`.
-    pub fn events<K: Kv + ?Sized>(kv: &K, after: Option<&EventId>, max: usize) -> Result<Vec<EventState>, KvError> {
+    pub fn events<K: Tables + ?Sized>(
+        kv: &K,
+        after: Option<&EventId>,
+        max: usize,
+    ) -> Result<Vec<EventState>, StoreError> {
         let from = after.map(|e| prefix_end(&e.0)).unwrap_or_default();
-        kv.range(Table::Events, &from, &[0xff; 17], max)?
+        kv.range(Table::Events.name(), &from, &[0xff; 17], max)?
             .into_iter()
             .filter_map(|(_, value)| decoded(Table::Events, Some(value)).transpose())
             .collect()
@@ -898,6 +944,7 @@ mod tests {
     use crate::records::{ed_sign, CollectRequest, Receipt, RelayRegistration, StoredReport};
     use crate::stream::{Aead, HashAlg};
     use ed25519_dalek::SigningKey;
+    use fides_service::MemoryTables;
     use rand::SeedableRng;
 
     const CLUSTER: [u8; 32] = [5; 32];
@@ -931,11 +978,25 @@ mod tests {
         }
     }
 
-    fn apply(s: &Setup, kv: &mut MemoryKv, epoch: u64, time: u64, requests: &[Request]) -> EpochOutput {
-        let payloads: Vec<Vec<u8>> = requests.iter().map(Request::to_payload).collect();
-        s.service
-            .apply(kv, epoch, time, payloads.iter().enumerate().map(|(i, p)| (i as u32, p.as_slice())))
-            .expect("apply")
+    /// Apply a batch the way the host does: through a registry with the bistro in it, with a
+    /// request for no service last (skipped, as before the host).
+    fn apply(s: &Setup, kv: &mut MemoryTables, epoch: u64, time: u64, requests: &[Request]) -> EpochOutput {
+        let mut registry = host::Registry::new();
+        registry.register(s.service.clone()).expect("the only service");
+        let mut payloads: Vec<Vec<u8>> = requests.iter().map(Request::to_payload).collect();
+        payloads.push(b"not for any service".to_vec());
+        let ordered = payloads.iter().map(|p| host::Ordered { client: 1, request: 1, payload: p });
+        let batch = registry.apply_batch(kv, epoch, time, ordered).expect("memory");
+        let output = epoch_output(&batch).expect("the bistro's outcomes decode");
+        assert_eq!(output.outcomes.len(), requests.len(), "one answer per bistro request, none for the other");
+        output
+    }
+
+    /// The bistro's view of a store.
+    fn view<T>(kv: &MemoryTables, query: view::Query, pick: impl FnOnce(view::View) -> Option<T>) -> T {
+        let mut registry = host::Registry::new();
+        registry.register(setup().service).expect("the only service");
+        pick(registry.query::<Service>(kv, query).expect("memory")).expect("the view asked for")
     }
 
     fn create(s: &Setup, deadline: u64, window: u64) -> Request {
@@ -1005,7 +1066,7 @@ mod tests {
     #[test]
     fn tickets_count_up_until_the_deadline_and_refusals_change_nothing() {
         let s = setup();
-        let mut kv = MemoryKv::default();
+        let mut kv = MemoryTables::default();
         let out = apply(&s, &mut kv, 0, 1_000, &[create(&s, 5_000, 1_000)]);
         let Outcome::Signed { record: Signed::Event(record), leaf: 0 } = &out.outcomes[0].1 else {
             panic!("no event record: {out:?}")
@@ -1028,7 +1089,7 @@ mod tests {
         let codes: Vec<_> = out.outcomes.iter().map(|(_, o)| code(o)).collect();
         assert_eq!(codes, vec![Some(Code::NotFound), Some(Code::InvalidArgument), Some(Code::InvalidArgument)]);
         assert!(out.leaves.is_empty());
-        assert_eq!(format!("{:?}", kv.tables), format!("{:?}", before.tables), "refusals change nothing");
+        assert_eq!(kv, before, "refusals change nothing");
         let out = apply(&s, &mut kv, 2, 5_000, &[ticket(event, 10), ticket(event, 20)]);
         let numbers: Vec<u64> = out
             .outcomes
@@ -1048,14 +1109,32 @@ mod tests {
             other => panic!("a late ticket: {other:?}"),
         }
         // The same batches give the same outcomes at another replica.
-        let mut other = MemoryKv::default();
+        let mut other = MemoryTables::default();
         let a = apply(&s, &mut other, 0, 1_000, &[create(&s, 5_000, 1_000)]);
         assert_eq!(a.leaves.len(), 1);
         assert_eq!(apply(&s, &mut other, 2, 5_000, &[ticket(event, 10), ticket(event, 20)]).leaves, out_leaves(&s));
     }
 
+    #[test]
+    fn a_malformed_bistro_payload_is_refused_by_the_registry_and_changes_nothing() {
+        let s = setup();
+        let mut registry = host::Registry::new();
+        registry.register(s.service.clone()).expect("the only service");
+        let mut kv = MemoryTables::default();
+        let payloads = [b"BST1\x09".to_vec(), [&b"BST1\x02"[..], &vec![0; PAYLOAD_MAX]].concat()];
+        let ordered = payloads.iter().map(|p| host::Ordered { client: 1, request: 1, payload: p });
+        let output = epoch_output(&registry.apply_batch(&mut kv, 0, 1_000, ordered).expect("memory")).expect("decode");
+        let codes: Vec<_> = output.outcomes.iter().map(|(_, o)| code(o)).collect();
+        assert_eq!(codes, vec![Some(Code::InvalidArgument); 2]);
+        match &output.outcomes[0].1 {
+            Outcome::Refused { message, .. } => assert!(message.starts_with("malformed bistro request"), "{message}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(kv, MemoryTables::default());
+    }
+
     fn out_leaves(s: &Setup) -> Vec<[u8; 32]> {
-        let mut kv = MemoryKv::default();
+        let mut kv = MemoryTables::default();
         apply(s, &mut kv, 0, 1_000, &[create(s, 5_000, 1_000)]);
         let event = EventId::derive(&CLUSTER, 0, 0);
         apply(s, &mut kv, 2, 5_000, &[ticket(event, 10), ticket(event, 20)]).leaves
@@ -1064,7 +1143,7 @@ mod tests {
     #[test]
     fn uploads_are_held_stored_collected_and_counted_against_a_relay_that_does_not_deliver() {
         let mut s = setup();
-        let mut kv = MemoryKv::default();
+        let mut kv = MemoryTables::default();
         apply(&s, &mut kv, 0, 1_000, &[create(&s, 5_000, 1_000)]);
         let event = EventId::derive(&CLUSTER, 0, 0);
         apply(&s, &mut kv, 1, 2_000, &[ticket(event, 100), ticket(event, 100)]);
@@ -1128,7 +1207,10 @@ mod tests {
         assert!(record.tickets[0].uploads[0].overdue);
         assert!(!record.tickets[1].uploads[0].overdue);
         assert!(!record.tickets[2].issued);
-        let relay = view::relay(&kv, &s.relay.verifying_key().to_bytes()).expect("kv").expect("relay");
+        let relay = view(&kv, view::Query::Relay(s.relay.verifying_key().to_bytes()), |v| match v {
+            view::View::Relay(relay) => relay,
+            _ => None,
+        });
         assert_eq!(relay.undelivered, 1);
 
         // Collections: the owner's, once per nonce; nobody else's.
@@ -1149,8 +1231,15 @@ mod tests {
         assert_eq!(code(&out.outcomes[0].1), Some(Code::PermissionDenied));
         assert_eq!(out.outcomes[1].1, Outcome::Collected { number: 1, uploads: 2 });
         assert_eq!(code(&out.outcomes[2].1), Some(Code::AlreadyExists));
-        let collection = view::collection(&kv, &event, 1).expect("kv").expect("collection");
+        let collection = view(&kv, view::Query::Collection(event, 1), |v| match v {
+            view::View::Collection(collection) => collection,
+            _ => None,
+        });
         assert_eq!(collection.uploads.len(), 2);
-        assert!(view::uploads(&kv, &event).expect("kv").iter().all(|(_, _, u)| u.collected));
+        let uploads = view(&kv, view::Query::Uploads(event), |v| match v {
+            view::View::Uploads(uploads) => Some(uploads),
+            _ => None,
+        });
+        assert!(uploads.iter().all(|(_, _, u)| u.collected));
     }
 }

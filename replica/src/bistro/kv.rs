@@ -1,118 +1,140 @@
-//! The bistro's state in redb (`DIR/bistro.redb`): the service's tables ([`Table`]) and the
-//! replica's own: outcomes by (epoch, index), each epoch's leaves and signature, where each event
-//! record sits, and the uploads still to transfer here.
+//! The services' state in redb (`DIR/bistro.redb`): every registered service's tables (a
+//! [`Tables`] over a write transaction, for the registry to apply batches in), and the
+//! replica's own: outcomes by (epoch, index), each epoch's leaves and signature, where each
+//! event record sits, and the uploads still to transfer here.
 
-use fides_bistro::service::{Entries, Kv, KvError, Table};
+use std::collections::BTreeMap;
+
+use fides_service::tables::full_name;
+use fides_service::{Entries, Service, StoreError, Tables};
 use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
 
 /// Byte-keyed tables.
-pub type BytesTable = TableDefinition<'static, &'static [u8], &'static [u8]>;
+pub type BytesTable<'a> = TableDefinition<'a, &'static [u8], &'static [u8]>;
 
-/// The service's tables, by [`Table`].
-pub fn table(table: Table) -> BytesTable {
-    TableDefinition::new(table.name())
+/// A table by its name in the store.
+pub fn table(name: &str) -> BytesTable<'_> {
+    TableDefinition::new(name)
 }
 
 /// (epoch ‖ index, big-endian) → the outcome's bytes.
-pub const OUTCOMES: BytesTable = TableDefinition::new("replica_outcomes");
+pub const OUTCOMES: BytesTable<'static> = TableDefinition::new("replica_outcomes");
 /// epoch (big-endian) → [`super::worker::EpochRow`].
-pub const EPOCHS: BytesTable = TableDefinition::new("replica_epochs");
+pub const EPOCHS: BytesTable<'static> = TableDefinition::new("replica_epochs");
 /// event id → (epoch ‖ index) of the request that created it.
-pub const RECORD_AT: BytesTable = TableDefinition::new("replica_record_at");
+pub const RECORD_AT: BytesTable<'static> = TableDefinition::new("replica_record_at");
 /// upload key → nothing: uploads this replica has not stored yet.
-pub const PENDING: BytesTable = TableDefinition::new("replica_pending");
+pub const PENDING: BytesTable<'static> = TableDefinition::new("replica_pending");
 /// name → value.
-pub const META: BytesTable = TableDefinition::new("replica_meta");
+pub const META: BytesTable<'static> = TableDefinition::new("replica_meta");
 
-fn store_error(error: impl std::fmt::Display) -> KvError {
-    KvError::Store(error.to_string())
+fn store_error(error: impl std::fmt::Display) -> StoreError {
+    StoreError::Store(error.to_string())
 }
 
-/// The service's view of a write transaction: its tables, opened once.
-pub struct WriteKv<'a> {
-    tables: Vec<redb::Table<'a, &'static [u8], &'static [u8]>>,
+fn no_table(name: &str) -> StoreError {
+    StoreError::Store(format!("no table {name} in this transaction"))
 }
 
-impl<'a> WriteKv<'a> {
-    /// Open the service's tables in `txn`.
-    pub fn new(txn: &'a WriteTransaction) -> Result<WriteKv<'a>, KvError> {
-        let tables =
-            Table::ALL.iter().map(|t| txn.open_table(table(*t)).map_err(store_error)).collect::<Result<_, _>>()?;
-        Ok(WriteKv { tables })
-    }
-
-    fn table(&self, t: Table) -> &redb::Table<'a, &'static [u8], &'static [u8]> {
-        &self.tables[Table::ALL.iter().position(|x| *x == t).unwrap_or(0)]
-    }
-
-    fn table_mut(&mut self, t: Table) -> &mut redb::Table<'a, &'static [u8], &'static [u8]> {
-        let at = Table::ALL.iter().position(|x| *x == t).unwrap_or(0);
-        &mut self.tables[at]
-    }
+/// The services' tables in a write transaction, opened once, by their names in the store.
+pub struct WriteTables<'a> {
+    tables: BTreeMap<String, redb::Table<'a, &'static [u8], &'static [u8]>>,
 }
 
-impl Kv for WriteKv<'_> {
-    fn get(&self, t: Table, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
-        let value = self.table(t).get(key).map_err(store_error)?.map(|v| v.value().to_vec());
-        Ok(value)
-    }
-
-    fn put(&mut self, t: Table, key: &[u8], value: &[u8]) -> Result<(), KvError> {
-        self.table_mut(t).insert(key, value).map_err(store_error)?;
-        Ok(())
-    }
-
-    fn delete(&mut self, t: Table, key: &[u8]) -> Result<(), KvError> {
-        self.table_mut(t).remove(key).map_err(store_error)?;
-        Ok(())
-    }
-
-    fn range(&self, t: Table, from: &[u8], to: &[u8], max: usize) -> Result<Entries, KvError> {
-        let mut out = Vec::new();
-        for entry in self.table(t).range(from..to).map_err(store_error)?.take(max) {
-            let (k, v) = entry.map_err(store_error)?;
-            out.push((k.value().to_vec(), v.value().to_vec()));
+impl<'a> WriteTables<'a> {
+    /// Open tables `names` (the registry's [`fides_service::Registry::store_tables`]) in `txn`.
+    pub fn new(txn: &'a WriteTransaction, names: &[String]) -> Result<WriteTables<'a>, StoreError> {
+        let mut tables = BTreeMap::new();
+        for name in names {
+            tables.insert(name.clone(), txn.open_table(table(name)).map_err(store_error)?);
         }
-        Ok(out)
+        Ok(WriteTables { tables })
     }
 }
 
-/// The service's view of a read transaction (writes are refused).
-pub struct ReadKv {
-    /// The transaction.
-    pub txn: ReadTransaction,
+fn collect_range<'t>(range: redb::Range<'t, &'static [u8], &'static [u8]>, max: usize) -> Result<Entries, StoreError> {
+    let mut out = Vec::new();
+    for entry in range.take(max) {
+        let (k, v) = entry.map_err(store_error)?;
+        out.push((k.value().to_vec(), v.value().to_vec()));
+    }
+    Ok(out)
 }
 
-impl Kv for ReadKv {
-    fn get(&self, t: Table, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
-        let table = match self.txn.open_table(table(t)) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(error) => return Err(store_error(error)),
-        };
+impl Tables for WriteTables<'_> {
+    fn get(&self, name: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let table = self.tables.get(name).ok_or_else(|| no_table(name))?;
         let value = table.get(key).map_err(store_error)?.map(|v| v.value().to_vec());
         Ok(value)
     }
 
-    fn put(&mut self, _: Table, _: &[u8], _: &[u8]) -> Result<(), KvError> {
-        Err(KvError::Store("a read transaction cannot write".into()))
+    fn put(&mut self, name: &str, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        let table = self.tables.get_mut(name).ok_or_else(|| no_table(name))?;
+        table.insert(key, value).map_err(store_error)?;
+        Ok(())
     }
 
-    fn delete(&mut self, _: Table, _: &[u8]) -> Result<(), KvError> {
-        Err(KvError::Store("a read transaction cannot write".into()))
+    fn delete(&mut self, name: &str, key: &[u8]) -> Result<(), StoreError> {
+        let table = self.tables.get_mut(name).ok_or_else(|| no_table(name))?;
+        table.remove(key).map_err(store_error)?;
+        Ok(())
     }
 
-    fn range(&self, t: Table, from: &[u8], to: &[u8], max: usize) -> Result<Entries, KvError> {
-        let table = match self.txn.open_table(table(t)) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(error) => return Err(store_error(error)),
-        };
-        let mut out = Vec::new();
-        for entry in table.range(from..to).map_err(store_error)?.take(max) {
-            let (k, v) = entry.map_err(store_error)?;
-            out.push((k.value().to_vec(), v.value().to_vec()));
+    fn range(&self, name: &str, from: &[u8], to: &[u8], max: usize) -> Result<Entries, StoreError> {
+        if from >= to {
+            return Ok(Vec::new());
         }
-        Ok(out)
+        let table = self.tables.get(name).ok_or_else(|| no_table(name))?;
+        collect_range(table.range(from..to).map_err(store_error)?, max)
+    }
+}
+
+type ReadOnlyBytes = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
+
+/// One service's tables in a read transaction (writes are refused): what its views read.
+pub struct ReadTables {
+    txn: ReadTransaction,
+    service: &'static str,
+    tables: &'static [&'static str],
+}
+
+impl ReadTables {
+    /// Service `S`'s tables in `txn`.
+    pub fn of<S: Service>(txn: ReadTransaction) -> ReadTables {
+        ReadTables { txn, service: S::NAME, tables: S::TABLES }
+    }
+
+    /// The table `name` of the service, if it was ever written.
+    fn open(&self, name: &str) -> Result<Option<ReadOnlyBytes>, StoreError> {
+        let full = full_name(self.service, self.tables, name)?;
+        match self.txn.open_table(table(&full)) {
+            Ok(table) => Ok(Some(table)),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(error) => Err(store_error(error)),
+        }
+    }
+}
+
+impl Tables for ReadTables {
+    fn get(&self, name: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let Some(table) = self.open(name)? else { return Ok(None) };
+        let value = table.get(key).map_err(store_error)?.map(|v| v.value().to_vec());
+        Ok(value)
+    }
+
+    fn put(&mut self, name: &str, _: &[u8], _: &[u8]) -> Result<(), StoreError> {
+        Err(StoreError::Store(format!("a read transaction cannot write table {name}")))
+    }
+
+    fn delete(&mut self, name: &str, _: &[u8]) -> Result<(), StoreError> {
+        Err(StoreError::Store(format!("a read transaction cannot write table {name}")))
+    }
+
+    fn range(&self, name: &str, from: &[u8], to: &[u8], max: usize) -> Result<Entries, StoreError> {
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        let Some(table) = self.open(name)? else { return Ok(Vec::new()) };
+        collect_range(table.range(from..to).map_err(store_error)?, max)
     }
 }

@@ -65,14 +65,9 @@ pub struct Orderer {
     wait: Duration,
 }
 
+/// A service's refusal as a gRPC status (the service's codes are gRPC's numbers).
 fn code_status(code: Code, message: String) -> Status {
-    match code {
-        Code::InvalidArgument => Status::invalid_argument(message),
-        Code::NotFound => Status::not_found(message),
-        Code::FailedPrecondition => Status::failed_precondition(message),
-        Code::PermissionDenied => Status::permission_denied(message),
-        Code::AlreadyExists => Status::already_exists(message),
-    }
+    Status::new(tonic::Code::from(i32::from(code.number())), message)
 }
 
 impl Orderer {

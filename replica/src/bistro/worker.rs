@@ -23,14 +23,15 @@ use std::time::{Duration, Instant};
 use blsttc::{G2Affine, Signature, SignatureShare};
 use fides_bistro::proof::{root_point, EpochProof, Tree};
 use fides_bistro::records::{domain, EventId, Signed};
-use fides_bistro::service::{view, Code, EpochOutput, KvError, Outcome, Service, Table};
+use fides_bistro::service::{epoch_output, view, Code, EpochOutput, Outcome, Service};
 use fides_crypto::ThresholdKeys;
+use fides_service::{Ordered, Registry, StoreError};
 use fides_types::codec::{DecodeError, Reader, Wire};
 use fides_types::NodeIndex;
 use redb::{Database, ReadableDatabase, ReadableTable};
 use tokio::sync::oneshot;
 
-use super::kv::{self, ReadKv, WriteKv};
+use super::kv::{self, ReadTables, WriteTables};
 use crate::node::{Command, NodeHandle, ServiceEvent, FRAME_SERVICE};
 use crate::store::BatchReader;
 
@@ -274,6 +275,10 @@ struct Cached {
 
 struct Worker {
     setup: WorkerSetup,
+    /// The services, applied to every batch (the bistro alone, for now).
+    registry: Registry,
+    /// Their tables' names in the store.
+    store_tables: Vec<String>,
     db: Database,
     next_epoch: u64,
     /// Applied epochs with leaves whose signature is not combined yet: their signed point and
@@ -293,10 +298,13 @@ struct Worker {
 /// Open the bistro store in `dir` and start the worker on its own thread.
 pub fn start(dir: &Path, setup: WorkerSetup) -> anyhow::Result<(WorkerHandle, std::thread::JoinHandle<()>)> {
     let db = Database::builder().set_cache_size(64 * 1024 * 1024).create(dir.join("bistro.redb"))?;
+    let mut registry = Registry::new();
+    registry.register(setup.service.clone())?;
+    let store_tables = registry.store_tables();
     {
         let txn = db.begin_write()?;
-        for t in Table::ALL {
-            txn.open_table(kv::table(t))?;
+        for name in &store_tables {
+            txn.open_table(kv::table(name))?;
         }
         for t in [kv::OUTCOMES, kv::EPOCHS, kv::RECORD_AT, kv::PENDING, kv::META] {
             txn.open_table(t)?;
@@ -317,6 +325,8 @@ pub fn start(dir: &Path, setup: WorkerSetup) -> anyhow::Result<(WorkerHandle, st
     let (tx, rx) = std::sync::mpsc::sync_channel(65_536);
     let mut worker = Worker {
         setup,
+        registry,
+        store_tables,
         db,
         next_epoch,
         unsigned: BTreeMap::new(),
@@ -418,11 +428,13 @@ impl Worker {
             let txn = self.db.begin_write()?;
             let mut applied: Vec<(u64, u64, EpochOutput)> = Vec::new();
             {
-                let mut kv = WriteKv::new(&txn)?;
+                let mut kv = WriteTables::new(&txn, &self.store_tables)?;
                 for (_, stored) in &batches {
                     let batch = &stored.batch;
-                    let requests = batch.requests.iter().enumerate().map(|(i, r)| (i as u32, r.payload.as_slice()));
-                    let output = self.setup.service.apply(&mut kv, batch.epoch, batch.time, requests)?;
+                    let requests =
+                        batch.requests.iter().map(|r| Ordered { client: r.client, request: r.id, payload: &r.payload });
+                    let outcomes = self.registry.apply_batch(&mut kv, batch.epoch, batch.time, requests)?;
+                    let output = epoch_output(&outcomes)?;
                     Self::write_epoch(&txn, batch, &output)?;
                     applied.push((batch.epoch, batch.time, output));
                 }
@@ -728,8 +740,9 @@ impl Worker {
         }))
     }
 
-    fn read_kv(&self) -> Result<ReadKv, KvError> {
-        self.db.begin_read().map(|txn| ReadKv { txn }).map_err(|e| KvError::Store(e.to_string()))
+    /// The bistro's tables, read-only.
+    fn read_kv(&self) -> Result<ReadTables, StoreError> {
+        self.db.begin_read().map(ReadTables::of::<Service>).map_err(|e| StoreError::Store(e.to_string()))
     }
 
     fn on_query(&mut self, query: Query) {
@@ -790,7 +803,7 @@ impl Worker {
     }
 
     fn collect_shares(&self, event: EventId, number: u64) -> Result<super::CollectShares, (Code, String)> {
-        let internal = |e: KvError| (Code::FailedPrecondition, format!("store: {e}"));
+        let internal = |e: StoreError| (Code::FailedPrecondition, format!("store: {e}"));
         let kv = self.read_kv().map_err(internal)?;
         let Some(collection) = view::collection(&kv, &event, number).map_err(internal)? else {
             return Err((

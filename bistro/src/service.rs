@@ -1133,6 +1133,24 @@ mod tests {
         assert_eq!(kv, MemoryTables::default());
     }
 
+    #[test]
+    fn a_ticket_through_the_registry_has_the_leaf_tickets_always_had() {
+        let s = setup();
+        let mut registry = host::Registry::new();
+        registry.register(s.service.clone()).expect("the only service");
+        let mut kv = MemoryTables::default();
+        let payloads =
+            [create(&s, 5_000, 1_000).to_payload(), ticket(EventId::derive(&CLUSTER, 0, 0), 10).to_payload()];
+        let ordered = payloads.iter().map(|p| host::Ordered { client: 1, request: 1, payload: p });
+        let batch = registry.apply_batch(&mut kv, 0, 1_000, ordered).expect("memory");
+        let host::Outcome::Sign { leaf, reply } = &batch.requests[1].2[0] else { panic!("{batch:?}") };
+        let record = Signed::from_bytes(reply).expect("the reply is the record");
+        assert_eq!(*leaf, record.leaf(&CLUSTER));
+        // SHA-256(tagged(LEAF, [cluster, 2, ticket])) of this ticket, as computed before the host:
+        // a change here breaks every ticket already issued.
+        assert_eq!(hex::encode(leaf), "5201664e8744c801f8e76a961067dd10e5534e39533b798b5e2f35d5bef4f64e");
+    }
+
     fn out_leaves(s: &Setup) -> Vec<[u8; 32]> {
         let mut kv = MemoryTables::default();
         apply(s, &mut kv, 0, 1_000, &[create(s, 5_000, 1_000)]);

@@ -200,6 +200,13 @@ pub enum FaultKind {
     InvalidDecryptionShare,
     /// A checkpoint, checkpoint signature share or catch-up answer that does not verify.
     InvalidCheckpoint,
+    /// A threshold signature share on an epoch's certificate root that does not verify.
+    InvalidSignatureShare,
+    /// An epoch certificate whose signature does not verify on the root it names.
+    InvalidCertificate,
+    /// A share or certificate on another root than the one every honest replica computes for
+    /// that epoch.
+    WrongRoot,
 }
 
 /// The result of handling one input or message.

@@ -20,7 +20,7 @@
 //! 5. Upon `SHARE(root, s)` for an epoch already certified here: answer `p` with the
 //!    `CERTIFICATE` (a replica that was down finishes with one message). For a certified epoch
 //!    this signer no longer keeps, the host is asked (`Output::CertificateAsked`) to answer from
-//!    its store.
+//!    its store (`Input::Answer`).
 //! 6. Upon `CERTIFICATE(root, signature)` for an epoch we are signing, with our root: verify it
 //!    (once per peer and epoch) and take it as ours; a bad one is `InvalidCertificate`.
 //!
@@ -74,6 +74,14 @@ pub enum Input {
     /// Our root of an epoch, once the epoch's leaves are durable. Giving it again (after a
     /// restart, say) sends our share again; shares are deterministic, so that contradicts nothing.
     Sign(EpochRoot),
+    /// The certificate the host's store holds for an epoch a peer asked about
+    /// ([`Output::CertificateAsked`]): it is sent to that peer.
+    Answer {
+        /// The peer that asked.
+        peer: NodeIndex,
+        /// The certificate, as this replica stored it.
+        certificate: Certificate,
+    },
 }
 
 /// What replicas send each other.
@@ -123,8 +131,8 @@ pub enum Output {
     /// An epoch is certified: store the certificate, answer the clients waiting on the epoch.
     Certified(Certificate),
     /// A peer sent a share for `epoch`, which this signer no longer remembers (certified long
-    /// ago, or never signed here): if the host's store holds its certificate, it may send it to
-    /// `peer` as [`Message::Certificate`].
+    /// ago, or never signed here): if the host's store holds its certificate, it gives it back
+    /// as [`Input::Answer`].
     CertificateAsked {
         /// The peer.
         peer: NodeIndex,
@@ -506,6 +514,11 @@ impl Protocol for EpochSigner {
     fn handle_input(&mut self, input: Input, _rng: &mut dyn rand::RngCore) -> Result<SignerStep, Error> {
         match input {
             Input::Sign(root) => self.sign(root),
+            Input::Answer { peer, certificate } => {
+                let mut step = SignerStep::default();
+                step.messages.push(Outgoing { target: Target::Node(peer), message: Message::Certificate(certificate) });
+                Ok(step)
+            }
         }
     }
 

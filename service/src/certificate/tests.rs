@@ -363,3 +363,29 @@ fn old_certificates_are_asked_of_the_host_and_recent_ones_answered() {
         }
     }
 }
+
+#[test]
+fn a_peer_that_missed_our_share_gets_it_when_its_own_comes_after() {
+    let (keys, _) = cluster(4, 1, 7);
+    let quorum = Quorum::new(4, 1).expect("4 tolerate 1");
+    let root = tree_of(&leaves(2)).epoch_root(4, 40);
+    let mut signers = signers(&keys, quorum, SignerConfig::default());
+    let mut net = Net::new();
+    // Replica 0 signs while the others are down: its share to them is lost.
+    let _ = route(&mut net, quorum, NodeIndex(0), sign(&mut signers[0], root));
+    net.clear();
+    // Replica 1 comes back and signs; replicas 2 and 3 stay down.
+    let _ = route(&mut net, quorum, NodeIndex(1), sign(&mut signers[1], root));
+    net.retain(|(_, to, _)| to.0 < 2);
+    let mut seen = vec![(Vec::new(), Vec::new()); 4];
+    while let Some((from, to, message)) = net.pop_front() {
+        let mut rng = rand::rngs::mock::StepRng::new(0, 1);
+        let step = signers[to.as_usize()].handle_message(from, message, &mut rng);
+        let (outputs, faults) = route(&mut net, quorum, to, step);
+        net.retain(|(_, to, _)| to.0 < 2);
+        seen[to.as_usize()].0.extend(outputs);
+        seen[to.as_usize()].1.extend(faults);
+    }
+    assert_eq!(certified(&seen[0].0).len(), 1);
+    assert_eq!(certified(&seen[1].0).len(), 1, "replica 0 sent its share again to the late replica 1");
+}

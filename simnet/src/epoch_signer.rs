@@ -446,8 +446,8 @@ pub fn run_case(case: &SignerCase) -> Result<SignerSummary, String> {
     // its first combination: each must name each Byzantine signer.
     if case.schedule == SignerSchedule::ByzantineFirst {
         let named: &[FaultKind] = match case.attack {
-            SignerAttack::WrongShare => &[FaultKind::InvalidSignatureShare],
-            SignerAttack::EquivocatingRoot => &[FaultKind::WrongRoot, FaultKind::Equivocation],
+            SignerAttack::WrongShare => &[FaultKind::InvalidCheckpoint],
+            SignerAttack::EquivocatingRoot => &[FaultKind::InvalidCheckpoint, FaultKind::Equivocation],
             _ => &[],
         };
         for reporter in honest.iter().filter(|h| Some(**h) != down && !named.is_empty()) {

@@ -198,15 +198,9 @@ pub enum FaultKind {
     InvalidCiphertext,
     /// A decryption share that does not verify.
     InvalidDecryptionShare,
-    /// A checkpoint, checkpoint signature share or catch-up answer that does not verify.
+    /// A checkpoint or epoch certificate, a signature share of either, or a catch-up answer that
+    /// does not verify (a share on another root than the epoch's does not verify on it).
     InvalidCheckpoint,
-    /// A threshold signature share on an epoch's certificate root that does not verify.
-    InvalidSignatureShare,
-    /// An epoch certificate whose signature does not verify on the root it names.
-    InvalidCertificate,
-    /// A share or certificate on another root than the one every honest replica computes for
-    /// that epoch.
-    WrongRoot,
 }
 
 /// The result of handling one input or message.

@@ -7,13 +7,14 @@
 //!    shares kept for `e` before (rule 4).
 //! 2. Upon `SHARE(root', s)` from `p` for an epoch `e` we are signing: the first message of each
 //!    peer per epoch counts; a second, different one is an equivocation, the same one again is a
-//!    resend. A share on another root than ours is `WrongRoot`. A counted share arrived after we
+//!    resend. A share on another root than ours is `InvalidCheckpoint` (it does not verify on
+//!    ours), bytes that are no point `Undecodable`. A counted share arrived after we
 //!    broadcast ours, so `p` may have been down when ours went out: we send ours to `p` (the same
 //!    for a resend: `p` may have restarted).
 //! 3. As soon as `t + 1` shares on our root are in (ours first, then the peers' in order of
 //!    arrival), combine them and verify the **combined** signature only (one pairing check). If it
 //!    fails, verify every share one by one — from then on each new share on arrival — name each
-//!    bad one as an `InvalidSignatureShare` fault, and combine from `t + 1` good ones.
+//!    bad one as an `InvalidCheckpoint` fault, and combine from `t + 1` good ones.
 //! 4. Upon `SHARE` for an epoch we have no root for yet, at most `epochs_ahead_max` past the
 //!    highest epoch we signed: keep the first one per peer until rule 1. Further ahead: drop it
 //!    (not a fault: an honest peer may be ahead of us; it answers our own share later).
@@ -22,7 +23,7 @@
 //!    this signer no longer keeps, the host is asked (`Output::CertificateAsked`) to answer from
 //!    its store (`Input::Answer`).
 //! 6. Upon `CERTIFICATE(root, signature)` for an epoch we are signing, with our root: verify it
-//!    (once per peer and epoch) and take it as ours; a bad one is `InvalidCertificate`.
+//!    (once per peer and epoch) and take it as ours; a bad one, or one on another root, is `InvalidCheckpoint`.
 //!
 //! # Bounds against a Byzantine signer
 //!
@@ -37,6 +38,9 @@
 //!
 //! # Deviations
 //!
+//! - Fault kinds: shares and certificates that do not verify on the epoch's root are
+//!   `InvalidCheckpoint`, the kind of the other threshold-signed statement; kinds of their own
+//!   would need a label in the replica's fault metrics, which the host's wiring can add.
 //! - hbbft's `ThresholdSign` verifies every share on arrival; we verify only the combined
 //!   signature while no share has been bad (one pairing check per epoch instead of `t + 1`).
 //! - Retransmission is the transport's; the only loss it cannot repair is at a restart, which is
@@ -317,7 +321,7 @@ impl EpochSigner {
                 signing.arrival.push(early.from);
                 Standing::Unverified
             } else {
-                step.fault(early.from, FaultKind::WrongRoot);
+                step.fault(early.from, FaultKind::InvalidCheckpoint);
                 Standing::Refused
             };
             let heard = Heard { root: early.root, bytes: early.bytes, share: Some(early.share), standing };
@@ -339,7 +343,7 @@ impl EpochSigner {
                 step.messages
                     .push(Outgoing { target: Target::Node(from), message: Message::Certificate(*certificate) });
             } else {
-                step.fault(from, FaultKind::WrongRoot);
+                step.fault(from, FaultKind::InvalidCheckpoint);
             }
             return;
         }
@@ -363,7 +367,7 @@ impl EpochSigner {
         }
         match SignatureShare::from_bytes(bytes) {
             Ok(share) => kept.push(Early { from, root, bytes, share }),
-            Err(_) => step.fault(from, FaultKind::InvalidSignatureShare),
+            Err(_) => step.fault(from, FaultKind::Undecodable),
         }
     }
 
@@ -383,12 +387,12 @@ impl EpochSigner {
             return;
         }
         if root != signing.root {
-            step.fault(from, FaultKind::WrongRoot);
+            step.fault(from, FaultKind::InvalidCheckpoint);
             signing.heard.insert(from, Heard { root, bytes, share: None, standing: Standing::Refused });
             return;
         }
         let Ok(share) = SignatureShare::from_bytes(bytes) else {
-            step.fault(from, FaultKind::InvalidSignatureShare);
+            step.fault(from, FaultKind::Undecodable);
             signing.heard.insert(from, Heard { root, bytes, share: None, standing: Standing::Refused });
             return;
         };
@@ -407,7 +411,7 @@ impl EpochSigner {
         }
         signing.certificates_checked.push(from);
         if certificate.root != signing.root {
-            step.fault(from, FaultKind::WrongRoot);
+            step.fault(from, FaultKind::InvalidCheckpoint);
             return;
         }
         let public = self.keys.public().public_key();
@@ -415,7 +419,7 @@ impl EpochSigner {
         if valid {
             self.certify(certificate, step);
         } else {
-            step.fault(from, FaultKind::InvalidCertificate);
+            step.fault(from, FaultKind::InvalidCheckpoint);
         }
     }
 
@@ -482,7 +486,7 @@ fn combine(
             // Our own share failing means our key share is not the dealer's (a local fault, not
             // a peer's); the peers' good shares still make the certificate.
             if *index != our_index {
-                step.fault(*index, FaultKind::InvalidSignatureShare);
+                step.fault(*index, FaultKind::InvalidCheckpoint);
             }
         }
     }

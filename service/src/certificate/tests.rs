@@ -279,7 +279,7 @@ fn a_wrong_share_is_named_and_the_good_ones_combine() {
     assert!(outputs.is_empty());
     sign_some(&mut net, &mut signers, quorum, 1..3, root);
     let seen = drain(&mut net, &mut signers[..3], quorum);
-    assert_eq!(seen[0].1, vec![Fault { node: NodeIndex(3), kind: FaultKind::InvalidSignatureShare }]);
+    assert_eq!(seen[0].1, vec![Fault { node: NodeIndex(3), kind: FaultKind::InvalidCheckpoint }]);
     assert_eq!(certified(&seen[0].0).len(), 1);
     assert!(signers[0].certificate(1).is_some_and(|c| c.verifies(&CLUSTER, &keys[0].public().public_key())));
 }
@@ -332,7 +332,7 @@ fn shares_far_ahead_are_not_kept_and_equivocation_is_named() {
     // Garbage bytes for a share, no point of G2, from a replica not heard from yet.
     let mut fresh = EpochSigner::new(Arc::clone(&keys[0]), CLUSTER, quorum, NodeIndex(0), config, 0);
     let step = fresh.handle_message(NodeIndex(2), Message::Share { root: other, share: [0xab; 96] }, &mut rng);
-    assert_eq!(step.faults, vec![Fault { node: NodeIndex(2), kind: FaultKind::InvalidSignatureShare }]);
+    assert_eq!(step.faults, vec![Fault { node: NodeIndex(2), kind: FaultKind::Undecodable }]);
     assert_eq!(fresh.early_shares(), 0);
 }
 

@@ -389,3 +389,46 @@ fn a_peer_that_missed_our_share_gets_it_when_its_own_comes_after() {
     assert_eq!(certified(&seen[0].0).len(), 1);
     assert_eq!(certified(&seen[1].0).len(), 1, "replica 0 sent its share again to the late replica 1");
 }
+
+/// Decoders of peer and client bytes refuse or accept any input without panicking, and what they
+/// accept encodes back to the same bytes (one encoding per value).
+#[test]
+fn decoders_take_any_bytes_without_panicking() {
+    use rand::{Rng, RngCore};
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(11);
+    let root = EpochRoot { epoch: 3, time_ms: 4, count: 5, root: [6; 32] };
+    let samples = [
+        Message::Share { root, share: [1; 96] }.to_bytes(),
+        Message::Certificate(Certificate { root, signature: [2; 96] }).to_bytes(),
+        Leaf::Service { service: 3, record: vec![4; 40] }.to_bytes(),
+        Inclusion { index: 7, path: vec![[8; 32]; 4] }.to_bytes(),
+    ];
+    for _ in 0..20_000 {
+        let mut bytes = if rng.gen_bool(0.5) {
+            samples[rng.gen_range(0..samples.len())].clone()
+        } else {
+            let mut bytes = vec![0u8; rng.gen_range(0..300)];
+            rng.fill_bytes(&mut bytes);
+            bytes
+        };
+        if !bytes.is_empty() {
+            for _ in 0..rng.gen_range(0..4) {
+                let at = rng.gen_range(0..bytes.len());
+                bytes[at] ^= 1 << rng.gen_range(0..8);
+            }
+            bytes.truncate(rng.gen_range(0..=bytes.len()));
+        }
+        if let Ok(message) = Message::from_bytes(&bytes) {
+            assert_eq!(message.to_bytes(), bytes);
+        }
+        if let Ok(leaf) = Leaf::from_bytes(&bytes) {
+            assert_eq!(leaf.to_bytes(), bytes);
+        }
+        if let Ok(inclusion) = Inclusion::from_bytes(&bytes) {
+            assert_eq!(inclusion.to_bytes(), bytes);
+        }
+        if let Ok(certificate) = Certificate::from_bytes(&bytes) {
+            assert_eq!(certificate.to_bytes(), bytes);
+        }
+    }
+}

@@ -48,6 +48,12 @@ pub mod domain {
     pub const ABC_WINDOW: &[u8] = b"fides/v1/abc-window";
     /// A checkpoint of atomic broadcast: (session, epoch, time, application, log, window).
     pub const ABC_CHECKPOINT: &[u8] = b"fides/v1/abc-checkpoint";
+    /// A leaf of an epoch certificate's Merkle tree (a record or an ordering answer).
+    pub const CERT_LEAF: &[u8] = b"fides/v1/cert-leaf";
+    /// An inner node of that tree.
+    pub const CERT_NODE: &[u8] = b"fides/v1/cert-node";
+    /// The message the cluster signs once per epoch: that tree's root and what it covers.
+    pub const CERT_ROOT: &[u8] = b"fides/v1/cert-root";
     /// The key stream of a labeled threshold capsule, derived from `S = pk·r`.
     pub const LABELED_KDF: &[u8] = b"fides/v1/labeled-kdf";
     /// The point `H(U, V, label)` of a labeled threshold capsule, hashed to G2.

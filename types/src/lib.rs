@@ -198,7 +198,8 @@ pub enum FaultKind {
     InvalidCiphertext,
     /// A decryption share that does not verify.
     InvalidDecryptionShare,
-    /// A checkpoint, checkpoint signature share or catch-up answer that does not verify.
+    /// A checkpoint or epoch certificate, a signature share of either, or a catch-up answer that
+    /// does not verify (a share on another root than the epoch's does not verify on it).
     InvalidCheckpoint,
 }
 

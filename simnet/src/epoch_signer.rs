@@ -28,6 +28,7 @@ use fides_crypto::ThresholdKeys;
 use fides_service::certificate::{
     verify, Certificate, EpochRoot, EpochSigner, Input, Leaf, Message, Output, SignerConfig, Tree,
 };
+use fides_service::ServiceId;
 use fides_types::codec::Wire;
 use fides_types::{FaultKind, NodeIndex, Quorum, Target};
 use rand::{Rng, RngCore, SeedableRng};
@@ -130,7 +131,7 @@ fn epoch_leaves(rng: &mut ChaCha8Rng, epochs: u64) -> Vec<Vec<Leaf>> {
                     } else {
                         let mut record = vec![0u8; rng.gen_range(0..200)];
                         rng.fill_bytes(&mut record);
-                        Leaf::Service { service: rng.gen(), record }
+                        Leaf::Service { service: ServiceId(rng.gen()), record }
                     }
                 })
                 .collect()

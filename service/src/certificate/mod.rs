@@ -7,7 +7,7 @@
 //!
 //! - a leaf's bytes are [`Leaf::to_bytes`]: `kind u8 ‖ fields`, integers little-endian of fixed
 //!   width; an ordering leaf (kind 1) is `client u64 ‖ id u64 ‖ payload digest [32] ‖ index u32`,
-//!   a service leaf (kind 2) is `service u8 ‖ record length u32 ‖ record`;
+//!   a service leaf (kind 2) is `service id [4] ‖ record length u32 ‖ record`;
 //! - a leaf's hash is `SHA-256(tagged("fides/v1/cert-leaf", [leaf bytes]))`, an inner node's
 //!   `SHA-256(tagged("fides/v1/cert-node", [left, right]))`: a node can never pass for a leaf nor
 //!   a leaf for a node (second preimages), since the two are hashed under different tags;
@@ -32,6 +32,8 @@ pub use signer::{EpochSigner, Error, Input, Message, Output, SignerConfig};
 use blsttc::{PublicKey, Signature, SIG_SIZE};
 use fides_crypto::{domain, sha256_tagged, tagged};
 use fides_types::codec::{DecodeError, Reader, Wire};
+
+use crate::interface::ServiceId;
 
 /// A SHA-256 digest.
 pub type Digest = [u8; 32];
@@ -65,8 +67,8 @@ pub enum Leaf {
     },
     /// A record a service signs.
     Service {
-        /// The service's id (the first byte of its payloads).
-        service: u8,
+        /// The service's id (the first four bytes of its payloads, e.g. `BST1`).
+        service: ServiceId,
         /// The service's canonical record bytes, at most [`RECORD_LEN_MAX`].
         record: Vec<u8>,
     },
@@ -84,7 +86,7 @@ impl Wire for Leaf {
             }
             Leaf::Service { service, record } => {
                 out.push(KIND_SERVICE);
-                out.push(*service);
+                out.extend_from_slice(&service.0);
                 fides_types::codec::put_bytes(out, record);
             }
         }
@@ -99,7 +101,7 @@ impl Wire for Leaf {
                 index: reader.u32()?,
             }),
             KIND_SERVICE => {
-                let service = reader.u8()?;
+                let service = ServiceId(reader.array()?);
                 let record = reader.bytes(RECORD_LEN_MAX)?.to_vec();
                 Ok(Leaf::Service { service, record })
             }

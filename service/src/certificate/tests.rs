@@ -17,7 +17,10 @@ fn leaves(n: u64) -> Vec<Leaf> {
     (0..n)
         .map(|i| match i % 3 {
             0 => Leaf::Ordering { client: i, id: i * 10, digest: [i as u8; 32], index: i as u32 },
-            _ => Leaf::Service { service: (i % 5) as u8, record: vec![i as u8; i as usize] },
+            _ => Leaf::Service {
+                service: ServiceId([b'T', b'S', b'T', (i % 5) as u8]),
+                record: vec![i as u8; i as usize],
+            },
         })
         .collect()
 }
@@ -400,7 +403,7 @@ fn decoders_take_any_bytes_without_panicking() {
     let samples = [
         Message::Share { root, share: [1; 96] }.to_bytes(),
         Message::Certificate(Certificate { root, signature: [2; 96] }).to_bytes(),
-        Leaf::Service { service: 3, record: vec![4; 40] }.to_bytes(),
+        Leaf::Service { service: ServiceId(*b"TST3"), record: vec![4; 40] }.to_bytes(),
         Inclusion { index: 7, path: vec![[8; 32]; 4] }.to_bytes(),
     ];
     for _ in 0..20_000 {

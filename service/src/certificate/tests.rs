@@ -73,7 +73,8 @@ fn decoders_refuse_what_is_out_of_bounds() {
     for leaf in leaves(7) {
         assert_eq!(Leaf::from_bytes(&leaf.to_bytes()), Ok(leaf));
     }
-    let mut long = vec![KIND_SERVICE, 1];
+    let mut long = vec![KIND_SERVICE];
+    long.extend_from_slice(b"TST1");
     long.extend_from_slice(&(RECORD_LEN_MAX as u32 + 1).to_le_bytes());
     assert!(matches!(Leaf::from_bytes(&long), Err(DecodeError::TooLong { .. })));
     assert!(matches!(Leaf::from_bytes(&[9]), Err(DecodeError::Invalid { .. })));

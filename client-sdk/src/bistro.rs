@@ -36,8 +36,7 @@ use crate::ClientError;
 
 /// Largest gRPC message a bistro client decodes.
 pub const MESSAGE_MAX: usize = 64 * 1024 * 1024;
-/// Size of the chunks uploads and fetches are cut into.
-pub const CHUNK: usize = 64 * 1024;
+pub use fides_api::CHUNK;
 
 /// How a [`BistroClient`] behaves.
 #[derive(Clone, Debug)]

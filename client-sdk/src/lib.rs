@@ -12,18 +12,11 @@
 //! Deviation from DESIGN.md's client layer, for now: ordering answers are not signed, so a
 //! single-replica answer is only as good as that replica; `submit_quorum` is the trustworthy path.
 
-pub mod proto {
-    //! The gRPC API (package `fides.v1`), generated from `proto/fides/v1/ordering.proto`.
-    #![allow(missing_docs)]
-    #![allow(clippy::all)]
-    tonic::include_proto!("fides.v1");
-
-    /// The encoded descriptor set of the API, for gRPC server reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/fides_descriptor.bin"));
-}
+/// The gRPC API (package `fides.v1`): the messages and the generated clients and servers.
+pub use fides_api::proto;
 
 pub mod bistro;
-pub mod intermediary;
+pub mod relay;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

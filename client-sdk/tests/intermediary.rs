@@ -10,12 +10,10 @@ use fides_bistro::commit::{seal_commit, CommitHeader};
 use fides_bistro::records::{domain, ed_sign, EventId, HeldReport, StoredReport};
 use fides_bistro::stream::Aead;
 use fides_client_sdk::bistro::BistroClient;
-use fides_client_sdk::intermediary::{
-    BlobEntry, BlobStore, ClusterReporter, IntermediaryConfig, IntermediaryService, UploadKey,
-};
 use fides_client_sdk::proto;
 use fides_client_sdk::ClientError;
 use fides_dealer::{ClusterFile, Quorum, ReplicaFile};
+use fides_relay::{BlobEntry, BlobStore, ClusterReporter, IntermediaryConfig, IntermediaryService, UploadKey};
 use sha2::{Digest, Sha256};
 use tonic::{Code, Status};
 
@@ -705,7 +703,7 @@ async fn ordered_calls_fail_over_with_the_same_id_and_answers_are_verified() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_registers_takes_uploads_and_reports_them() {
-    use fides_client_sdk::intermediary::{run_relay, RelayConfig};
+    use fides_client_sdk::relay::{run_relay, RelayConfig};
 
     let fake = fake_cluster().await;
     let data = fake.dir.path().join("relay");

@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
+use fides_api::proto;
 use fides_atomic_broadcast::epoch::Request;
-use fides_client_sdk::proto;
 use proto::ordering_server::{Ordering, OrderingServer};
 use tokio::sync::oneshot;
 use tonic::{Request as GrpcRequest, Response, Status};

@@ -2,8 +2,6 @@
 
 #![forbid(unsafe_code)]
 
-mod bench_e2e;
-mod bench_ts;
 mod client_cli;
 
 use std::path::PathBuf;
@@ -13,8 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fides_client_sdk::{Client, ClientOptions};
+use fides_replica::command::{init_tracing, RunArgs};
 use fides_replica::launcher::{deal_if_missing, LocalCluster, ReplicaOptions};
-use fides_replica::run::{run, RunConfig};
 use fides_types::NodeIndex;
 
 /// A replica of a Fides cluster.
@@ -28,19 +26,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a replica until SIGTERM or Ctrl-C.
-    Run {
-        /// A TOML file with any of the settings below (flags win over it).
-        #[arg(long)]
-        config: Option<PathBuf>,
-        #[command(flatten)]
-        settings: RunConfig,
-        /// Log as JSON lines.
-        #[arg(long)]
-        log_json: bool,
-        /// Stop when standard input closes (for launchers).
-        #[arg(long)]
-        exit_on_stdin_close: bool,
-    },
+    Run(RunArgs),
     /// Print the status of the replicas of a cluster (or of one), for a person.
     Status {
         /// The cluster's public file.
@@ -54,11 +40,6 @@ enum Command {
     Submit(client_cli::SubmitArgs),
     /// Print one replica's delivered batches and their requests, one line each.
     Log(client_cli::LogArgs),
-    /// Benchmarks with real processes.
-    Bench {
-        #[command(subcommand)]
-        bench: Bench,
-    },
     /// Run a local cluster on 127.0.0.1 (dealing it first if DIR has no cluster file), order
     /// requests from clients, and show it working until Ctrl-C.
     Cluster {
@@ -86,21 +67,9 @@ enum Command {
     },
 }
 
-#[derive(Subcommand)]
-enum Bench {
-    /// Replica processes on 127.0.0.1 and a load generator: ordered requests per second, latency, memory.
-    E2e(bench_e2e::E2eArgs),
-    /// The timestamping bistro under a surge of ticket requests: verified tickets per second and
-    /// latency of the cluster, against one Ed25519 timestamp server on the same machine.
-    TsSurge(bench_ts::SurgeArgs),
-    /// The one-server baseline of `bench ts-surge` (started by it).
-    #[command(hide = true)]
-    TsBaselineServer(bench_ts::BaselineServerArgs),
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let json = matches!(cli.command, Command::Run { log_json: true, .. });
+    let json = matches!(cli.command, Command::Run(RunArgs { log_json: true, .. }));
     init_tracing(json);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -122,32 +91,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,libp2p=warn,h2=warn,tower=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Run { config, settings, log_json: _, exit_on_stdin_close } => {
-            let file = match config {
-                Some(path) => RunConfig::from_file(&path)?,
-                None => RunConfig::default(),
-            };
-            run(file.overridden_by(settings), exit_on_stdin_close).await
-        }
+        Command::Run(args) => args.run().await,
         Command::Status { cluster, replica } => status(&cluster, replica).await,
         Command::Submit(args) => client_cli::submit(args).await,
         Command::Log(args) => client_cli::log(args).await,
-        Command::Bench { bench: Bench::E2e(args) } => bench_e2e::run(args).await,
-        Command::Bench { bench: Bench::TsSurge(args) } => bench_ts::run(args).await,
-        Command::Bench { bench: Bench::TsBaselineServer(args) } => bench_ts::baseline_server(args).await,
         Command::Cluster { dir, n, t, fresh, clients, requests, seconds } => {
             cluster(dir, n, t, fresh, clients, requests, seconds).await
         }

@@ -266,17 +266,17 @@ pub async fn run(config: RunConfig, exit_on_stdin_close: bool) -> anyhow::Result
     }
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<fides_client_sdk::proto::ordering_server::OrderingServer<OrderingService>>().await;
+    health_reporter.set_serving::<fides_api::proto::ordering_server::OrderingServer<OrderingService>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(fides_client_sdk::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(fides_api::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let service = OrderingService::new(handle, config.per_connection_max.unwrap_or(1024));
     let bistro = crate::bistro::BistroApi::new(orderer.clone(), cluster.id().0);
-    let blobs = fides_client_sdk::intermediary::BlobStore::open(&data.join("uploads"))
+    let blobs = fides_relay::BlobStore::open(&data.join("uploads"))
         .with_context(|| format!("opening the upload store in {}", data.display()))?;
-    let intermediary = fides_client_sdk::intermediary::IntermediaryService::new(
-        fides_client_sdk::intermediary::IntermediaryConfig::replica(
+    let intermediary = fides_relay::IntermediaryService::new(
+        fides_relay::IntermediaryConfig::replica(
             &cluster,
             index.0,
             replica.identity().clone(),

@@ -31,7 +31,7 @@ use fides_bistro::stream::{Aead, HashAlg};
 use fides_bistro::text::render_event;
 use fides_client_sdk::bistro::BistroClient;
 use fides_client_sdk::collect::{collect, Manifest, Progress, UploadStatus};
-use fides_client_sdk::intermediary::{run_relay, RelayConfig};
+use fides_client_sdk::relay::{run_relay, RelayConfig};
 use fides_dealer::ClusterFile;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::OsRng;

@@ -11,13 +11,13 @@ use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use fides_api::proto;
 use fides_atomic_broadcast::epoch::Request as AbcRequest;
 use fides_bistro::records::{
     ed_verify, CollectRequest, EventId, EventTerms, HeldReport, RelayRegistration, Request, TicketRequest,
 };
 use fides_bistro::service::{Code, Outcome};
 use fides_bistro::stream::{Aead, HashAlg};
-use fides_client_sdk::proto;
 use fides_types::codec::Wire;
 use proto::bistro_server::{Bistro, BistroServer};
 use tokio::sync::oneshot;

@@ -10,11 +10,11 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
+use fides_api::proto;
+use fides_api::proto::intermediary_client::IntermediaryClient;
 use fides_bistro::commit::CommitHeader;
 use fides_bistro::records::{domain, ed_sign, Receipt, Request, StoredReport};
-use fides_client_sdk::intermediary::{BlobEntry, BlobStore, ClusterReporter, UploadKey};
-use fides_client_sdk::proto;
-use fides_client_sdk::proto::intermediary_client::IntermediaryClient;
+use fides_relay::{BlobEntry, BlobStore, ClusterReporter, UploadKey};
 use futures::StreamExt;
 use tokio::sync::{oneshot, watch};
 use tonic::Status;

@@ -1,4 +1,4 @@
-//! `replica bench ts-surge`: the timestamping bistro under a surge of ticket requests, against one
+//! `fides-bench ts-surge`: the timestamping bistro under a surge of ticket requests, against one
 //! ordinary trusted timestamp server on the same machine.
 //!
 //! Two parts, one after the other, each with the same load generator in this process:
@@ -7,7 +7,7 @@
 //!   through [`BistroClient::request_ticket_cached`]: every inclusion path is checked, and each
 //!   distinct epoch root signature is verified once, in a [`RootCache`] the tasks share (a real
 //!   client pays that pairing on its own machine);
-//! - **baseline**: one process of this binary (`replica bench ts-baseline-server`) serving the same
+//! - **baseline**: one process of this binary (`fides-bench ts-baseline-server`) serving the same
 //!   `fides.v1.Bistro` service on the same gRPC stack, where `RequestTicket` builds the same ticket
 //!   record and signs it with Ed25519 — what one trusted timestamp server does; the tasks verify
 //!   every signature and the record's fields.
@@ -25,10 +25,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use fides_api::proto;
 use fides_bistro::records::{EventId, EventTerms, Signed, Ticket, TicketRequest, DIGEST_LEN, FIELD_MAX};
 use fides_bistro::stream::{Aead, HashAlg};
 use fides_client_sdk::bistro::{BistroClient, BistroOptions, RootCache, MESSAGE_MAX};
-use fides_client_sdk::proto;
 use fides_client_sdk::{Client, ClientOptions};
 use fides_crypto::tagged;
 use fides_replica::launcher::{deal_if_missing_with, protocol_with_batch_size, rss_kib, LocalCluster, ReplicaOptions};
@@ -44,7 +44,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
 /// First peer port of the bench cluster (replica `i`: `PORT_FIRST + i`, its clients `+ 100`).
-/// Clear of `replica cluster` (7100…) and `bench e2e` (7600…, 7700…).
+/// Clear of `replica cluster` (7100…) and `fides-bench e2e` (7600…, 7700…).
 const PORT_FIRST: u16 = 7650;
 /// Load before each measured window.
 const WARM_UP: Duration = Duration::from_secs(3);
@@ -141,7 +141,7 @@ pub async fn run(args: SurgeArgs) -> anyhow::Result<()> {
     prepare_dir(&dir)?;
     // Removes the directory on every way out, after the replicas (dropped inside) stopped.
     let _remove = RemoveDir(dir.clone());
-    let binary = std::env::current_exe().context("finding the replica executable")?;
+    let binary = std::env::current_exe().context("finding the bench executable (it runs the replicas too)")?;
     tokio::select! {
         result = surge(&args, &dir, &binary) => result,
         _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted (the replicas and the baseline server were stopped)")),
@@ -543,10 +543,10 @@ struct BaselineProcess {
 }
 
 impl BaselineProcess {
-    /// Start `binary bench ts-baseline-server` and read where it listens and its key.
+    /// Start `binary ts-baseline-server` and read where it listens and its key.
     async fn start(binary: &Path) -> anyhow::Result<BaselineProcess> {
         let mut child = tokio::process::Command::new(binary)
-            .args(["bench", "ts-baseline-server", "--listen", "127.0.0.1:0", "--exit-on-stdin-close"])
+            .args(["ts-baseline-server", "--listen", "127.0.0.1:0", "--exit-on-stdin-close"])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())
@@ -555,7 +555,7 @@ impl BaselineProcess {
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn,h2=error".into()))
             .kill_on_drop(true)
             .spawn()
-            .with_context(|| format!("starting {} bench ts-baseline-server", binary.display()))?;
+            .with_context(|| format!("starting {} ts-baseline-server", binary.display()))?;
         let stdout = child.stdout.take().context("the baseline server's standard output is not a pipe")?;
         let mut lines = BufReader::new(stdout).lines();
         let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
@@ -722,7 +722,7 @@ impl Bistro for BaselineService {
     }
 }
 
-/// `replica bench ts-baseline-server`: serve the baseline's `fides.v1.Bistro` until SIGTERM,
+/// `fides-bench ts-baseline-server`: serve the baseline's `fides.v1.Bistro` until SIGTERM,
 /// Ctrl-C or (with `--exit-on-stdin-close`) the end of standard input. Runs on the process's
 /// multi-threaded runtime.
 pub async fn baseline_server(args: BaselineServerArgs) -> anyhow::Result<()> {

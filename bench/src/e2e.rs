@@ -1,4 +1,4 @@
-//! `replica bench e2e`: four replica processes on 127.0.0.1 and a load generator in this process.
+//! `fides-bench e2e`: four replica processes on 127.0.0.1 and a load generator in this process.
 //! Prints sustained ordered requests per second and p50/p99 latency for each request size, and
 //! the replicas' resident memory.
 

@@ -1,0 +1,77 @@
+//! `fides-bench`: benchmarks of whole Fides processes on one machine. Each prints its figures.
+//!
+//! ```text
+//! fides-bench e2e         replica processes and a load generator: ordered requests per second
+//! fides-bench ts-surge    the timestamping bistro under a surge, against one Ed25519 server
+//! ```
+//!
+//! The replicas of a bench run as this binary (its hidden `run` command is `replica run`), so
+//! that they always run the code the bench was built with.
+
+#![forbid(unsafe_code)]
+
+mod e2e;
+mod ts;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use fides_replica::command::{init_tracing, RunArgs};
+
+/// Benchmarks with real processes.
+#[derive(Parser)]
+#[command(name = "fides-bench", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+// Parsed once per process: the size of the `run` settings does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Subcommand)]
+enum Command {
+    /// Replica processes on 127.0.0.1 and a load generator: ordered requests per second, latency, memory.
+    E2e(e2e::E2eArgs),
+    /// The timestamping bistro under a surge of ticket requests: verified tickets per second and
+    /// latency of the cluster, against one Ed25519 timestamp server on the same machine.
+    TsSurge(ts::SurgeArgs),
+    /// The one-server baseline of `ts-surge` (started by it).
+    #[command(hide = true)]
+    TsBaselineServer(ts::BaselineServerArgs),
+    /// A replica of a bench's cluster, as `replica run` (started by the benches).
+    #[command(hide = true)]
+    Run(RunArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let json = matches!(cli.command, Command::Run(RunArgs { log_json: true, .. }));
+    init_tracing(json);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("fides-bench: error: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(dispatch(cli));
+    // A read of standard input (see `--exit-on-stdin-close`) blocks a thread that the runtime
+    // would otherwise wait for on drop.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("fides-bench: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::E2e(args) => e2e::run(args).await,
+        Command::TsSurge(args) => ts::run(args).await,
+        Command::TsBaselineServer(args) => ts::baseline_server(args).await,
+        Command::Run(args) => args.run().await,
+    }
+}

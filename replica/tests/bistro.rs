@@ -415,9 +415,18 @@ fn a_relay_that_never_delivers_is_caught_and_wrong_shares_do_not_stop_the_owner(
                 assert!(Instant::now() < deadline_overdue, "the upload never became overdue: {status:?}");
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
-            let relays = client.list_relays().await.expect("relays");
-            let ours = relays.iter().find(|r| r.address == relay.address).expect("our relay");
-            assert!(ours.undelivered >= 1, "the relay's failure is recorded: {relays:?}");
+            // The relay list is read from one replica, which may not have applied the epoch that
+            // made the upload overdue yet: wait for it, within a bound.
+            let deadline_counted = Instant::now() + Duration::from_secs(30);
+            loop {
+                let relays = client.list_relays().await.expect("relays");
+                let ours = relays.iter().find(|r| r.address == relay.address).expect("our relay");
+                if ours.undelivered >= 1 {
+                    break;
+                }
+                assert!(Instant::now() < deadline_counted, "the relay's failure is recorded: {relays:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
 
             // The submitter resends the same commit file directly to replica 1.
             let replica1 = client.cluster().replicas()[1].client_address.to_string();

@@ -33,6 +33,7 @@ pub mod abc_actors;
 pub mod acs;
 pub mod actors;
 pub mod check;
+pub mod instances;
 pub mod lossy;
 pub mod rbc;
 pub mod seeds;

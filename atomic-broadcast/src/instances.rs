@@ -176,6 +176,9 @@ pub enum Error {
     /// A vote for 1 whose justification the predicate refuses.
     #[error("the justification of our own vote for 1 does not pass the predicate")]
     InvalidOwnJustification,
+    /// The host runs no agreement instances.
+    #[error("this replica hosts no agreement instances")]
+    NotHosted,
 }
 
 /// Where an instance stands here.
@@ -431,6 +434,20 @@ impl Instances {
                 .filter_map(|id| self.decided.get(id).map(|record| (*id, record.clone())))
                 .collect(),
         }
+    }
+
+    /// Replace the whole state by `state` (a snapshot's), keeping the configuration and predicate.
+    pub fn restore(&mut self, state: InstancesState) -> Result<(), agreement::StateError> {
+        let restored = Instances::from_state(
+            self.quorum,
+            self.our_index,
+            Arc::clone(&self.coin_keys),
+            self.config.clone(),
+            Arc::clone(&self.validator),
+            state,
+        )?;
+        *self = restored;
+        Ok(())
     }
 
     /// Instances in the state `state`, with the configuration and predicate of the ones it was

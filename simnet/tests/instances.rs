@@ -1,6 +1,6 @@
 //! Agreement instances under the simulator: 6 instances at once (at most 3 running, the others
 //! waiting for room), each honest replica starting a prefix of them at once and the rest later, in order, for n ∈ {4, 7}
-//! with t Byzantine replicas of every kind and the rusher; 3 seeds per configuration by default,
+//! with no Byzantine replica and with t of every kind and the rusher; 3 seeds per configuration by default,
 //! 40 in the `slow_` test. Each run ends with a liveness phase.
 
 use simnet::instances::{run_case, InstancesCase};
@@ -8,7 +8,9 @@ use simnet::seeds::run_seeds;
 use simnet::Behaviour;
 
 fn suite(seeds: u64) {
-    for kind in Behaviour::byzantine_kinds().into_iter().chain([Behaviour::Rusher]) {
+    // All honest too: there a replica that starts late may find the others terminated without
+    // it, and only their answers to its messages let it finish.
+    for kind in [Behaviour::Honest].into_iter().chain(Behaviour::byzantine_kinds()).chain([Behaviour::Rusher]) {
         for n in [4u32, 7] {
             let ones = run_seeds(env!("CARGO_CRATE_NAME"), seeds, |seed| {
                 run_case(&InstancesCase { n, instances: 6, byzantine: kind.clone(), seed })

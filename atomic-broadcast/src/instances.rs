@@ -19,8 +19,9 @@
 //!   instance its service starts, or their services would part ways.)
 //! - An instance that terminated is dropped, and `(X, decision)` is kept in a record of the last
 //!   `decided_kept_max` instances decided. A message for a recorded instance never starts it
-//!   again: it is answered with `TERM(decision)`, once per sender, which is all a replica that is
-//!   behind (or restarted and lost its messages) needs to decide and terminate too.
+//!   again: it is answered with `TERM(decision)` (the first message of each sender, and every
+//!   `RESEND`), which is all a replica that is behind (or restarted and lost its messages) needs to
+//!   decide and terminate too.
 //! - [`Instances::recover`], after a restart, sends again what each running instance sent in its
 //!   current round and asks the others for theirs.
 //!
@@ -309,7 +310,7 @@ impl Instances {
         if self.running.contains_key(&instance) {
             self.deliver(from, message, &mut step);
         } else if let Some(record) = self.decided.get_mut(&instance) {
-            answer_decided(instance, record, from, self.our_index, &mut step);
+            answer_decided(instance, record, from, self.our_index, &message.message, &mut step);
         } else {
             self.keep_early(from, message, &mut step);
         }
@@ -490,10 +491,21 @@ impl Instances {
     }
 }
 
-/// Answer a message for a decided instance with our TERM, once per sender: it is all a replica
-/// that is behind needs (`t + 1` of them decide, `2t + 1` terminate).
-fn answer_decided(instance: InstanceId, record: &mut Record, from: NodeIndex, us: NodeIndex, step: &mut InstancesStep) {
-    if from == us || !record.answered.insert(from) {
+/// Answer a message for a decided instance with our TERM: it is all a replica that is behind
+/// needs (`t + 1` of them decide, `2t + 1` terminate). The first message of each sender is
+/// answered, and every `RESEND`: that is what a replica sends after a restart, and the answer to
+/// its earlier messages may have been lost in the crash (one answer per message asked: no more
+/// than a running agreement gives).
+fn answer_decided(
+    instance: InstanceId,
+    record: &mut Record,
+    from: NodeIndex,
+    us: NodeIndex,
+    message: &agreement::Message,
+    step: &mut InstancesStep,
+) {
+    let first = record.answered.insert(from);
+    if from == us || !(first || matches!(message, agreement::Message::Resend { .. })) {
         return;
     }
     let justification = if record.value { record.justification.clone().unwrap_or_default() } else { Vec::new() };
@@ -805,11 +817,14 @@ mod tests {
         net.settle(Some(3));
         net.flight.clear();
         assert_eq!(net.nodes[0].status(&id(2)), Status::Decided(false));
-        let late = Message { instance: id(2), message: agreement::Message::Resend { round: fides_types::Round(0) } };
+        let late =
+            Message { instance: id(2), message: agreement::Message::Aux { round: fides_types::Round(0), value: true } };
         let step = net.nodes[0].handle(NodeIndex(3), late.clone());
         assert_eq!(step.messages.len(), 1, "answered with our TERM");
         assert!(matches!(step.messages[0].message.message, agreement::Message::Term { value: false, .. }));
         assert!(net.nodes[0].handle(NodeIndex(3), late).messages.is_empty(), "once per sender");
+        let resend = Message { instance: id(2), message: agreement::Message::Resend { round: fides_types::Round(0) } };
+        assert_eq!(net.nodes[0].handle(NodeIndex(3), resend).messages.len(), 1, "and every RESEND");
         assert_eq!(net.nodes[0].running_len(), 0);
         assert_eq!(net.nodes[0].start(id(2), Vote::Zero).err(), Some(Error::AlreadyStarted(id(2))));
         // Replica 3 starts at last: the others' answers are all it needs to decide and terminate.

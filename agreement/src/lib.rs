@@ -70,6 +70,7 @@
 #![forbid(unsafe_code)]
 
 mod message;
+mod state;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -79,6 +80,7 @@ use fides_crypto::{domain, hash_to_g2, sha256, CombineError, ThresholdKeys};
 use fides_types::{FaultKind, NodeIndex, Outgoing, Protocol, Quorum, Round, Step, Target};
 
 pub use message::{BoolSet, Message, JUSTIFICATION_WIRE_MAX};
+pub use state::{AgreementState, StateError};
 
 /// The step type of binary agreement.
 pub type AbaStep = Step<Message, Decision>;
@@ -171,7 +173,7 @@ pub enum Error {
 }
 
 /// Per-round state.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct RoundState {
     bval_received: [BTreeSet<NodeIndex>; 2],
     bval_sent: [bool; 2],
@@ -250,6 +252,31 @@ impl<V: Validator> std::fmt::Debug for BinaryAgreement<V> {
             .field("terminated", &self.terminated)
             .finish_non_exhaustive()
     }
+}
+
+/// What this replica sent in `round`, kept for answering RESEND; `justification_one` goes with a
+/// vote for 1 (validated agreement).
+fn own_messages(round: Round, state: &RoundState, justification_one: &Option<Vec<u8>>) -> Vec<Message> {
+    let mut messages = Vec::new();
+    for value in [false, true] {
+        if state.bval_sent[usize::from(value)] {
+            let justification = match (value, justification_one) {
+                (true, Some(j)) => j.clone(),
+                _ => Vec::new(),
+            };
+            messages.push(Message::BVal { round, value, justification });
+        }
+    }
+    if let Some(value) = state.aux_own {
+        messages.push(Message::Aux { round, value });
+    }
+    if let Some(values) = state.conf_own {
+        messages.push(Message::Conf { round, values });
+    }
+    if let Some(share) = state.coin_share_own {
+        messages.push(Message::Coin { round, share });
+    }
+    messages
 }
 
 /// The coin of a round, when it is fixed.
@@ -332,6 +359,40 @@ impl<V: Validator> BinaryAgreement<V> {
         self.relay_bvals(self.round, &mut step);
         self.try_progress(&mut step);
         Ok(step)
+    }
+
+    /// After a restart that may have lost messages in flight both ways: send every replica again
+    /// what this replica sent in its current round (and its TERM), ask every other replica for its
+    /// messages of that round, and ask again on entering each of the next `rounds_future_max`
+    /// rounds (what the others sent there while this replica was down is lost too).
+    pub fn recover(&mut self) -> AbaStep {
+        let mut step = AbaStep::default();
+        if self.terminated {
+            return step;
+        }
+        let round = self.round;
+        let justification_one = self.justification_for_resend();
+        if let Some(state) = self.rounds.get(&round) {
+            for message in own_messages(round, state, &justification_one) {
+                step.broadcast(message);
+            }
+        }
+        if self.term_sent {
+            if let Some(decision) = &self.decision {
+                let value = decision.value;
+                step.broadcast(Message::Term { value, justification: self.justification_for(value) });
+            }
+        }
+        let last = Round(round.0.saturating_add(self.config.rounds_future_max));
+        for peer in self.quorum.nodes().filter(|p| *p != self.our_index) {
+            step.messages.push(Outgoing { target: Target::Node(peer), message: Message::Resend { round } });
+            if let Some(next) = round.next() {
+                let range = self.dropped.entry(peer).or_insert((next, last));
+                range.0 = range.0.min(next);
+                range.1 = range.1.max(last);
+            }
+        }
+        step
     }
 
     /// Handle a message from `from`.
@@ -519,30 +580,19 @@ impl<V: Validator> BinaryAgreement<V> {
         if round > self.round {
             return;
         }
-        let justification_one = self.justifications_valid.first().cloned();
+        let justification_one = self.justification_for_resend();
         let Some(state) = self.rounds.get_mut(&round) else { return };
         if !state.resent_to.insert(from) {
             return;
         }
-        let to = Target::Node(from);
-        for value in [false, true] {
-            if state.bval_sent[usize::from(value)] {
-                let justification = match (value && self.validator.requires_justification(), &justification_one) {
-                    (true, Some(j)) => j.clone(),
-                    _ => Vec::new(),
-                };
-                step.messages.push(Outgoing { target: to, message: Message::BVal { round, value, justification } });
-            }
+        for message in own_messages(round, state, &justification_one) {
+            step.messages.push(Outgoing { target: Target::Node(from), message });
         }
-        if let Some(value) = state.aux_own {
-            step.messages.push(Outgoing { target: to, message: Message::Aux { round, value } });
-        }
-        if let Some(values) = state.conf_own {
-            step.messages.push(Outgoing { target: to, message: Message::Conf { round, values } });
-        }
-        if let Some(share) = state.coin_share_own {
-            step.messages.push(Outgoing { target: to, message: Message::Coin { round, share } });
-        }
+    }
+
+    /// The justification that goes with a vote for 1 sent again, if this replica holds one.
+    fn justification_for_resend(&self) -> Option<Vec<u8>> {
+        self.justifications_valid.first().cloned().filter(|_| self.validator.requires_justification())
     }
 
     fn send_bval(&mut self, round: Round, value: bool, step: &mut AbaStep) {

@@ -9,7 +9,7 @@ pub const JUSTIFICATION_WIRE_MAX: usize = 64 * 1024;
 
 /// A subset of `{false, true}`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct BoolSet(u8);
+pub struct BoolSet(pub(crate) u8);
 
 impl BoolSet {
     /// `{false, true}`.

@@ -5,6 +5,7 @@
 //! - [`acs`]: the asynchronous common subset, on reliable broadcast and binary agreement;
 //! - [`epoch`]: threshold-encrypted epochs, agreed time, the request layer (at most once);
 //! - [`checkpoint`]: threshold-signed checkpoints and the catch-up of a replica behind.
+//! - [`instances`]: validated binary agreements that the services start, one per instance id.
 //!
 //! `docs/atomic-broadcast.md` describes the protocol as built.
 
@@ -13,5 +14,6 @@
 pub mod acs;
 pub mod checkpoint;
 pub mod epoch;
+pub mod instances;
 pub mod merkle;
 pub mod rbc;

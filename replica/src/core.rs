@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use fides_atomic_broadcast::checkpoint::{log_genesis, log_next, CatchUp, Checkpoint, Digest};
 use fides_atomic_broadcast::epoch::{AtomicBroadcast, Batch, Error as AbcError, Input, Message, Output, RequestKey};
+use fides_atomic_broadcast::instances::{self, Decided, InstanceId, Instances, InstancesState, InstancesStep};
 use fides_types::codec::Wire;
 use fides_types::{Fault, FaultKind, NodeIndex, Outgoing, Target};
 use rand::SeedableRng;
@@ -29,6 +30,13 @@ pub struct Effects {
     pub refused: Vec<(RequestKey, AbcError)>,
     /// Misbehaviour seen.
     pub faults: Vec<Fault>,
+    /// Messages of the agreement instances for the other replicas.
+    pub instance_outgoing: Vec<Outgoing<instances::Message>>,
+    /// Agreement instances decided here (for the host to hand to the service that asked; a
+    /// replay of the log decides them again, alike).
+    pub decided: Vec<Decided>,
+    /// Agreement instances the local service asked for and the core refused, with the reason.
+    pub instance_refused: Vec<(InstanceId, instances::Error)>,
 }
 
 /// Atomic broadcast plus what the driver needs to replay it exactly.
@@ -46,6 +54,10 @@ pub struct Core {
     /// The log digest after the last delivered batch.
     log: Digest,
     loopback: VecDeque<Message>,
+    /// The agreement instances the services ask for; `None` for a host without such services
+    /// (an instance asked for is then refused, and instance messages are ignored).
+    instances: Option<Instances>,
+    instance_loopback: VecDeque<instances::Message>,
 }
 
 impl Core {
@@ -59,6 +71,32 @@ impl Core {
             checkpoint_interval: interval.max(1),
             log: log_genesis(session),
             loopback: VecDeque::new(),
+            instances: None,
+            instance_loopback: VecDeque::new(),
+        }
+    }
+
+    /// Host agreement instances (before the log is replayed, so that the replay runs them).
+    pub fn with_instances(mut self, instances: Instances) -> Core {
+        self.instances = Some(instances);
+        self
+    }
+
+    /// The agreement instances, to read.
+    pub fn instances(&self) -> Option<&Instances> {
+        self.instances.as_ref()
+    }
+
+    /// The agreement instances' state, for a snapshot.
+    pub fn instances_state(&self) -> Option<InstancesState> {
+        self.instances.as_ref().map(Instances::state)
+    }
+
+    /// Put the agreement instances in the state a snapshot holds.
+    pub fn restore_instances(&mut self, state: InstancesState) -> Result<(), fides_agreement::StateError> {
+        match &mut self.instances {
+            Some(instances) => instances.restore(state),
+            None => Ok(()),
         }
     }
 
@@ -75,13 +113,19 @@ impl Core {
     }
 
     /// The messages the core keeps for later epochs, as log events: logged again after a
-    /// snapshot, which does not hold them.
+    /// snapshot, which does not hold them. The agreement instances' state goes along, as one
+    /// event (a snapshot does not hold it yet).
     pub fn kept_events(&self) -> Vec<Event> {
-        self.abc
+        let mut events: Vec<Event> = self
+            .abc
             .kept_messages()
             .into_iter()
             .map(|(from, message)| Event::Frame { from, bytes: message.to_bytes() })
-            .collect()
+            .collect();
+        if let Some(state) = self.instances_state() {
+            events.push(Event::Instances { bytes: state.to_bytes() });
+        }
+        events
     }
 
     /// Bring a new core to a compacted log's base (the replica's own snapshot).
@@ -106,7 +150,36 @@ impl Core {
                 }
             }
             Event::Clock(now) => self.input(Input::Clock(*now), effects),
-            Event::Recover => self.input(Input::Recover, effects),
+            Event::Recover => {
+                self.input(Input::Recover, effects);
+                if let Some(step) = self.instances.as_mut().map(Instances::recover) {
+                    self.absorb_instances(step, effects);
+                }
+            }
+            Event::Agree { instance, vote } => match self.instances.as_mut() {
+                Some(instances) => match instances.start(*instance, vote.clone()) {
+                    Ok(step) => self.absorb_instances(step, effects),
+                    Err(error) => effects.instance_refused.push((*instance, error)),
+                },
+                None => effects.instance_refused.push((*instance, instances::Error::NotHosted)),
+            },
+            Event::Instances { bytes } => {
+                let restored = InstancesState::from_bytes(bytes)
+                    .map_err(|e| e.to_string())
+                    .and_then(|state| self.restore_instances(state).map_err(|e| e.to_string()));
+                // Our own log: a state that does not restore is local corruption, not a peer's doing.
+                if let Err(error) = restored {
+                    tracing::error!(%error, "the agreement instances' state in the log does not restore");
+                }
+            }
+            Event::InstanceFrame { from, bytes } => match instances::Message::from_bytes(bytes) {
+                Ok(message) => {
+                    if let Some(step) = self.instances.as_mut().map(|i| i.handle(*from, message)) {
+                        self.absorb_instances(step, effects);
+                    }
+                }
+                Err(_) => effects.faults.push(Fault { node: *from, kind: FaultKind::Undecodable }),
+            },
             Event::Heard { from, epoch } => {
                 let step = self.abc.heard(*from, *epoch);
                 self.absorb(step, effects);
@@ -123,6 +196,26 @@ impl Core {
         while let Some(message) = self.loopback.pop_front() {
             let step = self.abc.handle(self.our_index, message, &mut self.rng);
             self.absorb(step, effects);
+        }
+        while let Some(message) = self.instance_loopback.pop_front() {
+            if let Some(step) = self.instances.as_mut().map(|i| i.handle(self.our_index, message)) {
+                self.absorb_instances(step, effects);
+            }
+        }
+    }
+
+    fn absorb_instances(&mut self, step: InstancesStep, effects: &mut Effects) {
+        effects.faults.extend(step.faults);
+        effects.decided.extend(step.outputs);
+        for outgoing in step.messages {
+            match outgoing.target {
+                Target::All => {
+                    self.instance_loopback.push_back(outgoing.message.clone());
+                    effects.instance_outgoing.push(outgoing);
+                }
+                Target::Node(to) if to == self.our_index => self.instance_loopback.push_back(outgoing.message),
+                Target::Node(_) => effects.instance_outgoing.push(outgoing),
+            }
         }
     }
 
@@ -209,4 +302,201 @@ pub fn message_epoch(message: &Message) -> Option<u64> {
 /// (the same share every time), so sending them again contradicts nothing.
 pub fn is_vote(message: &Message) -> bool {
     matches!(message, Message::Subset { .. })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use fides_agreement::Vote;
+    use fides_atomic_broadcast::epoch::{self, Keys};
+    use fides_atomic_broadcast::instances::{Config, InstanceValidator, Status};
+    use fides_crypto::ThresholdKeys;
+    use fides_types::Quorum;
+
+    use super::*;
+
+    struct Prefix;
+
+    impl InstanceValidator for Prefix {
+        fn is_valid(&self, _instance: &InstanceId, justification: &[u8]) -> bool {
+            justification.starts_with(b"ok")
+        }
+    }
+
+    const SESSION: &[u8] = b"core-test";
+
+    fn core(quorum: Quorum, index: NodeIndex, keys: &Arc<ThresholdKeys>) -> Core {
+        let abc_keys = Keys { coin: Arc::clone(keys), encryption: Arc::clone(keys), signing: Arc::clone(keys) };
+        let abc = AtomicBroadcast::new(quorum, index, epoch::Config::new(SESSION), abc_keys);
+        let instances = Instances::new(quorum, index, Arc::clone(keys), Config::new(SESSION), Arc::new(Prefix));
+        Core::new(abc, [index.0 as u8; 32], index, SESSION, 10).with_instances(instances)
+    }
+
+    /// Four cores, each with its in-memory log: every event is logged before it is applied, and
+    /// instance messages travel as logged `InstanceFrame` events.
+    struct Cluster {
+        quorum: Quorum,
+        keys: Vec<Arc<ThresholdKeys>>,
+        cores: Vec<Core>,
+        logs: Vec<Vec<Event>>,
+        flight: VecDeque<(NodeIndex, NodeIndex, Vec<u8>)>,
+        decided: Vec<Vec<Decided>>,
+    }
+
+    impl Cluster {
+        fn new() -> Cluster {
+            let quorum = Quorum::new(4, 1).expect("4 replicas tolerate 1");
+            let mut rng = <rand_chacha::ChaCha8Rng as SeedableRng>::seed_from_u64(3);
+            let set = blsttc::SecretKeySet::random(1, &mut rng);
+            let keys: Vec<_> = quorum
+                .nodes()
+                .map(|i| Arc::new(ThresholdKeys::new(i, 4, set.public_keys(), set.secret_key_share(i.as_usize()))))
+                .collect();
+            let cores = quorum.nodes().map(|i| core(quorum, i, &keys[i.as_usize()])).collect();
+            Cluster {
+                quorum,
+                keys,
+                cores,
+                logs: vec![Vec::new(); 4],
+                flight: VecDeque::new(),
+                decided: vec![Vec::new(); 4],
+            }
+        }
+
+        fn log_and_apply(&mut self, at: usize, event: Event) {
+            let seq = self.logs[at].len() as u64;
+            self.logs[at].push(event.clone());
+            let mut effects = Effects::default();
+            self.cores[at].apply(seq, &event, &mut effects);
+            self.take(at, effects);
+        }
+
+        fn take(&mut self, at: usize, effects: Effects) {
+            assert!(effects.faults.is_empty(), "no faults among honest replicas: {:?}", effects.faults);
+            let from = NodeIndex(at as u32);
+            for outgoing in effects.instance_outgoing {
+                let bytes = outgoing.message.to_bytes();
+                match outgoing.target {
+                    Target::All => {
+                        for to in self.quorum.nodes().filter(|to| *to != from) {
+                            self.flight.push_back((from, to, bytes.clone()));
+                        }
+                    }
+                    Target::Node(to) => self.flight.push_back((from, to, bytes)),
+                }
+            }
+            self.decided[at].extend(effects.decided);
+        }
+
+        /// Deliver up to `max` messages in order; those to `down` are lost.
+        fn deliver(&mut self, max: usize, down: Option<usize>) {
+            for _ in 0..max {
+                let Some((from, to, bytes)) = self.flight.pop_front() else { return };
+                if Some(to.as_usize()) != down {
+                    self.log_and_apply(to.as_usize(), Event::InstanceFrame { from, bytes });
+                }
+            }
+        }
+
+        /// Replica `at` restarts: a fresh core replays its log (what it sends while replaying is
+        /// not sent again), then handles `Recover` as the driver's start does.
+        fn restart(&mut self, at: usize) {
+            let index = NodeIndex(at as u32);
+            let mut fresh = core(self.quorum, index, &self.keys[at]);
+            let mut replayed = Vec::new();
+            for (seq, event) in self.logs[at].iter().enumerate() {
+                let mut effects = Effects::default();
+                fresh.apply(seq as u64, event, &mut effects);
+                replayed.extend(effects.decided);
+            }
+            assert_eq!(replayed, self.decided[at], "the replay decides what the live core decided");
+            self.cores[at] = fresh;
+            self.log_and_apply(at, Event::Recover);
+        }
+    }
+
+    fn id(k: u8) -> InstanceId {
+        InstanceId { service: 4, key: [k; 32] }
+    }
+
+    fn decided_alike(cluster: &Cluster, instances: u8, replicas: usize) {
+        for k in 0..instances {
+            let values: Vec<bool> = cluster.decided[..replicas]
+                .iter()
+                .flat_map(|d| d.iter().filter(|x| x.instance == id(k)).map(|x| x.value))
+                .collect();
+            assert_eq!(values.len(), replicas, "every replica decides instance {k} once: {values:?}");
+            assert!(values.iter().all(|v| *v == values[0]), "agreement on instance {k}");
+        }
+    }
+
+    /// Replica 3 never takes part, so the other three need each other to the end: replica 0,
+    /// restarted after losing what was sent to it while down, must ask for it again.
+    #[test]
+    fn a_core_restarted_from_its_log_resumes_its_instances_and_they_decide() {
+        let mut cluster = Cluster::new();
+        for at in 0..3 {
+            for k in 0..3u8 {
+                let vote = if (at + k as usize).is_multiple_of(2) { Vote::One(b"ok".to_vec()) } else { Vote::Zero };
+                cluster.log_and_apply(at, Event::Agree { instance: id(k), vote });
+            }
+        }
+        cluster.flight.retain(|(_, to, _)| to.0 != 3);
+        cluster.deliver(20, None);
+        cluster.deliver(20, Some(0));
+        assert_eq!(cluster.cores[0].instances().map(|i| i.status(&id(0))), Some(Status::Running));
+        cluster.restart(0);
+        loop {
+            cluster.flight.retain(|(_, to, _)| to.0 != 3);
+            if cluster.flight.is_empty() {
+                break;
+            }
+            cluster.deliver(1, None);
+        }
+        decided_alike(&cluster, 3, 3);
+    }
+
+    /// Replica 0 is down while the three others decide and terminate without it: what it then
+    /// sends is answered with their decisions.
+    #[test]
+    fn a_core_restarted_after_the_others_terminated_decides_from_their_answers() {
+        let mut cluster = Cluster::new();
+        for at in 0..4 {
+            for k in 0..3u8 {
+                let vote = if (at + k as usize).is_multiple_of(2) { Vote::One(b"ok".to_vec()) } else { Vote::Zero };
+                cluster.log_and_apply(at, Event::Agree { instance: id(k), vote });
+            }
+        }
+        cluster.deliver(30, None);
+        while !cluster.flight.is_empty() {
+            cluster.deliver(1, Some(0));
+        }
+        assert_eq!(cluster.cores[1].instances().map(|i| i.running_len()), Some(0), "the others terminated");
+        cluster.restart(0);
+        cluster.deliver(usize::MAX, None);
+        decided_alike(&cluster, 3, 4);
+        // Asking again for a decided instance is refused, and recorded as such.
+        let mut effects = Effects::default();
+        cluster.cores[1].apply(99, &Event::Agree { instance: id(0), vote: Vote::Zero }, &mut effects);
+        assert_eq!(effects.instance_refused.len(), 1);
+    }
+
+    #[test]
+    fn the_instances_state_logged_after_a_snapshot_restores_them() {
+        let mut cluster = Cluster::new();
+        for at in 0..4 {
+            cluster.log_and_apply(at, Event::Agree { instance: id(7), vote: Vote::One(b"ok".to_vec()) });
+        }
+        cluster.deliver(25, None);
+        // Compaction: replica 2's log becomes the events a snapshot keeps.
+        let kept = cluster.cores[2].kept_events();
+        assert!(kept.iter().any(|e| matches!(e, Event::Instances { .. })));
+        cluster.logs[2] = kept;
+        cluster.decided[2].clear();
+        cluster.restart(2);
+        cluster.deliver(usize::MAX, None);
+        let statuses: Vec<_> = cluster.cores.iter().map(|c| c.instances().map(|i| i.status(&id(7)))).collect();
+        assert!(statuses.iter().all(|s| *s == Some(Status::Decided(true))), "{statuses:?}");
+    }
 }

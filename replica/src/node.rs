@@ -21,6 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fides_atomic_broadcast::checkpoint::Checkpoint;
 use fides_atomic_broadcast::epoch::{Admission, Error as AbcError, Message, Request, RequestKey};
+use fides_atomic_broadcast::instances::{self, Decided};
 use fides_types::codec::Wire;
 use fides_types::{NodeIndex, Outgoing, Quorum, Target};
 use futures::FutureExt;
@@ -40,6 +41,12 @@ const FRAME_PAGE_REQUEST: u8 = 2;
 const FRAME_PAGE: u8 = 3;
 /// Frames of the services above ordering (e.g. the bistro's signature shares): passed on.
 pub const FRAME_SERVICE: u8 = 4;
+/// Frames of the agreement instances the services ask for (see `fides_atomic_broadcast::instances`).
+const FRAME_INSTANCE: u8 = 5;
+
+/// Where the driver hands the decisions of agreement instances (it must not block). Decisions
+/// of the replay come too: a service applies a decision idempotently (`docs/agreement.md`).
+pub type DecidedSink = Box<dyn Fn(Decided) + Send>;
 
 /// What the driver tells the services above it.
 #[derive(Debug)]
@@ -182,6 +189,14 @@ pub enum Command {
         to: Option<NodeIndex>,
         /// The frame.
         frame: Vec<u8>,
+    },
+    /// Ask for agreement instance `instance` with our `vote` (the decision comes to the
+    /// [`DecidedSink`]).
+    Agree {
+        /// The instance.
+        instance: instances::InstanceId,
+        /// Our vote.
+        vote: fides_agreement::Vote,
     },
     /// Delivered batches from an epoch on.
     Log {
@@ -373,6 +388,8 @@ pub struct Node<T: Transport> {
     equivocations: Vec<u64>,
     started: Instant,
     service: Option<ServiceSink>,
+    /// Where decisions of agreement instances go, and those decided before it was set.
+    decided: (Option<DecidedSink>, Vec<Decided>),
     /// What each peer had logged in the epochs still running (see [`crate::admission`]).
     ledger: Ledger,
     /// Peers that showed themselves at far epochs in this turn, with the highest.
@@ -452,6 +469,7 @@ impl<T: Transport> Node<T> {
             equivocations: vec![0; n],
             started: Instant::now(),
             service: None,
+            decided: (None, Vec::new()),
             ledger: Ledger::new(setup.quorum.n()),
             heard: BTreeMap::new(),
             flood,
@@ -491,6 +509,15 @@ impl<T: Transport> Node<T> {
     /// Pass service frames and news of written batches to `sink`.
     pub fn set_service(&mut self, sink: ServiceSink) {
         self.service = Some(sink);
+    }
+
+    /// Hand decisions of agreement instances to `sink` (those decided so far, the replay's
+    /// included, at once).
+    pub fn set_decided(&mut self, sink: DecidedSink) {
+        for decided in self.decided.1.drain(..) {
+            sink(decided);
+        }
+        self.decided.0 = Some(sink);
     }
 
     /// A reader of the stored batches, for the services.
@@ -648,14 +675,17 @@ impl<T: Transport> Node<T> {
         }
         self.take_join();
         let mut outgoing = Vec::new();
+        let mut instance_outgoing = Vec::new();
         for (k, event) in events.iter().enumerate() {
             let mut effects = Effects::default();
             self.core.apply(first_seq + k as u64, event, &mut effects);
             outgoing.append(&mut effects.outgoing);
+            instance_outgoing.append(&mut effects.instance_outgoing);
             self.absorb(effects, false);
         }
         self.events_since_base += events.len() as u64;
         self.send_all(outgoing);
+        self.send_instances(instance_outgoing);
         self.compact_if_due(false)?;
         Ok(())
     }
@@ -703,6 +733,10 @@ impl<T: Transport> Node<T> {
                     },
                     Some((&FRAME_PAGE, body)) => match Page::from_bytes(body) {
                         Ok(page) => self.on_page(from, page),
+                        Err(_) => self.fault(from, "undecodable"),
+                    },
+                    Some((&FRAME_INSTANCE, body)) => match instances::Message::from_bytes(body) {
+                        Ok(_) => events.push(Event::InstanceFrame { from, bytes: body.to_vec() }),
                         Err(_) => self.fault(from, "undecodable"),
                     },
                     Some((&FRAME_SERVICE, body)) => {
@@ -946,6 +980,7 @@ impl<T: Transport> Node<T> {
                     }
                 }
             }
+            Command::Agree { instance, vote } => events.push(Event::Agree { instance, vote }),
             Command::Log { from, max, reply } => {
                 let first = self.first_epoch.unwrap_or(0);
                 // At most 512 batches and about 3 MiB (gRPC clients refuse messages over 4 MiB by
@@ -972,7 +1007,34 @@ impl<T: Transport> Node<T> {
         }
     }
 
+    /// Send the agreement instances' messages (instance messages sent before a crash are not
+    /// kept: a restart's `Recover` makes each running instance send its round again).
+    fn send_instances(&mut self, outgoing: Vec<Outgoing<instances::Message>>) {
+        for message in outgoing {
+            let mut frame = vec![FRAME_INSTANCE];
+            message.message.encode(&mut frame);
+            let frame: Arc<[u8]> = frame.into();
+            match message.target {
+                Target::All => {
+                    for peer in self.quorum.nodes().filter(|p| *p != self.our_index) {
+                        self.transport.send(peer, Arc::clone(&frame));
+                    }
+                }
+                Target::Node(peer) => self.transport.send(peer, frame),
+            }
+        }
+    }
+
     fn absorb(&mut self, effects: Effects, replaying: bool) {
+        for decided in effects.decided {
+            match &self.decided.0 {
+                Some(sink) => sink(decided),
+                None => self.decided.1.push(decided),
+            }
+        }
+        for (instance, error) in effects.instance_refused {
+            tracing::warn!(?instance, %error, "an agreement instance was refused");
+        }
         for fault in &effects.faults {
             if fault.kind == fides_types::FaultKind::Equivocation {
                 if let Some(count) = self.equivocations.get_mut(fault.node.0 as usize) {

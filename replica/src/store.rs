@@ -19,8 +19,10 @@
 use std::path::Path;
 
 use crate::backfill::Backfill;
+use fides_agreement::Vote;
 use fides_atomic_broadcast::checkpoint::{CatchUp, Checkpoint, Digest};
 use fides_atomic_broadcast::epoch::{Batch, Request};
+use fides_atomic_broadcast::instances::{decode_vote, encode_vote, InstanceId};
 use fides_types::codec::{put_bytes, DecodeError, Reader, Wire};
 use fides_types::NodeIndex;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
@@ -40,6 +42,10 @@ const KEY_BACKFILL: &str = "backfill";
 
 /// The longest frame the log accepts (a peer message as received).
 const FRAME_WIRE_MAX: usize = crate::transport::FRAME_LEN_MAX;
+
+/// The longest encoded state of the agreement instances the log accepts (our own data, bounded
+/// by the instances' bounds far below this).
+const INSTANCES_STATE_WIRE_MAX: usize = 1 << 30;
 
 /// A storage failure: local, never a peer's doing.
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +93,27 @@ pub enum Event {
         /// The epoch.
         epoch: u64,
     },
+    /// The local service asked for agreement instance `instance` with our `vote` (logged before
+    /// any of its messages is sent, so that a restart votes the same).
+    Agree {
+        /// The instance.
+        instance: InstanceId,
+        /// Our vote, with its justification for 1.
+        vote: Vote,
+    },
+    /// A peer's message of an agreement instance, as it arrived (decoded again on replay).
+    InstanceFrame {
+        /// The sender, as the transport authenticated it.
+        from: NodeIndex,
+        /// The encoded message.
+        bytes: Vec<u8>,
+    },
+    /// The agreement instances' whole state, encoded (`InstancesState`): logged right after a
+    /// snapshot, which does not hold it, so that a restart from the compacted log resumes them.
+    Instances {
+        /// The encoded state.
+        bytes: Vec<u8>,
+    },
 }
 
 impl Wire for Event {
@@ -111,6 +138,20 @@ impl Wire for Event {
                 out.extend_from_slice(&from.0.to_le_bytes());
                 out.extend_from_slice(&epoch.to_le_bytes());
             }
+            Event::Agree { instance, vote } => {
+                out.push(5);
+                instance.encode(out);
+                encode_vote(vote, out);
+            }
+            Event::InstanceFrame { from, bytes } => {
+                out.push(6);
+                out.extend_from_slice(&from.0.to_le_bytes());
+                put_bytes(out, bytes);
+            }
+            Event::Instances { bytes } => {
+                out.push(7);
+                put_bytes(out, bytes);
+            }
         }
     }
 
@@ -121,6 +162,12 @@ impl Wire for Event {
             2 => Ok(Event::Frame { from: NodeIndex(reader.u32()?), bytes: reader.bytes(FRAME_WIRE_MAX)?.to_vec() }),
             3 => Ok(Event::Recover),
             4 => Ok(Event::Heard { from: NodeIndex(reader.u32()?), epoch: reader.u64()? }),
+            5 => Ok(Event::Agree { instance: InstanceId::decode(reader)?, vote: decode_vote(reader)? }),
+            6 => Ok(Event::InstanceFrame {
+                from: NodeIndex(reader.u32()?),
+                bytes: reader.bytes(FRAME_WIRE_MAX)?.to_vec(),
+            }),
+            7 => Ok(Event::Instances { bytes: reader.bytes(INSTANCES_STATE_WIRE_MAX)?.to_vec() }),
             other => Err(DecodeError::Invalid { what: "event tag", value: u64::from(other) }),
         }
     }
@@ -466,6 +513,9 @@ mod tests {
             Event::Frame { from: NodeIndex(2), bytes: vec![1, 2, 3] },
             Event::Recover,
             Event::Heard { from: NodeIndex(3), epoch: 77 },
+            Event::Agree { instance: InstanceId { service: 2, key: [5; 32] }, vote: Vote::One(vec![1, 2]) },
+            Event::Agree { instance: InstanceId { service: 3, key: [6; 32] }, vote: Vote::Zero },
+            Event::InstanceFrame { from: NodeIndex(1), bytes: vec![9; 12] },
         ];
         {
             let (mut store, opened) = Store::open(dir.path(), [9; 32]).expect("open");
@@ -487,7 +537,7 @@ mod tests {
         assert!(!opened.fresh);
         assert_eq!(opened.seed, [9; 32], "the seed of the first life is kept");
         assert_eq!(opened.join_epoch, Some(3));
-        assert_eq!(store.wal_len(), 5);
+        assert_eq!(store.wal_len(), 8);
         let replayed: Vec<Event> = store.events_from(0, 100).expect("replay").into_iter().map(|(_, e)| e).collect();
         assert_eq!(replayed, events);
         assert_eq!(store.batch(0).expect("read").map(|b| b.batch.requests.len()), Some(1));
@@ -496,11 +546,18 @@ mod tests {
 
     #[test]
     fn an_event_decoder_refuses_every_truncation() {
-        let event = Event::Frame { from: NodeIndex(1), bytes: vec![7; 40] };
-        let bytes = event.to_bytes();
-        for len in 0..bytes.len() {
-            assert!(Event::from_bytes(&bytes[..len]).is_err(), "truncated to {len}");
+        let events = [
+            Event::Frame { from: NodeIndex(1), bytes: vec![7; 40] },
+            Event::Agree { instance: InstanceId { service: 1, key: [3; 32] }, vote: Vote::One(vec![4; 9]) },
+            Event::InstanceFrame { from: NodeIndex(2), bytes: vec![8; 20] },
+            Event::Instances { bytes: vec![1; 30] },
+        ];
+        for event in events {
+            let bytes = event.to_bytes();
+            for len in 0..bytes.len() {
+                assert!(Event::from_bytes(&bytes[..len]).is_err(), "{event:?} truncated to {len}");
+            }
+            assert_eq!(Event::from_bytes(&bytes).expect("whole"), event);
         }
-        assert_eq!(Event::from_bytes(&bytes).expect("whole"), event);
     }
 }

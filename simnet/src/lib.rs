@@ -34,6 +34,7 @@ pub mod acs;
 pub mod actors;
 pub mod check;
 pub mod epoch_signer;
+pub mod instances;
 pub mod lossy;
 pub mod rbc;
 pub mod seeds;

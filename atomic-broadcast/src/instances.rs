@@ -39,23 +39,23 @@ use fides_types::{FaultKind, NodeIndex, Outgoing, Quorum, Step, Target};
 
 /// Names an agreement instance: the service that asked for it and a key of that service's
 /// choosing (typically a hash of what is being decided: a transaction id, a request digest).
-/// The service byte lets the host hand the decision back to the service that asked.
+/// The service id lets the host hand the decision back to the service that asked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct InstanceId {
-    /// The service that asked (its payload's first byte).
-    pub service: u8,
+    /// The service that asked: its id, the first four bytes of its payloads (e.g. `BST1`).
+    pub service: [u8; 4],
     /// The service's name for the instance.
     pub key: [u8; 32],
 }
 
 impl Wire for InstanceId {
     fn encode(&self, out: &mut Vec<u8>) {
-        out.push(self.service);
+        out.extend_from_slice(&self.service);
         out.extend_from_slice(&self.key);
     }
 
     fn decode(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        Ok(InstanceId { service: reader.u8()?, key: reader.array()? })
+        Ok(InstanceId { service: reader.array()?, key: reader.array()? })
     }
 }
 
@@ -659,21 +659,21 @@ mod tests {
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 
-    /// Accepts `ok:` followed by the instance's service byte.
+    /// Accepts `ok:` followed by the instance's service id.
     struct Prefix;
 
     impl InstanceValidator for Prefix {
         fn is_valid(&self, instance: &InstanceId, justification: &[u8]) -> bool {
-            justification == [b'o', b'k', b':', instance.service]
+            justification.strip_prefix(b"ok:") == Some(&instance.service[..])
         }
     }
 
     fn id(k: u8) -> InstanceId {
-        InstanceId { service: 7, key: [k; 32] }
+        InstanceId { service: *b"TST7", key: [k; 32] }
     }
 
     fn yes() -> Vote {
-        Vote::One(b"ok:\x07".to_vec())
+        Vote::One(b"ok:TST7".to_vec())
     }
 
     /// n replicas of `Instances` and the messages between them, delivered in a seeded random order.

@@ -417,7 +417,7 @@ mod tests {
     }
 
     fn id(k: u8) -> InstanceId {
-        InstanceId { service: 4, key: [k; 32] }
+        InstanceId { service: *b"TST4", key: [k; 32] }
     }
 
     fn decided_alike(cluster: &Cluster, instances: u8, replicas: usize) {

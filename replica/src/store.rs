@@ -513,8 +513,8 @@ mod tests {
             Event::Frame { from: NodeIndex(2), bytes: vec![1, 2, 3] },
             Event::Recover,
             Event::Heard { from: NodeIndex(3), epoch: 77 },
-            Event::Agree { instance: InstanceId { service: 2, key: [5; 32] }, vote: Vote::One(vec![1, 2]) },
-            Event::Agree { instance: InstanceId { service: 3, key: [6; 32] }, vote: Vote::Zero },
+            Event::Agree { instance: InstanceId { service: *b"TST2", key: [5; 32] }, vote: Vote::One(vec![1, 2]) },
+            Event::Agree { instance: InstanceId { service: *b"TST3", key: [6; 32] }, vote: Vote::Zero },
             Event::InstanceFrame { from: NodeIndex(1), bytes: vec![9; 12] },
         ];
         {
@@ -548,7 +548,7 @@ mod tests {
     fn an_event_decoder_refuses_every_truncation() {
         let events = [
             Event::Frame { from: NodeIndex(1), bytes: vec![7; 40] },
-            Event::Agree { instance: InstanceId { service: 1, key: [3; 32] }, vote: Vote::One(vec![4; 9]) },
+            Event::Agree { instance: InstanceId { service: *b"TST1", key: [3; 32] }, vote: Vote::One(vec![4; 9]) },
             Event::InstanceFrame { from: NodeIndex(2), bytes: vec![8; 20] },
             Event::Instances { bytes: vec![1; 30] },
         ];

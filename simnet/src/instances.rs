@@ -22,8 +22,8 @@ use crate::{Behaviour, Byzantine, ByzantineSend, Micros, Network, RandomSchedule
 const HEAL_AT_MAX: Micros = 2_000_000;
 /// How long after the network healed the honest replicas have (virtual µs).
 pub const LIVENESS_BOUND: Micros = 3_000_000;
-/// The service byte of the simulated instances.
-const SERVICE: u8 = 9;
+/// The service id of the simulated instances.
+const SERVICE: [u8; 4] = *b"TST9";
 
 /// Instance `k` of a run: its key is `k` then zeros.
 pub fn instance_id(k: u64) -> InstanceId {

@@ -70,6 +70,7 @@
 #![forbid(unsafe_code)]
 
 mod message;
+mod state;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;

@@ -46,6 +46,8 @@ use crate::checkpoint::{
 };
 use crate::rbc::{self, Delivery};
 
+mod state;
+
 /// A client request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Request {
@@ -975,20 +977,8 @@ impl AtomicBroadcast {
             return Ok(());
         }
         if !self.epochs.contains_key(&epoch) {
-            let mut session = self.config.session.clone();
-            session.extend_from_slice(b"/epoch/");
-            session.extend_from_slice(&epoch.to_le_bytes());
-            let subset = CommonSubset::new(
-                self.quorum,
-                self.our_index,
-                &session,
-                Arc::clone(&self.coin_keys),
-                rbc::Config { value_len_max: self.ciphertext_len_max() },
-            );
-            self.epochs.insert(
-                epoch,
-                EpochState { subset, proposed: false, agreed: None, early: BTreeMap::new(), delivered: false },
-            );
+            let state = self.new_epoch(epoch);
+            self.epochs.insert(epoch, state);
         }
         if self.epochs.get(&epoch).is_some_and(|s| s.proposed) {
             return Ok(());
@@ -1002,6 +992,21 @@ impl AtomicBroadcast {
         let inner = state.subset.propose(&envelope.to_bytes())?;
         self.absorb(epoch, inner, rng, step);
         Ok(())
+    }
+
+    /// A fresh state for `epoch`: its common subset, nothing proposed.
+    fn new_epoch(&self, epoch: u64) -> EpochState {
+        let mut session = self.config.session.clone();
+        session.extend_from_slice(b"/epoch/");
+        session.extend_from_slice(&epoch.to_le_bytes());
+        let subset = CommonSubset::new(
+            self.quorum,
+            self.our_index,
+            &session,
+            Arc::clone(&self.coin_keys),
+            rbc::Config { value_len_max: self.ciphertext_len_max() },
+        );
+        EpochState { subset, proposed: false, agreed: None, early: BTreeMap::new(), delivered: false }
     }
 
     /// The most requests one contribution may hold: a replica's share of the batch,

@@ -15,3 +15,4 @@ pub mod checkpoint;
 pub mod epoch;
 pub mod merkle;
 pub mod rbc;
+mod state_codec;

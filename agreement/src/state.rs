@@ -57,9 +57,8 @@ impl<V: Validator> BinaryAgreement<V> {
         let justification_max = self.config.justification_len_max;
         self.round = Round(reader.u32()?);
         self.estimate = get_option(reader, |r| r.bool())?;
-        self.rounds = get_seq(reader, ROUNDS_MAX, |r| Ok((Round(r.u32()?), decode_round(r, quorum)?)))?
-            .into_iter()
-            .collect();
+        self.rounds =
+            get_seq(reader, ROUNDS_MAX, |r| Ok((Round(r.u32()?), decode_round(r, quorum)?)))?.into_iter().collect();
         self.justifications_valid =
             get_seq(reader, JUSTIFICATIONS_CACHED_MAX, |r| Ok(r.bytes(justification_max)?.to_vec()))?;
         self.justifications_invalid = get_seq(reader, usize::MAX, |r| r.array())?.into_iter().collect();
@@ -123,8 +122,7 @@ fn decode_round(reader: &mut Reader<'_>, quorum: Quorum) -> Result<RoundState, D
     let bin_values = get_bool_set(reader)?;
     let aux_received = get_seq(reader, n, |r| Ok((get_node(r, quorum)?, r.bool()?)))?.into_iter().collect();
     let aux_own = get_option(reader, |r| r.bool())?;
-    let conf_received =
-        get_seq(reader, n, |r| Ok((get_node(r, quorum)?, get_bool_set(r)?)))?.into_iter().collect();
+    let conf_received = get_seq(reader, n, |r| Ok((get_node(r, quorum)?, get_bool_set(r)?)))?.into_iter().collect();
     let conf_own = get_option(reader, get_bool_set)?;
     let vals = get_option(reader, get_bool_set)?;
     let coin_shares = get_seq(reader, n, |r| Ok((get_node(r, quorum)?, r.array()?)))?.into_iter().collect();

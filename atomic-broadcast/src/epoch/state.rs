@@ -91,6 +91,13 @@ impl AtomicBroadcast {
         });
     }
 
+    /// [`AtomicBroadcast::encode_state`] into a new vector.
+    pub fn encode_state_to_vec(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.encode_state(&mut out);
+        out
+    }
+
     /// Read a state written by [`AtomicBroadcast::encode_state`] (all of `reader`'s bytes are not
     /// required to be read: the caller checks the end). `self` must be fresh: just made with the
     /// configuration and keys of the instance encoded. On error it is left in an unspecified
@@ -179,7 +186,9 @@ impl AtomicBroadcast {
                 })?;
                 let shares = get_seq(r, n, |r| Ok((get_node(r, quorum)?, r.array()?)))?.into_iter().collect();
                 let contribution = get_option(r, |r| {
-                    get_option(r, |r| Contribution::decode_bounded(r.bytes(ciphertext_len_max)?, requests_max, payload_len_max))
+                    get_option(r, |r| {
+                        Contribution::decode_bounded(r.bytes(ciphertext_len_max)?, requests_max, payload_len_max)
+                    })
                 })?;
                 Ok((proposer, Decryption { ciphertext, shares, contribution }))
             })?;
@@ -387,10 +396,9 @@ impl WindowTable {
                 let first = reader.u32()? as usize;
                 let len = reader.u32()? as usize;
                 let range = first.checked_add(len).filter(|end| *end <= table.len()).map(|end| &table[first..end]);
-                range.map(<[WindowEntry]>::to_vec).ok_or(DecodeError::TooLong {
-                    len: first as u64 + len as u64,
-                    max: table.len() as u64,
-                })
+                range
+                    .map(<[WindowEntry]>::to_vec)
+                    .ok_or(DecodeError::TooLong { len: first as u64 + len as u64, max: table.len() as u64 })
             }
             WINDOW_FULL => get_window(reader),
             other => Err(DecodeError::Invalid { what: "window tag", value: u64::from(other) }),

@@ -570,39 +570,15 @@ impl AtomicBroadcast {
     }
 
     /// Whether nothing of ours is under way: no request queued, every epoch started delivered
-    /// with its agreements terminated (so we have voted in no epoch we have not delivered, and
-    /// no other replica needs our votes in those: `docs/agreement.md`, "Restart from a
-    /// snapshot"). A catch-up under way does not count (the live core goes on with it; a restored
-    /// one asks again when `t + 1` peers show themselves ahead: catching up is no vote, so the two
-    /// contradict nothing), nor do messages kept for later epochs: the
-    /// driver logs them again after the snapshot ([`AtomicBroadcast::kept_messages`]), so that
-    /// one peer sending a message for a later epoch now and then cannot keep us from compacting,
-    /// and an honest replica's message kept there is not lost.
+    /// with its agreements terminated (messages kept for later epochs and a catch-up under way do
+    /// not count). Snapshots no longer need it (they hold the whole state: see
+    /// [`AtomicBroadcast::encode_state`]); tests use it to tell a snapshot taken mid-epoch.
     pub fn is_quiescent(&self) -> bool {
         self.queue.is_empty()
             && self
                 .epochs
                 .iter()
                 .all(|(epoch, state)| *epoch < self.next_epoch && state.delivered && state.subset.terminated())
-    }
-
-    /// The messages kept for later epochs, with their senders, in the order they are kept. A
-    /// snapshot does not hold them; the driver logs them after it, so that a replica restored
-    /// from the snapshot keeps them too. They must not be dropped: one may be an honest replica's
-    /// only copy of its proposal or vote in that epoch, and with n − t replicas up, losing it
-    /// stalls the cluster (the driver test did so about once in twelve runs under load, when
-    /// compaction dropped them).
-    pub fn kept_messages(&self) -> Vec<(NodeIndex, Message)> {
-        self.buffered.values().flatten().cloned().collect()
-    }
-
-    /// [`AtomicBroadcast::snapshot`], after forgetting the epochs heard of, which the snapshot
-    /// does not hold (the messages kept for later epochs are logged again by the driver: see
-    /// [`AtomicBroadcast::kept_messages`]).
-    pub fn take_snapshot(&mut self) -> Option<CatchUp> {
-        let snapshot = self.snapshot()?;
-        self.heard.clear();
-        Some(snapshot)
     }
 
     /// The delivered state as a catch-up answer: the latest stable checkpoint with its window, and

@@ -6,7 +6,6 @@ use std::collections::{BTreeMap, VecDeque};
 
 use fides_atomic_broadcast::checkpoint::{log_genesis, log_next, CatchUp, Checkpoint, Digest};
 use fides_atomic_broadcast::epoch::{AtomicBroadcast, Batch, Error as AbcError, Input, Message, Output, RequestKey};
-use fides_types::codec::Wire;
 use fides_types::{Fault, FaultKind, NodeIndex, Outgoing, Target};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
@@ -67,24 +66,25 @@ impl Core {
         &self.abc
     }
 
-    /// A snapshot of the delivered state to compact the log to, if nothing of ours is under way
-    /// (see `AtomicBroadcast::take_snapshot`: what the snapshot does not hold is forgotten here
-    /// too, so that this core and one restored from the snapshot go on alike).
-    pub fn take_snapshot(&mut self) -> Option<CatchUp> {
-        self.abc.take_snapshot()
+    /// The whole state between two events, for a snapshot: atomic broadcast's
+    /// (`AtomicBroadcast::encode_state`) and the log digest. The RNG is not in it (it is seeded
+    /// afresh for each event), nor are the keys and configuration.
+    pub fn encode_state(&self) -> Vec<u8> {
+        let mut out = self.abc.encode_state_to_vec();
+        out.extend_from_slice(&self.log);
+        out
     }
 
-    /// The messages the core keeps for later epochs, as log events: logged again after a
-    /// snapshot, which does not hold them.
-    pub fn kept_events(&self) -> Vec<Event> {
-        self.abc
-            .kept_messages()
-            .into_iter()
-            .map(|(from, message)| Event::Frame { from, bytes: message.to_bytes() })
-            .collect()
+    /// Take the state `encode_state` wrote; `self` must be a fresh core of the same
+    /// configuration. A corrupt state is an error.
+    pub fn decode_state(&mut self, bytes: &[u8]) -> Result<(), fides_types::codec::DecodeError> {
+        let mut reader = fides_types::codec::Reader::new(bytes);
+        self.abc.decode_state(&mut reader)?;
+        self.log = reader.array()?;
+        reader.finish()
     }
 
-    /// Bring a new core to a compacted log's base (the replica's own snapshot).
+    /// Bring a new core to a log base written by an older version (its delivered state only).
     pub fn restore(&mut self, snapshot: CatchUp, clock: u64, effects: &mut Effects) {
         let step = self.abc.restore(snapshot, clock);
         self.absorb(step, effects);
@@ -186,6 +186,11 @@ impl Recent {
             }
         }
         self.by_epoch = self.by_epoch.split_off(&keep_from);
+    }
+
+    /// A copy of the messages kept, in order (for a snapshot).
+    pub fn messages(&self) -> Vec<Outgoing<Message>> {
+        self.by_epoch.values().flatten().cloned().collect()
     }
 
     /// The messages kept, in order.

@@ -91,6 +91,16 @@ impl AtomicBroadcast {
         });
     }
 
+    /// The agreed time of the last epoch delivered (or installed).
+    pub fn agreed_time(&self) -> u64 {
+        self.time
+    }
+
+    /// The keys of the requests queued, in queue order.
+    pub fn queued_keys(&self) -> impl Iterator<Item = RequestKey> + '_ {
+        self.queue.iter().map(Queued::key)
+    }
+
     /// [`AtomicBroadcast::encode_state`] into a new vector.
     pub fn encode_state_to_vec(&self) -> Vec<u8> {
         let mut out = Vec::new();

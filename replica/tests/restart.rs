@@ -17,11 +17,30 @@ const UP: Duration = Duration::from_secs(60);
 /// How long the clients send before the kill, and after the restart.
 const LOAD: Duration = Duration::from_secs(12);
 /// Events logged between two snapshots at most: the limit (2,000 events) plus what one turn can
-/// add past it (at most 4,096 arrivals and the clock), with room for a slow disk.
-const EVENTS_SINCE_SNAPSHOT_MAX: u64 = 10_000;
+/// add past it (at most 4,096 arrivals, the clock and one `Heard` per peer).
+const EVENTS_SINCE_SNAPSHOT_MAX: u64 = 2_000 + 4_096 + 1 + 4;
+
+/// `text` without its terminal colour codes (`ESC [ … m`).
+fn plain(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
 
 /// The `replayed=N` of the last "replayed the log" line of a replica's log.
 fn replayed(log: &str) -> Option<u64> {
+    let log = plain(log);
     let line = log.lines().rev().find(|line| line.contains("replayed the log"))?;
     let rest = &line[line.find("replayed=")? + "replayed=".len()..];
     rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()

@@ -124,19 +124,19 @@ impl Cluster {
         }
         let k = rng.gen_range(0..self.in_flight.len());
         let (from, to, message) = self.in_flight.swap_remove(k);
-        Some((to, Event::Message(from, message)))
+        Some((to, Event::Message(from, Box::new(message))))
     }
 }
 
 enum Event {
     Input(Input),
-    Message(NodeIndex, Message),
+    Message(NodeIndex, Box<Message>),
 }
 
 fn handle(node: &mut AtomicBroadcast, event: Event, rng: &mut ChaCha8Rng) -> AbcStep {
     match event {
         Event::Input(input) => node.handle_input(input, rng).expect("applications' inputs are accepted"),
-        Event::Message(from, message) => node.handle(from, message, rng),
+        Event::Message(from, message) => node.handle(from, *message, rng),
     }
 }
 
@@ -145,7 +145,7 @@ fn handle(node: &mut AtomicBroadcast, event: Event, rng: &mut ChaCha8Rng) -> Abc
 /// original's place. Returns the number of twins compared.
 fn twins_behave_alike(seed: u64) -> Result<u64, String> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let n = if seed % 2 == 0 { 4 } else { 7 };
+    let n = if seed.is_multiple_of(2) { 4 } else { 7 };
     let mut cluster = Cluster::new(n, 24, &mut rng);
     // (replica, its twin, the twin's RNG, events still to compare)
     let mut twin: Option<(NodeIndex, AtomicBroadcast, ChaCha8Rng, u32)> = None;
@@ -192,7 +192,7 @@ fn twins_behave_alike(seed: u64) -> Result<u64, String> {
         }
     }
     let delivered: Vec<u64> = cluster.nodes.iter().map(AtomicBroadcast::next_epoch).collect();
-    if delivered.iter().any(|e| *e == 0) {
+    if delivered.contains(&0) {
         return Err(format!("some replica delivered nothing: {delivered:?}"));
     }
     if twins > 0 && mid_epoch == 0 {

@@ -144,7 +144,7 @@ impl AtomicBroadcast {
         self.executed = self.window.iter().flat_map(|(_, keys)| keys.iter().copied()).collect();
         self.share_suspects = get_nodes(reader, quorum)?;
         self.log = reader.array()?;
-        self.retained = get_seq(reader, CATCH_UP_BATCHES_MAX as usize, |r| Batch::decode(r))?.into();
+        self.retained = get_seq(reader, CATCH_UP_BATCHES_MAX as usize, Batch::decode)?.into();
         self.stable = get_option(reader, |r| Ok((Checkpoint::decode(r)?, Arc::new(windows.get(r)?))))?;
         self.pending = get_seq(reader, ITEMS_MAX, |r| {
             let epoch = r.u64()?;
@@ -277,7 +277,7 @@ fn decode_catching_up(reader: &mut Reader<'_>, abc: &AtomicBroadcast) -> Result<
         let node = get_node(r, quorum)?;
         let checkpoint = get_option(r, |r| Ok((Checkpoint::decode(r)?, get_window(r)?)))?;
         let digests = get_seq(r, ITEMS_MAX, |r| Ok((r.u64()?, r.array()?)))?.into_iter().collect();
-        let batches = get_seq(r, ITEMS_MAX, |r| Batch::decode(r))?.into_iter().map(|b| (b.epoch, b)).collect();
+        let batches = get_seq(r, ITEMS_MAX, Batch::decode)?.into_iter().map(|b| (b.epoch, b)).collect();
         Ok((node, (checkpoint, Vouched { digests, batches })))
     })?;
     Ok(CatchingUp { heard, answers: answers.into_iter().collect() })

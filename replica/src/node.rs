@@ -5,8 +5,9 @@
 //! sends what the core asked to send and answers clients (STYLE.md 2: persist before send).
 //! Several arrivals share one fsync (group commit).
 //!
-//! A restart replays the log into a fresh core (same seed, same events, same state), sends again
-//! the messages of the epochs still running, and asks the peers for what it missed
+//! A restart decodes the last snapshot of the core's whole state into a fresh core, replays the
+//! events logged after it (same seed, same sequence numbers, same state), sends again the
+//! messages of the epochs still running, and asks the peers for what it missed
 //! ([`Event::Recover`]).
 //!
 //! A replica whose data is lost (a new, empty store) cannot know what it voted before. It asks for
@@ -220,7 +221,8 @@ pub struct Limits {
     pub tick: Duration,
     /// Longest payload a client may send.
     pub payload_len_max: usize,
-    /// Events logged since the last snapshot before a quiescent replica compacts its log.
+    /// Events logged since the last snapshot before the replica compacts its log (whatever is
+    /// under way: a snapshot holds the whole state).
     pub compact_events: u64,
     /// Bytes of peer frames taken in one turn (at least one frame is).
     pub turn_bytes_max: usize,

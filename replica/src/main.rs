@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod bench_e2e;
+mod bench_restart;
 mod bench_ts;
 mod client_cli;
 
@@ -96,6 +97,9 @@ enum Bench {
     /// The one-server baseline of `bench ts-surge` (started by it).
     #[command(hide = true)]
     TsBaselineServer(bench_ts::BaselineServerArgs),
+    /// Kill -9 under load after a long history: time to serve again, events replayed; and the
+    /// time for a wiped replica to rejoin.
+    Restart(bench_restart::RestartArgs),
 }
 
 fn main() -> ExitCode {
@@ -148,6 +152,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Bench { bench: Bench::E2e(args) } => bench_e2e::run(args).await,
         Command::Bench { bench: Bench::TsSurge(args) } => bench_ts::run(args).await,
         Command::Bench { bench: Bench::TsBaselineServer(args) } => bench_ts::baseline_server(args).await,
+        Command::Bench { bench: Bench::Restart(args) } => bench_restart::run(args).await,
         Command::Cluster { dir, n, t, fresh, clients, requests, seconds } => {
             cluster(dir, n, t, fresh, clients, requests, seconds).await
         }

@@ -589,4 +589,55 @@ mod tests {
         }
         assert_eq!(Event::from_bytes(&bytes).expect("whole"), event);
     }
+
+    #[test]
+    fn a_snapshot_replaces_the_log_and_a_v1_store_is_read_and_marked_v2() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        {
+            let (mut store, _) = Store::open(dir.path(), [9; 32]).expect("open");
+            store.commit(&[Event::Clock(5), Event::Recover], &Derived::default()).expect("commit");
+            let recent =
+                vec![Outgoing { target: Target::Node(NodeIndex(1)), message: Message::CatchUpRequest { next: 3 } }];
+            let snapshot =
+                Snapshot { seq: 0, clock: 5, voted_max: Some(2), delivered_requests: 4, core: vec![1, 2, 3], recent };
+            store.compact(snapshot, &Derived::default()).expect("compact");
+            store.commit(&[Event::Clock(6)], &Derived::default()).expect("commit");
+        }
+        let (store, opened) = Store::open(dir.path(), [1; 32]).expect("reopen");
+        let snapshot = opened.snapshot.expect("a snapshot");
+        assert_eq!((snapshot.seq, snapshot.voted_max, snapshot.core.as_slice()), (2, Some(2), &[1u8, 2, 3][..]));
+        assert_eq!(store.events_from(0, 10).expect("log"), vec![(2, Event::Clock(6))], "only what follows it");
+        drop(store);
+        // A store written by the previous version: its delivered-prefix base is read, and it is v2 now.
+        {
+            let db = Database::create(dir.path().join("replica.redb")).expect("db");
+            let txn = db.begin_write().expect("txn");
+            {
+                let mut meta = txn.open_table(META).expect("meta");
+                meta.insert(KEY_FORMAT, FORMAT_V1).expect("format");
+                meta.remove(KEY_SNAPSHOT).expect("remove");
+                let base = Base { seq: 2, clock: 5, snapshot: CatchUp { checkpoint: None, batches: Vec::new() } };
+                meta.insert(KEY_BASE, base.to_bytes().as_slice()).expect("base");
+            }
+            txn.commit().expect("commit");
+        }
+        let (_, opened) = Store::open(dir.path(), [1; 32]).expect("a v1 store opens");
+        assert!(opened.snapshot.is_none() && opened.base.is_some_and(|b| b.seq == 2));
+        {
+            let db = Database::create(dir.path().join("replica.redb")).expect("db");
+            let read = db.begin_read().expect("txn");
+            let meta = read.open_table(META).expect("meta");
+            assert_eq!(meta.get(KEY_FORMAT).expect("get").map(|v| v.value().to_vec()), Some(FORMAT.to_vec()));
+            drop(meta);
+            drop(read);
+            let txn = db.begin_write().expect("txn");
+            txn.open_table(META)
+                .expect("meta")
+                .insert(KEY_FORMAT, b"fides-replica-store-v9".as_slice())
+                .expect("format");
+            txn.commit().expect("commit");
+        }
+        let error = Store::open(dir.path(), [1; 32]).err().expect("another format is refused");
+        assert!(error.to_string().contains("fides-replica-store-v9"), "{error}");
+    }
 }

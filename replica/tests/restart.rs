@@ -2,7 +2,7 @@
 //! all the same (the events since the last snapshot, which `Status` reports as `wal_events`,
 //! stay bounded), and a replica killed with SIGKILL under that load restarts replaying only the
 //! events logged after its last snapshot (the count its "replayed the log" line gives), then
-//! serves again without contradicting anything it sent. About 40 s.
+//! serves again without contradicting anything it sent. About 20 s.
 
 mod common;
 

@@ -80,7 +80,6 @@ use fides_crypto::{domain, hash_to_g2, sha256, CombineError, ThresholdKeys};
 use fides_types::{FaultKind, NodeIndex, Outgoing, Protocol, Quorum, Round, Step, Target};
 
 pub use message::{BoolSet, Message, JUSTIFICATION_WIRE_MAX};
-pub use state::{AgreementState, StateError};
 
 /// The step type of binary agreement.
 pub type AbaStep = Step<Message, Decision>;

@@ -58,6 +58,11 @@ impl BoolSet {
     pub fn bits(self) -> u8 {
         self.0
     }
+
+    /// The set with these bits, if they are `0..=3`.
+    pub fn from_bits(bits: u8) -> Option<BoolSet> {
+        (bits <= 0b11).then_some(BoolSet(bits))
+    }
 }
 
 /// A message of binary agreement.

@@ -26,6 +26,8 @@ use fides_types::{FaultKind, NodeIndex, Protocol, Quorum, Step};
 
 use crate::rbc::{self, Delivery, ReliableBroadcast};
 
+mod state;
+
 /// A message of the common subset: a message of the broadcast or agreement of one proposer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {

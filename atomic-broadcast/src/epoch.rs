@@ -46,6 +46,8 @@ use crate::checkpoint::{
 };
 use crate::rbc::{self, Delivery};
 
+mod state;
+
 /// A client request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Request {
@@ -568,39 +570,15 @@ impl AtomicBroadcast {
     }
 
     /// Whether nothing of ours is under way: no request queued, every epoch started delivered
-    /// with its agreements terminated (so we have voted in no epoch we have not delivered, and
-    /// no other replica needs our votes in those: `docs/agreement.md`, "Restart from a
-    /// snapshot"). A catch-up under way does not count (the live core goes on with it; a restored
-    /// one asks again when `t + 1` peers show themselves ahead: catching up is no vote, so the two
-    /// contradict nothing), nor do messages kept for later epochs: the
-    /// driver logs them again after the snapshot ([`AtomicBroadcast::kept_messages`]), so that
-    /// one peer sending a message for a later epoch now and then cannot keep us from compacting,
-    /// and an honest replica's message kept there is not lost.
+    /// with its agreements terminated (messages kept for later epochs and a catch-up under way do
+    /// not count). Snapshots no longer need it (they hold the whole state: see
+    /// [`AtomicBroadcast::encode_state`]); tests use it to tell a snapshot taken mid-epoch.
     pub fn is_quiescent(&self) -> bool {
         self.queue.is_empty()
             && self
                 .epochs
                 .iter()
                 .all(|(epoch, state)| *epoch < self.next_epoch && state.delivered && state.subset.terminated())
-    }
-
-    /// The messages kept for later epochs, with their senders, in the order they are kept. A
-    /// snapshot does not hold them; the driver logs them after it, so that a replica restored
-    /// from the snapshot keeps them too. They must not be dropped: one may be an honest replica's
-    /// only copy of its proposal or vote in that epoch, and with n − t replicas up, losing it
-    /// stalls the cluster (the driver test did so about once in twelve runs under load, when
-    /// compaction dropped them).
-    pub fn kept_messages(&self) -> Vec<(NodeIndex, Message)> {
-        self.buffered.values().flatten().cloned().collect()
-    }
-
-    /// [`AtomicBroadcast::snapshot`], after forgetting the epochs heard of, which the snapshot
-    /// does not hold (the messages kept for later epochs are logged again by the driver: see
-    /// [`AtomicBroadcast::kept_messages`]).
-    pub fn take_snapshot(&mut self) -> Option<CatchUp> {
-        let snapshot = self.snapshot()?;
-        self.heard.clear();
-        Some(snapshot)
     }
 
     /// The delivered state as a catch-up answer: the latest stable checkpoint with its window, and
@@ -975,20 +953,8 @@ impl AtomicBroadcast {
             return Ok(());
         }
         if !self.epochs.contains_key(&epoch) {
-            let mut session = self.config.session.clone();
-            session.extend_from_slice(b"/epoch/");
-            session.extend_from_slice(&epoch.to_le_bytes());
-            let subset = CommonSubset::new(
-                self.quorum,
-                self.our_index,
-                &session,
-                Arc::clone(&self.coin_keys),
-                rbc::Config { value_len_max: self.ciphertext_len_max() },
-            );
-            self.epochs.insert(
-                epoch,
-                EpochState { subset, proposed: false, agreed: None, early: BTreeMap::new(), delivered: false },
-            );
+            let state = self.new_epoch(epoch);
+            self.epochs.insert(epoch, state);
         }
         if self.epochs.get(&epoch).is_some_and(|s| s.proposed) {
             return Ok(());
@@ -1002,6 +968,21 @@ impl AtomicBroadcast {
         let inner = state.subset.propose(&envelope.to_bytes())?;
         self.absorb(epoch, inner, rng, step);
         Ok(())
+    }
+
+    /// A fresh state for `epoch`: its common subset, nothing proposed.
+    fn new_epoch(&self, epoch: u64) -> EpochState {
+        let mut session = self.config.session.clone();
+        session.extend_from_slice(b"/epoch/");
+        session.extend_from_slice(&epoch.to_le_bytes());
+        let subset = CommonSubset::new(
+            self.quorum,
+            self.our_index,
+            &session,
+            Arc::clone(&self.coin_keys),
+            rbc::Config { value_len_max: self.ciphertext_len_max() },
+        );
+        EpochState { subset, proposed: false, agreed: None, early: BTreeMap::new(), delivered: false }
     }
 
     /// The most requests one contribution may hold: a replica's share of the batch,

@@ -32,10 +32,14 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
-use fides_agreement::{self as agreement, AgreementState, BinaryAgreement, Decision, Validator, Vote};
+use fides_agreement::{self as agreement, BinaryAgreement, Decision, Validator, Vote};
 use fides_crypto::ThresholdKeys;
 use fides_types::codec::{put_bytes, DecodeError, Reader, Wire};
 use fides_types::{FaultKind, NodeIndex, Outgoing, Quorum, Step, Target};
+
+/// Longest encoded state of one running agreement in a snapshot (a few rounds of votes from `n`
+/// replicas and at most a few cached justifications of at most 16 KiB each: far below this).
+const AGREEMENT_STATE_LEN_MAX: usize = 64 << 20;
 
 /// Names an agreement instance: the service that asked for it and a key of that service's
 /// choosing (typically a hash of what is being decided: a transaction id, a request digest).
@@ -426,7 +430,15 @@ impl Instances {
     /// The state, to be restored with [`Instances::from_state`].
     pub fn state(&self) -> InstancesState {
         InstancesState {
-            running: self.running.iter().map(|(id, a)| (*id, a.state())).collect(),
+            running: self
+                .running
+                .iter()
+                .map(|(id, a)| {
+                    let mut bytes = Vec::new();
+                    a.encode_state(&mut bytes);
+                    (*id, bytes)
+                })
+                .collect(),
             waiting: self.waiting.iter().cloned().collect(),
             early: self.early.iter().map(|(from, kept)| (*from, kept.iter().cloned().collect())).collect(),
             decided: self
@@ -438,7 +450,7 @@ impl Instances {
     }
 
     /// Replace the whole state by `state` (a snapshot's), keeping the configuration and predicate.
-    pub fn restore(&mut self, state: InstancesState) -> Result<(), agreement::StateError> {
+    pub fn restore(&mut self, state: InstancesState) -> Result<(), DecodeError> {
         let restored = Instances::from_state(
             self.quorum,
             self.our_index,
@@ -460,7 +472,7 @@ impl Instances {
         config: Config,
         validator: Arc<dyn InstanceValidator>,
         state: InstancesState,
-    ) -> Result<Self, agreement::StateError> {
+    ) -> Result<Self, DecodeError> {
         let mut instances = Instances::new(quorum, our_index, coin_keys, config, validator);
         for (instance, agreement_state) in state.running {
             let config = agreement::Config {
@@ -470,19 +482,22 @@ impl Instances {
             };
             let check = Check { instance, validator: Arc::clone(&instances.validator) };
             let keys = Arc::clone(&instances.coin_keys);
-            let agreement = BinaryAgreement::from_state(quorum, our_index, keys, config, check, agreement_state)?;
+            let mut agreement = BinaryAgreement::new(quorum, our_index, keys, config, check);
+            let mut reader = Reader::new(&agreement_state);
+            agreement.decode_state(&mut reader)?;
+            reader.finish()?;
             instances.running.insert(instance, agreement);
         }
         instances.waiting = state.waiting.into();
         for (from, kept) in state.early {
             if !quorum.contains(from) {
-                return Err(agreement::StateError(from));
+                return Err(DecodeError::Invalid { what: "replica index", value: u64::from(from.0) });
             }
             instances.early.insert(from, kept.into());
         }
         for (instance, record) in state.decided {
             if let Some(node) = record.answered.iter().find(|node| !quorum.contains(**node)) {
-                return Err(agreement::StateError(*node));
+                return Err(DecodeError::Invalid { what: "replica index", value: u64::from(node.0) });
             }
             instances.decided.insert(instance, record);
             instances.decided_order.push_back(instance);
@@ -525,7 +540,8 @@ fn justification_len(message: &agreement::Message) -> usize {
 /// The instances' state as data, for snapshots (see [`Instances::state`]).
 #[derive(Clone, Debug)]
 pub struct InstancesState {
-    running: Vec<(InstanceId, AgreementState)>,
+    /// Each running agreement's state ([`BinaryAgreement::encode_state`]).
+    running: Vec<(InstanceId, Vec<u8>)>,
     waiting: Vec<(InstanceId, Vote)>,
     early: Vec<(NodeIndex, Vec<Message>)>,
     /// Oldest first.
@@ -570,7 +586,7 @@ impl Wire for InstancesState {
         put_len(out, self.running.len());
         for (instance, state) in &self.running {
             instance.encode(out);
-            state.encode(out);
+            put_bytes(out, state);
         }
         put_len(out, self.waiting.len());
         for (instance, vote) in &self.waiting {
@@ -602,13 +618,13 @@ impl Wire for InstancesState {
 
     /// Bounded by the input: no collection is allocated from a count ahead of its elements.
     fn decode(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        let mut running: Vec<(InstanceId, AgreementState)> = Vec::new();
+        let mut running: Vec<(InstanceId, Vec<u8>)> = Vec::new();
         for _ in 0..reader.u32()? {
             let instance = InstanceId::decode(reader)?;
             if running.last().is_some_and(|(last, _)| *last >= instance) {
                 return Err(DecodeError::Invalid { what: "instance order", value: 0 });
             }
-            running.push((instance, AgreementState::decode(reader)?));
+            running.push((instance, reader.bytes(AGREEMENT_STATE_LEN_MAX)?.to_vec()));
         }
         let mut waiting = Vec::new();
         for _ in 0..reader.u32()? {

@@ -17,3 +17,4 @@ pub mod epoch;
 pub mod instances;
 pub mod merkle;
 pub mod rbc;
+mod state_codec;

@@ -34,6 +34,8 @@ use fides_types::{FaultKind, NodeIndex, Outgoing, Protocol, Quorum, Step, Target
 
 use crate::merkle::{self, Digest, Tree, DEPTH_MAX};
 
+mod state;
+
 /// The largest shard the decoder accepts (the instance's own bound is usually lower).
 pub const SHARD_WIRE_MAX: usize = 64 * 1024 * 1024;
 

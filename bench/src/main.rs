@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 mod e2e;
+mod restart;
 mod ts;
 
 use std::process::ExitCode;
@@ -38,6 +39,9 @@ enum Command {
     /// The one-server baseline of `ts-surge` (started by it).
     #[command(hide = true)]
     TsBaselineServer(ts::BaselineServerArgs),
+    /// Kill -9 under load after a long history: time to serve again, events replayed; and the
+    /// time for a wiped replica to rejoin.
+    Restart(restart::RestartArgs),
     /// A replica of a bench's cluster, as `replica run` (started by the benches).
     #[command(hide = true)]
     Run(RunArgs),
@@ -72,6 +76,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::E2e(args) => e2e::run(args).await,
         Command::TsSurge(args) => ts::run(args).await,
         Command::TsBaselineServer(args) => ts::baseline_server(args).await,
+        Command::Restart(args) => restart::run(args).await,
         Command::Run(args) => args.run().await,
     }
 }

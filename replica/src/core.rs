@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, VecDeque};
 use fides_atomic_broadcast::checkpoint::{log_genesis, log_next, CatchUp, Checkpoint, Digest};
 use fides_atomic_broadcast::epoch::{AtomicBroadcast, Batch, Error as AbcError, Input, Message, Output, RequestKey};
 use fides_atomic_broadcast::instances::{self, Decided, InstanceId, Instances, InstancesState, InstancesStep};
-use fides_types::codec::Wire;
+use fides_types::codec::{get_option, put_option, Reader, Wire};
 use fides_types::{Fault, FaultKind, NodeIndex, Outgoing, Target};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
@@ -87,48 +87,45 @@ impl Core {
         self.instances.as_ref()
     }
 
-    /// The agreement instances' state, for a snapshot.
-    pub fn instances_state(&self) -> Option<InstancesState> {
-        self.instances.as_ref().map(Instances::state)
-    }
-
-    /// Put the agreement instances in the state a snapshot holds.
-    pub fn restore_instances(&mut self, state: InstancesState) -> Result<(), fides_agreement::StateError> {
-        match &mut self.instances {
-            Some(instances) => instances.restore(state),
-            None => Ok(()),
-        }
-    }
-
     /// Atomic broadcast, to read.
     pub fn abc(&self) -> &AtomicBroadcast {
         &self.abc
     }
 
-    /// A snapshot of the delivered state to compact the log to, if nothing of ours is under way
-    /// (see `AtomicBroadcast::take_snapshot`: what the snapshot does not hold is forgotten here
-    /// too, so that this core and one restored from the snapshot go on alike).
-    pub fn take_snapshot(&mut self) -> Option<CatchUp> {
-        self.abc.take_snapshot()
+    /// The whole state between two events, for a snapshot: atomic broadcast's
+    /// (`AtomicBroadcast::encode_state`), the log digest and the agreement instances' state (if
+    /// it hosts them). The RNG is not in it (it is seeded afresh for each event), nor are the
+    /// keys and configuration.
+    pub fn encode_state(&self) -> Vec<u8> {
+        let mut out = self.abc.encode_state_to_vec();
+        out.extend_from_slice(&self.log);
+        put_option(&mut out, self.instances.as_ref(), |out, instances| instances.state().encode(out));
+        out
     }
 
-    /// The messages the core keeps for later epochs, as log events: logged again after a
-    /// snapshot, which does not hold them. The agreement instances' state goes along, as one
-    /// event (a snapshot does not hold it yet).
-    pub fn kept_events(&self) -> Vec<Event> {
-        let mut events: Vec<Event> = self
-            .abc
-            .kept_messages()
-            .into_iter()
-            .map(|(from, message)| Event::Frame { from, bytes: message.to_bytes() })
-            .collect();
-        if let Some(state) = self.instances_state() {
-            events.push(Event::Instances { bytes: state.to_bytes() });
+    /// Take the state `encode_state` wrote; `self` must be a fresh core of the same
+    /// configuration. A corrupt state is an error.
+    pub fn decode_state(&mut self, bytes: &[u8]) -> Result<(), fides_types::codec::DecodeError> {
+        let mut reader = Reader::new(bytes);
+        self.abc.decode_state(&mut reader)?;
+        self.log = reader.array()?;
+        let state = get_option(&mut reader, InstancesState::decode)?;
+        match (&mut self.instances, state) {
+            (Some(instances), Some(state)) => instances.restore(state)?,
+            (None, None) => {}
+            // A snapshot of a core that hosted instances, read by one that does not, or the
+            // reverse: the configuration changed under the data directory.
+            (hosted, _) => {
+                return Err(fides_types::codec::DecodeError::Invalid {
+                    what: "agreement instances in the snapshot",
+                    value: u64::from(hosted.is_some()),
+                })
+            }
         }
-        events
+        reader.finish()
     }
 
-    /// Bring a new core to a compacted log's base (the replica's own snapshot).
+    /// Bring a new core to a log base written by an older version (its delivered state only).
     pub fn restore(&mut self, snapshot: CatchUp, clock: u64, effects: &mut Effects) {
         let step = self.abc.restore(snapshot, clock);
         self.absorb(step, effects);
@@ -163,15 +160,6 @@ impl Core {
                 },
                 None => effects.instance_refused.push((*instance, instances::Error::NotHosted)),
             },
-            Event::Instances { bytes } => {
-                let restored = InstancesState::from_bytes(bytes)
-                    .map_err(|e| e.to_string())
-                    .and_then(|state| self.restore_instances(state).map_err(|e| e.to_string()));
-                // Our own log: a state that does not restore is local corruption, not a peer's doing.
-                if let Err(error) = restored {
-                    tracing::error!(%error, "the agreement instances' state in the log does not restore");
-                }
-            }
             Event::InstanceFrame { from, bytes } => match instances::Message::from_bytes(bytes) {
                 Ok(message) => {
                     if let Some(step) = self.instances.as_mut().map(|i| i.handle(*from, message)) {
@@ -279,6 +267,11 @@ impl Recent {
             }
         }
         self.by_epoch = self.by_epoch.split_off(&keep_from);
+    }
+
+    /// A copy of the messages kept, in order (for a snapshot).
+    pub fn messages(&self) -> Vec<Outgoing<Message>> {
+        self.by_epoch.values().flatten().cloned().collect()
     }
 
     /// The messages kept, in order.
@@ -483,18 +476,21 @@ mod tests {
     }
 
     #[test]
-    fn the_instances_state_logged_after_a_snapshot_restores_them() {
+    fn the_instances_state_is_in_the_snapshot_and_a_core_restored_from_it_finishes_them() {
         let mut cluster = Cluster::new();
         for at in 0..4 {
             cluster.log_and_apply(at, Event::Agree { instance: id(7), vote: Vote::One(b"ok".to_vec()) });
         }
         cluster.deliver(25, None);
-        // Compaction: replica 2's log becomes the events a snapshot keeps.
-        let kept = cluster.cores[2].kept_events();
-        assert!(kept.iter().any(|e| matches!(e, Event::Instances { .. })));
-        cluster.logs[2] = kept;
+        // Compaction: replica 2's log is replaced by a snapshot of its whole state; it restarts
+        // from the snapshot alone.
+        let snapshot = cluster.cores[2].encode_state();
+        cluster.logs[2].clear();
         cluster.decided[2].clear();
-        cluster.restart(2);
+        let mut fresh = core(cluster.quorum, NodeIndex(2), &cluster.keys[2]);
+        fresh.decode_state(&snapshot).expect("its own snapshot decodes");
+        cluster.cores[2] = fresh;
+        cluster.log_and_apply(2, Event::Recover);
         cluster.deliver(usize::MAX, None);
         let statuses: Vec<_> = cluster.cores.iter().map(|c| c.instances().map(|i| i.status(&id(7)))).collect();
         assert!(statuses.iter().all(|s| *s == Some(Status::Decided(true))), "{statuses:?}");

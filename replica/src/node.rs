@@ -5,8 +5,9 @@
 //! sends what the core asked to send and answers clients (STYLE.md 2: persist before send).
 //! Several arrivals share one fsync (group commit).
 //!
-//! A restart replays the log into a fresh core (same seed, same events, same state), sends again
-//! the messages of the epochs still running, and asks the peers for what it missed
+//! A restart decodes the last snapshot of the core's whole state into a fresh core, replays the
+//! events logged after it (same seed, same sequence numbers, same state), sends again the
+//! messages of the epochs still running, and asks the peers for what it missed
 //! ([`Event::Recover`]).
 //!
 //! A replica whose data is lost (a new, empty store) cannot know what it voted before. It asks for
@@ -20,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fides_atomic_broadcast::checkpoint::Checkpoint;
-use fides_atomic_broadcast::epoch::{Admission, Error as AbcError, Message, Request, RequestKey};
+use fides_atomic_broadcast::epoch::{Admission, Batch, Error as AbcError, Message, Request, RequestKey};
 use fides_atomic_broadcast::instances::{self, Decided};
 use fides_types::codec::Wire;
 use fides_types::{NodeIndex, Outgoing, Quorum, Target};
@@ -31,7 +32,7 @@ use crate::admission::{Ledger, Verdict};
 use crate::backfill::{fit_page, Backfill, Page, PageRequest, PAGE_BATCHES_MAX};
 use crate::core::{is_vote, message_epoch, Core, Effects, Recent};
 use crate::metrics::Metrics;
-use crate::store::{Base, Derived, Event, Store, StoreError, StoredBatch};
+use crate::store::{Base, Derived, Event, Snapshot, Store, StoreError, StoredBatch};
 use crate::transport::{Transport, TransportEvent};
 
 /// Frame tags: what the driver puts in front of each frame.
@@ -151,7 +152,7 @@ pub struct Status {
     pub checkpoint_epoch: Option<u64>,
     /// Peers.
     pub peers: Vec<PeerStatus>,
-    /// Events logged.
+    /// Events in the log since the last snapshot (what a restart would replay).
     pub wal_events: u64,
     /// Seconds since start.
     pub uptime_s: u64,
@@ -235,7 +236,8 @@ pub struct Limits {
     pub tick: Duration,
     /// Longest payload a client may send.
     pub payload_len_max: usize,
-    /// Events logged since the last snapshot before a quiescent replica compacts its log.
+    /// Events logged since the last snapshot before the replica compacts its log (whatever is
+    /// under way: a snapshot holds the whole state).
     pub compact_events: u64,
     /// Bytes of peer frames taken in one turn (at least one frame is).
     pub turn_bytes_max: usize,
@@ -395,6 +397,9 @@ pub struct Node<T: Transport> {
     /// Peers that showed themselves at far epochs in this turn, with the highest.
     heard: BTreeMap<NodeIndex, u64>,
     flood: Option<crate::flood::Flood>,
+    /// The messages the core sent in the epochs still running (a snapshot holds them: see
+    /// `compact_if_due`).
+    recent: Recent,
 }
 
 /// What the caller sets up a node with.
@@ -473,8 +478,9 @@ impl<T: Transport> Node<T> {
             ledger: Ledger::new(setup.quorum.n()),
             heard: BTreeMap::new(),
             flood,
+            recent: Recent::default(),
         };
-        let resend = node.replay(opened.base)?;
+        let resend = node.replay(opened.base, opened.snapshot)?;
         // A backfill left unfinished goes on. One the replay's installs ask for again is done if
         // its newest batch is held (a crash may also have come before it was written down).
         let replayed = node.backfill.take();
@@ -493,7 +499,7 @@ impl<T: Transport> Node<T> {
         }
         tracing::info!(
             index = node.our_index.0,
-            events = node.store.wal_len(),
+            replayed = node.events_since_base,
             next_epoch = node.core.abc().next_epoch(),
             fresh = opened.fresh,
             join_epoch = ?node.join_epoch,
@@ -525,15 +531,18 @@ impl<T: Transport> Node<T> {
         self.store.reader()
     }
 
-    fn replay(&mut self, base: Option<Base>) -> Result<Vec<Outgoing<Message>>, NodeError> {
-        if let Some(base) = base {
+    fn replay(&mut self, base: Option<Base>, snapshot: Option<Snapshot>) -> Result<Vec<Outgoing<Message>>, NodeError> {
+        if let Some(snapshot) = snapshot {
+            self.restore_snapshot(snapshot)?;
+        } else if let Some(base) = base {
+            // A log compacted by an older version: its base is the delivered state only.
             self.last_clock = base.clock;
             let mut effects = Effects::default();
             self.core.restore(base.snapshot, base.clock, &mut effects);
             effects.outgoing.clear();
             self.absorb(effects, true);
         }
-        let mut recent = Recent::default();
+        let mut recent = std::mem::take(&mut self.recent);
         let mut next = 0;
         self.events_since_base = 0;
         loop {
@@ -543,7 +552,36 @@ impl<T: Transport> Node<T> {
             self.events_since_base += chunk.len() as u64;
             self.replay_chunk(chunk, &mut recent);
         }
-        Ok(recent.into_messages())
+        self.recent = recent;
+        Ok(self.recent.messages())
+    }
+
+    /// Take the core's state and the driver's bookkeeping from a snapshot. What the driver derives
+    /// from delivered batches (the answers of the last epochs) is read back from the stored
+    /// batches, which a compaction writes first.
+    fn restore_snapshot(&mut self, snapshot: Snapshot) -> Result<(), NodeError> {
+        self.core
+            .decode_state(&snapshot.core)
+            .map_err(|e| StoreError::Corrupt(format!("the snapshot's core state: {e}")))?;
+        self.last_clock = snapshot.clock;
+        self.voted_max = snapshot.voted_max;
+        self.delivered_requests = snapshot.delivered_requests;
+        let abc = self.core.abc();
+        let next = abc.next_epoch();
+        self.last_delivered = next.checked_sub(1);
+        self.agreed_time = abc.agreed_time();
+        self.pending = abc.queued_keys().collect();
+        let mut from = next.saturating_sub(self.limits.ordered_epochs_max);
+        while from < next {
+            let page = self.store.batches(from, 512)?;
+            let Some(last) = page.last().map(|b| b.batch.epoch) else { break };
+            for stored in page.into_iter().take_while(|b| b.batch.epoch < next) {
+                self.remember_ordered(&stored.batch, stored.log);
+            }
+            from = last + 1;
+        }
+        self.recent.keep(snapshot.recent, next.saturating_sub(1));
+        Ok(())
     }
 
     fn replay_chunk(&mut self, chunk: Vec<(u64, Event)>, recent: &mut Recent) {
@@ -684,27 +722,37 @@ impl<T: Transport> Node<T> {
             self.absorb(effects, false);
         }
         self.events_since_base += events.len() as u64;
+        self.recent.keep(outgoing.clone(), self.core.abc().next_epoch().saturating_sub(1));
         self.send_all(outgoing);
         self.send_instances(instance_outgoing);
         self.compact_if_due(false)?;
         Ok(())
     }
 
-    /// Replace the log by a snapshot when nothing is under way and the log has grown (or, with
-    /// `now`, whenever nothing is under way): restarts then replay from the snapshot.
+    /// Replace the log by a snapshot of the whole state once the log has grown past the limit (or,
+    /// with `now`, whenever it holds anything): restarts then replay only what follows. Nothing
+    /// needs to be quiescent: the snapshot holds the core's whole state, every vote sent and
+    /// counted included, and the messages of the epochs still running (sent again after a
+    /// restart, as a replay would). Not while joining: the votes held back until the join epoch
+    /// is durable are outside the core.
     fn compact_if_due(&mut self, now: bool) -> Result<(), NodeError> {
         if self.events_since_base == 0 || (!now && self.events_since_base < self.limits.compact_events) {
             return Ok(());
         }
-        let Some(snapshot) = self.core.take_snapshot() else { return Ok(()) };
-        let derived = std::mem::take(&mut self.derived);
+        if self.join_epoch.is_none() || self.join_decided.is_some() {
+            return Ok(());
+        }
         let started = Instant::now();
-        self.store.compact(snapshot, self.core.abc().clock(), &derived)?;
-        // The messages kept for later epochs are not in the snapshot: logged again after it, a
-        // restart keeps them as the live core does (keeping one uses no randomness, so their new
-        // sequence numbers change nothing).
-        let kept = self.core.kept_events();
-        self.store.commit(&kept, &Derived::default())?;
+        let snapshot = Snapshot {
+            seq: 0,
+            clock: self.last_clock,
+            voted_max: self.voted_max,
+            delivered_requests: self.delivered_requests,
+            core: self.core.encode_state(),
+            recent: self.recent.messages(),
+        };
+        let derived = std::mem::take(&mut self.derived);
+        self.store.compact(snapshot, &derived)?;
         if !derived.batches.is_empty() {
             if let Some(service) = &self.service {
                 service(ServiceEvent::Written);
@@ -1091,7 +1139,7 @@ impl<T: Transport> Node<T> {
         self.derived.checkpoint = Some(checkpoint.clone());
     }
 
-    fn on_batch(&mut self, batch: fides_atomic_broadcast::epoch::Batch, log: [u8; 32], replaying: bool) {
+    fn on_batch(&mut self, batch: Batch, log: [u8; 32], replaying: bool) {
         let epoch = batch.epoch;
         self.last_delivered = Some(epoch);
         self.agreed_time = batch.time;
@@ -1099,30 +1147,9 @@ impl<T: Transport> Node<T> {
         if self.first_epoch.is_none() {
             self.first_epoch = Some(epoch);
         }
-        let mut keys = Vec::with_capacity(batch.requests.len());
-        for (index, request) in batch.requests.iter().enumerate() {
-            let key = request.key();
-            keys.push(key);
+        for (key, ordered) in self.remember_ordered(&batch, log) {
             self.pending.remove(&key);
-            let ordered = Ordered {
-                client: request.client,
-                id: request.id,
-                epoch,
-                index: index as u32,
-                time_ms: batch.time,
-                log_digest: log,
-                payload_digest: key.2,
-            };
-            self.answer(key, Ok(ordered.clone()));
-            self.ordered.insert(key, ordered);
-        }
-        self.ordered_by_epoch.push_back((epoch, keys));
-        while self.ordered_by_epoch.front().is_some_and(|(e, _)| e + self.limits.ordered_epochs_max <= epoch) {
-            if let Some((_, keys)) = self.ordered_by_epoch.pop_front() {
-                for key in keys {
-                    self.ordered.remove(&key);
-                }
-            }
+            self.answer(key, Ok(ordered));
         }
         if !replaying {
             self.metrics.on_batch(&batch);
@@ -1132,6 +1159,36 @@ impl<T: Transport> Node<T> {
         if !written {
             self.derived.batches.push(StoredBatch { batch, log });
         }
+    }
+
+    /// Keep the answers of `batch`'s requests (for the last `ordered_epochs_max` epochs), and
+    /// return them.
+    fn remember_ordered(&mut self, batch: &Batch, log: [u8; 32]) -> Vec<(RequestKey, Ordered)> {
+        let epoch = batch.epoch;
+        let mut answers = Vec::with_capacity(batch.requests.len());
+        for (index, request) in batch.requests.iter().enumerate() {
+            let key = request.key();
+            let ordered = Ordered {
+                client: request.client,
+                id: request.id,
+                epoch,
+                index: index as u32,
+                time_ms: batch.time,
+                log_digest: log,
+                payload_digest: key.2,
+            };
+            self.ordered.insert(key, ordered.clone());
+            answers.push((key, ordered));
+        }
+        self.ordered_by_epoch.push_back((epoch, answers.iter().map(|(key, _)| *key).collect()));
+        while self.ordered_by_epoch.front().is_some_and(|(e, _)| e + self.limits.ordered_epochs_max <= epoch) {
+            if let Some((_, keys)) = self.ordered_by_epoch.pop_front() {
+                for key in keys {
+                    self.ordered.remove(&key);
+                }
+            }
+        }
+        answers
     }
 
     fn answer(&mut self, key: RequestKey, answer: Result<Ordered, SubmitError>) {
@@ -1249,7 +1306,7 @@ impl<T: Transport> Node<T> {
                     equivocations: self.equivocations.get(p.0 as usize).copied().unwrap_or(0),
                 })
                 .collect(),
-            wal_events: self.store.wal_len(),
+            wal_events: self.events_since_base,
             uptime_s: self.started.elapsed().as_secs(),
             joining: self.join_epoch.is_none(),
             log_first_epoch: self.first_epoch.unwrap_or(0),
@@ -1258,7 +1315,7 @@ impl<T: Transport> Node<T> {
 
     fn update_metrics(&self) {
         let abc = self.core.abc();
-        self.metrics.set_state(abc.next_epoch(), abc.queue_len() as u64, self.waiting as u64, self.store.wal_len());
+        self.metrics.set_state(abc.next_epoch(), abc.queue_len() as u64, self.waiting as u64, self.events_since_base);
         self.metrics.set_peers(&self.transport.counters());
     }
 }

@@ -21,31 +21,33 @@ use std::path::Path;
 use crate::backfill::Backfill;
 use fides_agreement::Vote;
 use fides_atomic_broadcast::checkpoint::{CatchUp, Checkpoint, Digest};
+use fides_atomic_broadcast::epoch::Message;
 use fides_atomic_broadcast::epoch::{Batch, Request};
 use fides_atomic_broadcast::instances::{decode_vote, encode_vote, InstanceId};
-use fides_types::codec::{put_bytes, DecodeError, Reader, Wire};
-use fides_types::NodeIndex;
+use fides_types::codec::{get_option, get_seq, put_bytes, put_option, put_seq, DecodeError, Reader, Wire};
+use fides_types::{NodeIndex, Outgoing, Target};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const WAL: TableDefinition<u64, &[u8]> = TableDefinition::new("wal");
 const BATCHES: TableDefinition<u64, &[u8]> = TableDefinition::new("batches");
 
-const FORMAT: &[u8] = b"fides-replica-store-v1";
+/// The format written. v2 keeps a snapshot of the whole core state (`KEY_SNAPSHOT`); a v1 store
+/// (whose base held only the delivered state, `KEY_BASE`) is read and marked v2 when opened: its
+/// base is restored the old way, and the next compaction replaces it by a snapshot.
+const FORMAT: &[u8] = b"fides-replica-store-v2";
+const FORMAT_V1: &[u8] = b"fides-replica-store-v1";
 const KEY_FORMAT: &str = "format";
 const KEY_SEED: &str = "rng_seed";
 const KEY_JOIN: &str = "join_epoch";
 const KEY_CHECKPOINT: &str = "checkpoint";
 const KEY_BASE: &str = "base";
+const KEY_SNAPSHOT: &str = "snapshot";
 const KEY_FIRST_EPOCH: &str = "log_first_epoch";
 const KEY_BACKFILL: &str = "backfill";
 
 /// The longest frame the log accepts (a peer message as received).
 const FRAME_WIRE_MAX: usize = crate::transport::FRAME_LEN_MAX;
-
-/// The longest encoded state of the agreement instances the log accepts (our own data, bounded
-/// by the instances' bounds far below this).
-const INSTANCES_STATE_WIRE_MAX: usize = 1 << 30;
 
 /// A storage failure: local, never a peer's doing.
 #[derive(Debug, thiserror::Error)]
@@ -108,12 +110,6 @@ pub enum Event {
         /// The encoded message.
         bytes: Vec<u8>,
     },
-    /// The agreement instances' whole state, encoded (`InstancesState`): logged right after a
-    /// snapshot, which does not hold it, so that a restart from the compacted log resumes them.
-    Instances {
-        /// The encoded state.
-        bytes: Vec<u8>,
-    },
 }
 
 impl Wire for Event {
@@ -148,10 +144,6 @@ impl Wire for Event {
                 out.extend_from_slice(&from.0.to_le_bytes());
                 put_bytes(out, bytes);
             }
-            Event::Instances { bytes } => {
-                out.push(7);
-                put_bytes(out, bytes);
-            }
         }
     }
 
@@ -167,7 +159,6 @@ impl Wire for Event {
                 from: NodeIndex(reader.u32()?),
                 bytes: reader.bytes(FRAME_WIRE_MAX)?.to_vec(),
             }),
-            7 => Ok(Event::Instances { bytes: reader.bytes(INSTANCES_STATE_WIRE_MAX)?.to_vec() }),
             other => Err(DecodeError::Invalid { what: "event tag", value: u64::from(other) }),
         }
     }
@@ -234,15 +225,18 @@ pub struct Opened {
     pub seed: [u8; 32],
     /// The epoch from which the replica may vote (absent while it is still joining).
     pub join_epoch: Option<u64>,
-    /// The state the log starts from, if it was compacted.
+    /// The delivered state the log starts from, if it was compacted by a v1 store.
     pub base: Option<Base>,
+    /// The whole state the log starts from, if it was compacted.
+    pub snapshot: Option<Snapshot>,
     /// The first epoch of the log this replica serves, if it installed a checkpoint.
     pub first_epoch: Option<u64>,
     /// What is still missing of the log.
     pub backfill: Option<Backfill>,
 }
 
-/// Where a compacted log starts: the replica's delivered state (its own, trusted) and its clock.
+/// Where a log compacted by a v1 store starts: the replica's delivered state (its own, trusted)
+/// and its clock.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Base {
     /// The first sequence number after it (the events the log still holds come after).
@@ -262,6 +256,66 @@ impl Wire for Base {
 
     fn decode(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
         Ok(Base { seq: reader.u64()?, clock: reader.u64()?, snapshot: CatchUp::decode(reader)? })
+    }
+}
+
+/// Where a compacted log starts: the whole state of the replica's core after the event before
+/// `seq`, and what the driver keeps beside it (see `node.rs`, "Compaction").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The first sequence number after it (the events the log still holds come after).
+    pub seq: u64,
+    /// The clock's last reading logged.
+    pub clock: u64,
+    /// The highest epoch this replica voted in.
+    pub voted_max: Option<u64>,
+    /// Requests delivered so far (a counter for the status).
+    pub delivered_requests: u64,
+    /// The core's state (`Core::encode_state`).
+    pub core: Vec<u8>,
+    /// The messages the core sent in the epochs still running: sent again after a restart, as a
+    /// replay of the log would (a crash may have come before they left).
+    pub recent: Vec<Outgoing<Message>>,
+}
+
+/// The most recent messages a snapshot holds.
+const RECENT_MAX: usize = 1 << 20;
+
+impl Wire for Snapshot {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.seq.to_le_bytes());
+        out.extend_from_slice(&self.clock.to_le_bytes());
+        put_option(out, self.voted_max, |out, epoch| out.extend_from_slice(&epoch.to_le_bytes()));
+        out.extend_from_slice(&self.delivered_requests.to_le_bytes());
+        put_bytes(out, &self.core);
+        put_seq(out, self.recent.iter(), |out, outgoing| {
+            match outgoing.target {
+                Target::All => out.push(0),
+                Target::Node(node) => {
+                    out.push(1);
+                    out.extend_from_slice(&node.0.to_le_bytes());
+                }
+            }
+            outgoing.message.encode(out);
+        });
+    }
+
+    fn decode(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Snapshot {
+            seq: reader.u64()?,
+            clock: reader.u64()?,
+            voted_max: get_option(reader, |r| r.u64())?,
+            delivered_requests: reader.u64()?,
+            core: reader.bytes(u32::MAX as usize)?.to_vec(),
+            recent: get_seq(reader, RECENT_MAX, |r| {
+                let target = match r.u8()? {
+                    0 => Target::All,
+                    1 => Target::Node(NodeIndex(r.u32()?)),
+                    other => return Err(DecodeError::Invalid { what: "target", value: u64::from(other) }),
+                };
+                Ok(Outgoing { target, message: Message::decode(r)? })
+            })?,
+        })
     }
 }
 
@@ -294,11 +348,15 @@ impl Store {
                         seed: new_seed,
                         join_epoch: None,
                         base: None,
+                        snapshot: None,
                         first_epoch: None,
                         backfill: None,
                     };
                 }
-                Some(format) if format == FORMAT => {
+                Some(format) if format == FORMAT || format == FORMAT_V1 => {
+                    // A v1 store is read as it is; from now on it is a v2 store (its v1 base is
+                    // restored the old way until the next compaction replaces it).
+                    meta.insert(KEY_FORMAT, FORMAT)?;
                     let seed = meta.get(KEY_SEED)?.map(|v| v.value().to_vec()).unwrap_or_default();
                     let seed: [u8; 32] =
                         seed.try_into().map_err(|_| StoreError::Corrupt("the RNG seed is not 32 bytes".into()))?;
@@ -317,10 +375,22 @@ impl Store {
                                 .map_err(|e| StoreError::Corrupt(format!("backfill: {e}")))?,
                         ),
                     };
-                    opened = Opened { fresh: false, seed, join_epoch, base, first_epoch, backfill };
+                    let snapshot = match meta.get(KEY_SNAPSHOT)? {
+                        None => None,
+                        Some(v) => Some(
+                            Snapshot::from_bytes(v.value())
+                                .map_err(|e| StoreError::Corrupt(format!("snapshot: {e}")))?,
+                        ),
+                    };
+                    opened = Opened { fresh: false, seed, join_epoch, base, snapshot, first_epoch, backfill };
                 }
                 Some(other) => {
-                    return Err(StoreError::Corrupt(format!("format {:?}", String::from_utf8_lossy(&other))));
+                    return Err(StoreError::Corrupt(format!(
+                        "format {:?}, this version reads {:?} and {:?}",
+                        String::from_utf8_lossy(&other),
+                        String::from_utf8_lossy(FORMAT_V1),
+                        String::from_utf8_lossy(FORMAT)
+                    )));
                 }
             }
             txn.open_table(WAL)?;
@@ -403,17 +473,18 @@ impl Store {
         Ok(first)
     }
 
-    /// Replace the log by `base` (taken after every event logged so far), writing `derived` in
-    /// the same transaction.
-    pub fn compact(&mut self, snapshot: CatchUp, clock: u64, derived: &Derived) -> Result<(), StoreError> {
-        let base = Base { seq: self.next_seq, snapshot, clock };
+    /// Replace the log by `snapshot` (taken after every event logged so far: its `seq` is set
+    /// here), writing `derived` first.
+    pub fn compact(&mut self, mut snapshot: Snapshot, derived: &Derived) -> Result<(), StoreError> {
+        snapshot.seq = self.next_seq;
         self.commit(&[], derived)?;
         let txn = self.db.begin_write()?;
         {
             txn.delete_table(WAL)?;
             txn.open_table(WAL)?;
             let mut meta = txn.open_table(META)?;
-            meta.insert(KEY_BASE, base.to_bytes().as_slice())?;
+            meta.insert(KEY_SNAPSHOT, snapshot.to_bytes().as_slice())?;
+            meta.remove(KEY_BASE)?;
         }
         txn.commit()?;
         Ok(())
@@ -550,7 +621,6 @@ mod tests {
             Event::Frame { from: NodeIndex(1), bytes: vec![7; 40] },
             Event::Agree { instance: InstanceId { service: *b"TST1", key: [3; 32] }, vote: Vote::One(vec![4; 9]) },
             Event::InstanceFrame { from: NodeIndex(2), bytes: vec![8; 20] },
-            Event::Instances { bytes: vec![1; 30] },
         ];
         for event in events {
             let bytes = event.to_bytes();
@@ -559,5 +629,56 @@ mod tests {
             }
             assert_eq!(Event::from_bytes(&bytes).expect("whole"), event);
         }
+    }
+
+    #[test]
+    fn a_snapshot_replaces_the_log_and_a_v1_store_is_read_and_marked_v2() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        {
+            let (mut store, _) = Store::open(dir.path(), [9; 32]).expect("open");
+            store.commit(&[Event::Clock(5), Event::Recover], &Derived::default()).expect("commit");
+            let recent =
+                vec![Outgoing { target: Target::Node(NodeIndex(1)), message: Message::CatchUpRequest { next: 3 } }];
+            let snapshot =
+                Snapshot { seq: 0, clock: 5, voted_max: Some(2), delivered_requests: 4, core: vec![1, 2, 3], recent };
+            store.compact(snapshot, &Derived::default()).expect("compact");
+            store.commit(&[Event::Clock(6)], &Derived::default()).expect("commit");
+        }
+        let (store, opened) = Store::open(dir.path(), [1; 32]).expect("reopen");
+        let snapshot = opened.snapshot.expect("a snapshot");
+        assert_eq!((snapshot.seq, snapshot.voted_max, snapshot.core.as_slice()), (2, Some(2), &[1u8, 2, 3][..]));
+        assert_eq!(store.events_from(0, 10).expect("log"), vec![(2, Event::Clock(6))], "only what follows it");
+        drop(store);
+        // A store written by the previous version: its delivered-prefix base is read, and it is v2 now.
+        {
+            let db = Database::create(dir.path().join("replica.redb")).expect("db");
+            let txn = db.begin_write().expect("txn");
+            {
+                let mut meta = txn.open_table(META).expect("meta");
+                meta.insert(KEY_FORMAT, FORMAT_V1).expect("format");
+                meta.remove(KEY_SNAPSHOT).expect("remove");
+                let base = Base { seq: 2, clock: 5, snapshot: CatchUp { checkpoint: None, batches: Vec::new() } };
+                meta.insert(KEY_BASE, base.to_bytes().as_slice()).expect("base");
+            }
+            txn.commit().expect("commit");
+        }
+        let (_, opened) = Store::open(dir.path(), [1; 32]).expect("a v1 store opens");
+        assert!(opened.snapshot.is_none() && opened.base.is_some_and(|b| b.seq == 2));
+        {
+            let db = Database::create(dir.path().join("replica.redb")).expect("db");
+            let read = db.begin_read().expect("txn");
+            let meta = read.open_table(META).expect("meta");
+            assert_eq!(meta.get(KEY_FORMAT).expect("get").map(|v| v.value().to_vec()), Some(FORMAT.to_vec()));
+            drop(meta);
+            drop(read);
+            let txn = db.begin_write().expect("txn");
+            txn.open_table(META)
+                .expect("meta")
+                .insert(KEY_FORMAT, b"fides-replica-store-v9".as_slice())
+                .expect("format");
+            txn.commit().expect("commit");
+        }
+        let error = Store::open(dir.path(), [1; 32]).err().expect("another format is refused");
+        assert!(error.to_string().contains("fides-replica-store-v9"), "{error}");
     }
 }

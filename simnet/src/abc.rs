@@ -339,12 +339,12 @@ pub fn run_attack(case: &AbcCase, attack: AbcAttack) -> Result<AbcSummary, Strin
     let mut rng = ChaCha8Rng::seed_from_u64(case.seed);
     let keys = ClusterKeys::random(quorum, &mut rng);
     let case = AbcCase { byzantine: Behaviour::Adaptive, ..case.clone() };
-    run_checked(&case, keys, &mut rng, Some(attack), None)
+    run_checked(&case, keys, &mut rng, Some(attack), None, None)
 }
 
 /// Run one case with given keys (e.g. the dealer's) and check it.
 pub fn run_with_keys(case: &AbcCase, keys: ClusterKeys, rng: &mut ChaCha8Rng) -> Result<AbcSummary, String> {
-    run_checked(case, keys, rng, None, None)
+    run_checked(case, keys, rng, None, None, None)
 }
 
 /// The first retransmission timeout of lossy links: the replica transport's.
@@ -356,7 +356,73 @@ pub fn run_case_over_lossy_links(case: &AbcCase, loss: f64) -> Result<AbcSummary
     let quorum = Quorum::with_max_faults(case.n).map_err(|e| e.to_string())?;
     let mut rng = ChaCha8Rng::seed_from_u64(case.seed);
     let keys = ClusterKeys::random(quorum, &mut rng);
-    run_checked(case, keys, &mut rng, None, Some(loss))
+    run_checked(case, keys, &mut rng, None, Some(loss), None)
+}
+
+/// What [`run_case_with_rebuilds`] did to the honest replicas.
+#[derive(Clone, Debug, Default)]
+pub struct Rebuilds {
+    /// Replicas replaced by a copy decoded from their encoded state.
+    pub count: u64,
+    /// Of those, how many were in the middle of an epoch (one started and not delivered).
+    pub mid_epoch: u64,
+    /// The first state whose encoding did not survive a round trip.
+    pub error: Option<String>,
+}
+
+/// Run one case in which, after each message it handles, an honest replica is replaced with
+/// probability `per_message` by a fresh instance given its encoded state (as a replica restarted
+/// from a snapshot taken at that moment), and check it as any case. The encoding of the copy
+/// must equal the original's.
+pub fn run_case_with_rebuilds(case: &AbcCase, per_message: f64) -> Result<(AbcSummary, Rebuilds), String> {
+    let quorum = Quorum::with_max_faults(case.n).map_err(|e| e.to_string())?;
+    let mut rng = ChaCha8Rng::seed_from_u64(case.seed);
+    let keys = ClusterKeys::random(quorum, &mut rng);
+    let rebuilds = Arc::new(Mutex::new(Rebuilds::default()));
+    let summary = run_checked(case, keys, &mut rng, None, None, Some((per_message, Arc::clone(&rebuilds))))?;
+    let rebuilds = rebuilds.lock().map(|r| r.clone()).unwrap_or_default();
+    match &rebuilds.error {
+        Some(error) => Err(format!("state round trip: {error}")),
+        None => Ok((summary, rebuilds)),
+    }
+}
+
+/// The [`crate::Rebuild`] hook of [`run_case_with_rebuilds`].
+fn rebuilder(
+    scenario: &AbcScenario,
+    seed: u64,
+    per_message: f64,
+    log: Arc<Mutex<Rebuilds>>,
+) -> crate::Rebuild<AtomicBroadcast> {
+    let (quorum, keys, config) = (scenario.quorum, scenario.keys.clone(), scenario.config.clone());
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_5AA9_u64);
+    Box::new(move |index, live: &AtomicBroadcast| {
+        if !rng.gen_bool(per_message) {
+            return None;
+        }
+        let bytes = live.encode_state_to_vec();
+        let mut copy = AtomicBroadcast::new(quorum, index, config.clone(), keys.of(index));
+        let mut reader = fides_types::codec::Reader::new(&bytes);
+        let decoded = copy.decode_state(&mut reader).and_then(|()| reader.finish());
+        let mut log = log.lock().ok()?;
+        match decoded {
+            Err(error) => {
+                log.error.get_or_insert(format!("replica {index} could not decode its state: {error}"));
+                None
+            }
+            Ok(()) if copy.encode_state_to_vec() != bytes => {
+                log.error.get_or_insert(format!("replica {index}: decoding and encoding again changed the state"));
+                None
+            }
+            Ok(()) => {
+                log.count += 1;
+                if !live.is_quiescent() {
+                    log.mid_epoch += 1;
+                }
+                Some(copy)
+            }
+        }
+    })
 }
 
 fn run_checked(
@@ -365,6 +431,7 @@ fn run_checked(
     rng: &mut ChaCha8Rng,
     attack: Option<AbcAttack>,
     loss: Option<f64>,
+    rebuilds: Option<(f64, Arc<Mutex<Rebuilds>>)>,
 ) -> Result<AbcSummary, String> {
     let quorum = Quorum::with_max_faults(case.n).map_err(|e| e.to_string())?;
     let crate::Placement { mut byzantine, mut honest, mut behaviours } = crate::place(quorum, &case.byzantine, rng);
@@ -453,6 +520,9 @@ fn run_checked(
         .with_liveness(heal_at, LIVENESS_BOUND);
     if let Some(index) = lagging {
         network = network.with_outage(index, LAG_UNTIL).with_input_at(LAG_UNTIL, index, Input::Recover);
+    }
+    if let Some((per_message, log)) = rebuilds {
+        network = network.with_rebuild(rebuilder(&scenario, case.seed, per_message, log));
     }
     let (report, _) = network.run_until(|i| scenario.input(i), everything_delivered);
     let context = |e: String| {

@@ -339,7 +339,12 @@ pub struct Network<P: Protocol, S: Scheduler<P::Message>> {
     timed: std::collections::VecDeque<(Micros, NodeIndex, P::Input)>,
     liveness: Option<Liveness>,
     healed: bool,
+    rebuild: Option<Rebuild<P>>,
 }
+
+/// Called after each message an honest replica handled: it may give a replica to take its place
+/// from then on (one rebuilt from its encoded state, as after a restart from a snapshot).
+pub type Rebuild<P> = Box<dyn FnMut(NodeIndex, &P) -> Option<P>>;
 
 /// The caller's part in a protocol whose outputs ask for an input back (an application that
 /// applies batches and reports its state's digest): given an honest replica's output, the input
@@ -407,7 +412,14 @@ where
             timed: std::collections::VecDeque::new(),
             liveness: None,
             healed: false,
+            rebuild: None,
         }
+    }
+
+    /// Let `rebuild` replace honest replicas (see [`Rebuild`]).
+    pub fn with_rebuild(mut self, rebuild: Rebuild<P>) -> Self {
+        self.rebuild = Some(rebuild);
+        self
     }
 
     /// End the run with a liveness phase: from `heal_at` on the network is timely, and every
@@ -626,6 +638,11 @@ where
                 };
                 let cpu = elapsed_nanos(started);
                 self.after_honest_step(to, step, cpu);
+                if let (Some(rebuild), Node::Honest(protocol)) = (&mut self.rebuild, &mut self.nodes[i]) {
+                    if let Some(rebuilt) = rebuild(to, protocol) {
+                        *protocol = rebuilt;
+                    }
+                }
             }
             Node::Byzantine(actor) => {
                 let sends = actor.receive(from, &bytes, &mut self.node_rngs[i]);

@@ -141,6 +141,74 @@ pub fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
+/// Append a count or length as a `u32`.
+///
+/// Panics above `u32::MAX`: callers bound their collections far below that.
+pub fn put_len(out: &mut Vec<u8>, len: usize) {
+    let len = u32::try_from(len).expect("encoded collections are bounded far below 4 Gi items");
+    out.extend_from_slice(&len.to_le_bytes());
+}
+
+/// Append a sequence: its count, then each item as `put` writes it.
+pub fn put_seq<T>(out: &mut Vec<u8>, items: impl ExactSizeIterator<Item = T>, mut put: impl FnMut(&mut Vec<u8>, T)) {
+    put_len(out, items.len());
+    for item in items {
+        put(out, item);
+    }
+}
+
+/// Read a sequence written by [`put_seq`] of at most `max` items. The count is also checked
+/// against the bytes left (every item takes at least one), so a corrupt count cannot make the
+/// reader allocate more than the input's length.
+pub fn get_seq<T>(
+    reader: &mut Reader<'_>,
+    max: usize,
+    mut get: impl FnMut(&mut Reader<'_>) -> Result<T, DecodeError>,
+) -> Result<Vec<T>, DecodeError> {
+    let count = reader.count(max)?;
+    (0..count).map(|_| get(reader)).collect()
+}
+
+/// Append an option: `0`, or `1` then the value.
+pub fn put_option<T>(out: &mut Vec<u8>, value: Option<T>, put: impl FnOnce(&mut Vec<u8>, T)) {
+    match value {
+        None => out.push(0),
+        Some(value) => {
+            out.push(1);
+            put(out, value);
+        }
+    }
+}
+
+/// Read an option written by [`put_option`].
+pub fn get_option<T>(
+    reader: &mut Reader<'_>,
+    get: impl FnOnce(&mut Reader<'_>) -> Result<T, DecodeError>,
+) -> Result<Option<T>, DecodeError> {
+    match reader.bool()? {
+        false => Ok(None),
+        true => get(reader).map(Some),
+    }
+}
+
+impl Reader<'_> {
+    /// Bytes not read yet.
+    pub fn remaining(&self) -> usize {
+        self.bytes.len() - self.at
+    }
+
+    /// Read a `u32` count of items that take at least one byte each: at most `max`, and at most
+    /// the bytes left.
+    pub fn count(&mut self, max: usize) -> Result<usize, DecodeError> {
+        let count = self.u32()? as usize;
+        let bound = max.min(self.remaining());
+        if count > bound {
+            return Err(DecodeError::TooLong { len: count as u64, max: bound as u64 });
+        }
+        Ok(count)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,7 +2,9 @@
 //! epoch's root with the other replicas, and answers what the gRPC layer asks.
 //!
 //! Order of things for an epoch (STYLE.md: persist before send):
-//! 1. the batch is durable in the replica's log store (the driver wrote it);
+//! 1. the batch is durable in the replica's log store (the driver wrote it), and the driver hands
+//!    it to the worker in memory (the worker reads the store back only to catch up: after a
+//!    restart, or when its queue was full and the driver dropped a batch);
 //! 2. the worker applies it to the service and writes the new state, the outcomes and the epoch's
 //!    leaves in one redb transaction (several epochs may share one);
 //! 3. only then it sends its signature share on the epoch's root to the peers and answers
@@ -16,6 +18,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,6 +37,18 @@ use tokio::sync::oneshot;
 use super::kv::{self, ReadTables, WriteTables};
 use crate::node::{Command, NodeHandle, ServiceEvent, FRAME_SERVICE};
 use crate::store::BatchReader;
+use fides_atomic_broadcast::epoch::Batch;
+
+/// The batches of `delivered` from `from` on with no gap, at most `max`.
+fn run_from(delivered: &BTreeMap<u64, Arc<Batch>>, from: u64, max: usize) -> Vec<Arc<Batch>> {
+    delivered
+        .range(from..)
+        .take(max)
+        .enumerate()
+        .take_while(|(k, (epoch, _))| **epoch == from + *k as u64)
+        .map(|(_, (_, batch))| Arc::clone(batch))
+        .collect()
+}
 
 const SHARE: u8 = 1;
 const SIGNATURE: u8 = 2;
@@ -43,6 +58,11 @@ const EPOCHS_PER_TXN: usize = 64;
 const AHEAD_MAX: u64 = 10_000;
 /// Trees kept in memory for answering paths.
 const TREES_MAX: usize = 64;
+/// Delivered batches kept in memory ahead of the next epoch to apply (past that, the store has
+/// them).
+const DELIVERED_MAX: usize = 4096;
+/// The worker's queue (frames, batches, waiters, queries).
+const QUEUE_MAX: usize = 65_536;
 
 /// An epoch's row: its agreed time, leaves and (once combined) signature.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -223,6 +243,8 @@ pub enum Input {
 #[derive(Clone)]
 pub struct WorkerHandle {
     tx: SyncSender<Input>,
+    /// Set when the driver dropped a batch (the queue was full): the worker reads the store.
+    lagged: Arc<AtomicBool>,
 }
 
 impl WorkerHandle {
@@ -234,10 +256,14 @@ impl WorkerHandle {
     /// The driver's sink for service events.
     pub fn service_sink(&self) -> crate::node::ServiceSink {
         let tx = self.tx.clone();
+        let lagged = Arc::clone(&self.lagged);
         Box::new(move |event| {
-            // A full queue drops a frame (the sender sends its share again) or a wake-up (the
-            // worker polls anyway).
-            let _ = tx.try_send(Input::Service(event));
+            // Never block the driver. A full queue drops a frame (the sender sends its share
+            // again) or a batch (the worker then reads it back from the store).
+            let is_batch = matches!(event, ServiceEvent::Batch(_));
+            if tx.try_send(Input::Service(event)).is_err() && is_batch {
+                lagged.store(true, Ordering::Release);
+            }
         })
     }
 }
@@ -281,6 +307,11 @@ struct Worker {
     store_tables: Vec<String>,
     db: Database,
     next_epoch: u64,
+    /// Batches the driver handed over, from `next_epoch` on.
+    delivered: BTreeMap<u64, Arc<Batch>>,
+    /// Whether the store may hold batches from `next_epoch` on that are not in `delivered` (set
+    /// at start, to catch up, and when the driver dropped a batch).
+    lagged: Arc<AtomicBool>,
     /// Applied epochs with leaves whose signature is not combined yet: their signed point and
     /// when we last sent our share.
     unsigned: BTreeMap<u64, (G2Affine, Instant)>,
@@ -322,13 +353,16 @@ pub fn start(dir: &Path, setup: WorkerSetup) -> anyhow::Result<(WorkerHandle, st
             None => 0,
         }
     };
-    let (tx, rx) = std::sync::mpsc::sync_channel(65_536);
+    let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_MAX);
+    let lagged = Arc::new(AtomicBool::new(true));
     let mut worker = Worker {
         setup,
         registry,
         store_tables,
         db,
         next_epoch,
+        delivered: BTreeMap::new(),
+        lagged: Arc::clone(&lagged),
         unsigned: BTreeMap::new(),
         shares: BTreeMap::new(),
         early_signatures: BTreeMap::new(),
@@ -339,7 +373,7 @@ pub fn start(dir: &Path, setup: WorkerSetup) -> anyhow::Result<(WorkerHandle, st
     };
     worker.load_unsigned()?;
     let thread = std::thread::Builder::new().name("bistro".into()).spawn(move || worker.run(rx))?;
-    Ok((WorkerHandle { tx }, thread))
+    Ok((WorkerHandle { tx, lagged }, thread))
 }
 
 impl Worker {
@@ -391,7 +425,7 @@ impl Worker {
             let mut queries = Vec::new();
             for input in inputs {
                 match input {
-                    Input::Service(ServiceEvent::Written) => {}
+                    Input::Service(ServiceEvent::Batch(batch)) => self.on_batch(batch),
                     Input::Service(ServiceEvent::Frame { from, bytes }) => self.on_frame(from, &bytes),
                     Input::Outcome { epoch, index, reply } => {
                         self.waiters.entry(epoch).or_default().push(Waiter { index, reply })
@@ -413,15 +447,50 @@ impl Worker {
         }
     }
 
-    /// Apply every stored batch from `next_epoch` on.
+    /// Keep a delivered batch until it is applied (bounded: past the bound, the store has it).
+    fn on_batch(&mut self, batch: Arc<Batch>) {
+        if batch.epoch < self.next_epoch {
+            return;
+        }
+        if self.delivered.len() >= DELIVERED_MAX && !self.delivered.contains_key(&batch.epoch) {
+            self.lagged.store(true, Ordering::Release);
+            return;
+        }
+        self.delivered.insert(batch.epoch, batch);
+    }
+
+    /// The next batches to apply, in epoch order from `next_epoch`: those handed over in memory,
+    /// or (when catching up) those read back from the driver's store.
+    fn next_batches(&mut self) -> Result<Vec<Arc<Batch>>, anyhow::Error> {
+        let in_memory = run_from(&self.delivered, self.next_epoch, EPOCHS_PER_TXN);
+        if !in_memory.is_empty() {
+            return Ok(in_memory);
+        }
+        // Nothing in memory for `next_epoch`: read the store if a batch may have been dropped,
+        // or if later ones came in memory (the missing one was stored before we listened).
+        let gap = self.delivered.keys().next().is_some_and(|first| *first > self.next_epoch);
+        if !self.lagged.swap(false, Ordering::AcqRel) && !gap {
+            return Ok(Vec::new());
+        }
+        let stored = self.setup.batches.batches(self.next_epoch, EPOCHS_PER_TXN)?;
+        let read = stored.len();
+        let batches: Vec<Arc<Batch>> = stored
+            .into_iter()
+            .enumerate()
+            .take_while(|(k, b)| b.batch.epoch == self.next_epoch + *k as u64)
+            .map(|(_, b)| Arc::new(b.batch))
+            .collect();
+        if read == EPOCHS_PER_TXN && batches.len() == read {
+            // There may be more: read on next time.
+            self.lagged.store(true, Ordering::Release);
+        }
+        Ok(batches)
+    }
+
+    /// Apply every delivered batch from `next_epoch` on.
     fn advance(&mut self) -> Result<(), anyhow::Error> {
         loop {
-            let batches = self.setup.batches.batches(self.next_epoch, EPOCHS_PER_TXN)?;
-            let batches: Vec<_> = batches
-                .into_iter()
-                .enumerate()
-                .take_while(|(k, b)| b.batch.epoch == self.next_epoch + *k as u64)
-                .collect();
+            let batches = self.next_batches()?;
             if batches.is_empty() {
                 return Ok(());
             }
@@ -429,8 +498,7 @@ impl Worker {
             let mut applied: Vec<(u64, u64, EpochOutput)> = Vec::new();
             {
                 let mut kv = WriteTables::new(&txn, &self.store_tables)?;
-                for (_, stored) in &batches {
-                    let batch = &stored.batch;
+                for batch in &batches {
                     let requests =
                         batch.requests.iter().map(|r| Ordered { client: r.client, request: r.id, payload: &r.payload });
                     let outcomes = self.registry.apply_batch(&mut kv, batch.epoch, batch.time, requests)?;
@@ -438,12 +506,13 @@ impl Worker {
                     Self::write_epoch(&txn, batch, &output)?;
                     applied.push((batch.epoch, batch.time, output));
                 }
-                let next = batches.last().map_or(self.next_epoch, |(_, b)| b.batch.epoch + 1);
+                let next = batches.last().map_or(self.next_epoch, |b| b.epoch + 1);
                 let mut meta = txn.open_table(kv::META)?;
                 meta.insert(&b"next_epoch"[..], &next.to_le_bytes()[..])?;
                 self.next_epoch = next;
             }
             txn.commit()?;
+            self.delivered = self.delivered.split_off(&self.next_epoch);
             // Durable: now sign.
             for (epoch, time_ms, output) in applied {
                 if output.leaves.is_empty() {

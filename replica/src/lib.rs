@@ -7,6 +7,7 @@
 //!   replays it and comes back in the very state it left;
 //! - [`transport`]: frames between replicas over libp2p (TCP, Noise, yamux), peers authenticated by
 //!   the dealer's Ed25519 identities; behind a trait so tests can join replicas in memory;
+//! - [`host`]: what the services share (batches in, their tables);
 //! - [`grpc`]: the client API (`fides.v1.Ordering`), health and reflection;
 //! - [`metrics`]: Prometheus text over HTTP;
 //! - [`launcher`]: `replica cluster`, a local cluster of processes on 127.0.0.1.
@@ -21,6 +22,7 @@ pub mod bistro;
 pub mod core;
 pub mod flood;
 pub mod grpc;
+pub mod host;
 pub mod launcher;
 pub mod metrics;
 pub mod node;

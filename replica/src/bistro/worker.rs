@@ -18,7 +18,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,21 +33,12 @@ use fides_types::NodeIndex;
 use redb::{Database, ReadableDatabase, ReadableTable};
 use tokio::sync::oneshot;
 
-use super::kv::{self, ReadTables, WriteTables};
+use super::kv;
+use crate::host::tables::{self, ReadTables, WriteTables};
+use crate::host::{Intake, Lag};
 use crate::node::{Command, NodeHandle, ServiceEvent, FRAME_SERVICE};
 use crate::store::BatchReader;
 use fides_atomic_broadcast::epoch::Batch;
-
-/// The batches of `delivered` from `from` on with no gap, at most `max`.
-fn run_from(delivered: &BTreeMap<u64, Arc<Batch>>, from: u64, max: usize) -> Vec<Arc<Batch>> {
-    delivered
-        .range(from..)
-        .take(max)
-        .enumerate()
-        .take_while(|(k, (epoch, _))| **epoch == from + *k as u64)
-        .map(|(_, (_, batch))| Arc::clone(batch))
-        .collect()
-}
 
 const SHARE: u8 = 1;
 const SIGNATURE: u8 = 2;
@@ -58,9 +48,6 @@ const EPOCHS_PER_TXN: usize = 64;
 const AHEAD_MAX: u64 = 10_000;
 /// Trees kept in memory for answering paths.
 const TREES_MAX: usize = 64;
-/// Delivered batches kept in memory ahead of the next epoch to apply (past that, the store has
-/// them).
-const DELIVERED_MAX: usize = 4096;
 /// The worker's queue (frames, batches, waiters, queries).
 const QUEUE_MAX: usize = 65_536;
 
@@ -244,7 +231,7 @@ pub enum Input {
 pub struct WorkerHandle {
     tx: SyncSender<Input>,
     /// Set when the driver dropped a batch (the queue was full): the worker reads the store.
-    lagged: Arc<AtomicBool>,
+    lag: Lag,
 }
 
 impl WorkerHandle {
@@ -256,13 +243,13 @@ impl WorkerHandle {
     /// The driver's sink for service events.
     pub fn service_sink(&self) -> crate::node::ServiceSink {
         let tx = self.tx.clone();
-        let lagged = Arc::clone(&self.lagged);
+        let lag = self.lag.clone();
         Box::new(move |event| {
             // Never block the driver. A full queue drops a frame (the sender sends its share
             // again) or a batch (the worker then reads it back from the store).
             let is_batch = matches!(event, ServiceEvent::Batch(_));
             if tx.try_send(Input::Service(event)).is_err() && is_batch {
-                lagged.store(true, Ordering::Release);
+                lag.mark();
             }
         })
     }
@@ -307,11 +294,8 @@ struct Worker {
     store_tables: Vec<String>,
     db: Database,
     next_epoch: u64,
-    /// Batches the driver handed over, from `next_epoch` on.
-    delivered: BTreeMap<u64, Arc<Batch>>,
-    /// Whether the store may hold batches from `next_epoch` on that are not in `delivered` (set
-    /// at start, to catch up, and when the driver dropped a batch).
-    lagged: Arc<AtomicBool>,
+    /// Batches the driver handed over, and its store to catch up from.
+    intake: Intake,
     /// Applied epochs with leaves whose signature is not combined yet: their signed point and
     /// when we last sent our share.
     unsigned: BTreeMap<u64, (G2Affine, Instant)>,
@@ -335,16 +319,16 @@ pub fn start(dir: &Path, setup: WorkerSetup) -> anyhow::Result<(WorkerHandle, st
     {
         let txn = db.begin_write()?;
         for name in &store_tables {
-            txn.open_table(kv::table(name))?;
+            txn.open_table(tables::table(name))?;
         }
-        for t in [kv::OUTCOMES, kv::EPOCHS, kv::RECORD_AT, kv::PENDING, kv::META] {
+        for t in [tables::OUTCOMES, tables::EPOCHS, kv::RECORD_AT, kv::PENDING, tables::META] {
             txn.open_table(t)?;
         }
         txn.commit()?;
     }
     let next_epoch = {
         let read = db.begin_read()?;
-        let meta = read.open_table(kv::META)?;
+        let meta = read.open_table(tables::META)?;
         let value = meta.get(&b"next_epoch"[..])?.map(|v| v.value().to_vec());
         match value {
             Some(bytes) => u64::from_le_bytes(
@@ -354,15 +338,15 @@ pub fn start(dir: &Path, setup: WorkerSetup) -> anyhow::Result<(WorkerHandle, st
         }
     };
     let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_MAX);
-    let lagged = Arc::new(AtomicBool::new(true));
+    let intake = Intake::new(setup.batches.clone());
+    let lag = intake.lag();
     let mut worker = Worker {
         setup,
         registry,
         store_tables,
         db,
         next_epoch,
-        delivered: BTreeMap::new(),
-        lagged: Arc::clone(&lagged),
+        intake,
         unsigned: BTreeMap::new(),
         shares: BTreeMap::new(),
         early_signatures: BTreeMap::new(),
@@ -373,14 +357,14 @@ pub fn start(dir: &Path, setup: WorkerSetup) -> anyhow::Result<(WorkerHandle, st
     };
     worker.load_unsigned()?;
     let thread = std::thread::Builder::new().name("bistro".into()).spawn(move || worker.run(rx))?;
-    Ok((WorkerHandle { tx, lagged }, thread))
+    Ok((WorkerHandle { tx, lag }, thread))
 }
 
 impl Worker {
     /// Epochs applied before a restart whose signature was not combined: sign them again.
     fn load_unsigned(&mut self) -> anyhow::Result<()> {
         let read = self.db.begin_read()?;
-        let epochs = read.open_table(kv::EPOCHS)?;
+        let epochs = read.open_table(tables::EPOCHS)?;
         let from = self.next_epoch.saturating_sub(AHEAD_MAX);
         for entry in epochs.range(&from.to_be_bytes()[..]..)? {
             let (key, value) = entry?;
@@ -447,50 +431,14 @@ impl Worker {
         }
     }
 
-    /// Keep a delivered batch until it is applied (bounded: past the bound, the store has it).
     fn on_batch(&mut self, batch: Arc<Batch>) {
-        if batch.epoch < self.next_epoch {
-            return;
-        }
-        if self.delivered.len() >= DELIVERED_MAX && !self.delivered.contains_key(&batch.epoch) {
-            self.lagged.store(true, Ordering::Release);
-            return;
-        }
-        self.delivered.insert(batch.epoch, batch);
-    }
-
-    /// The next batches to apply, in epoch order from `next_epoch`: those handed over in memory,
-    /// or (when catching up) those read back from the driver's store.
-    fn next_batches(&mut self) -> Result<Vec<Arc<Batch>>, anyhow::Error> {
-        let in_memory = run_from(&self.delivered, self.next_epoch, EPOCHS_PER_TXN);
-        if !in_memory.is_empty() {
-            return Ok(in_memory);
-        }
-        // Nothing in memory for `next_epoch`: read the store if a batch may have been dropped,
-        // or if later ones came in memory (the missing one was stored before we listened).
-        let gap = self.delivered.keys().next().is_some_and(|first| *first > self.next_epoch);
-        if !self.lagged.swap(false, Ordering::AcqRel) && !gap {
-            return Ok(Vec::new());
-        }
-        let stored = self.setup.batches.batches(self.next_epoch, EPOCHS_PER_TXN)?;
-        let read = stored.len();
-        let batches: Vec<Arc<Batch>> = stored
-            .into_iter()
-            .enumerate()
-            .take_while(|(k, b)| b.batch.epoch == self.next_epoch + *k as u64)
-            .map(|(_, b)| Arc::new(b.batch))
-            .collect();
-        if read == EPOCHS_PER_TXN && batches.len() == read {
-            // There may be more: read on next time.
-            self.lagged.store(true, Ordering::Release);
-        }
-        Ok(batches)
+        self.intake.on_batch(self.next_epoch, batch);
     }
 
     /// Apply every delivered batch from `next_epoch` on.
     fn advance(&mut self) -> Result<(), anyhow::Error> {
         loop {
-            let batches = self.next_batches()?;
+            let batches = self.intake.next_batches(self.next_epoch, EPOCHS_PER_TXN)?;
             if batches.is_empty() {
                 return Ok(());
             }
@@ -507,12 +455,12 @@ impl Worker {
                     applied.push((batch.epoch, batch.time, output));
                 }
                 let next = batches.last().map_or(self.next_epoch, |b| b.epoch + 1);
-                let mut meta = txn.open_table(kv::META)?;
+                let mut meta = txn.open_table(tables::META)?;
                 meta.insert(&b"next_epoch"[..], &next.to_le_bytes()[..])?;
                 self.next_epoch = next;
             }
             txn.commit()?;
-            self.delivered = self.delivered.split_off(&self.next_epoch);
+            self.intake.applied(self.next_epoch);
             // Durable: now sign.
             for (epoch, time_ms, output) in applied {
                 if output.leaves.is_empty() {
@@ -540,7 +488,7 @@ impl Worker {
         output: &EpochOutput,
     ) -> Result<(), anyhow::Error> {
         let (epoch, time_ms) = (batch.epoch, batch.time);
-        let mut outcomes = txn.open_table(kv::OUTCOMES)?;
+        let mut outcomes = txn.open_table(tables::OUTCOMES)?;
         let mut record_at = txn.open_table(kv::RECORD_AT)?;
         let mut pending = txn.open_table(kv::PENDING)?;
         for (index, outcome) in &output.outcomes {
@@ -559,7 +507,7 @@ impl Worker {
         }
         if !output.leaves.is_empty() {
             let row = EpochRow { time_ms, leaves: output.leaves.clone(), signature: None };
-            let mut epochs = txn.open_table(kv::EPOCHS)?;
+            let mut epochs = txn.open_table(tables::EPOCHS)?;
             epochs.insert(&epoch.to_be_bytes()[..], row.to_bytes().as_slice())?;
         }
         Ok(())
@@ -663,7 +611,7 @@ impl Worker {
         let result = (|| -> anyhow::Result<()> {
             let txn = self.db.begin_write()?;
             {
-                let mut epochs = txn.open_table(kv::EPOCHS)?;
+                let mut epochs = txn.open_table(tables::EPOCHS)?;
                 let row = epochs.get(&epoch.to_be_bytes()[..])?.map(|v| EpochRow::from_bytes(v.value()));
                 if let Some(Ok(mut row)) = row {
                     row.signature = Some(signature);
@@ -722,7 +670,7 @@ impl Worker {
 
     fn epoch_row(&self, epoch: u64) -> anyhow::Result<Option<EpochRow>> {
         let read = self.db.begin_read()?;
-        let epochs = read.open_table(kv::EPOCHS)?;
+        let epochs = read.open_table(tables::EPOCHS)?;
         let value = epochs.get(&epoch.to_be_bytes()[..])?.map(|v| v.value().to_vec());
         Ok(value.map(|v| EpochRow::from_bytes(&v)).transpose()?)
     }
@@ -741,7 +689,7 @@ impl Worker {
                 return;
             }
         };
-        let outcomes = match read.open_table(kv::OUTCOMES) {
+        let outcomes = match read.open_table(tables::OUTCOMES) {
             Ok(table) => table,
             Err(error) => {
                 tracing::error!(%error, "cannot read the bistro store");
@@ -789,7 +737,7 @@ impl Worker {
         let cached = match self.trees.get(&epoch) {
             Some(cached) if cached.signature.is_some() => cached.clone(),
             _ => {
-                let epochs = read.open_table(kv::EPOCHS)?;
+                let epochs = read.open_table(tables::EPOCHS)?;
                 let value = epochs.get(&epoch.to_be_bytes()[..])?.map(|v| v.value().to_vec());
                 let Some(row) = value.map(|v| EpochRow::from_bytes(&v)).transpose()? else { return Ok(None) };
                 let cached =
@@ -824,7 +772,7 @@ impl Worker {
                     let Some(at) = at else { return Ok(None) };
                     let epoch = u64::from_be_bytes(at.get(..8).and_then(|b| b.try_into().ok()).unwrap_or([0; 8]));
                     let index = u32::from_be_bytes(at.get(8..12).and_then(|b| b.try_into().ok()).unwrap_or([0; 4]));
-                    let outcomes = read.open_table(kv::OUTCOMES)?;
+                    let outcomes = read.open_table(tables::OUTCOMES)?;
                     Ok(Some((self.answer(&read, &outcomes, epoch, index)?, epoch, index)))
                 })();
                 let _ = reply.send(result.map_err(|e| e.to_string()));
@@ -978,6 +926,6 @@ impl Worker {
         if self.next_epoch == 0 {
             return Ok(0);
         }
-        Ok(self.setup.batches.batch(self.next_epoch - 1)?.map_or(0, |b| b.batch.time))
+        Ok(self.intake.time_of(self.next_epoch - 1)?.unwrap_or(0))
     }
 }

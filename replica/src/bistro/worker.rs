@@ -28,12 +28,14 @@ use fides_bistro::records::{domain, EventId, Signed};
 use fides_bistro::service::{epoch_output, view, Code, EpochOutput, Outcome, Service};
 use fides_crypto::ThresholdKeys;
 use fides_service::{Ordered, Registry, StoreError};
-use fides_types::codec::{DecodeError, Reader, Wire};
+use fides_types::codec::Wire;
 use fides_types::NodeIndex;
 use redb::{Database, ReadableDatabase, ReadableTable};
 use tokio::sync::oneshot;
 
 use super::kv;
+use crate::host::epochs::outcome_key;
+pub use crate::host::epochs::EpochRow;
 use crate::host::tables::{self, ReadTables, WriteTables};
 use crate::host::{Intake, Lag};
 use crate::node::{Command, NodeHandle, ServiceEvent, FRAME_SERVICE};
@@ -50,46 +52,6 @@ const AHEAD_MAX: u64 = 10_000;
 const TREES_MAX: usize = 64;
 /// The worker's queue (frames, batches, waiters, queries).
 const QUEUE_MAX: usize = 65_536;
-
-/// An epoch's row: its agreed time, leaves and (once combined) signature.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct EpochRow {
-    /// Agreed time.
-    pub time_ms: u64,
-    /// Leaves.
-    pub leaves: Vec<[u8; 32]>,
-    /// The cluster's signature on the root.
-    pub signature: Option<[u8; 96]>,
-}
-
-impl Wire for EpochRow {
-    fn encode(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.time_ms.to_le_bytes());
-        out.extend_from_slice(&(self.leaves.len() as u32).to_le_bytes());
-        for leaf in &self.leaves {
-            out.extend_from_slice(leaf);
-        }
-        match &self.signature {
-            Some(signature) => {
-                out.push(1);
-                out.extend_from_slice(signature);
-            }
-            None => out.push(0),
-        }
-    }
-
-    fn decode(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        let time_ms = reader.u64()?;
-        let count = reader.u32()? as usize;
-        let leaves = (0..count).map(|_| reader.array()).collect::<Result<_, _>>()?;
-        let signature = if reader.bool()? { Some(reader.array()?) } else { None };
-        Ok(EpochRow { time_ms, leaves, signature })
-    }
-}
-
-fn outcome_key(epoch: u64, index: u32) -> Vec<u8> {
-    [&epoch.to_be_bytes()[..], &index.to_be_bytes()].concat()
-}
 
 /// The upload key of the Held report at `index` of `batch`.
 fn held_key(batch: &fides_atomic_broadcast::epoch::Batch, index: u32) -> Option<Vec<u8>> {

@@ -19,7 +19,7 @@ pub fn table(name: &str) -> BytesTable<'_> {
 
 /// (epoch ‖ index, big-endian) → the outcome's bytes.
 pub const OUTCOMES: BytesTable<'static> = TableDefinition::new("replica_outcomes");
-/// epoch (big-endian) → [`crate::bistro::worker::EpochRow`].
+/// epoch (big-endian) → [`super::epochs::EpochRow`].
 pub const EPOCHS: BytesTable<'static> = TableDefinition::new("replica_epochs");
 /// name → value.
 pub const META: BytesTable<'static> = TableDefinition::new("replica_meta");

@@ -11,6 +11,9 @@
 //! - [`transport`]: frames between replicas over libp2p (TCP, Noise, yamux), peers authenticated by
 //!   the dealer's Ed25519 identities; behind a trait so tests can join replicas in memory.
 //!
+//! The service host:
+//! - [`host`]: what the services share (delivered batches in, their tables, each epoch's row).
+//!
 //! The gRPC adapters (wire types from `fides-api`):
 //! - [`grpc`]: the client API (`fides.v1.Ordering`), health and reflection;
 //! - [`bistro`] (its `mod.rs`): `fides.v1.Bistro`; the `fides.v1.Intermediary` service and blob
@@ -37,6 +40,7 @@ pub mod command;
 pub mod core;
 pub mod flood;
 pub mod grpc;
+pub mod host;
 pub mod launcher;
 pub mod metrics;
 pub mod node;

@@ -59,8 +59,9 @@ pub enum ServiceEvent {
         /// The frame's body.
         bytes: Vec<u8>,
     },
-    /// Batches were written to the store.
-    Written,
+    /// A delivered batch, durable in the store (sent after the commit that wrote it). The sink
+    /// may drop it when the service side lags: the store has it.
+    Batch(Arc<fides_atomic_broadcast::epoch::Batch>),
 }
 
 /// Where the driver sends [`ServiceEvent`]s (it must not block).
@@ -526,7 +527,16 @@ impl<T: Transport> Node<T> {
         self.decided.0 = Some(sink);
     }
 
-    /// A reader of the stored batches, for the services.
+    /// Hand batches that are durable now to the services, in memory.
+    fn hand_batches(&self, batches: Vec<StoredBatch>) {
+        if let Some(service) = &self.service {
+            for stored in batches {
+                service(ServiceEvent::Batch(Arc::new(stored.batch)));
+            }
+        }
+    }
+
+    /// A reader of the stored batches, for the services (to catch up after a restart or a lag).
     pub fn batch_reader(&self) -> crate::store::BatchReader {
         self.store.reader()
     }
@@ -705,11 +715,7 @@ impl<T: Transport> Node<T> {
             let started = Instant::now();
             first_seq = self.store.commit(&events, &derived)?;
             self.metrics.observe_commit(started.elapsed(), events.len());
-            if !derived.batches.is_empty() {
-                if let Some(service) = &self.service {
-                    service(ServiceEvent::Written);
-                }
-            }
+            self.hand_batches(derived.batches);
         }
         self.take_join();
         let mut outgoing = Vec::new();
@@ -753,11 +759,7 @@ impl<T: Transport> Node<T> {
         };
         let derived = std::mem::take(&mut self.derived);
         self.store.compact(snapshot, &derived)?;
-        if !derived.batches.is_empty() {
-            if let Some(service) = &self.service {
-                service(ServiceEvent::Written);
-            }
-        }
+        self.hand_batches(derived.batches);
         tracing::debug!(events = self.events_since_base, took = ?started.elapsed(), "compacted the log");
         self.events_since_base = 0;
         Ok(())

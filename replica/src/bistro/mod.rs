@@ -88,7 +88,11 @@ impl Orderer {
     }
 
     /// Order a payload and wait for the bistro's outcome (refusals become gRPC statuses).
+    ///
+    /// One deadline for the whole request: the driver gives up ordering it after the same wait,
+    /// and what is left of it after ordering is what the outcome may take (not a second wait).
     pub async fn order(&self, client: u64, id: u64, payload: Vec<u8>) -> Result<(Answer, u64, u32), Status> {
+        let deadline = tokio::time::Instant::now() + self.wait;
         let (tx, rx) = oneshot::channel();
         let request = AbcRequest { client, id, payload };
         if self.node.try_send(Command::Submit { request, reply: tx }).is_err() {
@@ -106,7 +110,7 @@ impl Orderer {
         if !self.worker.try_send(Input::Outcome { epoch: ordered.epoch, index: ordered.index, reply: tx }) {
             return Err(Status::resource_exhausted("the bistro worker's queue is full"));
         }
-        let answer = match tokio::time::timeout(self.wait, rx).await {
+        let answer = match tokio::time::timeout_at(deadline, rx).await {
             Err(_) => {
                 return Err(Status::deadline_exceeded(format!(
                     "ordered in epoch {} but not signed within {:?} (ask again: the answer will be the same)",

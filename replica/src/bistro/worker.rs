@@ -2,7 +2,9 @@
 //! epoch's root with the other replicas, and answers what the gRPC layer asks.
 //!
 //! Order of things for an epoch (STYLE.md: persist before send):
-//! 1. the batch is durable in the replica's log store (the driver wrote it);
+//! 1. the batch is durable in the replica's log store (the driver wrote it), and the driver hands
+//!    it to the worker in memory (the worker reads the store back only to catch up: after a
+//!    restart, or when its queue was full and the driver dropped a batch);
 //! 2. the worker applies it to the service and writes the new state, the outcomes and the epoch's
 //!    leaves in one redb transaction (several epochs may share one);
 //! 3. only then it sends its signature share on the epoch's root to the peers and answers
@@ -26,14 +28,19 @@ use fides_bistro::records::{domain, EventId, Signed};
 use fides_bistro::service::{epoch_output, view, Code, EpochOutput, Outcome, Service};
 use fides_crypto::ThresholdKeys;
 use fides_service::{Ordered, Registry, StoreError};
-use fides_types::codec::{DecodeError, Reader, Wire};
+use fides_types::codec::Wire;
 use fides_types::NodeIndex;
 use redb::{Database, ReadableDatabase, ReadableTable};
 use tokio::sync::oneshot;
 
-use super::kv::{self, ReadTables, WriteTables};
+use super::kv;
+use crate::host::epochs::outcome_key;
+pub use crate::host::epochs::EpochRow;
+use crate::host::tables::{self, ReadTables, WriteTables};
+use crate::host::{Intake, Lag};
 use crate::node::{Command, NodeHandle, ServiceEvent, FRAME_SERVICE};
 use crate::store::BatchReader;
+use fides_atomic_broadcast::epoch::Batch;
 
 const SHARE: u8 = 1;
 const SIGNATURE: u8 = 2;
@@ -43,46 +50,8 @@ const EPOCHS_PER_TXN: usize = 64;
 const AHEAD_MAX: u64 = 10_000;
 /// Trees kept in memory for answering paths.
 const TREES_MAX: usize = 64;
-
-/// An epoch's row: its agreed time, leaves and (once combined) signature.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct EpochRow {
-    /// Agreed time.
-    pub time_ms: u64,
-    /// Leaves.
-    pub leaves: Vec<[u8; 32]>,
-    /// The cluster's signature on the root.
-    pub signature: Option<[u8; 96]>,
-}
-
-impl Wire for EpochRow {
-    fn encode(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.time_ms.to_le_bytes());
-        out.extend_from_slice(&(self.leaves.len() as u32).to_le_bytes());
-        for leaf in &self.leaves {
-            out.extend_from_slice(leaf);
-        }
-        match &self.signature {
-            Some(signature) => {
-                out.push(1);
-                out.extend_from_slice(signature);
-            }
-            None => out.push(0),
-        }
-    }
-
-    fn decode(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        let time_ms = reader.u64()?;
-        let count = reader.u32()? as usize;
-        let leaves = (0..count).map(|_| reader.array()).collect::<Result<_, _>>()?;
-        let signature = if reader.bool()? { Some(reader.array()?) } else { None };
-        Ok(EpochRow { time_ms, leaves, signature })
-    }
-}
-
-fn outcome_key(epoch: u64, index: u32) -> Vec<u8> {
-    [&epoch.to_be_bytes()[..], &index.to_be_bytes()].concat()
-}
+/// The worker's queue (frames, batches, waiters, queries).
+const QUEUE_MAX: usize = 65_536;
 
 /// The upload key of the Held report at `index` of `batch`.
 fn held_key(batch: &fides_atomic_broadcast::epoch::Batch, index: u32) -> Option<Vec<u8>> {
@@ -223,6 +192,8 @@ pub enum Input {
 #[derive(Clone)]
 pub struct WorkerHandle {
     tx: SyncSender<Input>,
+    /// Set when the driver dropped a batch (the queue was full): the worker reads the store.
+    lag: Lag,
 }
 
 impl WorkerHandle {
@@ -234,10 +205,14 @@ impl WorkerHandle {
     /// The driver's sink for service events.
     pub fn service_sink(&self) -> crate::node::ServiceSink {
         let tx = self.tx.clone();
+        let lag = self.lag.clone();
         Box::new(move |event| {
-            // A full queue drops a frame (the sender sends its share again) or a wake-up (the
-            // worker polls anyway).
-            let _ = tx.try_send(Input::Service(event));
+            // Never block the driver. A full queue drops a frame (the sender sends its share
+            // again) or a batch (the worker then reads it back from the store).
+            let is_batch = matches!(event, ServiceEvent::Batch(_));
+            if tx.try_send(Input::Service(event)).is_err() && is_batch {
+                lag.mark();
+            }
         })
     }
 }
@@ -281,6 +256,8 @@ struct Worker {
     store_tables: Vec<String>,
     db: Database,
     next_epoch: u64,
+    /// Batches the driver handed over, and its store to catch up from.
+    intake: Intake,
     /// Applied epochs with leaves whose signature is not combined yet: their signed point and
     /// when we last sent our share.
     unsigned: BTreeMap<u64, (G2Affine, Instant)>,
@@ -304,16 +281,16 @@ pub fn start(dir: &Path, setup: WorkerSetup) -> anyhow::Result<(WorkerHandle, st
     {
         let txn = db.begin_write()?;
         for name in &store_tables {
-            txn.open_table(kv::table(name))?;
+            txn.open_table(tables::table(name))?;
         }
-        for t in [kv::OUTCOMES, kv::EPOCHS, kv::RECORD_AT, kv::PENDING, kv::META] {
+        for t in [tables::OUTCOMES, tables::EPOCHS, kv::RECORD_AT, kv::PENDING, tables::META] {
             txn.open_table(t)?;
         }
         txn.commit()?;
     }
     let next_epoch = {
         let read = db.begin_read()?;
-        let meta = read.open_table(kv::META)?;
+        let meta = read.open_table(tables::META)?;
         let value = meta.get(&b"next_epoch"[..])?.map(|v| v.value().to_vec());
         match value {
             Some(bytes) => u64::from_le_bytes(
@@ -322,13 +299,16 @@ pub fn start(dir: &Path, setup: WorkerSetup) -> anyhow::Result<(WorkerHandle, st
             None => 0,
         }
     };
-    let (tx, rx) = std::sync::mpsc::sync_channel(65_536);
+    let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_MAX);
+    let intake = Intake::new(setup.batches.clone());
+    let lag = intake.lag();
     let mut worker = Worker {
         setup,
         registry,
         store_tables,
         db,
         next_epoch,
+        intake,
         unsigned: BTreeMap::new(),
         shares: BTreeMap::new(),
         early_signatures: BTreeMap::new(),
@@ -339,14 +319,14 @@ pub fn start(dir: &Path, setup: WorkerSetup) -> anyhow::Result<(WorkerHandle, st
     };
     worker.load_unsigned()?;
     let thread = std::thread::Builder::new().name("bistro".into()).spawn(move || worker.run(rx))?;
-    Ok((WorkerHandle { tx }, thread))
+    Ok((WorkerHandle { tx, lag }, thread))
 }
 
 impl Worker {
     /// Epochs applied before a restart whose signature was not combined: sign them again.
     fn load_unsigned(&mut self) -> anyhow::Result<()> {
         let read = self.db.begin_read()?;
-        let epochs = read.open_table(kv::EPOCHS)?;
+        let epochs = read.open_table(tables::EPOCHS)?;
         let from = self.next_epoch.saturating_sub(AHEAD_MAX);
         for entry in epochs.range(&from.to_be_bytes()[..]..)? {
             let (key, value) = entry?;
@@ -391,7 +371,7 @@ impl Worker {
             let mut queries = Vec::new();
             for input in inputs {
                 match input {
-                    Input::Service(ServiceEvent::Written) => {}
+                    Input::Service(ServiceEvent::Batch(batch)) => self.on_batch(batch),
                     Input::Service(ServiceEvent::Frame { from, bytes }) => self.on_frame(from, &bytes),
                     Input::Outcome { epoch, index, reply } => {
                         self.waiters.entry(epoch).or_default().push(Waiter { index, reply })
@@ -413,15 +393,14 @@ impl Worker {
         }
     }
 
-    /// Apply every stored batch from `next_epoch` on.
+    fn on_batch(&mut self, batch: Arc<Batch>) {
+        self.intake.on_batch(self.next_epoch, batch);
+    }
+
+    /// Apply every delivered batch from `next_epoch` on.
     fn advance(&mut self) -> Result<(), anyhow::Error> {
         loop {
-            let batches = self.setup.batches.batches(self.next_epoch, EPOCHS_PER_TXN)?;
-            let batches: Vec<_> = batches
-                .into_iter()
-                .enumerate()
-                .take_while(|(k, b)| b.batch.epoch == self.next_epoch + *k as u64)
-                .collect();
+            let batches = self.intake.next_batches(self.next_epoch, EPOCHS_PER_TXN)?;
             if batches.is_empty() {
                 return Ok(());
             }
@@ -429,8 +408,7 @@ impl Worker {
             let mut applied: Vec<(u64, u64, EpochOutput)> = Vec::new();
             {
                 let mut kv = WriteTables::new(&txn, &self.store_tables)?;
-                for (_, stored) in &batches {
-                    let batch = &stored.batch;
+                for batch in &batches {
                     let requests =
                         batch.requests.iter().map(|r| Ordered { client: r.client, request: r.id, payload: &r.payload });
                     let outcomes = self.registry.apply_batch(&mut kv, batch.epoch, batch.time, requests)?;
@@ -438,12 +416,13 @@ impl Worker {
                     Self::write_epoch(&txn, batch, &output)?;
                     applied.push((batch.epoch, batch.time, output));
                 }
-                let next = batches.last().map_or(self.next_epoch, |(_, b)| b.batch.epoch + 1);
-                let mut meta = txn.open_table(kv::META)?;
+                let next = batches.last().map_or(self.next_epoch, |b| b.epoch + 1);
+                let mut meta = txn.open_table(tables::META)?;
                 meta.insert(&b"next_epoch"[..], &next.to_le_bytes()[..])?;
                 self.next_epoch = next;
             }
             txn.commit()?;
+            self.intake.applied(self.next_epoch);
             // Durable: now sign.
             for (epoch, time_ms, output) in applied {
                 if output.leaves.is_empty() {
@@ -471,7 +450,7 @@ impl Worker {
         output: &EpochOutput,
     ) -> Result<(), anyhow::Error> {
         let (epoch, time_ms) = (batch.epoch, batch.time);
-        let mut outcomes = txn.open_table(kv::OUTCOMES)?;
+        let mut outcomes = txn.open_table(tables::OUTCOMES)?;
         let mut record_at = txn.open_table(kv::RECORD_AT)?;
         let mut pending = txn.open_table(kv::PENDING)?;
         for (index, outcome) in &output.outcomes {
@@ -490,7 +469,7 @@ impl Worker {
         }
         if !output.leaves.is_empty() {
             let row = EpochRow { time_ms, leaves: output.leaves.clone(), signature: None };
-            let mut epochs = txn.open_table(kv::EPOCHS)?;
+            let mut epochs = txn.open_table(tables::EPOCHS)?;
             epochs.insert(&epoch.to_be_bytes()[..], row.to_bytes().as_slice())?;
         }
         Ok(())
@@ -594,7 +573,7 @@ impl Worker {
         let result = (|| -> anyhow::Result<()> {
             let txn = self.db.begin_write()?;
             {
-                let mut epochs = txn.open_table(kv::EPOCHS)?;
+                let mut epochs = txn.open_table(tables::EPOCHS)?;
                 let row = epochs.get(&epoch.to_be_bytes()[..])?.map(|v| EpochRow::from_bytes(v.value()));
                 if let Some(Ok(mut row)) = row {
                     row.signature = Some(signature);
@@ -653,7 +632,7 @@ impl Worker {
 
     fn epoch_row(&self, epoch: u64) -> anyhow::Result<Option<EpochRow>> {
         let read = self.db.begin_read()?;
-        let epochs = read.open_table(kv::EPOCHS)?;
+        let epochs = read.open_table(tables::EPOCHS)?;
         let value = epochs.get(&epoch.to_be_bytes()[..])?.map(|v| v.value().to_vec());
         Ok(value.map(|v| EpochRow::from_bytes(&v)).transpose()?)
     }
@@ -672,7 +651,7 @@ impl Worker {
                 return;
             }
         };
-        let outcomes = match read.open_table(kv::OUTCOMES) {
+        let outcomes = match read.open_table(tables::OUTCOMES) {
             Ok(table) => table,
             Err(error) => {
                 tracing::error!(%error, "cannot read the bistro store");
@@ -720,7 +699,7 @@ impl Worker {
         let cached = match self.trees.get(&epoch) {
             Some(cached) if cached.signature.is_some() => cached.clone(),
             _ => {
-                let epochs = read.open_table(kv::EPOCHS)?;
+                let epochs = read.open_table(tables::EPOCHS)?;
                 let value = epochs.get(&epoch.to_be_bytes()[..])?.map(|v| v.value().to_vec());
                 let Some(row) = value.map(|v| EpochRow::from_bytes(&v)).transpose()? else { return Ok(None) };
                 let cached =
@@ -755,7 +734,7 @@ impl Worker {
                     let Some(at) = at else { return Ok(None) };
                     let epoch = u64::from_be_bytes(at.get(..8).and_then(|b| b.try_into().ok()).unwrap_or([0; 8]));
                     let index = u32::from_be_bytes(at.get(8..12).and_then(|b| b.try_into().ok()).unwrap_or([0; 4]));
-                    let outcomes = read.open_table(kv::OUTCOMES)?;
+                    let outcomes = read.open_table(tables::OUTCOMES)?;
                     Ok(Some((self.answer(&read, &outcomes, epoch, index)?, epoch, index)))
                 })();
                 let _ = reply.send(result.map_err(|e| e.to_string()));
@@ -909,6 +888,6 @@ impl Worker {
         if self.next_epoch == 0 {
             return Ok(0);
         }
-        Ok(self.setup.batches.batch(self.next_epoch - 1)?.map_or(0, |b| b.batch.time))
+        Ok(self.intake.time_of(self.next_epoch - 1)?.unwrap_or(0))
     }
 }

@@ -1,0 +1,14 @@
+//! The service host: what every service of the replica shares, whatever the service.
+//!
+//! - [`intake`]: the delivered batches, handed over by the driver in memory once durable (the
+//!   driver's store is read back only to catch up);
+//! - [`epochs`]: each epoch's row (time, leaves, signature) and the outcome keys;
+//! - [`tables`]: the services' tables in redb, and the host's own (outcomes, epochs, meta).
+//!
+//! `docs/service.md` ("The host") describes it.
+
+pub mod epochs;
+pub mod intake;
+pub mod tables;
+
+pub use intake::{Intake, Lag};

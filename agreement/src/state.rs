@@ -79,6 +79,10 @@ impl<V: Validator> BinaryAgreement<V> {
             .into_iter()
             .collect();
         self.coin_points = BTreeMap::new();
+        if (self.terminated || self.term_sent) && self.decision.is_none() {
+            // The live instance sends TERM and terminates only after deciding; callers rely on it.
+            return Err(DecodeError::Invalid { what: "terminated agreement without a decision", value: 0 });
+        }
         Ok(())
     }
 }

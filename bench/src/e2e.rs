@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use fides_client_sdk::{Client, ClientOptions};
 use fides_replica::launcher::{deal_if_missing_with, protocol_with_batch_size, rss_kib, LocalCluster, ReplicaOptions};
 use fides_types::NodeIndex;
@@ -36,13 +35,7 @@ pub struct E2eArgs {
 }
 
 pub async fn run(args: E2eArgs) -> anyhow::Result<()> {
-    let dir = match &args.dir {
-        Some(dir) => dir.clone(),
-        None => std::env::temp_dir().join(format!("fides-bench-e2e-{}", std::process::id())),
-    };
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
-    }
+    let dir = crate::cluster_dir(args.dir.as_ref(), "e2e")?;
     let t = (args.n - 1) / 3;
     deal_if_missing_with(&dir, args.n, t, 7600, protocol_with_batch_size(args.n, args.batch_size))?;
     let binary = std::env::current_exe()?;

@@ -14,7 +14,10 @@ mod e2e;
 mod restart;
 mod ts;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+
+use anyhow::Context;
 
 use clap::{Parser, Subcommand};
 use fides_replica::command::{init_tracing, RunArgs};
@@ -79,4 +82,23 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Restart(args) => restart::run(args).await,
         Command::Run(args) => args.run().await,
     }
+}
+
+/// The directory a bench deals its cluster into: `given` (`--dir`), or a new one under the
+/// system's temporary directory named after the bench and this process. It is cleared first; a
+/// `--dir` that holds something other than a cluster is refused, not removed.
+fn cluster_dir(given: Option<&PathBuf>, bench: &str) -> anyhow::Result<PathBuf> {
+    let dir = match given {
+        Some(dir) => dir.clone(),
+        None => std::env::temp_dir().join(format!("fides-bench-{bench}-{}", std::process::id())),
+    };
+    if !dir.exists() {
+        return Ok(dir);
+    }
+    let empty = std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?.next().is_none();
+    if !empty && !dir.join(fides_dealer::CLUSTER_FILE_NAME).exists() {
+        anyhow::bail!("{} is neither empty nor a cluster directory; not removing it", dir.display());
+    }
+    std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
+    Ok(dir)
 }

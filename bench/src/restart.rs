@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use fides_client_sdk::{Client, ClientOptions};
 use fides_replica::launcher::{deal_if_missing_with, protocol_with_batch_size, LocalCluster, ReplicaOptions};
 use fides_types::NodeIndex;
@@ -45,13 +44,7 @@ pub struct RestartArgs {
 }
 
 pub async fn run(args: RestartArgs) -> anyhow::Result<()> {
-    let dir = match &args.dir {
-        Some(dir) => dir.clone(),
-        None => std::env::temp_dir().join(format!("fides-bench-restart-{}", std::process::id())),
-    };
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
-    }
+    let dir = crate::cluster_dir(args.dir.as_ref(), "restart")?;
     let t = (args.n - 1) / 3;
     deal_if_missing_with(&dir, args.n, t, 7700, protocol_with_batch_size(args.n, args.batch_size))?;
     let binary = std::env::current_exe()?;
@@ -194,24 +187,7 @@ async fn wait_complete(probe: &Client, i: u32, within: Duration) -> anyhow::Resu
     Ok(())
 }
 
-/// The `replayed=N` of the last "replayed the log" line of a replica's log file (colour codes
-/// removed).
+/// The `replayed=N` of the last "replayed the log" line of a replica's log file.
 fn replayed(log_file: &Path) -> Option<u64> {
-    let text = std::fs::read_to_string(log_file).ok()?;
-    let mut plain = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            plain.push(c);
-        }
-    }
-    let line = plain.lines().rev().find(|line| line.contains("replayed the log"))?;
-    let rest = &line[line.find("replayed=")? + "replayed=".len()..];
-    rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+    fides_replica::launcher::replayed_events(&std::fs::read_to_string(log_file).ok()?)
 }

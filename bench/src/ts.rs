@@ -134,11 +134,7 @@ pub async fn run(args: SurgeArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.clients >= 1, "--clients must be at least 1");
     anyhow::ensure!(args.connections >= 1, "--connections must be at least 1");
     anyhow::ensure!(args.seconds >= 1, "--seconds must be at least 1");
-    let dir = match &args.dir {
-        Some(dir) => dir.clone(),
-        None => std::env::temp_dir().join(format!("fides-bench-ts-{}", std::process::id())),
-    };
-    prepare_dir(&dir)?;
+    let dir = crate::cluster_dir(args.dir.as_ref(), "ts")?;
     // Removes the directory on every way out, after the replicas (dropped inside) stopped.
     let _remove = RemoveDir(dir.clone());
     let binary = std::env::current_exe().context("finding the bench executable (it runs the replicas too)")?;
@@ -146,18 +142,6 @@ pub async fn run(args: SurgeArgs) -> anyhow::Result<()> {
         result = surge(&args, &dir, &binary) => result,
         _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted (the replicas and the baseline server were stopped)")),
     }
-}
-
-/// Refuse a `--dir` that holds something other than a cluster; clear it otherwise.
-fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
-    if !dir.exists() {
-        return Ok(());
-    }
-    let empty = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?.next().is_none();
-    if !empty && !dir.join(fides_dealer::CLUSTER_FILE_NAME).exists() {
-        bail!("{} is neither empty nor a cluster directory; not removing it", dir.display());
-    }
-    std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))
 }
 
 /// Removes a directory when dropped.

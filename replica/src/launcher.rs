@@ -281,3 +281,24 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
+
+/// The `replayed=N` of the last "replayed the log" line in a replica's log text (terminal colour
+/// codes, `ESC [ … m`, removed first): how many events its last restart replayed.
+pub fn replayed_events(log: &str) -> Option<u64> {
+    let mut plain = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    let line = plain.lines().rev().find(|line| line.contains("replayed the log"))?;
+    let rest = &line[line.find("replayed=")? + "replayed=".len()..];
+    rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}

@@ -20,32 +20,6 @@ const LOAD: Duration = Duration::from_secs(12);
 /// add past it (at most 4,096 arrivals, the clock and one `Heard` per peer).
 const EVENTS_SINCE_SNAPSHOT_MAX: u64 = 2_000 + 4_096 + 1 + 4;
 
-/// `text` without its terminal colour codes (`ESC [ … m`).
-fn plain(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// The `replayed=N` of the last "replayed the log" line of a replica's log.
-fn replayed(log: &str) -> Option<u64> {
-    let log = plain(log);
-    let line = log.lines().rev().find(|line| line.contains("replayed the log"))?;
-    let rest = &line[line.find("replayed=")? + "replayed=".len()..];
-    rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
-}
-
 #[test]
 fn under_continuous_load_the_log_is_compacted_and_a_killed_replica_replays_only_the_tail() {
     let _one = one_at_a_time();
@@ -99,7 +73,8 @@ fn under_continuous_load_the_log_is_compacted_and_a_killed_replica_replays_only_
             local.start(1).expect("restart");
             wait_up(&probe, &mut local, 1, UP).await;
             let log = std::fs::read_to_string(local.log_file(1)).expect("replica 1's log");
-            let replayed = replayed(&log).expect("a \"replayed the log\" line with replayed=N");
+            let replayed =
+                fides_replica::launcher::replayed_events(&log).expect("a \"replayed the log\" line with replayed=N");
             println!(
                 "events since a snapshot at most {since_snapshot_max}; replica 1 killed at epoch {before_kill} \
                  replayed {replayed} events"

@@ -20,7 +20,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use clap::{Parser, Subcommand};
-use fides_replica::command::{init_tracing, RunArgs};
+use fides_replica::command::{main_with, RunArgs};
 
 /// Benchmarks with real processes.
 #[derive(Parser)]
@@ -53,25 +53,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let json = matches!(cli.command, Command::Run(RunArgs { log_json: true, .. }));
-    init_tracing(json);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("fides-bench: error: cannot start the runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(dispatch(cli));
-    // A read of standard input (see `--exit-on-stdin-close`) blocks a thread that the runtime
-    // would otherwise wait for on drop.
-    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("fides-bench: error: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
+    main_with("fides-bench", json, dispatch(cli))
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {

@@ -34,6 +34,33 @@ impl RunArgs {
     }
 }
 
+/// The body of a binary's `main`: log as [`init_tracing`] says, run `work` on a multi-threaded
+/// runtime, and turn its error into `NAME: error: …` on standard error and a failing exit code.
+pub fn main_with<F>(name: &str, json: bool, work: F) -> std::process::ExitCode
+where
+    F: std::future::Future<Output = anyhow::Result<()>>,
+{
+    init_tracing(json);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("{name}: error: cannot start the runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(work);
+    // A read of standard input (see `--exit-on-stdin-close`) blocks a thread that the runtime
+    // would otherwise wait for on drop.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{name}: error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Log to standard error, filtered by `RUST_LOG` (by default `info`, `warn` for the network
 /// libraries), as JSON lines if `json`.
 pub fn init_tracing(json: bool) {

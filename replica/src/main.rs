@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fides_client_sdk::{Client, ClientOptions};
-use fides_replica::command::{init_tracing, RunArgs};
+use fides_replica::command::{main_with, RunArgs};
 use fides_replica::launcher::{deal_if_missing, LocalCluster, ReplicaOptions};
 use fides_types::NodeIndex;
 
@@ -70,25 +70,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let json = matches!(cli.command, Command::Run(RunArgs { log_json: true, .. }));
-    init_tracing(json);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("replica: error: cannot start the runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(dispatch(cli));
-    // A read of standard input (see `--exit-on-stdin-close`) blocks a thread that the runtime
-    // would otherwise wait for on drop.
-    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("replica: error: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
+    main_with("replica", json, dispatch(cli))
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {

@@ -9,13 +9,16 @@
 //! - [`Client::submit_quorum`]: to `2t + 1` replicas at once; the answer is the one `t + 1` of them
 //!   give (so at least one honest replica vouches for it).
 //!
-//! Deviation from DESIGN.md's client layer, for now: ordering answers are not signed, so a
-//! single-replica answer is only as good as that replica; `submit_quorum` is the trustworthy path.
+//! Every answer to a submission carries the cluster's signature on it (its ordering leaf, path and
+//! epoch certificate, docs/certificate.md); the client checks it against the cluster's public key
+//! ([`certified::check_ordered`]) and takes an answer that does not verify as a failed attempt, so a
+//! single replica's answer is the cluster's word. (The log digest in it is not signed.)
 
 /// The gRPC API (package `fides.v1`): the messages and the generated clients and servers.
 pub use fides_api::proto;
 
 pub mod bistro;
+pub mod certified;
 pub mod relay;
 
 use std::collections::HashMap;
@@ -154,6 +157,9 @@ impl Default for ClientOptions {
 pub struct Client {
     channels: Vec<OrderingClient<Channel>>,
     t: u32,
+    cluster_id: [u8; 32],
+    public: blsttc::PublicKey,
+    verified: std::sync::Arc<certified::VerifiedCertificates>,
     client: u64,
     next_id: std::sync::Arc<AtomicU64>,
     options: ClientOptions,
@@ -186,6 +192,9 @@ impl Client {
         Ok(Client {
             channels,
             t: cluster.quorum().t(),
+            cluster_id: cluster.id().0,
+            public: cluster.signing().public_key(),
+            verified: std::sync::Arc::default(),
             client,
             next_id: std::sync::Arc::new(AtomicU64::new(0)),
             options,
@@ -299,9 +308,16 @@ impl Client {
             return Err(tonic::Status::invalid_argument(format!("no replica {index}")));
         };
         let mut channel = channel.clone();
+        let asked = (self.client, id, fides_crypto::sha256(&payload));
         let request = proto::SubmitRequest { client: self.client, id, payload };
         match tokio::time::timeout(self.options.attempt_timeout, channel.submit(request)).await {
-            Ok(Ok(reply)) => Ok(reply.into_inner().into()),
+            Ok(Ok(reply)) => {
+                let reply = reply.into_inner();
+                certified::check_ordered(&self.cluster_id, &self.public, &self.verified, asked, &reply).map_err(
+                    |reason| tonic::Status::data_loss(format!("replica {index}'s answer does not verify: {reason}")),
+                )?;
+                Ok(reply.into())
+            }
             Ok(Err(status)) => Err(status),
             Err(_) => {
                 Err(tonic::Status::deadline_exceeded(format!("no answer within {:?}", self.options.attempt_timeout)))

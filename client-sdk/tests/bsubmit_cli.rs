@@ -67,7 +67,8 @@ fn deal(dir: &Path) -> Dealt {
     Dealt { public, path, signers }
 }
 
-/// The cluster's signature on `record` as leaf 1 of an epoch of 3 leaves, combined from `t + 1`
+/// The cluster's signature on `record` as leaf 1 of an epoch of 3 leaves (format 1: tickets issued
+/// before the epoch certificate keep verifying), combined from `t + 1`
 /// signature shares.
 fn sign(dealt: &Dealt, record: &Signed, time_ms: u64) -> EpochProof {
     let cluster = dealt.public.id().0;
@@ -78,6 +79,7 @@ fn sign(dealt: &Dealt, record: &Signed, time_ms: u64) -> EpochProof {
         dealt.signers.iter().enumerate().map(|(i, keys)| (NodeIndex(i as u32), keys.sign_share(point))).collect();
     let signature = dealt.signers[0].combine(&shares, point).expect("t + 1 valid shares combine");
     EpochProof {
+        format: proof::FORMAT_BISTRO_TREE,
         epoch: 17,
         time_ms,
         index: 1,

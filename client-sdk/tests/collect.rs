@@ -465,8 +465,15 @@ mod fake {
         let shares: BTreeMap<NodeIndex, _> =
             keys.iter().enumerate().map(|(i, k)| (NodeIndex(i as u32), k.sign_share(point))).collect();
         let signature = keys[0].combine(&shares, point).expect("signature").to_bytes();
-        let proof =
-            EpochProof { epoch: 5, time_ms: record.created_ms, index: 0, count: 1, path: Vec::new(), signature };
+        let proof = EpochProof {
+            format: fides_bistro::proof::FORMAT_BISTRO_TREE,
+            epoch: 5,
+            time_ms: record.created_ms,
+            index: 0,
+            count: 1,
+            path: Vec::new(),
+            signature,
+        };
         (record, proof)
     }
 

@@ -408,6 +408,7 @@ mod fake_cluster {
                 self.shares.iter().map(|(i, share)| (*i, share.sign(&message))).collect();
             let signature = self.public.combine_signatures(&shares).expect("combine");
             let proof = EpochProof {
+                format: fides_bistro::proof::FORMAT_BISTRO_TREE,
                 epoch: 5,
                 time_ms: 1000,
                 index: 1,

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use fides_api::proto;
 use fides_atomic_broadcast::epoch::Request;
@@ -15,12 +16,17 @@ use proto::ordering_server::{Ordering, OrderingServer};
 use tokio::sync::oneshot;
 use tonic::{Request as GrpcRequest, Response, Status};
 
+use crate::bistro::worker::{Input as WorkerInput, WorkerHandle};
 use crate::node::{Command, Lookup, NodeHandle, Ordered, SubmitError};
 
 /// The gRPC service of one replica.
 #[derive(Clone, Debug)]
 pub struct OrderingService {
     node: NodeHandle,
+    /// The services' worker, which certifies each answer.
+    worker: WorkerHandle,
+    /// How long a submission may take, ordering and certificate together.
+    wait: Duration,
     in_flight: Arc<Mutex<HashMap<SocketAddr, usize>>>,
     per_connection_max: usize,
 }
@@ -44,9 +50,10 @@ impl Drop for InFlight {
 }
 
 impl OrderingService {
-    /// A service in front of `node`.
-    pub fn new(node: NodeHandle, per_connection_max: usize) -> Self {
-        OrderingService { node, in_flight: Arc::default(), per_connection_max }
+    /// A service in front of `node`; its answers are certified by `worker` (each submission
+    /// takes at most `wait` in all).
+    pub fn new(node: NodeHandle, worker: WorkerHandle, wait: Duration, per_connection_max: usize) -> Self {
+        OrderingService { node, worker, wait, in_flight: Arc::default(), per_connection_max }
     }
 
     /// The tonic server of it.
@@ -80,6 +87,8 @@ impl OrderingService {
 
 fn to_proto(o: Ordered) -> proto::Ordered {
     proto::Ordered {
+        inclusion: Vec::new(),
+        certificate: Vec::new(),
         client: o.client,
         id: o.id,
         epoch: o.epoch,
@@ -96,9 +105,32 @@ impl Ordering for OrderingService {
         let _slot = self.admit(request.remote_addr())?;
         let proto::SubmitRequest { client, id, payload } = request.into_inner();
         let request = Request { client, id, payload };
+        let deadline = tokio::time::Instant::now() + self.wait;
         let answer = self.ask(|reply| Command::Submit { request, reply }).await?;
         match answer {
-            Ok(ordered) => Ok(Response::new(to_proto(ordered))),
+            Ok(ordered) => {
+                let mut reply = to_proto(ordered);
+                let (epoch, index) = (reply.epoch, reply.index);
+                let (tx, rx) = oneshot::channel();
+                if !self.worker.try_send(WorkerInput::Certified { epoch, index, reply: tx }) {
+                    return Err(Status::resource_exhausted("the services' worker queue is full"));
+                }
+                let (inclusion, certificate) = match tokio::time::timeout_at(deadline, rx).await {
+                    Err(_) => {
+                        return Err(Status::deadline_exceeded(format!(
+                            "ordered at epoch {epoch}, index {index}, but not certified within {:?} (ask again: \
+                             the answer will be the same)",
+                            self.wait
+                        )))
+                    }
+                    Ok(Err(_)) => return Err(Status::unavailable("the services' worker stopped")),
+                    Ok(Ok(Err(error))) => return Err(Status::internal(error)),
+                    Ok(Ok(Ok(certified))) => certified,
+                };
+                reply.inclusion = fides_types::codec::Wire::to_bytes(&inclusion);
+                reply.certificate = fides_types::codec::Wire::to_bytes(&certificate);
+                Ok(Response::new(reply))
+            }
             Err(SubmitError::Invalid(reason)) => Err(Status::invalid_argument(reason)),
             Err(SubmitError::Overloaded(reason)) => Err(Status::resource_exhausted(reason)),
             Err(error @ SubmitError::TimedOut(_)) => Err(Status::deadline_exceeded(error.to_string())),

@@ -233,6 +233,7 @@ pub async fn run(config: RunConfig, exit_on_stdin_close: bool) -> anyhow::Result
         crate::bistro::worker::WorkerSetup {
             service,
             signing: Arc::clone(&threshold_keys.signing),
+            quorum,
             encryption: Arc::clone(&threshold_keys.encryption),
             our_index: index,
             batches: node.batch_reader(),
@@ -271,7 +272,12 @@ pub async fn run(config: RunConfig, exit_on_stdin_close: bool) -> anyhow::Result
         .register_encoded_file_descriptor_set(fides_api::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let service = OrderingService::new(handle, config.per_connection_max.unwrap_or(1024));
+    let service = OrderingService::new(
+        handle,
+        worker.clone(),
+        Duration::from_secs(config.submit_wait_s.unwrap_or(30).max(1)),
+        config.per_connection_max.unwrap_or(1024),
+    );
     let bistro = crate::bistro::BistroApi::new(orderer.clone(), cluster.id().0);
     let blobs = fides_relay::BlobStore::open(&data.join("uploads"))
         .with_context(|| format!("opening the upload store in {}", data.display()))?;

@@ -469,7 +469,7 @@ fn a_relay_that_never_delivers_is_caught_and_wrong_shares_do_not_stop_the_owner(
             // above verified).
             let named = (1..4).any(|i| {
                 std::fs::read_to_string(dir.path().join("logs").join(format!("replica-{i}.log")))
-                    .is_ok_and(|log| log.contains("a bistro signature share does not verify"))
+                    .is_ok_and(|log| log.contains("replica 0 sent a bad epoch signature share or certificate"))
             });
             assert!(named, "no replica noticed replica 0's wrong signature shares");
             // A collection signed by another key than the owner's is refused, and so is a replayed

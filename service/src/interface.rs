@@ -146,16 +146,11 @@ impl Refusal {
 /// asked for the instance).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// A record for this epoch's certificate. `leaf` is the record's leaf hash, computed by the
-    /// service under its own domain tag (so the signed bytes are the service's to define and
-    /// keep); `reply` is the answer, which a client checks against `leaf` with the inclusion
-    /// path and the epoch signature.
-    Sign {
-        /// The leaf hash.
-        leaf: [u8; 32],
-        /// The answer (the service's encoding of the record).
-        reply: Vec<u8>,
-    },
+    /// A record for this epoch's certificate: the host makes it the service leaf
+    /// `(Self::ID, record)` of the epoch's tree (docs/certificate.md), so the bytes signed are the
+    /// service's canonical record, framed by the host. The answer a client gets is the record, its
+    /// inclusion path and the epoch's certificate: it verifies alone.
+    Sign(Vec<u8>),
     /// An answer that needs no signature (the service's encoding).
     Reply(Vec<u8>),
     /// Refused; nothing the request wrote is kept.

@@ -55,8 +55,7 @@ impl Service for Counter {
                 if new > 200 {
                     return Ok(vec![Outcome::refuse(Code::OutOfRange, format!("{new} is above 200"))]);
                 }
-                let leaf = fides_crypto::sha256(&[&[key][..], &new.to_le_bytes(), &at.epoch.to_le_bytes()].concat());
-                Ok(vec![Outcome::Sign { leaf, reply: new.to_le_bytes().to_vec() }])
+                Ok(vec![Outcome::Sign([&[key][..], &new.to_le_bytes(), &at.epoch.to_le_bytes()].concat())])
             }
             CounterRequest::Time => Ok(vec![Outcome::Reply(tables.get(CLOCK, b"begun")?.unwrap_or_default())]),
             CounterRequest::Trespass => {

@@ -1,20 +1,22 @@
-//! The bistro worker: a thread that applies delivered batches to the bistro service, signs each
-//! epoch's root with the other replicas, and answers what the gRPC layer asks.
+//! The services' worker: a thread that applies delivered batches to the services (the bistro,
+//! for now), certifies each epoch with the other replicas, and answers what the gRPC layer asks.
 //!
 //! Order of things for an epoch (STYLE.md: persist before send):
 //! 1. the batch is durable in the replica's log store (the driver wrote it), and the driver hands
 //!    it to the worker in memory (the worker reads the store back only to catch up: after a
 //!    restart, or when its queue was full and the driver dropped a batch);
-//! 2. the worker applies it to the service and writes the new state, the outcomes and the epoch's
-//!    leaves in one redb transaction (several epochs may share one);
-//! 3. only then it sends its signature share on the epoch's root to the peers and answers
-//!    clients whose outcome needs no signature;
-//! 4. once `t + 1` shares on the same root combine (the result is verified), the signature is
-//!    stored and the clients waiting for signed records are answered.
+//! 2. the worker applies it to the services and writes the new state, the outcomes and the
+//!    epoch's leaves — one ordering leaf per request, then every record the services sign
+//!    (docs/certificate.md) — in one redb transaction (several epochs may share one);
+//! 3. only then it gives the epoch's root to its [`EpochSigner`], which sends our signature share
+//!    to the peers;
+//! 4. once the signer certifies the epoch (`t + 1` shares combined and verified), the signature
+//!    is stored and the clients waiting are answered: each answer carries its leaf's inclusion
+//!    path and the epoch's certificate, so that it verifies alone.
 //!
 //! Signature shares are deterministic (BLS), so sending one again after a restart contradicts
-//! nothing. A replica that receives a share for an epoch it already signed answers with the
-//! signature, which lets a replica that was down finish quickly.
+//! nothing. A share for an epoch certified here is answered with the certificate, which lets a
+//! replica that was down finish quickly.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -22,14 +24,15 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use blsttc::{G2Affine, Signature, SignatureShare};
-use fides_bistro::proof::{root_point, EpochProof, Tree};
+use blsttc::SIG_SIZE;
+use fides_bistro::proof::EpochProof;
 use fides_bistro::records::{domain, EventId, Signed};
-use fides_bistro::service::{epoch_output, view, Code, EpochOutput, Outcome, Service};
+use fides_bistro::service::{view, Code, EpochOutput, Outcome, Service};
 use fides_crypto::ThresholdKeys;
-use fides_service::{Ordered, Registry, StoreError};
+use fides_service::certificate::{self, Certificate, EpochSigner, Inclusion, Leaf, SignerConfig, Tree};
+use fides_service::{BatchOutcomes, Ordered, Registry, StoreError};
 use fides_types::codec::Wire;
-use fides_types::NodeIndex;
+use fides_types::{NodeIndex, Protocol, Quorum, Step, Target};
 use redb::{Database, ReadableDatabase, ReadableTable};
 use tokio::sync::oneshot;
 
@@ -42,12 +45,18 @@ use crate::node::{Command, NodeHandle, ServiceEvent, FRAME_SERVICE};
 use crate::store::BatchReader;
 use fides_atomic_broadcast::epoch::Batch;
 
-const SHARE: u8 = 1;
-const SIGNATURE: u8 = 2;
+/// The kind of a service frame that carries an [`EpochSigner`] message. (Kinds 1 and 2 were the
+/// bistro's own share exchange before the epoch certificate; they are ignored.)
+const SIGNER: u8 = 3;
 /// Epochs applied per transaction at most.
 const EPOCHS_PER_TXN: usize = 64;
-/// Shares kept for epochs this far ahead of what we applied.
-const AHEAD_MAX: u64 = 10_000;
+/// An epoch whose certificate is not in after this long: give its root to the signer again, which
+/// sends our share again (a frame may have been dropped on a full queue, or a peer restarted).
+const RESEND_AFTER: Duration = Duration::from_secs(2);
+/// The store's format: 2 since the epoch certificate (leaves of every epoch are ordering and
+/// service leaves). A store of format 1 (the bistro's own tree) is set aside and rebuilt from the
+/// log.
+const STORE_FORMAT: u32 = 2;
 /// Trees kept in memory for answering paths.
 const TREES_MAX: usize = 64;
 /// The worker's queue (frames, batches, waiters, queries).
@@ -64,6 +73,10 @@ fn held_key(batch: &fides_atomic_broadcast::epoch::Batch, index: u32) -> Option<
         _ => None,
     }
 }
+
+/// An ordering answer that verifies alone: the request's ordering leaf's path and its epoch's
+/// certificate (the leaf index is the request's index in the batch).
+pub type Certified = (Inclusion, Certificate);
 
 /// What the worker answers for an ordered request.
 #[derive(Clone, Debug)]
@@ -184,6 +197,15 @@ pub enum Input {
         /// The answer.
         reply: oneshot::Sender<Result<Answer, String>>,
     },
+    /// The certificate of the request ordered at (epoch, index), once its epoch is certified.
+    Certified {
+        /// Epoch.
+        epoch: u64,
+        /// Index in the batch (and leaf index).
+        index: u32,
+        /// The answer.
+        reply: oneshot::Sender<Result<Certified, String>>,
+    },
     /// A question.
     Query(Query),
 }
@@ -194,6 +216,12 @@ pub struct WorkerHandle {
     tx: SyncSender<Input>,
     /// Set when the driver dropped a batch (the queue was full): the worker reads the store.
     lag: Lag,
+}
+
+impl std::fmt::Debug for WorkerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerHandle").finish_non_exhaustive()
+    }
 }
 
 impl WorkerHandle {
@@ -223,6 +251,8 @@ pub struct WorkerSetup {
     pub service: Service,
     /// The cluster's signing keys (our share).
     pub signing: Arc<ThresholdKeys>,
+    /// `n` and `t`.
+    pub quorum: Quorum,
     /// The cluster's encryption keys (our share).
     pub encryption: Arc<ThresholdKeys>,
     /// Our index.
@@ -231,21 +261,36 @@ pub struct WorkerSetup {
     pub batches: BatchReader,
     /// The driver, for sending frames.
     pub node: NodeHandle,
-    /// Fault injection for tests: send wrong signature shares of epoch roots and answer
-    /// collections with wrong decryption shares.
+    /// Fault injection for tests: send wrong signature shares of epoch roots (valid points that
+    /// do not combine) and answer collections with wrong decryption shares.
     pub wrong_shares: bool,
 }
 
-struct Waiter {
-    index: u32,
-    reply: oneshot::Sender<Result<Answer, String>>,
+enum Waiter {
+    Outcome { index: u32, reply: oneshot::Sender<Result<Answer, String>> },
+    Certified { index: u32, reply: oneshot::Sender<Result<Certified, String>> },
+}
+
+impl Waiter {
+    fn is_closed(&self) -> bool {
+        match self {
+            Waiter::Outcome { reply, .. } => reply.is_closed(),
+            Waiter::Certified { reply, .. } => reply.is_closed(),
+        }
+    }
 }
 
 #[derive(Clone)]
 struct Cached {
     tree: Arc<Tree>,
     time_ms: u64,
-    signature: Option<[u8; 96]>,
+    signature: Option<[u8; SIG_SIZE]>,
+}
+
+impl Cached {
+    fn certificate(&self, epoch: u64) -> Option<Certificate> {
+        Some(Certificate { root: self.tree.epoch_root(epoch, self.time_ms), signature: self.signature? })
+    }
 }
 
 struct Worker {
@@ -258,23 +303,20 @@ struct Worker {
     next_epoch: u64,
     /// Batches the driver handed over, and its store to catch up from.
     intake: Intake,
-    /// Applied epochs with leaves whose signature is not combined yet: their signed point and
-    /// when we last sent our share.
-    unsigned: BTreeMap<u64, (G2Affine, Instant)>,
-    shares: BTreeMap<u64, BTreeMap<NodeIndex, SignatureShare>>,
-    /// Combined signatures received for epochs not applied yet.
-    early_signatures: BTreeMap<u64, Vec<[u8; 96]>>,
+    /// Applied epochs with leaves whose certificate is not in yet: their root, and when we last
+    /// gave it to the signer.
+    unsigned: BTreeMap<u64, (certificate::EpochRoot, Instant)>,
+    /// Certifies each epoch with the other replicas.
+    signer: EpochSigner,
     waiters: BTreeMap<u64, Vec<Waiter>>,
     /// Recent epochs' trees, agreed times and signatures, for answering paths.
     trees: HashMap<u64, Cached>,
     tree_order: std::collections::VecDeque<u64>,
-    /// Replies to peers asking for a signature we have: (peer, epoch), rate-limited per turn.
-    signatures_owed: Vec<(NodeIndex, u64)>,
 }
 
 /// Open the bistro store in `dir` and start the worker on its own thread.
 pub fn start(dir: &Path, setup: WorkerSetup) -> anyhow::Result<(WorkerHandle, std::thread::JoinHandle<()>)> {
-    let db = Database::builder().set_cache_size(64 * 1024 * 1024).create(dir.join("bistro.redb"))?;
+    let db = open_store(dir)?;
     let mut registry = Registry::new();
     registry.register(setup.service.clone())?;
     let store_tables = registry.store_tables();
@@ -302,6 +344,14 @@ pub fn start(dir: &Path, setup: WorkerSetup) -> anyhow::Result<(WorkerHandle, st
     let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_MAX);
     let intake = Intake::new(setup.batches.clone());
     let lag = intake.lag();
+    let signer = EpochSigner::new(
+        Arc::clone(&setup.signing),
+        setup.service.config().cluster,
+        setup.quorum,
+        setup.our_index,
+        SignerConfig::default(),
+        next_epoch,
+    );
     let mut worker = Worker {
         setup,
         registry,
@@ -310,48 +360,188 @@ pub fn start(dir: &Path, setup: WorkerSetup) -> anyhow::Result<(WorkerHandle, st
         next_epoch,
         intake,
         unsigned: BTreeMap::new(),
-        shares: BTreeMap::new(),
-        early_signatures: BTreeMap::new(),
+        signer,
         waiters: BTreeMap::new(),
         trees: HashMap::new(),
         tree_order: Default::default(),
-        signatures_owed: Vec::new(),
     };
     worker.load_unsigned()?;
     let thread = std::thread::Builder::new().name("bistro".into()).spawn(move || worker.run(rx))?;
     Ok((WorkerHandle { tx, lag }, thread))
 }
 
+/// Open the services' store in `dir`. A store of an older format is moved aside (its state is
+/// rebuilt from the log, which holds every batch) rather than read under the wrong rules.
+fn open_store(dir: &Path) -> anyhow::Result<Database> {
+    let path = dir.join("bistro.redb");
+    let db = Database::builder().set_cache_size(64 * 1024 * 1024).create(&path)?;
+    let format = {
+        let txn = db.begin_write()?;
+        let format = {
+            let mut meta = txn.open_table(tables::META)?;
+            let format = meta.get(&b"format"[..])?.map(|v| v.value().to_vec());
+            let started = meta.get(&b"next_epoch"[..])?.is_some();
+            match format {
+                Some(bytes) => Some(u32::from_le_bytes(
+                    bytes
+                        .as_slice()
+                        .try_into()
+                        .map_err(|_| anyhow::anyhow!("services store: format is not 4 bytes"))?,
+                )),
+                None if started => Some(1),
+                None => {
+                    meta.insert(&b"format"[..], &STORE_FORMAT.to_le_bytes()[..])?;
+                    None
+                }
+            }
+        };
+        txn.commit()?;
+        format
+    };
+    match format {
+        None => Ok(db),
+        Some(STORE_FORMAT) => Ok(db),
+        Some(1) => {
+            drop(db);
+            let aside = dir.join("bistro.format1.redb");
+            std::fs::rename(&path, &aside)?;
+            tracing::warn!(
+                old = %aside.display(),
+                "the services' store is of format 1 (before the epoch certificate): it is set aside and \
+                 the services' state is rebuilt from the log; tickets issued before keep verifying"
+            );
+            open_store(dir)
+        }
+        Some(other) => anyhow::bail!(
+            "the services' store {} is of format {other}, which this version does not know (it reads {STORE_FORMAT})",
+            path.display()
+        ),
+    }
+}
+
+/// The leaves of an epoch's certificate (docs/certificate.md): one ordering leaf per request —
+/// leaf `i` is request `i` — then the records the services sign, in the order they were made
+/// (every service's epoch start, then the requests in order); and each request's answers with
+/// the leaf index of the signed ones.
+fn epoch_leaves(batch: &Batch, outcomes: &BatchOutcomes) -> (Vec<[u8; 32]>, Vec<(u32, Outcome)>) {
+    let mut leaves: Vec<[u8; 32]> = batch
+        .requests
+        .iter()
+        .enumerate()
+        .map(|(index, r)| {
+            let digest = fides_crypto::sha256(&r.payload);
+            Leaf::Ordering { client: r.client, id: r.id, digest, index: index as u32 }.hash()
+        })
+        .collect();
+    let mut record = |service, bytes: &Vec<u8>| {
+        leaves.push(Leaf::Service { service, record: bytes.clone() }.hash());
+        leaves.len() as u64 - 1
+    };
+    for (service, made) in &outcomes.epoch {
+        for outcome in made {
+            if let fides_service::Outcome::Sign(bytes) = outcome {
+                record(*service, bytes);
+            }
+        }
+    }
+    let bistro = <Service as fides_service::Service>::ID;
+    let mut answers = Vec::new();
+    for (index, service, made) in &outcomes.requests {
+        for outcome in made {
+            let leaf = match (service, outcome) {
+                (Some(service), fides_service::Outcome::Sign(bytes)) => record(*service, bytes),
+                _ => 0,
+            };
+            if *service == Some(bistro) {
+                match fides_bistro::service::answer(outcome, leaf) {
+                    Ok(answer) => answers.push((*index, answer)),
+                    Err(error) => tracing::error!(%error, index, "a bistro outcome does not decode"),
+                }
+            }
+        }
+    }
+    (leaves, answers)
+}
+
 impl Worker {
-    /// Epochs applied before a restart whose signature was not combined: sign them again.
+    /// Epochs applied before a restart whose certificate was not in: sign them again.
     fn load_unsigned(&mut self) -> anyhow::Result<()> {
         let read = self.db.begin_read()?;
         let epochs = read.open_table(tables::EPOCHS)?;
-        let from = self.next_epoch.saturating_sub(AHEAD_MAX);
+        let from = self.next_epoch.saturating_sub(SignerConfig::default().epochs_ahead_max);
+        let mut roots = Vec::new();
         for entry in epochs.range(&from.to_be_bytes()[..]..)? {
             let (key, value) = entry?;
             let epoch = u64::from_be_bytes(key.value().try_into().unwrap_or([0; 8]));
             let row = EpochRow::from_bytes(value.value())?;
             if row.signature.is_none() && !row.leaves.is_empty() {
-                let tree = Tree::new(row.leaves);
-                let point = self.point(epoch, row.time_ms, &tree);
-                self.unsigned.insert(epoch, (point, Instant::now() - Duration::from_secs(60)));
+                let tree = Arc::new(Tree::new(row.leaves));
+                roots.push(tree.epoch_root(epoch, row.time_ms));
+                self.remember_tree(epoch, Cached { tree, time_ms: row.time_ms, signature: None });
             }
+        }
+        drop(read);
+        for root in roots {
+            self.sign(root);
         }
         Ok(())
     }
 
-    /// Our signature share on an epoch's root (with the fault injection, a share on something
-    /// else: a valid point that does not combine).
-    fn our_share(&self, point: G2Affine) -> SignatureShare {
-        if self.setup.wrong_shares {
-            return self.setup.signing.sign_share(fides_crypto::hash_to_g2(b"fides/v1/fault", &[b"wrong root"]));
+    /// Give an epoch's root to the signer (again, after [`RESEND_AFTER`]: it then sends our share
+    /// again).
+    fn sign(&mut self, root: certificate::EpochRoot) {
+        self.unsigned.insert(root.epoch, (root, Instant::now()));
+        match self.signer.handle_input(certificate::Input::Sign(root), &mut rand::thread_rng()) {
+            Ok(step) => self.on_signer_step(step),
+            Err(error) => tracing::error!(%error, "the epoch signer refused a root"),
         }
-        self.setup.signing.sign_share(point)
     }
 
-    fn point(&self, epoch: u64, time_ms: u64, tree: &Tree) -> G2Affine {
-        root_point(&self.setup.service.config().cluster, epoch, time_ms, tree.len() as u64, &tree.root())
+    /// Send what the signer sends, store what it certifies, answer what peers ask.
+    fn on_signer_step(&mut self, step: Step<certificate::Message, certificate::Output>) {
+        for fault in step.faults {
+            let (peer, kind) = (fault.node.0, fault.kind);
+            tracing::warn!("replica {peer} sent a bad epoch signature share or certificate ({kind:?})");
+        }
+        for outgoing in step.messages {
+            let to = match outgoing.target {
+                Target::All => None,
+                Target::Node(peer) => Some(peer),
+            };
+            let message = match outgoing.message {
+                certificate::Message::Share { root, .. } if self.setup.wrong_shares => {
+                    // Fault injection: a valid point that is not our share of this root.
+                    let wrong = fides_crypto::hash_to_g2(b"fides/v1/fault", &[b"wrong root"]);
+                    certificate::Message::Share { root, share: self.setup.signing.sign_share(wrong).to_bytes() }
+                }
+                message => message,
+            };
+            self.send_frame(to, &message.to_bytes());
+        }
+        for output in step.outputs {
+            match output {
+                certificate::Output::Certified(certificate) => {
+                    self.store_signature(certificate.root.epoch, certificate.signature)
+                }
+                certificate::Output::CertificateAsked { peer, epoch } => {
+                    let Ok(Some(certificate)) = self.certificate_of(epoch) else { continue };
+                    let answer = certificate::Input::Answer { peer, certificate };
+                    if let Ok(step) = self.signer.handle_input(answer, &mut rand::thread_rng()) {
+                        for outgoing in step.messages {
+                            if let Target::Node(peer) = outgoing.target {
+                                self.send_frame(Some(peer), &outgoing.message.to_bytes());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The certificate of an epoch, from the store.
+    fn certificate_of(&mut self, epoch: u64) -> anyhow::Result<Option<Certificate>> {
+        let read = self.db.begin_read()?;
+        Ok(self.cached(&read, epoch)?.and_then(|cached| cached.certificate(epoch)))
     }
 
     fn run(mut self, rx: Receiver<Input>) {
@@ -374,7 +564,10 @@ impl Worker {
                     Input::Service(ServiceEvent::Batch(batch)) => self.on_batch(batch),
                     Input::Service(ServiceEvent::Frame { from, bytes }) => self.on_frame(from, &bytes),
                     Input::Outcome { epoch, index, reply } => {
-                        self.waiters.entry(epoch).or_default().push(Waiter { index, reply })
+                        self.waiters.entry(epoch).or_default().push(Waiter::Outcome { index, reply })
+                    }
+                    Input::Certified { epoch, index, reply } => {
+                        self.waiters.entry(epoch).or_default().push(Waiter::Certified { index, reply })
                     }
                     Input::Query(query) => queries.push(query),
                 }
@@ -383,9 +576,7 @@ impl Worker {
                 tracing::error!(%error, "the bistro service cannot go on: its store failed");
                 return;
             }
-            self.combine_ready();
             self.resend_shares();
-            self.send_owed_signatures();
             self.answer_waiters();
             for query in queries {
                 self.on_query(query);
@@ -412,7 +603,8 @@ impl Worker {
                     let requests =
                         batch.requests.iter().map(|r| Ordered { client: r.client, request: r.id, payload: &r.payload });
                     let outcomes = self.registry.apply_batch(&mut kv, batch.epoch, batch.time, requests)?;
-                    let output = epoch_output(&outcomes)?;
+                    let (leaves, outcomes) = epoch_leaves(batch, &outcomes);
+                    let output = EpochOutput { outcomes, leaves };
                     Self::write_epoch(&txn, batch, &output)?;
                     applied.push((batch.epoch, batch.time, output));
                 }
@@ -429,17 +621,9 @@ impl Worker {
                     continue;
                 }
                 let tree = Arc::new(Tree::new(output.leaves));
-                let point = self.point(epoch, time_ms, &tree);
+                let root = tree.epoch_root(epoch, time_ms);
                 self.remember_tree(epoch, Cached { tree, time_ms, signature: None });
-                self.unsigned.insert(epoch, (point, Instant::now()));
-                let share = self.our_share(point);
-                self.shares.entry(epoch).or_default().insert(self.setup.our_index, share.clone());
-                self.send_frame(None, SHARE, epoch, &share.to_bytes());
-                if let Some(signatures) = self.early_signatures.remove(&epoch) {
-                    for signature in signatures {
-                        self.accept_signature(epoch, signature);
-                    }
-                }
+                self.sign(root);
             }
         }
     }
@@ -486,90 +670,26 @@ impl Worker {
         }
     }
 
-    fn send_frame(&self, to: Option<NodeIndex>, kind: u8, epoch: u64, body: &[u8]) {
-        let mut frame = Vec::with_capacity(2 + 8 + body.len());
+    fn send_frame(&self, to: Option<NodeIndex>, body: &[u8]) {
+        let mut frame = Vec::with_capacity(2 + body.len());
         frame.push(FRAME_SERVICE);
-        frame.push(kind);
-        frame.extend_from_slice(&epoch.to_le_bytes());
+        frame.push(SIGNER);
         frame.extend_from_slice(body);
         let _ = self.setup.node.try_send(Command::Send { to, frame });
     }
 
     fn on_frame(&mut self, from: NodeIndex, bytes: &[u8]) {
-        let (Some(&kind), Some(epoch), Some(body)) =
-            (bytes.first(), bytes.get(1..9).and_then(|e| <[u8; 8]>::try_from(e).ok()), bytes.get(9..))
-        else {
-            return;
-        };
-        let epoch = u64::from_le_bytes(epoch);
-        let Ok(body) = <[u8; 96]>::try_from(body) else { return };
-        match kind {
-            SHARE => {
-                if epoch < self.next_epoch && !self.unsigned.contains_key(&epoch) {
-                    // Signed already (or nothing to sign): hand the peer the signature.
-                    self.signatures_owed.push((from, epoch));
-                    return;
-                }
-                if epoch >= self.next_epoch + AHEAD_MAX {
-                    return;
-                }
-                let Ok(share) = SignatureShare::from_bytes(body) else { return };
-                self.shares.entry(epoch).or_default().entry(from).or_insert(share);
+        let (Some(&SIGNER), Some(body)) = (bytes.first(), bytes.get(1..)) else { return };
+        match certificate::Message::from_bytes(body) {
+            Ok(message) => {
+                let step = self.signer.handle_message(from, message, &mut rand::thread_rng());
+                self.on_signer_step(step);
             }
-            SIGNATURE => {
-                if epoch >= self.next_epoch {
-                    if epoch < self.next_epoch + AHEAD_MAX {
-                        let early = self.early_signatures.entry(epoch).or_default();
-                        if early.len() < 4 && !early.contains(&body) {
-                            early.push(body);
-                        }
-                    }
-                    return;
-                }
-                self.accept_signature(epoch, body);
-            }
-            _ => {}
+            Err(error) => tracing::warn!(peer = from.0, %error, "an epoch signer message does not decode"),
         }
     }
 
-    fn accept_signature(&mut self, epoch: u64, signature: [u8; 96]) {
-        let Some((point, _)) = self.unsigned.get(&epoch) else { return };
-        let Ok(parsed) = Signature::from_bytes(signature) else { return };
-        if self.setup.signing.public().public_key().verify_g2(&parsed, *point) {
-            self.store_signature(epoch, signature);
-        }
-    }
-
-    fn combine_ready(&mut self) {
-        let ready: Vec<u64> = self
-            .unsigned
-            .keys()
-            .copied()
-            .filter(|e| self.shares.get(e).is_some_and(|s| s.len() >= self.setup.signing.shares_needed()))
-            .collect();
-        for epoch in ready {
-            let Some((point, _)) = self.unsigned.get(&epoch).copied() else { continue };
-            let Some(shares) = self.shares.get_mut(&epoch) else { continue };
-            match self.setup.signing.combine(shares, point) {
-                Ok(signature) => {
-                    self.store_signature(epoch, signature.to_bytes());
-                }
-                Err(fides_crypto::CombineError::InvalidShares(bad)) => {
-                    for index in &bad {
-                        tracing::warn!(peer = index.0, epoch, "a bistro signature share does not verify");
-                        shares.remove(index);
-                    }
-                }
-                Err(fides_crypto::CombineError::NotEnough { .. }) => {}
-            }
-        }
-        // Forget shares of epochs signed or too old.
-        let next = self.next_epoch;
-        self.shares.retain(|e, _| *e >= next || self.unsigned.contains_key(e));
-        self.early_signatures.retain(|e, _| *e >= next);
-    }
-
-    fn store_signature(&mut self, epoch: u64, signature: [u8; 96]) {
+    fn store_signature(&mut self, epoch: u64, signature: [u8; SIG_SIZE]) {
         let result = (|| -> anyhow::Result<()> {
             let txn = self.db.begin_write()?;
             {
@@ -586,7 +706,6 @@ impl Worker {
         match result {
             Ok(()) => {
                 self.unsigned.remove(&epoch);
-                self.shares.remove(&epoch);
                 if let Some(cached) = self.trees.get_mut(&epoch) {
                     cached.signature = Some(signature);
                 }
@@ -595,46 +714,20 @@ impl Worker {
         }
     }
 
-    /// Send our share again for epochs unsigned for 2 s (a peer may have missed it or restarted).
+    /// Give the signer again the roots of epochs whose certificate is not in after
+    /// [`RESEND_AFTER`] (it sends our share again).
     fn resend_shares(&mut self) {
         let now = Instant::now();
-        let due: Vec<(u64, G2Affine)> = self
+        let due: Vec<certificate::EpochRoot> = self
             .unsigned
-            .iter()
-            .filter(|(_, (_, sent))| now.duration_since(*sent) > Duration::from_secs(2))
-            .map(|(e, (p, _))| (*e, *p))
+            .values()
+            .filter(|(_, given)| now.duration_since(*given) > RESEND_AFTER)
+            .map(|(root, _)| *root)
             .take(256)
             .collect();
-        for (epoch, point) in due {
-            let share = self.our_share(point);
-            self.shares.entry(epoch).or_default().insert(self.setup.our_index, share.clone());
-            self.send_frame(None, SHARE, epoch, &share.to_bytes());
-            if let Some(entry) = self.unsigned.get_mut(&epoch) {
-                entry.1 = now;
-            }
+        for root in due {
+            self.sign(root);
         }
-    }
-
-    fn send_owed_signatures(&mut self) {
-        let owed = std::mem::take(&mut self.signatures_owed);
-        let mut sent = std::collections::HashSet::new();
-        for (peer, epoch) in owed.into_iter().take(1024) {
-            if !sent.insert((peer, epoch)) {
-                continue;
-            }
-            if let Ok(Some(row)) = self.epoch_row(epoch) {
-                if let Some(signature) = row.signature {
-                    self.send_frame(Some(peer), SIGNATURE, epoch, &signature);
-                }
-            }
-        }
-    }
-
-    fn epoch_row(&self, epoch: u64) -> anyhow::Result<Option<EpochRow>> {
-        let read = self.db.begin_read()?;
-        let epochs = read.open_table(tables::EPOCHS)?;
-        let value = epochs.get(&epoch.to_be_bytes()[..])?.map(|v| v.value().to_vec());
-        Ok(value.map(|v| EpochRow::from_bytes(&v)).transpose()?)
     }
 
     fn answer_waiters(&mut self) {
@@ -660,11 +753,18 @@ impl Worker {
         };
         for epoch in ready {
             for waiter in self.waiters.remove(&epoch).unwrap_or_default() {
-                if waiter.reply.is_closed() {
+                if waiter.is_closed() {
                     continue;
                 }
-                let answer = self.answer(&read, &outcomes, epoch, waiter.index).map_err(|e| e.to_string());
-                let _ = waiter.reply.send(answer);
+                match waiter {
+                    Waiter::Outcome { index, reply } => {
+                        let answer = self.answer(&read, &outcomes, epoch, index).map_err(|e| e.to_string());
+                        let _ = reply.send(answer);
+                    }
+                    Waiter::Certified { index, reply } => {
+                        let _ = reply.send(self.certified(&read, epoch, index));
+                    }
+                }
             }
         }
     }
@@ -695,28 +795,37 @@ impl Worker {
         Ok(Answer { outcome, proof })
     }
 
-    fn proof(&mut self, read: &redb::ReadTransaction, epoch: u64, leaf: u64) -> anyhow::Result<Option<EpochProof>> {
-        let cached = match self.trees.get(&epoch) {
-            Some(cached) if cached.signature.is_some() => cached.clone(),
-            _ => {
-                let epochs = read.open_table(tables::EPOCHS)?;
-                let value = epochs.get(&epoch.to_be_bytes()[..])?.map(|v| v.value().to_vec());
-                let Some(row) = value.map(|v| EpochRow::from_bytes(&v)).transpose()? else { return Ok(None) };
-                let cached =
-                    Cached { tree: Arc::new(Tree::new(row.leaves)), time_ms: row.time_ms, signature: row.signature };
-                self.remember_tree(epoch, cached.clone());
-                cached
+    /// The tree, agreed time and (once certified) signature of an epoch with leaves.
+    fn cached(&mut self, read: &redb::ReadTransaction, epoch: u64) -> anyhow::Result<Option<Cached>> {
+        if let Some(cached) = self.trees.get(&epoch) {
+            if cached.signature.is_some() || self.unsigned.contains_key(&epoch) {
+                return Ok(Some(cached.clone()));
             }
+        }
+        let epochs = read.open_table(tables::EPOCHS)?;
+        let value = epochs.get(&epoch.to_be_bytes()[..])?.map(|v| v.value().to_vec());
+        let Some(row) = value.map(|v| EpochRow::from_bytes(&v)).transpose()? else { return Ok(None) };
+        let cached = Cached { tree: Arc::new(Tree::new(row.leaves)), time_ms: row.time_ms, signature: row.signature };
+        self.remember_tree(epoch, cached.clone());
+        Ok(Some(cached))
+    }
+
+    fn proof(&mut self, read: &redb::ReadTransaction, epoch: u64, leaf: u64) -> anyhow::Result<Option<EpochProof>> {
+        let Some(cached) = self.cached(read, epoch)? else { return Ok(None) };
+        let (Some(certificate), Some(inclusion)) = (cached.certificate(epoch), cached.tree.inclusion(leaf)) else {
+            return Ok(None);
         };
-        let Some(signature) = cached.signature else { return Ok(None) };
-        Ok(Some(EpochProof {
-            epoch,
-            time_ms: cached.time_ms,
-            index: leaf,
-            count: cached.tree.len() as u64,
-            path: cached.tree.path(leaf as usize),
-            signature,
-        }))
+        Ok(Some(EpochProof::certified(inclusion, &certificate)))
+    }
+
+    /// The ordering answer of the request at (epoch, index), certified.
+    fn certified(&mut self, read: &redb::ReadTransaction, epoch: u64, index: u32) -> Result<Certified, String> {
+        let cached = self.cached(read, epoch).map_err(|e| e.to_string())?;
+        let Some(cached) = cached else { return Err(format!("epoch {epoch} has no leaves here")) };
+        let certificate = cached.certificate(epoch).ok_or_else(|| format!("epoch {epoch} is not certified yet"))?;
+        let inclusion =
+            cached.tree.inclusion(u64::from(index)).ok_or_else(|| format!("epoch {epoch} has no request {index}"))?;
+        Ok((inclusion, certificate))
     }
 
     /// The bistro's tables, read-only.

@@ -1,6 +1,13 @@
 //! One threshold signature per epoch: the records an epoch produced are the leaves of a Merkle
 //! tree, the cluster signs the root, and each record carries its inclusion path.
 //!
+//! Two formats, named by [`EpochProof::format`] (a ticket file's `format_version`):
+//! - **2** ([`FORMAT_CERTIFICATE`]), what replicas sign since the service host: the record is the
+//!   service leaf `(BST1, record bytes)` of the epoch's certificate, beside the ordering leaves and
+//!   other services' records; tree, tags and signed message as docs/certificate.md gives them
+//!   ([`fides_service::certificate`]).
+//! - **1** ([`FORMAT_BISTRO_TREE`]), the bistro's own tree before the host, kept so that tickets
+//!   issued then keep verifying:
 //! - leaf `i` = [`Signed::leaf`] of the epoch's `i`-th signed record;
 //! - an inner node = `SHA-256(tagged(NODE, [left, right]))`; on a level of odd length the last node
 //!   moves up unchanged;
@@ -11,6 +18,8 @@
 use blsttc::{PublicKey, Signature};
 use fides_crypto::{sha256_tagged, tagged};
 use fides_types::codec::{DecodeError, Reader, Wire};
+
+use fides_service::certificate::{Certificate, EpochRoot, Inclusion};
 
 use crate::records::{domain, Signed};
 
@@ -129,9 +138,16 @@ pub fn root_point(cluster: &[u8; 32], epoch: u64, time_ms: u64, count: u64, root
     blsttc::hash_g2(root_message(cluster, epoch, time_ms, count, root))
 }
 
+/// Format 1: the bistro's own tree per epoch (tickets issued before the service host).
+pub const FORMAT_BISTRO_TREE: u8 = 1;
+/// Format 2: the record is a service leaf of the epoch's certificate.
+pub const FORMAT_CERTIFICATE: u8 = 2;
+
 /// Where a signed record sits: its epoch's signed root and its path to it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EpochProof {
+    /// The rules it follows: [`FORMAT_CERTIFICATE`] or [`FORMAT_BISTRO_TREE`].
+    pub format: u8,
     /// The epoch.
     pub epoch: u64,
     /// Its agreed time.
@@ -147,7 +163,10 @@ pub struct EpochProof {
 }
 
 impl Wire for EpochProof {
+    /// `format u8 ‖ epoch u64 ‖ agreed time u64 ‖ leaf index u64 ‖ leaf count u64 ‖
+    /// siblings u8 ‖ sibling [32] × siblings ‖ signature [96]`.
     fn encode(&self, out: &mut Vec<u8>) {
+        out.push(self.format);
         out.extend_from_slice(&self.epoch.to_le_bytes());
         out.extend_from_slice(&self.time_ms.to_le_bytes());
         out.extend_from_slice(&self.index.to_le_bytes());
@@ -160,6 +179,10 @@ impl Wire for EpochProof {
     }
 
     fn decode(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let format = reader.u8()?;
+        if format != FORMAT_BISTRO_TREE && format != FORMAT_CERTIFICATE {
+            return Err(DecodeError::Invalid { what: "proof format", value: u64::from(format) });
+        }
         let epoch = reader.u64()?;
         let time_ms = reader.u64()?;
         let index = reader.u64()?;
@@ -169,7 +192,7 @@ impl Wire for EpochProof {
             return Err(DecodeError::TooLong { len: u64::from(len), max: 32 });
         }
         let path = (0..len).map(|_| reader.array()).collect::<Result<_, _>>()?;
-        Ok(EpochProof { epoch, time_ms, index, count, path, signature: reader.array()? })
+        Ok(EpochProof { format, epoch, time_ms, index, count, path, signature: reader.array()? })
     }
 }
 
@@ -193,14 +216,42 @@ pub enum ProofError {
     /// The record's time is not its epoch's agreed time.
     #[error("the record's time differs from its epoch's agreed time")]
     Time,
+    /// A format this version does not know.
+    #[error("unknown proof format {0}")]
+    Format(u8),
 }
 
 impl EpochProof {
-    /// The root message this proof claims is signed for `record`.
+    /// The root message this proof claims is signed for `record`, under the proof's format.
     pub fn message(&self, cluster: &[u8; 32], record: &Signed) -> Result<Vec<u8>, ProofError> {
-        let root = root_from_path(record.leaf(cluster), self.index, self.count, &self.path)
-            .ok_or(ProofError::Path { index: self.index, count: self.count })?;
-        Ok(root_message(cluster, self.epoch, self.time_ms, self.count, &root))
+        let wrong_path = ProofError::Path { index: self.index, count: self.count };
+        match self.format {
+            FORMAT_BISTRO_TREE => {
+                let root =
+                    root_from_path(record.leaf(cluster), self.index, self.count, &self.path).ok_or(wrong_path)?;
+                Ok(root_message(cluster, self.epoch, self.time_ms, self.count, &root))
+            }
+            FORMAT_CERTIFICATE => {
+                let leaf = crate::service::record_leaf(&record.to_bytes());
+                let inclusion = Inclusion { index: self.index, path: self.path.clone() };
+                let root = inclusion.root(leaf, self.count).ok_or(wrong_path)?;
+                Ok(EpochRoot { epoch: self.epoch, time_ms: self.time_ms, count: self.count, root }.message(cluster))
+            }
+            other => Err(ProofError::Format(other)),
+        }
+    }
+
+    /// The proof of the record at `inclusion` under `certificate` (format 2).
+    pub fn certified(inclusion: Inclusion, certificate: &Certificate) -> EpochProof {
+        EpochProof {
+            format: FORMAT_CERTIFICATE,
+            epoch: certificate.root.epoch,
+            time_ms: certificate.root.time_ms,
+            index: inclusion.index,
+            count: certificate.root.count,
+            path: inclusion.path,
+            signature: certificate.signature,
+        }
     }
 
     /// Verify `record` against the cluster's signing public key.
@@ -255,7 +306,15 @@ mod tests {
         let signature = secret.secret_key().sign(&message).to_bytes();
         let public = secret.public_keys().public_key().to_bytes();
         // What a third party does: recompute the root from the record and its path, then verify.
-        let proof = EpochProof { epoch, time_ms: time, index: 3, count: 5, path: tree.path(3), signature };
+        let proof = EpochProof {
+            format: FORMAT_BISTRO_TREE,
+            epoch,
+            time_ms: time,
+            index: 3,
+            count: 5,
+            path: tree.path(3),
+            signature,
+        };
         let rebuilt = proof.message(&cluster, &tickets[3]).expect("the path fits");
         let pk = blst::min_pk::PublicKey::from_bytes(&public).expect("a G1 point");
         let sig = blst::min_pk::Signature::from_bytes(&signature).expect("a G2 point");

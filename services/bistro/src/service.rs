@@ -9,8 +9,9 @@
 //! which the host backs with the replica's store (one transaction per batch) and tests with
 //! [`fides_service::MemoryTables`]; its payloads are decoded once, by the registry, under the id
 //! `BST1` (its magic since before the registry existed, so clients did not change); its signed
-//! records are [`fides_service::Outcome::Sign`] with the leaf hash the bistro always used, so
-//! tickets issued before keep verifying.
+//! records are [`fides_service::Outcome::Sign`]: service leaves of the epoch's certificate
+//! (ticket format 2). Tickets issued before the host (format 1, the bistro's own tree) keep
+//! verifying under the rules of [`crate::proof`].
 
 use blsttc::PublicKeySet;
 use fides_service::{self as host, prefix_end, Applied, EpochStart, QueryError, ServiceId, StoreError, Tables};
@@ -421,10 +422,10 @@ impl Service {
         &self.config
     }
 
-    /// A signed record, as the host carries it: the leaf hash this record always had (so tickets
-    /// issued before the host keep verifying) and the record's encoding.
+    /// A signed record, as the host carries it: the record's canonical bytes, which become a
+    /// service leaf of the epoch's certificate.
     fn sign(&self, record: Signed) -> host::Outcome {
-        host::Outcome::Sign { leaf: record.leaf(&self.config.cluster), reply: record.to_bytes() }
+        host::Outcome::Sign(record.to_bytes())
     }
 
     fn handle<K: Tables + ?Sized>(
@@ -768,11 +769,18 @@ impl host::Service for Service {
     }
 }
 
+/// The hash of the epoch-certificate leaf of a bistro record (its canonical bytes): the service
+/// leaf `(BST1, record)` of docs/certificate.md.
+pub fn record_leaf(record: &[u8]) -> [u8; 32] {
+    fides_service::certificate::Leaf::Service { service: <Service as host::Service>::ID, record: record.to_vec() }
+        .hash()
+}
+
 /// The bistro's answer for one of its outcomes as the host carries it; a signed record gets
 /// leaf index `leaf` in its epoch's tree.
 pub fn answer(outcome: &host::Outcome, leaf: u64) -> Result<Outcome, DecodeError> {
     Ok(match outcome {
-        host::Outcome::Sign { reply, .. } => Outcome::Signed { record: Signed::from_bytes(reply)?, leaf },
+        host::Outcome::Sign(record) => Outcome::Signed { record: Signed::from_bytes(record)?, leaf },
         host::Outcome::Reply(reply) => Outcome::from_bytes(reply)?,
         host::Outcome::Refuse(refusal) => Outcome::Refused { code: refusal.code, message: refusal.reason.clone() },
         // The bistro asks for neither agreements nor other signatures.
@@ -782,16 +790,18 @@ pub fn answer(outcome: &host::Outcome, leaf: u64) -> Result<Outcome, DecodeError
     })
 }
 
-/// The bistro's part of a batch the registry applied: its answers by index, and the leaves of
-/// its signed records in order (each answer's leaf index is its place there).
+/// The bistro's part of a batch the registry applied, alone: its answers by index, and the leaf
+/// hashes of its signed records in order (each answer's leaf index is its place there). The
+/// host's epoch tree holds more leaves (the ordering leaves, other services' records): it numbers
+/// them itself; this is for tests and tools that look at the bistro alone.
 pub fn epoch_output(batch: &host::BatchOutcomes) -> Result<EpochOutput, DecodeError> {
     let mut output = EpochOutput::default();
     let ours = batch.requests.iter().filter(|(_, service, _)| *service == Some(<Service as host::Service>::ID));
     for (index, _, outcomes) in ours {
         for outcome in outcomes {
             let answer = answer(outcome, output.leaves.len() as u64)?;
-            if let host::Outcome::Sign { leaf, .. } = outcome {
-                output.leaves.push(*leaf);
+            if let host::Outcome::Sign(record) = outcome {
+                output.leaves.push(record_leaf(record));
             }
             output.outcomes.push((*index, answer));
         }
@@ -1134,7 +1144,7 @@ mod tests {
     }
 
     #[test]
-    fn a_ticket_through_the_registry_has_the_leaf_tickets_always_had() {
+    fn a_ticket_through_the_registry_is_signed_as_its_canonical_bytes() {
         let s = setup();
         let mut registry = host::Registry::new();
         registry.register(s.service.clone()).expect("the only service");
@@ -1143,12 +1153,15 @@ mod tests {
             [create(&s, 5_000, 1_000).to_payload(), ticket(EventId::derive(&CLUSTER, 0, 0), 10).to_payload()];
         let ordered = payloads.iter().map(|p| host::Ordered { client: 1, request: 1, payload: p });
         let batch = registry.apply_batch(&mut kv, 0, 1_000, ordered).expect("memory");
-        let host::Outcome::Sign { leaf, reply } = &batch.requests[1].2[0] else { panic!("{batch:?}") };
-        let record = Signed::from_bytes(reply).expect("the reply is the record");
-        assert_eq!(*leaf, record.leaf(&CLUSTER));
-        // SHA-256(tagged(LEAF, [cluster, 2, ticket])) of this ticket, as computed before the host:
-        // a change here breaks every ticket already issued.
+        let host::Outcome::Sign(bytes) = &batch.requests[1].2[0] else { panic!("{batch:?}") };
+        let record = Signed::from_bytes(bytes).expect("the signed bytes are the record");
+        // Format 1's leaf, SHA-256(tagged(LEAF, [cluster, 2, ticket])), of this ticket, as computed
+        // before the host: a change here breaks every format-1 ticket already issued.
+        let leaf = record.leaf(&CLUSTER);
         assert_eq!(hex::encode(leaf), "5201664e8744c801f8e76a961067dd10e5534e39533b798b5e2f35d5bef4f64e");
+        // Format 2's leaf: the certificate's service leaf of the same bytes.
+        let framed = [&b"\x02BST1"[..], &(bytes.len() as u32).to_le_bytes(), bytes].concat();
+        assert_eq!(record_leaf(bytes), fides_service::certificate::leaf_hash(&framed));
     }
 
     fn out_leaves(s: &Setup) -> Vec<[u8; 32]> {

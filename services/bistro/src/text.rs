@@ -26,8 +26,12 @@ use crate::records::{
 use crate::service::format_time;
 use crate::stream::{Aead, HashAlg};
 
-/// The `format_version` of every file.
+/// The `format_version` of receipts (signed by an intermediary, unchanged since the first).
 pub const FORMAT_VERSION: &str = "1";
+/// The `format_version`s of the files the cluster signs (tickets, events): their proof's format,
+/// [`crate::proof::FORMAT_BISTRO_TREE`] (1) or [`crate::proof::FORMAT_CERTIFICATE`] (2). Files are
+/// written in format 2; format 1 files keep verifying under their own rules.
+pub const SIGNED_FORMATS: [&str; 2] = ["1", "2"];
 /// The signature suite of the cluster's signatures.
 pub const SIGNATURE_SUITE: &str = "BLS_SIG_BLS12381G2_XMD:SHA-256_SSWU_RO_NUL_";
 /// The only hash of encrypted uploads (receipts).
@@ -392,6 +396,15 @@ fn check_version(section: &Section<'_>) -> Result<(), TextError> {
     section.get("format_version")?.exactly(FORMAT_VERSION)
 }
 
+/// The proof format a cluster-signed file's `format_version` names.
+fn signed_format(section: &Section<'_>) -> Result<u8, TextError> {
+    let value = section.get("format_version")?;
+    match SIGNED_FORMATS.iter().position(|f| *f == value.text) {
+        Some(at) => Ok(at as u8 + 1),
+        None => Err(value.error(format!("must be 1 or 2, not {}", shorten(value.text)))),
+    }
+}
+
 fn check_cluster(found: &[u8; 32], expected: &[u8; 32]) -> Result<(), TextError> {
     if found != expected {
         return Err(TextError::WrongCluster { found: hex::encode(found), expected: hex::encode(expected) });
@@ -441,13 +454,14 @@ fn render_proof(out: &mut String, proof: &EpochProof, with_time: bool) {
 
 /// `time_ms` is the epoch's agreed time (from elsewhere in the file) unless `[proof]` has
 /// `epoch_time`.
-fn parse_proof(section: &Section<'_>, time_ms: Option<u64>) -> Result<EpochProof, TextError> {
+fn parse_proof(section: &Section<'_>, format: u8, time_ms: Option<u64>) -> Result<EpochProof, TextError> {
     let time_ms = match time_ms {
         Some(time_ms) => time_ms,
         None => section.get("epoch_time")?.number()?,
     };
     section.get("signature_suite")?.exactly(SIGNATURE_SUITE)?;
     Ok(EpochProof {
+        format,
         epoch: section.get("epoch")?.number()?,
         time_ms,
         index: section.get("leaf_index")?.number()?,
@@ -467,7 +481,7 @@ pub fn render_ticket(cluster: &[u8; 32], ticket: &Ticket, proof: &EpochProof) ->
     out.push_str("; Fides bistro: a timestamped upload ticket, signed by the cluster below.\n");
     out.push_str("; Check it, and a file against it, with: bsubmit verify <this file> [<the file>]\n");
     out.push_str("\n[ticket]\n");
-    field(&mut out, "format_version", FORMAT_VERSION);
+    field(&mut out, "format_version", proof.format);
     field(&mut out, "cluster_id", hex::encode(cluster));
     field(&mut out, "evid", ticket.event);
     field(&mut out, "ticket_id", ticket.ticket);
@@ -497,7 +511,7 @@ pub fn render_ticket(cluster: &[u8; 32], ticket: &Ticket, proof: &EpochProof) ->
 pub fn parse_ticket(text: &str) -> Result<([u8; 32], Ticket, EpochProof), TextError> {
     let document = Document::parse(text)?;
     let section = document.section("ticket")?;
-    check_version(&section)?;
+    let format = signed_format(&section)?;
     let cluster = section.get("cluster_id")?.hex()?;
     let hash = section.get("hash_algorithm")?.hash()?;
     let time_ms = section.get("server_time")?.number()?;
@@ -512,7 +526,7 @@ pub fn parse_ticket(text: &str) -> Result<([u8; 32], Ticket, EpochProof), TextEr
         file_name: section.get("file_name")?.string(FIELD_MAX)?,
         time_ms,
     };
-    let proof = parse_proof(&document.section("proof")?, Some(time_ms))?;
+    let proof = parse_proof(&document.section("proof")?, format, Some(time_ms))?;
     Ok((cluster, ticket, proof))
 }
 
@@ -609,7 +623,7 @@ pub fn render_event(cluster: &[u8; 32], record: &EventRecord, proof: &EpochProof
     let mut out = String::new();
     out.push_str("; Fides bistro: an upload event, signed by the cluster below.\n");
     out.push_str("\n[event]\n");
-    field(&mut out, "format_version", FORMAT_VERSION);
+    field(&mut out, "format_version", proof.format);
     field(&mut out, "cluster_id", hex::encode(cluster));
     field(&mut out, "evid", record.event);
     field(&mut out, "description", escape(&terms.description));
@@ -631,7 +645,7 @@ pub fn render_event(cluster: &[u8; 32], record: &EventRecord, proof: &EpochProof
 pub fn parse_event(text: &str) -> Result<([u8; 32], EventRecord, EpochProof), TextError> {
     let document = Document::parse(text)?;
     let section = document.section("event")?;
-    check_version(&section)?;
+    let format = signed_format(&section)?;
     let cluster = section.get("cluster_id")?.hex()?;
     let deadline_ms = section.get("deadline")?.number()?;
     section.get("deadline_string")?.time_string(deadline_ms)?;
@@ -647,7 +661,7 @@ pub fn parse_event(text: &str) -> Result<([u8; 32], EventRecord, EpochProof), Te
         nonce: section.get("nonce")?.number()?,
     };
     let record = EventRecord { event: section.get("evid")?.event()?, terms, created_ms };
-    let proof = parse_proof(&document.section("proof")?, None)?;
+    let proof = parse_proof(&document.section("proof")?, format, None)?;
     Ok((cluster, record, proof))
 }
 
@@ -678,13 +692,34 @@ mod tests {
         SecretKeySet::random(1, &mut rand_chacha::ChaCha20Rng::seed_from_u64(seed))
     }
 
-    /// Sign `record` as leaf `at` of an epoch of `count` leaves (the others are filler).
+    /// Sign `record` as leaf `at` of an epoch of `count` leaves (the others are filler), in the
+    /// current format (the epoch certificate's service leaf).
     fn sign(keys: &SecretKeySet, record: &Signed, at: usize, count: usize, epoch: u64, time_ms: u64) -> EpochProof {
+        use fides_service::certificate::{Certificate, Tree};
+        let mut leaves: Vec<[u8; 32]> = (0..count).map(|i| fides_crypto::sha256(&(i as u64).to_le_bytes())).collect();
+        leaves[at] = crate::service::record_leaf(&fides_types::codec::Wire::to_bytes(record));
+        let tree = Tree::new(leaves);
+        let root = tree.epoch_root(epoch, time_ms);
+        let signature = keys.secret_key().sign(root.message(&CLUSTER)).to_bytes();
+        let inclusion = tree.inclusion(at as u64).expect("a leaf of the tree");
+        EpochProof::certified(inclusion, &Certificate { root, signature })
+    }
+
+    /// The same in format 1 (the bistro's own tree, before the service host).
+    fn sign_format_1(
+        keys: &SecretKeySet,
+        record: &Signed,
+        at: usize,
+        count: usize,
+        epoch: u64,
+        time_ms: u64,
+    ) -> EpochProof {
         let mut leaves: Vec<[u8; 32]> = (0..count).map(|i| fides_crypto::sha256(&(i as u64).to_le_bytes())).collect();
         leaves[at] = record.leaf(&CLUSTER);
         let root = proof::root(&leaves);
         let message = proof::root_message(&CLUSTER, epoch, time_ms, count as u64, &root);
         EpochProof {
+            format: proof::FORMAT_BISTRO_TREE,
             epoch,
             time_ms,
             index: at as u64,
@@ -801,6 +836,7 @@ mod tests {
         assert_eq!(parse_ticket(&text), Ok((CLUSTER, ticket.clone(), proof.clone())));
         assert_eq!(verify_ticket_text(&text, &CLUSTER, &keys.public_keys().public_key()), Ok((ticket, proof)));
         assert!(text.contains("server_time_string=2001-08-29T"));
+        assert!(text.contains("\nformat_version=2\n"), "{text}");
         assert!(text.contains("; Do NOT delete this file."));
         assert!(text.contains(&format!("signature_suite={SIGNATURE_SUITE}\n")));
     }
@@ -819,6 +855,30 @@ mod tests {
                 context(&changed, at)
             );
         }
+    }
+
+    /// A ticket file written before the service host (format 1) keeps verifying under its own
+    /// rules; the same file claiming format 2, or any other change, does not verify.
+    #[test]
+    fn a_format_1_ticket_keeps_verifying_and_refuses_any_change() {
+        let keys = key_set(1);
+        let public = keys.public_keys().public_key();
+        let ticket = ticket();
+        let proof = sign_format_1(&keys, &Signed::Ticket(ticket.clone()), 2, 5, 41, ticket.time_ms);
+        let text = render_ticket(&CLUSTER, &ticket, &proof);
+        assert!(text.contains("\nformat_version=1\n"), "{text}");
+        assert_eq!(verify_ticket_text(&text, &CLUSTER, &public), Ok((ticket, proof)));
+        let claimed = text.replace("\nformat_version=1\n", "\nformat_version=2\n");
+        assert_eq!(verify_ticket_text(&claimed, &CLUSTER, &public), Err(TextError::Proof(ProofError::Signature)));
+        for (at, changed) in one_changed(&text) {
+            assert!(
+                verify_ticket_text(&changed, &CLUSTER, &public).is_err(),
+                "a change in line {:?} still verifies",
+                context(&changed, at)
+            );
+        }
+        let error = parse_ticket(&text.replace("\nformat_version=1\n", "\nformat_version=3\n")).unwrap_err();
+        assert!(error.to_string().contains("format_version= must be 1 or 2, not \"3\""), "{error}");
     }
 
     #[test]

@@ -1,0 +1,93 @@
+//! Measures the share exponentiation of threshold RSA with candidate pure-Rust big-integer
+//! crates, and prints milliseconds per exponentiation. Run it with
+//! `cargo run --release -p fides-threshold-rsa --example bigint_bench`.
+//!
+//! The workload: a 2048-bit odd modulus and an exponent of 2048 + 6 bits, the size of
+//! `2Δ·s_i` for n = 4 (`2Δ = 48`); and a 1024-bit modulus with a 1024-bit exponent, the Fermat
+//! test of safe-prime generation. Operands are fixed pseudo-random numbers (seeded), so every run
+//! measures the same thing.
+
+use std::time::Instant;
+
+use crypto_bigint::modular::{BoxedMontyForm, BoxedMontyParams, MontyForm, MontyParams};
+use crypto_bigint::{BoxedUint, Odd, Uint};
+use num_bigint::BigUint;
+use rand::{RngCore, SeedableRng};
+
+const ROUNDS: u32 = 30;
+
+fn random_bytes(rng: &mut rand_chacha::ChaCha20Rng, bits: usize, odd: bool) -> Vec<u8> {
+    let mut bytes = vec![0u8; bits.div_ceil(8)];
+    rng.fill_bytes(&mut bytes);
+    let spare = bytes.len() * 8 - bits;
+    bytes[0] &= 0xff >> spare;
+    bytes[0] |= 0x80 >> spare;
+    if odd {
+        let last = bytes.len() - 1;
+        bytes[last] |= 1;
+    }
+    bytes
+}
+
+fn time(name: &str, mut f: impl FnMut() -> Vec<u8>) -> Vec<u8> {
+    let mut out = f();
+    let start = Instant::now();
+    for _ in 0..ROUNDS {
+        out = f();
+    }
+    let ms = start.elapsed().as_secs_f64() * 1000.0 / f64::from(ROUNDS);
+    println!("  {name:<44} {ms:>8.3} ms");
+    out
+}
+
+fn strip(bytes: &[u8]) -> Vec<u8> {
+    let first = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len());
+    bytes[first..].to_vec()
+}
+
+fn run(modulus_bits: usize, exponent_bits: usize) {
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(7);
+    let modulus = random_bytes(&mut rng, modulus_bits, true);
+    let base = random_bytes(&mut rng, modulus_bits - 1, false);
+    let exponent = random_bytes(&mut rng, exponent_bits, false);
+    println!("{modulus_bits}-bit modulus, {exponent_bits}-bit exponent ({ROUNDS} rounds each):");
+
+    let (n, b, e) =
+        (BigUint::from_bytes_be(&modulus), BigUint::from_bytes_be(&base), BigUint::from_bytes_be(&exponent));
+    let reference = time("num-bigint 0.4 BigUint::modpow", || b.modpow(&e, &n).to_bytes_be());
+
+    let big = ibig::UBig::from_be_bytes(&modulus);
+    let ring = ibig::modular::ModuloRing::new(&big);
+    let (ib, ie) = (ring.from(ibig::UBig::from_be_bytes(&base)), ibig::UBig::from_be_bytes(&exponent));
+    let got = time("ibig 0.3 Modulo::pow", || ib.pow(&ie).residue().to_be_bytes());
+    assert_eq!(got, reference, "ibig disagrees");
+
+    let precision = (modulus_bits as u32).next_multiple_of(64);
+    let exponent_precision = (exponent_bits as u32).next_multiple_of(64);
+    let m = BoxedUint::from_be_slice(&modulus, precision).expect("fits");
+    let params = BoxedMontyParams::new_vartime(Odd::new(m).expect("odd"));
+    let cb = BoxedMontyForm::new(BoxedUint::from_be_slice(&base, precision).expect("fits"), params);
+    let ce = BoxedUint::from_be_slice(&exponent, exponent_precision).expect("fits");
+    let got = time("crypto-bigint 0.6 BoxedMontyForm::pow", || strip(&cb.pow(&ce).retrieve().to_be_bytes()));
+    assert_eq!(got, reference, "crypto-bigint (boxed) disagrees");
+
+    if modulus_bits == 2048 {
+        let pad = |bytes: &[u8], len: usize| {
+            let mut out = vec![0u8; len - bytes.len()];
+            out.extend_from_slice(bytes);
+            out
+        };
+        let m = Uint::<32>::from_be_slice(&pad(&modulus, 256));
+        let params = MontyParams::new_vartime(Odd::new(m).expect("odd"));
+        let fb = MontyForm::new(&Uint::<32>::from_be_slice(&pad(&base, 256)), params);
+        let fe = Uint::<37>::from_be_slice(&pad(&exponent, 296));
+        let got = time("crypto-bigint 0.6 MontyForm<U2048>::pow", || strip(&fb.pow(&fe).retrieve().to_be_bytes()));
+        assert_eq!(got, reference, "crypto-bigint (fixed) disagrees");
+    }
+}
+
+fn main() {
+    run(2048, 2048 + 6);
+    run(2048, 2048 + 6 + 256);
+    run(1024, 1023);
+}

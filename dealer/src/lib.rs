@@ -41,6 +41,7 @@ mod error;
 mod format;
 mod inspect;
 mod protocol;
+mod rsa_key;
 mod shares;
 mod verify;
 mod write;
@@ -50,8 +51,8 @@ pub use address::{
     Address, CLIENT_PORT_OFFSET, DEFAULT_CLIENT_PORT_FIRST, DEFAULT_PORT_FIRST,
 };
 pub use cluster::{
-    generate, generate_with_client_addresses, generate_with_protocol, Cluster, ClusterFile, ClusterFormat, ClusterId,
-    ReplicaFile, ReplicaInfo, CLUSTER_FORMAT, CLUSTER_FORMAT_V1, REPLICA_FORMAT,
+    generate, generate_with_client_addresses, generate_with_protocol, generate_with_rsa, Cluster, ClusterFile,
+    ClusterFormat, ClusterId, ReplicaFile, ReplicaInfo, CLUSTER_FORMAT, CLUSTER_FORMAT_V1, REPLICA_FORMAT,
 };
 pub use error::DealerError;
 pub use fides_types::Quorum;
@@ -61,5 +62,6 @@ pub use protocol::{
     ProtocolParameters, CHECKPOINT_INTERVAL_LIMIT, EPOCHS_FUTURE_LIMIT, PAYLOAD_LEN_LIMIT, PROPOSAL_BYTES_LIMIT,
     PROPOSAL_REQUESTS_LIMIT, WINDOW_IDS_LIMIT,
 };
+pub use rsa_key::{RsaOptions, ROOT_CERTIFICATE_FILE_NAME, RSA_BITS_DEFAULT};
 pub use verify::{verify_dir, VerifyReport};
-pub use write::{replica_file_name, write, CLUSTER_FILE_NAME};
+pub use write::{check_writable, replica_file_name, write, CLUSTER_FILE_NAME};

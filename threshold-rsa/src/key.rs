@@ -108,7 +108,8 @@ impl PublicKey {
         let Some(expected) = self.verification_keys.get(share.index as usize) else {
             return false;
         };
-        share.value < self.modulus
+        share.modulus_len == self.modulus_len()
+            && share.value < self.modulus
             && Montgomery::new(&self.modulus).pow_secret(&self.verification, &share.value, self.modulus.bits())
                 == *expected
     }
@@ -119,6 +120,8 @@ impl PublicKey {
 pub struct SecretShare {
     pub(crate) index: u32,
     pub(crate) value: BigUint,
+    /// `k`: the length in bytes of the modulus it is a share for (its encoding's width).
+    pub(crate) modulus_len: usize,
 }
 
 impl fmt::Debug for SecretShare {
@@ -207,12 +210,13 @@ pub fn deal_with_primes<R: Rng + CryptoRng>(
     let d = e.modinv(&m).ok_or(DealError::Primes("e divides p' or q'"))?;
     let coefficients: Vec<BigUint> =
         std::iter::once(d).chain((0..threshold).map(|_| rng.gen_biguint_below(&m))).collect();
+    let modulus_len = (bits as usize).div_ceil(8);
     let shares: Vec<SecretShare> = (0..parties)
         .map(|index| {
             let x = BigUint::from(index) + 1u32;
             // Horner, highest coefficient first.
             let value = coefficients.iter().rev().fold(BigUint::zero(), |acc, c| (acc * &x + c) % &m);
-            SecretShare { index, value }
+            SecretShare { index, value, modulus_len }
         })
         .collect();
     let verification = loop {

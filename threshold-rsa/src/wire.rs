@@ -158,8 +158,8 @@ impl PublicKey {
 
 impl SecretShare {
     /// The encoding, `k` being the modulus's length in bytes. It holds the secret.
-    pub fn to_bytes(&self, public: &PublicKey) -> Vec<u8> {
-        let k = public.modulus_len();
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let k = self.modulus_len;
         let mut out = Vec::with_capacity(SECRET_SHARE_HEADER + k);
         out.extend_from_slice(&[KIND_SECRET_SHARE, VERSION]);
         out.extend_from_slice(&self.index.to_be_bytes());
@@ -178,7 +178,7 @@ impl SecretShare {
         if index >= PARTIES_MAX {
             return Err(DecodeError::Invalid(format!("index {index} is not below {PARTIES_MAX}")));
         }
-        Ok(SecretShare { index, value: reader.integer(k) })
+        Ok(SecretShare { index, value: reader.integer(k), modulus_len: k })
     }
 }
 

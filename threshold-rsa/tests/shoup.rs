@@ -176,7 +176,7 @@ fn encodings_round_trip() {
     assert_eq!(public, dealt.public);
     assert_eq!(dealt.public.to_bytes().len(), 16 + 6 * 64);
     for secret in &dealt.shares {
-        let bytes = secret.to_bytes(&dealt.public);
+        let bytes = secret.to_bytes();
         assert_eq!(bytes.len(), 8 + 64);
         assert_eq!(&SecretShare::from_bytes(&bytes).expect("decodes"), secret);
     }
@@ -191,7 +191,7 @@ fn encodings_round_trip() {
 fn malformed_encodings_are_refused_without_panics() {
     let dealt = dealt();
     let public = dealt.public.to_bytes();
-    let secret = dealt.shares[0].to_bytes(&dealt.public);
+    let secret = dealt.shares[0].to_bytes();
     let share = shares(dealt, MESSAGE)[0].to_bytes(&dealt.public);
     // Every truncation and one extra byte.
     for len in 0..public.len() {
@@ -250,7 +250,7 @@ fn malformed_encodings_are_refused_without_panics() {
 #[test]
 fn a_secret_share_matches_only_its_own_verification_key() {
     let dealt = dealt();
-    let mut bytes = dealt.shares[1].to_bytes(&dealt.public);
+    let mut bytes = dealt.shares[1].to_bytes();
     bytes[2..6].copy_from_slice(&2u32.to_be_bytes());
     let moved = SecretShare::from_bytes(&bytes).expect("well formed");
     assert!(!dealt.public.matches(&moved));

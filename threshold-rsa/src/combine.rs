@@ -42,27 +42,49 @@ pub struct Combined {
     pub faults: Vec<ShareFault>,
 }
 
-/// Not enough good shares to sign.
+/// Why no signature was made; the bad shares found are in either case.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{usable} usable signature shares, {needed} needed ({} bad)", faults.len())]
-pub struct NotEnoughShares {
-    /// Shares that could still be used.
-    pub usable: usize,
-    /// `t + 1`.
-    pub needed: usize,
-    /// The bad shares found.
-    pub faults: Vec<ShareFault>,
+pub enum CombineError {
+    /// Fewer than `t + 1` good shares: wait for more.
+    #[error("{usable} usable signature shares, {needed} needed ({} bad)", faults.len())]
+    NotEnoughShares {
+        /// Shares that could still be used.
+        usable: usize,
+        /// `t + 1`.
+        needed: usize,
+        /// The bad shares found.
+        faults: Vec<ShareFault>,
+    },
+    /// `t + 1` shares whose proofs hold did not combine to a signature that verifies. With a key
+    /// this crate dealt that does not happen (short of breaking the proofs' soundness); it is an
+    /// error rather than a panic because the shares come from peers.
+    #[error("{needed} shares with valid proofs did not combine to a valid signature")]
+    ProvenSharesDisagree {
+        /// `t + 1`.
+        needed: usize,
+        /// The bad shares found.
+        faults: Vec<ShareFault>,
+    },
+}
+
+impl CombineError {
+    /// The bad shares found before giving up.
+    pub fn faults(&self) -> &[ShareFault] {
+        match self {
+            CombineError::NotEnoughShares { faults, .. } | CombineError::ProvenSharesDisagree { faults, .. } => faults,
+        }
+    }
 }
 
 /// Combine `shares` of `message`'s signature, optimistically: the first `t + 1` usable shares
 /// (in the order given) are combined and the signature is verified; only if it does not verify
 /// is every share's proof checked, each share with a bad proof named as a fault, and `t + 1` good
 /// ones combined.
-pub fn combine(public: &PublicKey, message: &[u8], shares: &[SignatureShare]) -> Result<Combined, NotEnoughShares> {
+pub fn combine(public: &PublicKey, message: &[u8], shares: &[SignatureShare]) -> Result<Combined, CombineError> {
     let needed = public.threshold as usize + 1;
     let (candidates, mut faults) = usable(public, shares);
     if candidates.len() < needed {
-        return Err(NotEnoughShares { usable: candidates.len(), needed, faults });
+        return Err(CombineError::NotEnoughShares { usable: candidates.len(), needed, faults });
     }
     let x = emsa::encode(message, public.modulus_len());
     if let Some(signature) = combine_checked(public, &x, &candidates[..needed]) {
@@ -77,11 +99,12 @@ pub fn combine(public: &PublicKey, message: &[u8], shares: &[SignatureShare]) ->
         }
     }
     if good.len() < needed {
-        return Err(NotEnoughShares { usable: good.len(), needed, faults });
+        return Err(CombineError::NotEnoughShares { usable: good.len(), needed, faults });
     }
-    let signature = combine_checked(public, &x, &good[..needed])
-        .expect("t + 1 shares with valid proofs of a consistent key combine to a valid signature");
-    Ok(Combined { signature, faults })
+    match combine_checked(public, &x, &good[..needed]) {
+        Some(signature) => Ok(Combined { signature, faults }),
+        None => Err(CombineError::ProvenSharesDisagree { needed, faults }),
+    }
 }
 
 /// The shares that may be combined, each index once, and the faults of the others.

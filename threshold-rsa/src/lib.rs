@@ -43,7 +43,7 @@ mod prime;
 mod share;
 pub mod wire;
 
-pub use combine::{combine, verify_signature, Combined, NotEnoughShares, ShareFault, ShareFaultKind};
+pub use combine::{combine, verify_signature, CombineError, Combined, ShareFault, ShareFaultKind};
 pub use emsa::EMSA_BYTES_MIN;
 pub use key::{
     deal, deal_with_primes, Dealt, PublicKey, SecretShare, MODULUS_BITS_MAX, MODULUS_BITS_MIN, PARTIES_MAX,

@@ -272,3 +272,55 @@ fn slow_a_2048_bit_key_signs_and_verifies() {
     assert!(rsa_crate_verifies(&dealt.public, MESSAGE, &combined.signature));
     assert_eq!(rsa_public_key(&dealt.public).size(), 256);
 }
+
+/// Random corruptions of valid encodings (flipped bytes, cut or extended lengths, from a fixed
+/// seed): decoding never panics, and a corrupted signature share that still decodes is either the
+/// original or is refused by its proof, and never stops the others combining.
+#[test]
+fn corrupted_encodings_never_panic_and_corrupted_shares_are_named() {
+    use rand::{Rng, RngCore};
+    let dealt = dealt();
+    let all = shares(dealt, MESSAGE);
+    let encodings = [dealt.public.to_bytes(), dealt.shares[0].to_bytes(), all[0].to_bytes(&dealt.public)];
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(17);
+    for round in 0..600 {
+        let which = round % 3;
+        let mut bytes = encodings[which].clone();
+        match rng.gen_range(0..4) {
+            0 => bytes.truncate(rng.gen_range(0..bytes.len())),
+            1 => bytes.extend((0..rng.gen_range(1..64)).map(|_| rng.gen::<u8>())),
+            _ => {
+                for _ in 0..rng.gen_range(1..4) {
+                    let at = rng.gen_range(0..bytes.len());
+                    bytes[at] ^= 1 << rng.gen_range(0..8);
+                }
+            }
+        }
+        if round % 97 == 0 {
+            rng.fill_bytes(&mut bytes);
+        }
+        match which {
+            0 => drop(PublicKey::from_bytes(&bytes)),
+            1 => drop(SecretShare::from_bytes(&bytes)),
+            _ => {
+                let Ok(share) = SignatureShare::from_bytes(&dealt.public, &bytes) else { continue };
+                if share == all[0] {
+                    continue;
+                }
+                if verify_share(&dealt.public, MESSAGE, &share) {
+                    // Only a change of sign of x_i keeps the proof valid (it covers x_i^2).
+                    assert_eq!(share.index(), 0);
+                    continue;
+                }
+                let combined = combine(&dealt.public, MESSAGE, &[share.clone(), all[1].clone(), all[2].clone()])
+                    .expect("two good shares remain");
+                assert!(verify_signature(&dealt.public, MESSAGE, &combined.signature));
+                assert!(
+                    combined.faults.is_empty() || combined.faults.iter().all(|f| f.index == share.index()),
+                    "{:?}",
+                    combined.faults
+                );
+            }
+        }
+    }
+}

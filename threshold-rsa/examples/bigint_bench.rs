@@ -102,7 +102,9 @@ fn run(modulus_bits: usize, exponent_bits: usize) {
 }
 
 fn library() {
-    use fides_threshold_rsa::{combine, deal, sign_share, verify_share, verify_signature};
+    use fides_threshold_rsa::{
+        combine, combine_values, deal, sign_share, sign_share_value, verify_share, verify_signature,
+    };
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(2048);
     let start = Instant::now();
     let dealt = deal(2048, 4, 1, &mut rng, &mut |_| {}).expect("valid sizes");
@@ -113,7 +115,14 @@ fn library() {
     let share = time_op("sign_share (x_i and its proof)", ROUNDS, || {
         sign_share(public, &shares[0], message).expect("own share")
     });
+    time_op("sign_share_value (x_i alone)", ROUNDS, || {
+        sign_share_value(public, &shares[0], message).expect("own share")
+    });
     let all: Vec<_> = shares.iter().map(|s| sign_share(public, s, message).expect("own share")).collect();
+    let values: Vec<_> = all.iter().map(|share| share.share_value()).collect();
+    time_op("combine_values (2 good values)", ROUNDS, || {
+        combine_values(public, message, &values[..2]).expect("good values")
+    });
     time_op("verify_share (the proof)", ROUNDS, || assert!(verify_share(public, message, &share)));
     let combined = time_op("combine, optimistic (2 good shares)", ROUNDS, || {
         combine(public, message, &all[..2]).expect("good shares")

@@ -7,7 +7,33 @@ use num_traits::One;
 use crate::arith::{delta, is_residue, lagrange_times_delta, pow_signed, to_fixed_fitting};
 use crate::emsa;
 use crate::key::{PublicKey, PUBLIC_EXPONENT};
-use crate::share::{verify_share, SignatureShare};
+use crate::share::{verify_share, ShareValue, SignatureShare};
+
+/// What combining needs of a share: its index and its value `x_i`.
+trait Share: PartialEq {
+    fn index(&self) -> u32;
+    fn value(&self) -> &BigUint;
+}
+
+impl Share for SignatureShare {
+    fn index(&self) -> u32 {
+        self.index
+    }
+
+    fn value(&self) -> &BigUint {
+        &self.value
+    }
+}
+
+impl Share for ShareValue {
+    fn index(&self) -> u32 {
+        self.index
+    }
+
+    fn value(&self) -> &BigUint {
+        &self.value
+    }
+}
 
 /// Why a share was not used: peer misbehaviour, reported as data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -65,13 +91,25 @@ pub enum CombineError {
         /// The bad shares found.
         faults: Vec<ShareFault>,
     },
+    /// [`combine_values`] only: the first `t + 1` usable values did not combine to a signature
+    /// that verifies, so one of them is bad; which one only the proofs tell. Ask the parties for
+    /// their shares with proofs ([`crate::sign_share`]) and [`combine`] those.
+    #[error("{needed} share values did not combine to a valid signature: their proofs are needed")]
+    ValuesDisagree {
+        /// `t + 1`.
+        needed: usize,
+        /// The bad shares found (before combining: index, duplicate, range).
+        faults: Vec<ShareFault>,
+    },
 }
 
 impl CombineError {
     /// The bad shares found before giving up.
     pub fn faults(&self) -> &[ShareFault] {
         match self {
-            CombineError::NotEnoughShares { faults, .. } | CombineError::ProvenSharesDisagree { faults, .. } => faults,
+            CombineError::NotEnoughShares { faults, .. }
+            | CombineError::ProvenSharesDisagree { faults, .. }
+            | CombineError::ValuesDisagree { faults, .. } => faults,
         }
     }
 }
@@ -107,19 +145,36 @@ pub fn combine(public: &PublicKey, message: &[u8], shares: &[SignatureShare]) ->
     }
 }
 
+/// Combine share values without proofs, optimistically: the first `t + 1` usable values (in the
+/// order given) are combined and the signature is verified. The cheap path of a signer that asks
+/// for proofs only when needed: on [`CombineError::ValuesDisagree`], get the shares with their
+/// proofs and [`combine`] them, which names the bad ones.
+pub fn combine_values(public: &PublicKey, message: &[u8], values: &[ShareValue]) -> Result<Combined, CombineError> {
+    let needed = public.threshold as usize + 1;
+    let (candidates, faults) = usable(public, values);
+    if candidates.len() < needed {
+        return Err(CombineError::NotEnoughShares { usable: candidates.len(), needed, faults });
+    }
+    let x = emsa::encode(message, public.modulus_len());
+    match combine_checked(public, &x, &candidates[..needed]) {
+        Some(signature) => Ok(Combined { signature, faults }),
+        None => Err(CombineError::ValuesDisagree { needed, faults }),
+    }
+}
+
 /// The shares that may be combined, each index once, and the faults of the others.
-fn usable<'a>(public: &PublicKey, shares: &'a [SignatureShare]) -> (Vec<&'a SignatureShare>, Vec<ShareFault>) {
-    let mut candidates: Vec<&SignatureShare> = Vec::with_capacity(shares.len());
+fn usable<'a, S: Share>(public: &PublicKey, shares: &'a [S]) -> (Vec<&'a S>, Vec<ShareFault>) {
+    let mut candidates: Vec<&S> = Vec::with_capacity(shares.len());
     let mut faults = Vec::new();
     for share in shares {
-        let fault = |kind| ShareFault { index: share.index, kind };
-        if share.index >= public.parties() {
+        let fault = |kind| ShareFault { index: share.index(), kind };
+        if share.index() >= public.parties() {
             faults.push(fault(ShareFaultKind::IndexOutOfRange));
-        } else if let Some(earlier) = candidates.iter().find(|c| c.index == share.index) {
+        } else if let Some(earlier) = candidates.iter().find(|c| c.index() == share.index()) {
             if *earlier != share {
                 faults.push(fault(ShareFaultKind::Duplicate));
             }
-        } else if !is_residue(&share.value, &public.modulus) || !share.value.gcd(&public.modulus).is_one() {
+        } else if !is_residue(share.value(), &public.modulus) || !share.value().gcd(&public.modulus).is_one() {
             faults.push(fault(ShareFaultKind::NotAResidue));
         } else {
             candidates.push(share);
@@ -131,14 +186,14 @@ fn usable<'a>(public: &PublicKey, shares: &'a [SignatureShare]) -> (Vec<&'a Sign
 /// Combine exactly `t + 1` shares of distinct indices, and return the signature if it verifies:
 /// `w = Π x_j^{2λ_j}` (`λ_j = Δ·λ_{0,j}`), `w^e = x^{4Δ²}`, and with `4Δ²a + eb = 1`,
 /// `y = w^a x^b`.
-fn combine_checked(public: &PublicKey, x: &BigUint, shares: &[&SignatureShare]) -> Option<Vec<u8>> {
+fn combine_checked<S: Share>(public: &PublicKey, x: &BigUint, shares: &[&S]) -> Option<Vec<u8>> {
     let n = &public.modulus;
     let delta = delta(public.parties());
-    let indices: Vec<u32> = shares.iter().map(|share| share.index).collect();
+    let indices: Vec<u32> = shares.iter().map(|share| share.index()).collect();
     let mut w = BigUint::one();
     for share in shares {
-        let lambda = lagrange_times_delta(&delta, &indices, share.index);
-        w = w * pow_signed(&share.value, &(lambda << 1), n)? % n;
+        let lambda = lagrange_times_delta(&delta, &indices, share.index());
+        w = w * pow_signed(share.value(), &(lambda << 1), n)? % n;
     }
     let e_prime: BigInt = BigInt::from(&delta * &delta) << 2u32;
     let bezout = e_prime.extended_gcd(&BigInt::from(PUBLIC_EXPONENT));

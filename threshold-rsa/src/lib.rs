@@ -18,6 +18,9 @@
 //! - **Optimistic combining**: the first `t + 1` usable shares are combined and `y^e = x` checked;
 //!   only if that fails are all shares' proofs checked, each bad one named as a [`ShareFault`],
 //!   and `t + 1` good ones combined.
+//! - **Proofs on demand** ([`sign_share_value`], [`combine_values`]): a signer may send `x_i`
+//!   alone (a third of the cost) and be asked for its proof only when the values do not combine
+//!   to a signature that verifies; [`combine`] of the proven shares then names the bad ones.
 //!
 //! Encodings ([`wire`]) are fixed-size, and decoding refuses every malformed input with an error.
 //!
@@ -43,14 +46,14 @@ mod prime;
 mod share;
 pub mod wire;
 
-pub use combine::{combine, verify_signature, CombineError, Combined, ShareFault, ShareFaultKind};
+pub use combine::{combine, combine_values, verify_signature, CombineError, Combined, ShareFault, ShareFaultKind};
 pub use emsa::EMSA_BYTES_MIN;
 pub use key::{
     deal, deal_with_primes, Dealt, PublicKey, SecretShare, MODULUS_BITS_MAX, MODULUS_BITS_MIN, PARTIES_MAX,
     PUBLIC_EXPONENT,
 };
 pub use prime::{is_safe_prime, safe_prime, SearchProgress};
-pub use share::{sign_share, verify_share, SignatureShare, CHALLENGE_BYTES};
+pub use share::{sign_share, sign_share_value, verify_share, ShareValue, SignatureShare, CHALLENGE_BYTES};
 pub use wire::DecodeError;
 
 /// Why a key was not dealt.

@@ -9,7 +9,7 @@ use num_integer::Integer;
 
 use crate::arith::to_fixed_fitting;
 use crate::key::{PublicKey, SecretShare, MODULUS_BITS_MAX, MODULUS_BITS_MIN, PARTIES_MAX, PUBLIC_EXPONENT};
-use crate::share::{response_len, SignatureShare, CHALLENGE_BYTES};
+use crate::share::{response_len, ShareValue, SignatureShare, CHALLENGE_BYTES};
 
 /// Kind byte of an encoded [`PublicKey`].
 pub const KIND_PUBLIC_KEY: u8 = 0x01;
@@ -17,6 +17,8 @@ pub const KIND_PUBLIC_KEY: u8 = 0x01;
 pub const KIND_SECRET_SHARE: u8 = 0x02;
 /// Kind byte of an encoded [`SignatureShare`].
 pub const KIND_SIGNATURE_SHARE: u8 = 0x03;
+/// Kind byte of an encoded [`ShareValue`].
+pub const KIND_SHARE_VALUE: u8 = 0x04;
 /// The version byte of every encoding.
 pub const VERSION: u8 = 0x01;
 
@@ -110,6 +112,33 @@ const PUBLIC_KEY_HEADER: usize = 2 + 2 + 4 + 4 + 4;
 const SECRET_SHARE_HEADER: usize = 2 + 4 + 2;
 /// Signature share: `03 01 | index: u32 | k: u16 | x_i: k | c: 16 | z: k + 33`.
 const SIGNATURE_SHARE_HEADER: usize = 2 + 4 + 2;
+/// Share value: `04 01 | index: u32 | k: u16 | x_i: k`.
+const SHARE_VALUE_HEADER: usize = 2 + 4 + 2;
+
+/// The index, `k` and `x_i` that begin a signature share or a share value of `public`'s key
+/// (their headers have one layout); `rest(k)` is the length of what follows `x_i`.
+fn index_and_value<'a>(
+    public: &PublicKey,
+    bytes: &'a [u8],
+    kind: u8,
+    rest: impl Fn(usize) -> usize,
+) -> Result<(u32, BigUint, Reader<'a>), DecodeError> {
+    let mut reader = header(bytes, kind, SIGNATURE_SHARE_HEADER)?;
+    let index = reader.u32();
+    let k = modulus_len(reader.u16())?;
+    if k != public.modulus_len() {
+        return Err(DecodeError::Invalid(format!("made for a {k}-byte modulus, not {}", public.modulus_len())));
+    }
+    exact(bytes, Some(SIGNATURE_SHARE_HEADER + k + rest(k)))?;
+    if index >= public.parties() {
+        return Err(DecodeError::Invalid(format!("index {index} is not below n = {}", public.parties())));
+    }
+    let value = reader.integer(k);
+    if value == BigUint::ZERO || value >= public.modulus {
+        return Err(DecodeError::Invalid("the share is not in 1..N".to_string()));
+    }
+    Ok((index, value, reader))
+}
 
 impl PublicKey {
     /// The encoding (see the crate's documentation).
@@ -200,22 +229,30 @@ impl SignatureShare {
     /// modulus's length, its index is not below `n`, or `x_i` is not in `1..N`. (Its proof is
     /// checked by [`crate::verify_share`] or [`crate::combine`].)
     pub fn from_bytes(public: &PublicKey, bytes: &[u8]) -> Result<SignatureShare, DecodeError> {
-        let mut reader = header(bytes, KIND_SIGNATURE_SHARE, SIGNATURE_SHARE_HEADER)?;
-        let index = reader.u32();
-        let k = modulus_len(reader.u16())?;
-        if k != public.modulus_len() {
-            return Err(DecodeError::Invalid(format!("made for a {k}-byte modulus, not {}", public.modulus_len())));
-        }
-        exact(bytes, Some(SIGNATURE_SHARE_HEADER + k + CHALLENGE_BYTES + response_len(k)))?;
-        if index >= public.parties() {
-            return Err(DecodeError::Invalid(format!("index {index} is not below n = {}", public.parties())));
-        }
-        let value = reader.integer(k);
-        if value == BigUint::ZERO || value >= public.modulus {
-            return Err(DecodeError::Invalid("the share is not in 1..N".to_string()));
-        }
+        let rest = |k| CHALLENGE_BYTES + response_len(k);
+        let (index, value, mut reader) = index_and_value(public, bytes, KIND_SIGNATURE_SHARE, rest)?;
         let challenge = reader.take(CHALLENGE_BYTES).try_into().expect("took CHALLENGE_BYTES bytes");
-        let response = reader.integer(response_len(k));
+        let response = reader.integer(response_len(public.modulus_len()));
         Ok(SignatureShare { index, value, challenge, response })
+    }
+}
+
+impl ShareValue {
+    /// The encoding (see the crate's documentation).
+    pub fn to_bytes(&self, public: &PublicKey) -> Vec<u8> {
+        let k = public.modulus_len();
+        let mut out = Vec::with_capacity(SHARE_VALUE_HEADER + k);
+        out.extend_from_slice(&[KIND_SHARE_VALUE, VERSION]);
+        out.extend_from_slice(&self.index.to_be_bytes());
+        out.extend_from_slice(&k_u16(k));
+        out.extend_from_slice(&to_fixed_fitting(&self.value, k));
+        out
+    }
+
+    /// Decode a share value made for `public`'s modulus, refused as [`SignatureShare::from_bytes`]
+    /// refuses.
+    pub fn from_bytes(public: &PublicKey, bytes: &[u8]) -> Result<ShareValue, DecodeError> {
+        let (index, value, _) = index_and_value(public, bytes, KIND_SHARE_VALUE, |_| 0)?;
+        Ok(ShareValue { index, value })
     }
 }

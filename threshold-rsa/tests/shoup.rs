@@ -5,8 +5,8 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use fides_threshold_rsa::{
-    combine, deal, sign_share, verify_share, verify_signature, wire, CombineError, Dealt, DecodeError, PublicKey,
-    SecretShare, ShareFault, ShareFaultKind, SignatureShare,
+    combine, combine_values, deal, sign_share, sign_share_value, verify_share, verify_signature, wire, CombineError,
+    Dealt, DecodeError, PublicKey, SecretShare, ShareFault, ShareFaultKind, ShareValue, SignatureShare,
 };
 use rand::SeedableRng;
 use rsa::pkcs8::EncodePublicKey;
@@ -171,6 +171,33 @@ fn fewer_than_t_plus_one_good_shares_do_not_combine_and_name_the_bad_ones() {
 }
 
 #[test]
+fn share_values_without_proofs_combine_and_a_bad_one_asks_for_the_proofs_that_name_it() {
+    let dealt = dealt();
+    let all = shares(dealt, MESSAGE);
+    let values: Vec<ShareValue> =
+        dealt.shares.iter().map(|share| sign_share_value(&dealt.public, share, MESSAGE).expect("own share")).collect();
+    for (value, share) in values.iter().zip(&all) {
+        assert_eq!(*value, share.share_value());
+    }
+    let reference = combine(&dealt.public, MESSAGE, &all).expect("good shares").signature;
+    let combined = combine_values(&dealt.public, MESSAGE, &values[2..]).expect("2 good values");
+    assert_eq!(combined.signature, reference);
+    assert!(rsa_crate_verifies(&dealt.public, MESSAGE, &combined.signature));
+    // A wrong value among the first t + 1: the values cannot say which; the proofs can.
+    let mut values = values;
+    values[1] = sign_share_value(&dealt.public, &dealt.shares[1], b"another message").expect("own share");
+    let refused = combine_values(&dealt.public, MESSAGE, &values).expect_err("a bad value");
+    assert_eq!(refused, CombineError::ValuesDisagree { needed: 2, faults: vec![] });
+    let mut proven = all.clone();
+    proven[1] = wrong_share(dealt, 1);
+    let combined = combine(&dealt.public, MESSAGE, &proven).expect("3 good shares");
+    assert_eq!(combined.faults, vec![ShareFault { index: 1, kind: ShareFaultKind::InvalidProof }]);
+    assert_eq!(combined.signature, reference);
+    let refused = combine_values(&dealt.public, MESSAGE, &values[..1]).expect_err("one value");
+    assert_eq!(refused, CombineError::NotEnoughShares { usable: 1, needed: 2, faults: vec![] });
+}
+
+#[test]
 fn encodings_round_trip() {
     let dealt = dealt();
     let public = PublicKey::from_bytes(&dealt.public.to_bytes()).expect("decodes");
@@ -185,6 +212,10 @@ fn encodings_round_trip() {
         let bytes = share.to_bytes(&dealt.public);
         assert_eq!(bytes.len(), 8 + 64 + 16 + 64 + 33);
         assert_eq!(SignatureShare::from_bytes(&dealt.public, &bytes).expect("decodes"), share);
+        let value = share.share_value();
+        let bytes = value.to_bytes(&dealt.public);
+        assert_eq!(bytes.len(), 8 + 64);
+        assert_eq!(ShareValue::from_bytes(&dealt.public, &bytes).expect("decodes"), value);
     }
 }
 
@@ -204,6 +235,15 @@ fn malformed_encodings_are_refused_without_panics() {
     for len in 0..share.len() {
         assert!(SignatureShare::from_bytes(&dealt.public, &share[..len]).is_err());
     }
+    let value = shares(dealt, MESSAGE)[0].share_value().to_bytes(&dealt.public);
+    for len in 0..value.len() {
+        assert!(ShareValue::from_bytes(&dealt.public, &value[..len]).is_err());
+    }
+    assert!(matches!(ShareValue::from_bytes(&dealt.public, &share), Err(DecodeError::Kind { .. })));
+    assert!(matches!(SignatureShare::from_bytes(&dealt.public, &value), Err(DecodeError::Kind { .. })));
+    let mut far = value.clone();
+    far[2..6].copy_from_slice(&4u32.to_be_bytes());
+    assert!(matches!(ShareValue::from_bytes(&dealt.public, &far), Err(DecodeError::Invalid(_))));
     let longer = |bytes: &[u8]| [bytes, &[0]].concat();
     assert!(matches!(PublicKey::from_bytes(&longer(&public)), Err(DecodeError::Length { .. })));
     assert!(matches!(SecretShare::from_bytes(&longer(&secret)), Err(DecodeError::Length { .. })));

@@ -6,11 +6,13 @@ use std::fmt;
 use blsttc::{PublicKeySet, SecretKeySet, SecretKeyShare};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use fides_crypto::{domain, sha256, tagged, ThresholdKeys};
+use fides_threshold_rsa::{PublicKey as RsaPublicKey, SecretShare as RsaSecretShare};
 use fides_types::{NodeIndex, Quorum};
 use rand::{CryptoRng, Rng};
 
 use crate::address::{check_addresses, check_client_addresses, derive_client_addresses, Address, ADDRESS_LIST};
 use crate::protocol::ProtocolParameters;
+use crate::rsa_key::{deal_rsa, root_certificate, RsaOptions};
 use crate::shares::bad_shares;
 use crate::DealerError;
 
@@ -104,10 +106,12 @@ pub struct ClusterFile {
     coin: PublicKeySet,
     encryption: PublicKeySet,
     replicas: Vec<ReplicaInfo>,
+    rsa: Option<RsaPublicKey>,
 }
 
 impl ClusterFile {
     /// Check that the parts make a cluster, and compute its id.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         format: ClusterFormat,
         quorum: Quorum,
@@ -116,6 +120,7 @@ impl ClusterFile {
         coin: PublicKeySet,
         encryption: PublicKeySet,
         replicas: Vec<ReplicaInfo>,
+        rsa: Option<RsaPublicKey>,
     ) -> Result<ClusterFile, String> {
         if format == ClusterFormat::V1 && protocol != ProtocolParameters::V1 {
             return Err(format!("a {} file has the parameters {}", CLUSTER_FORMAT_V1, ProtocolParameters::V1));
@@ -149,15 +154,28 @@ impl ClusterFile {
                 return Err(format!("replica {} has the identity of another replica", replica.index.0));
             }
         }
-        let id = cluster_id(format, quorum, &protocol, &signing, &coin, &encryption, &replicas);
-        Ok(ClusterFile { id, format, quorum, protocol, signing, coin, encryption, replicas })
+        if let Some(rsa) = &rsa {
+            if (rsa.parties(), rsa.threshold()) != (quorum.n(), quorum.t()) {
+                return Err(format!(
+                    "the threshold RSA key is for n = {}, t = {}, not n = {}, t = {}",
+                    rsa.parties(),
+                    rsa.threshold(),
+                    quorum.n(),
+                    quorum.t()
+                ));
+            }
+        }
+        let id = cluster_id(format, quorum, &protocol, &signing, &coin, &encryption, &replicas, rsa.as_ref());
+        Ok(ClusterFile { id, format, quorum, protocol, signing, coin, encryption, replicas, rsa })
     }
 
     /// The cluster id: SHA-256 of `tagged(domain::CLUSTER_ID, [format, n, t, protocol, signing,
     /// coin, encryption, identity 0, …, identity n-1])`, `n` and `t` as 4 little-endian bytes,
     /// `protocol` as each parameter in 8 little-endian bytes (absent from a `fides-cluster-v1`
-    /// file's id), key sets as their commitments. Addresses (replica-to-replica and client) are
-    /// not in it: they can change without a new deal.
+    /// file's id), key sets as their commitments, then the threshold RSA public key's encoding
+    /// as one more part if the cluster has one (so the id of a file without it is unchanged).
+    /// Addresses (replica-to-replica and client) are not in it: they can change without a new
+    /// deal.
     pub fn id(&self) -> ClusterId {
         self.id
     }
@@ -192,6 +210,12 @@ impl ClusterFile {
         &self.encryption
     }
 
+    /// The threshold RSA key of the certification authority, if it was dealt (files written
+    /// before it have none).
+    pub fn rsa(&self) -> Option<&RsaPublicKey> {
+        self.rsa.as_ref()
+    }
+
     /// The public key set `key_set`.
     pub(crate) fn key_set(&self, key_set: KeySet) -> &PublicKeySet {
         match key_set {
@@ -212,6 +236,7 @@ impl ClusterFile {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn cluster_id(
     format: ClusterFormat,
     quorum: Quorum,
@@ -220,6 +245,7 @@ fn cluster_id(
     coin: &PublicKeySet,
     encryption: &PublicKeySet,
     replicas: &[ReplicaInfo],
+    rsa: Option<&RsaPublicKey>,
 ) -> ClusterId {
     let n = quorum.n().to_le_bytes();
     let t = quorum.t().to_le_bytes();
@@ -232,6 +258,8 @@ fn cluster_id(
     }
     parts.extend([sets[0].as_slice(), &sets[1], &sets[2]]);
     parts.extend(identities.iter().map(|identity| identity.as_slice()));
+    let rsa = rsa.map(RsaPublicKey::to_bytes);
+    parts.extend(rsa.as_deref());
     ClusterId(sha256(&tagged(domain::CLUSTER_ID, &parts)))
 }
 
@@ -246,6 +274,7 @@ pub struct ReplicaFile {
     pub(crate) coin: SecretKeyShare,
     pub(crate) encryption: SecretKeyShare,
     pub(crate) identity: SigningKey,
+    pub(crate) rsa: Option<RsaSecretShare>,
 }
 
 impl fmt::Debug for ReplicaFile {
@@ -293,6 +322,11 @@ impl ReplicaFile {
         &self.identity
     }
 
+    /// Secret share of the threshold RSA key, if the cluster has one.
+    pub fn rsa_share(&self) -> Option<&RsaSecretShare> {
+        self.rsa.as_ref()
+    }
+
     /// This replica's keys of the signing set, after checking it belongs to `cluster`.
     pub fn signing_keys(&self, cluster: &ClusterFile) -> Result<ThresholdKeys, DealerError> {
         self.check(cluster)?;
@@ -315,7 +349,8 @@ impl ReplicaFile {
 
     /// Every way in which this replica does not belong to `cluster`; empty if it does: same
     /// cluster id, `n` and `t`, index in range, each secret share matching the public key share at
-    /// its index, and the identity key matching the public identity.
+    /// its index (the RSA share its verification key), and the identity key matching the public
+    /// identity.
     pub fn mismatches(&self, cluster: &ClusterFile) -> Vec<String> {
         let mut found = self.mismatches_except_shares(cluster);
         if found.is_empty() {
@@ -325,8 +360,22 @@ impl ReplicaFile {
                     found.push(share_mismatch(key_set, self.index));
                 }
             }
+            found.extend(self.rsa_mismatch(cluster));
         }
         found
+    }
+
+    /// Why this replica's threshold RSA share does not fit `cluster`'s key, if it does not.
+    pub(crate) fn rsa_mismatch(&self, cluster: &ClusterFile) -> Option<String> {
+        match (cluster.rsa(), &self.rsa) {
+            (None, None) => None,
+            (None, Some(_)) => Some("holds a threshold RSA share but the cluster has no RSA key".to_string()),
+            (Some(_), None) => Some("holds no threshold RSA share but the cluster has an RSA key".to_string()),
+            (Some(public), Some(share)) if share.index() != self.index.0 || !public.matches(share) => {
+                Some(format!("its RSA share does not match the RSA verification key of replica {}", self.index.0))
+            }
+            (Some(_), Some(_)) => None,
+        }
     }
 
     /// [`Self::mismatches`] but for the secret shares, which `verify_dir` checks in a batch.
@@ -375,6 +424,7 @@ pub(crate) fn share_mismatch(key_set: KeySet, index: NodeIndex) -> String {
 pub struct Cluster {
     public: ClusterFile,
     replicas: Vec<ReplicaFile>,
+    root_certificate: Option<String>,
 }
 
 impl Cluster {
@@ -386,6 +436,12 @@ impl Cluster {
     /// The private replica files, in index order.
     pub fn replicas(&self) -> &[ReplicaFile] {
         &self.replicas
+    }
+
+    /// The certification authority's self-signed root certificate (PEM), if an RSA key was
+    /// dealt.
+    pub fn root_certificate(&self) -> Option<&str> {
+        self.root_certificate.as_deref()
     }
 
     /// Both parts.
@@ -433,6 +489,21 @@ pub fn generate_with_protocol<R: Rng + CryptoRng>(
     client_addresses: Vec<Address>,
     rng: &mut R,
 ) -> Result<Cluster, DealerError> {
+    generate_with_rsa(quorum, protocol, addresses, client_addresses, None, rng)
+}
+
+/// [`generate_with_protocol`], and with `rsa` also a threshold RSA key of threshold `t` (Shoup's;
+/// for the certification authority) and its self-signed root certificate (see
+/// [`Cluster::root_certificate`]). The RSA key is dealt last, after every check, so that a bad
+/// argument is refused before the slow search for safe primes.
+pub fn generate_with_rsa<R: Rng + CryptoRng>(
+    quorum: Quorum,
+    protocol: ProtocolParameters,
+    addresses: Vec<Address>,
+    client_addresses: Vec<Address>,
+    rsa: Option<RsaOptions<'_>>,
+    rng: &mut R,
+) -> Result<Cluster, DealerError> {
     check_addresses(&addresses, quorum, ADDRESS_LIST)?;
     check_client_addresses(&client_addresses, &addresses, quorum)?;
     protocol.check(quorum).map_err(DealerError::Protocol)?;
@@ -452,6 +523,10 @@ pub fn generate_with_protocol<R: Rng + CryptoRng>(
             identity: identity.verifying_key(),
         })
         .collect();
+    let (rsa, not_before) = match rsa {
+        Some(mut options) => (Some(deal_rsa(quorum, &mut options, rng)?), Some(options.not_before)),
+        None => (None, None),
+    };
     let public = ClusterFile::new(
         ClusterFormat::V2,
         quorum,
@@ -460,8 +535,14 @@ pub fn generate_with_protocol<R: Rng + CryptoRng>(
         coin.public_keys(),
         encryption.public_keys(),
         replicas_public,
+        rsa.as_ref().map(|dealt| dealt.public.clone()),
     )
     .expect("freshly dealt key sets and identities are consistent, and the addresses were checked");
+    let root_certificate = match (&rsa, not_before) {
+        (Some(dealt), Some(not_before)) => Some(root_certificate(public.id, dealt, quorum, not_before)?),
+        _ => None,
+    };
+    let mut rsa_shares = rsa.map(|dealt| dealt.shares.into_iter());
     let replicas = quorum
         .nodes()
         .zip(identities)
@@ -473,9 +554,10 @@ pub fn generate_with_protocol<R: Rng + CryptoRng>(
             coin: coin.secret_key_share(index.as_usize()),
             encryption: encryption.secret_key_share(index.as_usize()),
             identity,
+            rsa: rsa_shares.as_mut().and_then(Iterator::next),
         })
         .collect();
-    Ok(Cluster { public, replicas })
+    Ok(Cluster { public, replicas, root_certificate })
 }
 
 #[cfg(test)]

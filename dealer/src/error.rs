@@ -117,6 +117,9 @@ pub enum DealerError {
         /// What failed.
         reason: String,
     },
+    /// The threshold RSA key could not be dealt, or its root certificate made.
+    #[error("threshold RSA: {0}")]
+    Rsa(String),
     /// `verify` found problems, one per file (at least one).
     #[error("{} problem(s) found:\n{}", .0.len(), list(.0))]
     Verify(Vec<DealerError>),

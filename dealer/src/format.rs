@@ -6,6 +6,7 @@ use std::path::Path;
 
 use blsttc::{PublicKeySet, SecretKeyShare, PK_SIZE, SK_SIZE};
 use ed25519_dalek::{SigningKey, VerifyingKey};
+use fides_threshold_rsa::{PublicKey as RsaPublicKey, SecretShare as RsaSecretShare};
 use fides_types::{NodeIndex, Quorum};
 use serde::{Deserialize, Serialize};
 
@@ -85,6 +86,9 @@ struct KeySetsToml {
     signing: String,
     coin: String,
     encryption: String,
+    /// The threshold RSA public key (hex of its encoding); absent from files dealt before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rsa: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -116,9 +120,14 @@ struct SecretsToml {
     coin_share: String,
     encryption_share: String,
     identity: String,
+    /// The threshold RSA secret share (hex of its encoding); absent from files dealt before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rsa_share: Option<String>,
 }
 
 /// What a file says it is.
+// Made once per file read: the size of the cluster variant does not matter.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Parsed {
     Cluster(ClusterFile),
     Replica(Box<ReplicaFile>),
@@ -140,6 +149,7 @@ impl ClusterFile {
                 signing: hex::encode(self.signing().to_bytes()),
                 coin: hex::encode(self.coin().to_bytes()),
                 encryption: hex::encode(self.encryption().to_bytes()),
+                rsa: self.rsa().map(|rsa| hex::encode(rsa.to_bytes())),
             },
             replicas: self
                 .replicas()
@@ -171,6 +181,7 @@ impl ReplicaFile {
                 coin_share: hex::encode(self.coin.to_bytes()),
                 encryption_share: hex::encode(self.encryption.to_bytes()),
                 identity: hex::encode(self.identity.to_bytes()),
+                rsa_share: self.rsa.as_ref().map(|share| hex::encode(share.to_bytes())),
             },
         };
         let body = toml::to_string(&raw).expect("strings, integers and tables always encode as TOML");
@@ -275,7 +286,8 @@ fn decode_cluster(format: ClusterFormat, raw: ClusterToml) -> Result<ClusterFile
         .enumerate()
         .map(|(position, entry)| decode_replica_entry(position, entry))
         .collect::<Result<Vec<_>, _>>()?;
-    let cluster = ClusterFile::new(format, quorum, protocol, signing, coin, encryption, replicas)?;
+    let rsa = raw.keys.rsa.as_deref().map(decode_rsa_public_key).transpose()?;
+    let cluster = ClusterFile::new(format, quorum, protocol, signing, coin, encryption, replicas, rsa)?;
     let stated = ClusterId(decode_hex::<32>("cluster_id", &raw.cluster_id)?);
     if stated != cluster.id() {
         return Err(format!(
@@ -316,6 +328,7 @@ fn decode_replica(raw: ReplicaToml) -> Result<ReplicaFile, String> {
         coin: decode_secret_share("secrets.coin_share", &secrets.coin_share)?,
         encryption: decode_secret_share("secrets.encryption_share", &secrets.encryption_share)?,
         identity: SigningKey::from_bytes(&decode_hex::<32>("secrets.identity", &secrets.identity)?),
+        rsa: secrets.rsa_share.as_deref().map(decode_rsa_share).transpose()?,
     })
 }
 
@@ -324,6 +337,17 @@ fn decode_hex<const N: usize>(field: &str, text: &str) -> Result<[u8; N], String
     let mut bytes = [0u8; N];
     hex::decode_to_slice(text, &mut bytes).map_err(|_| format!("{field}: not {} hex digits", 2 * N))?;
     Ok(bytes)
+}
+
+fn decode_rsa_public_key(text: &str) -> Result<RsaPublicKey, String> {
+    let bytes = hex::decode(text).map_err(|_| "keys.rsa: not hex".to_string())?;
+    RsaPublicKey::from_bytes(&bytes).map_err(|error| format!("keys.rsa: not a threshold RSA public key: {error}"))
+}
+
+/// The message never quotes the text (it is secret).
+fn decode_rsa_share(text: &str) -> Result<RsaSecretShare, String> {
+    let bytes = hex::decode(text).map_err(|_| "secrets.rsa_share: not hex".to_string())?;
+    RsaSecretShare::from_bytes(&bytes).map_err(|error| format!("secrets.rsa_share: not a threshold RSA share: {error}"))
 }
 
 fn decode_secret_share(field: &str, text: &str) -> Result<SecretKeyShare, String> {
@@ -480,6 +504,63 @@ mod tests {
         let missing = text.replacen("dedup_window_epochs = 10000\n", "", 1);
         let Err(reason) = parse(&missing) else { panic!("a [protocol] table without a parameter parsed") };
         assert!(reason.contains("dedup_window_epochs"), "{reason}");
+    }
+
+    /// The same deal as `generate` with `seed`, with a 512-bit (test-only) RSA key or without.
+    fn dealt_with_rsa(rsa: bool, seed: u64) -> crate::Cluster {
+        let quorum = Quorum::new(4, 1).expect("valid quorum");
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
+        let mut progress = |_| {};
+        let not_before = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+        let options = rsa.then_some(crate::RsaOptions { modulus_bits: 512, not_before, progress: &mut progress });
+        let (addresses, clients) = (default_addresses(quorum), crate::address::default_client_addresses(quorum));
+        crate::generate_with_rsa(quorum, ProtocolParameters::DEFAULT, addresses, clients, options, &mut rng)
+            .expect("valid arguments")
+    }
+
+    #[test]
+    fn a_threshold_rsa_key_round_trips_and_is_in_the_id_and_files_without_one_keep_theirs() {
+        let (with, without) = (dealt_with_rsa(true, 8), dealt_with_rsa(false, 8));
+        let quorum = with.public().quorum();
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(8);
+        let plain = generate(quorum, default_addresses(quorum), &mut rng).expect("default addresses fit");
+        assert_eq!(without.public().id(), plain.public().id(), "no RSA key, yet another id");
+        assert_eq!(with.public().signing(), without.public().signing(), "not the same deal");
+        assert_ne!(with.public().id(), without.public().id(), "the RSA key is not in the id");
+        assert!(!without.public().to_toml().contains("rsa"));
+        assert!(without.root_certificate().is_none());
+        assert!(with.root_certificate().is_some_and(|pem| pem.starts_with("-----BEGIN CERTIFICATE-----")));
+        let Ok(Parsed::Cluster(public)) = parse(&with.public().to_toml()) else {
+            panic!("a cluster file with an RSA key does not parse back");
+        };
+        assert_eq!(&public, with.public());
+        for replica in with.replicas() {
+            let Ok(Parsed::Replica(parsed)) = parse(&replica.to_toml()) else { panic!("does not parse back") };
+            assert_eq!(parsed.mismatches(&public), Vec::<String>::new());
+            assert!(parsed.rsa_share().is_some());
+        }
+        // A replica file of this cluster without its RSA share does not belong to it.
+        let text: String = with.replicas()[2]
+            .to_toml()
+            .lines()
+            .filter(|line| !line.starts_with("rsa_share"))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let Ok(Parsed::Replica(stripped)) = parse(&text) else { panic!("a replica file without RSA share") };
+        assert_eq!(stripped.mismatches(&public), vec!["holds no threshold RSA share but the cluster has an RSA key"]);
+        // Another key, or bytes that are not one, are refused.
+        let other = dealt_with_rsa(true, 9);
+        let text = with.public().to_toml();
+        let (ours, theirs) = (value_of(&text, "rsa"), value_of(&other.public().to_toml(), "rsa"));
+        let Err(reason) = parse(&text.replace(&ours, &theirs)) else { panic!("another RSA key parsed") };
+        assert!(reason.contains("does not match"), "{reason}");
+        let Err(reason) = parse(&text.replace(&ours, &ours[..ours.len() - 2])) else { panic!("a short key parsed") };
+        assert!(reason.contains("keys.rsa: not a threshold RSA public key"), "{reason}");
+    }
+
+    fn value_of(text: &str, key: &str) -> String {
+        let line = text.lines().find(|line| line.starts_with(&format!("{key} = "))).expect("the key is in the file");
+        line.split('"').nth(1).expect("a quoted value").to_string()
     }
 
     #[test]

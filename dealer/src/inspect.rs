@@ -39,6 +39,21 @@ fn summarise_cluster(path: &Path, cluster: &ClusterFile) -> String {
     {
         let _ = writeln!(out, "    {name:<11}{}", hex::encode(set.public_key().to_bytes()));
     }
+    match cluster.rsa() {
+        Some(rsa) => {
+            let _ = writeln!(
+                out,
+                "  threshold RSA {} bits, e = {}, t + 1 = {} shares sign; modulus {}…",
+                8 * rsa.modulus_len(),
+                rsa.exponent(),
+                rsa.threshold() + 1,
+                hex::encode(&rsa.modulus_bytes()[..8])
+            );
+        }
+        None => {
+            let _ = writeln!(out, "  threshold RSA none (dealt before the certification authority's key)");
+        }
+    }
     let _ = writeln!(out, "  replicas (index, address, client address, Ed25519 identity):");
     for replica in cluster.replicas() {
         let identity = hex::encode(replica.identity.to_bytes());
@@ -67,5 +82,9 @@ fn summarise_replica(path: &Path, replica: &ReplicaFile) -> String {
     ] {
         let _ = writeln!(out, "    {name:<11}{}", hex::encode(share.public_key_share().to_bytes()));
     }
+    let _ = match replica.rsa_share() {
+        Some(_) => writeln!(out, "  and it holds a threshold RSA share (checked by `dealer verify`)"),
+        None => writeln!(out, "  and it holds no threshold RSA share"),
+    };
     out
 }

@@ -7,6 +7,10 @@
 //!   replayed as a signature; *encryption*, for threshold decryption. Share `i` is the secret
 //!   polynomial evaluated at `i + 1`, as blsttc does.
 //! - one Ed25519 identity per replica, which authenticates it to its peers.
+//! - with [`generate_with_rsa`] (the binary's path): a Shoup threshold RSA key of threshold `t`
+//!   for the certification authority (`fides-threshold-rsa`; modulus from safe primes, 2048 bits
+//!   by default) and the cluster's self-signed root certificate, signed by `t + 1` of its shares.
+//!   The other `generate*` functions deal none, so that simulations and tests stay fast.
 //! - the cluster's [`ProtocolParameters`]: every setting that decides what a replica accepts or
 //!   sends (batch size, checkpoint interval, …). They are in the cluster file and in the cluster
 //!   id, so replicas of one cluster cannot run with different ones.
@@ -16,9 +20,9 @@
 //!   [`ReplicaFile`] per replica. Each replica has two addresses: its `address`, where its peers
 //!   reach it, and its `client_address`, where it serves clients (given to
 //!   [`generate_with_client_addresses`], or derived as the same host with port + 100).
-//! - [`write()`] puts them in a directory as `cluster.toml` and `replica-<i>.toml` (created with
-//!   mode 0600), each through a temporary file and a rename, replica files first and the cluster
-//!   file last: an interrupted run leaves no cluster file.
+//! - [`write()`] puts them in a directory as `cluster.toml`, `replica-<i>.toml` (created with
+//!   mode 0600) and, with an RSA key, `ca-root.pem`, each through a temporary file and a rename,
+//!   replica files first and the cluster file last: an interrupted run leaves no cluster file.
 //! - [`read_cluster`] and [`read_replica`] refuse any file whose keys do not decode, whose sizes
 //!   are not a valid quorum, or whose `cluster_id` is not the hash of its key material; a replica
 //!   file from another cluster is caught by [`ReplicaFile::mismatches`].
@@ -41,6 +45,7 @@ mod error;
 mod format;
 mod inspect;
 mod protocol;
+mod rsa_key;
 mod shares;
 mod verify;
 mod write;
@@ -50,8 +55,8 @@ pub use address::{
     Address, CLIENT_PORT_OFFSET, DEFAULT_CLIENT_PORT_FIRST, DEFAULT_PORT_FIRST,
 };
 pub use cluster::{
-    generate, generate_with_client_addresses, generate_with_protocol, Cluster, ClusterFile, ClusterFormat, ClusterId,
-    ReplicaFile, ReplicaInfo, CLUSTER_FORMAT, CLUSTER_FORMAT_V1, REPLICA_FORMAT,
+    generate, generate_with_client_addresses, generate_with_protocol, generate_with_rsa, Cluster, ClusterFile,
+    ClusterFormat, ClusterId, ReplicaFile, ReplicaInfo, CLUSTER_FORMAT, CLUSTER_FORMAT_V1, REPLICA_FORMAT,
 };
 pub use error::DealerError;
 pub use fides_types::Quorum;
@@ -61,5 +66,6 @@ pub use protocol::{
     ProtocolParameters, CHECKPOINT_INTERVAL_LIMIT, EPOCHS_FUTURE_LIMIT, PAYLOAD_LEN_LIMIT, PROPOSAL_BYTES_LIMIT,
     PROPOSAL_REQUESTS_LIMIT, WINDOW_IDS_LIMIT,
 };
+pub use rsa_key::{RsaOptions, ROOT_CERTIFICATE_FILE_NAME, RSA_BITS_DEFAULT};
 pub use verify::{verify_dir, VerifyReport};
-pub use write::{replica_file_name, write, CLUSTER_FILE_NAME};
+pub use write::{check_writable, replica_file_name, write, CLUSTER_FILE_NAME};

@@ -4,13 +4,15 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::SystemTime;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fides_dealer::{
-    default_addresses, default_client_addresses, derive_client_addresses, generate_with_protocol, inspect,
-    parse_addresses, parse_client_addresses, verify_dir, write, ProtocolParameters, Quorum,
+    check_writable, default_addresses, default_client_addresses, derive_client_addresses, generate_with_rsa, inspect,
+    parse_addresses, parse_client_addresses, verify_dir, write, ProtocolParameters, Quorum, RsaOptions,
 };
+use fides_threshold_rsa::SearchProgress;
 
 /// The trusted dealer of a Fides cluster.
 #[derive(Parser)]
@@ -45,6 +47,11 @@ enum Command {
         /// Replace the cluster files of a non-empty output directory.
         #[arg(long)]
         force: bool,
+        /// Bits of the certification authority's threshold RSA modulus (a multiple of 16, 512 to
+        /// 8192; below 2048 only for tests). Searching safe primes for 2048 bits takes seconds
+        /// to a minute or two.
+        #[arg(long, default_value_t = fides_dealer::RSA_BITS_DEFAULT)]
+        rsa_bits: u64,
         #[command(flatten)]
         protocol: ProtocolArgs,
     },
@@ -108,9 +115,19 @@ fn main() -> ExitCode {
     }
 }
 
+/// Shows the safe-prime search on stderr, one line rewritten in place.
+fn progress_on_stderr(rsa_bits: u64) -> impl FnMut(SearchProgress) {
+    move |progress: SearchProgress| {
+        eprint!(
+            "\rthreshold RSA-{rsa_bits}: looking for safe prime {} of 2, {} candidates tested",
+            progress.prime, progress.tested
+        );
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Init { n, t, out, addresses, client_addresses, force, protocol } => {
+        Command::Init { n, t, out, addresses, client_addresses, force, rsa_bits, protocol } => {
             let quorum = Quorum::new(n, t)?;
             let protocol = protocol.parameters();
             let addresses = addresses.map(|list| parse_addresses(&list, quorum)).transpose()?;
@@ -120,12 +137,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 (None, None) => default_client_addresses(quorum),
             };
             let addresses = addresses.unwrap_or_else(|| default_addresses(quorum));
+            check_writable(&out, force)?;
+            let mut progress = progress_on_stderr(rsa_bits);
+            let rsa = RsaOptions { modulus_bits: rsa_bits, not_before: SystemTime::now(), progress: &mut progress };
             let cluster =
-                generate_with_protocol(quorum, protocol, addresses, client_addresses, &mut rand::rngs::OsRng)?;
+                generate_with_rsa(quorum, protocol, addresses, client_addresses, Some(rsa), &mut rand::rngs::OsRng)?;
+            eprintln!();
             write(&out, &cluster, force)?;
             println!("dealt cluster {}: n = {n}, t = {t}", cluster.public().id());
             println!("  protocol: {protocol}");
             println!("  {} (public)", out.join(fides_dealer::CLUSTER_FILE_NAME).display());
+            println!(
+                "  {} (public: the certification authority's root, RSA-{rsa_bits} threshold key)",
+                out.join(fides_dealer::ROOT_CERTIFICATE_FILE_NAME).display()
+            );
             println!("  {}/replica-0.toml … replica-{}.toml (SECRET, mode 0600)", out.display(), n - 1);
             println!("give replica-<i>.toml to replica i only, then delete them here");
         }

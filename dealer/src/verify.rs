@@ -13,9 +13,11 @@ use rand::SeedableRng;
 
 use crate::cluster::{share_mismatch, KeySet};
 use crate::protocol::ProtocolParameters;
+use crate::rsa_key::{check_message, threshold_sign};
 use crate::shares::bad_shares;
 use crate::write::{entry_names, is_temporary, replica_file_index, replica_file_name, CLUSTER_FILE_NAME};
 use crate::{read_cluster, read_replica, ClusterFile, ClusterId, DealerError, ReplicaFile};
+use fides_threshold_rsa::{PublicKey as RsaPublicKey, SecretShare as RsaSecretShare};
 
 /// What a successful [`verify_dir`] checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,6 +30,8 @@ pub struct VerifyReport {
     pub protocol: ProtocolParameters,
     /// The replica files checked, in index order.
     pub replica_files: Vec<PathBuf>,
+    /// The size of the threshold RSA modulus, if the cluster has one.
+    pub rsa_bits: Option<u64>,
 }
 
 impl fmt::Display for VerifyReport {
@@ -35,12 +39,16 @@ impl fmt::Display for VerifyReport {
         write!(
             f,
             "OK: cluster {}: n = {}, t = {}; {} replica files match {CLUSTER_FILE_NAME}; \
-             t + 1 = {} shares combine for the signing, coin and encryption key sets; protocol: {}",
+             t + 1 = {} shares combine for the signing, coin and encryption key sets{}; protocol: {}",
             self.cluster_id,
             self.quorum.n(),
             self.quorum.t(),
             self.replica_files.len(),
             self.quorum.one_honest(),
+            match self.rsa_bits {
+                Some(bits) => format!(" and the {bits}-bit threshold RSA key"),
+                None => String::new(),
+            },
             self.protocol
         )
     }
@@ -56,7 +64,9 @@ impl fmt::Display for VerifyReport {
 ///    in `dir`.
 /// 3. Two sets of `t + 1` replicas (the first and the last) each sign a test message with the
 ///    signing and with the coin set, and the combined signature verifies under the set's public
-///    key; they each decrypt a test ciphertext of the encryption set.
+///    key; they each decrypt a test ciphertext of the encryption set; if the cluster has a
+///    threshold RSA key, each set's RSA shares sign a test message and the signature verifies.
+///    (Each RSA share is also checked against its verification key in step 2.)
 ///
 /// Every problem of step 2 is reported, each naming its file.
 pub fn verify_dir(dir: &Path) -> Result<VerifyReport, DealerError> {
@@ -95,6 +105,7 @@ pub fn verify_dir(dir: &Path) -> Result<VerifyReport, DealerError> {
         quorum: cluster.quorum(),
         protocol: *cluster.protocol(),
         replica_files,
+        rsa_bits: cluster.rsa().map(|rsa| 8 * rsa.modulus_len() as u64),
     })
 }
 
@@ -131,6 +142,9 @@ fn share_mismatches(cluster: &ClusterFile, replicas: &[(NodeIndex, ReplicaFile)]
             found.push((index, share_mismatch(key_set, index)));
         }
     }
+    for replica in comparable {
+        found.extend(replica.rsa_mismatch(cluster).map(|reason| (replica.index(), reason)));
+    }
     found
 }
 
@@ -165,8 +179,23 @@ fn self_test(cluster: &ClusterFile, replicas: &[ReplicaFile]) -> Result<(), Deal
             test_signing(cluster.key_set(key_set), subset, key_set, &id)?;
         }
         test_decryption(cluster.encryption(), subset, &id)?;
+        if let Some(public) = cluster.rsa() {
+            test_rsa(public, subset, cluster.id())?;
+        }
     }
     Ok(())
+}
+
+/// `t + 1` threshold RSA shares sign a test message, and the signature verifies.
+fn test_rsa(public: &RsaPublicKey, subset: &[ReplicaFile], id: ClusterId) -> Result<(), DealerError> {
+    let failed = |reason: &str| DealerError::SelfTest { key_set: "threshold RSA", reason: reason.to_string() };
+    let shares: Vec<RsaSecretShare> = subset.iter().filter_map(|r| r.rsa_share().cloned()).collect();
+    if shares.len() != subset.len() {
+        return Err(failed("a replica file has no RSA share"));
+    }
+    threshold_sign(public, &shares, &check_message(id))
+        .map(|_| ())
+        .ok_or_else(|| failed("t + 1 signature shares do not combine to a signature that verifies"))
 }
 
 fn test_signing(public: &PublicKeySet, subset: &[ReplicaFile], key_set: KeySet, id: &[u8]) -> Result<(), DealerError> {

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use fides_types::NodeIndex;
 
+use crate::rsa_key::ROOT_CERTIFICATE_FILE_NAME;
 use crate::{Cluster, DealerError};
 
 /// Name of the public cluster file.
@@ -36,7 +37,8 @@ pub(crate) fn is_temporary(name: &str) -> bool {
 }
 
 /// Write `cluster` to `dir`: `replica-<i>.toml` for each replica (mode 0600, created with that
-/// mode), then `cluster.toml`. Returns the paths written, the cluster file last.
+/// mode), then `ca-root.pem` if the cluster has a root certificate (mode 0644), then
+/// `cluster.toml`. Returns the paths written, the cluster file last.
 ///
 /// `dir` is created (mode 0700) if missing. If it has anything in it, this refuses unless `force`;
 /// with `force` it first removes the cluster file, the replica files and leftover temporary files
@@ -51,12 +53,31 @@ pub fn write(dir: &Path, cluster: &Cluster, force: bool) -> Result<Vec<PathBuf>,
         write_atomically(dir, &path, &replica.to_toml(), REPLICA_FILE_MODE)?;
         written.push(path);
     }
+    if let Some(pem) = cluster.root_certificate() {
+        let path = dir.join(ROOT_CERTIFICATE_FILE_NAME);
+        write_atomically(dir, &path, pem, CLUSTER_FILE_MODE)?;
+        written.push(path);
+    }
     sync_dir(dir)?;
     let path = dir.join(CLUSTER_FILE_NAME);
     write_atomically(dir, &path, &cluster.public().to_toml(), CLUSTER_FILE_MODE)?;
     sync_dir(dir)?;
     written.push(path);
     Ok(written)
+}
+
+/// Whether [`write()`] can write to `dir` (missing, empty, or `force`), checked without changing
+/// anything: so that a slow deal is not refused only at the end.
+pub fn check_writable(dir: &Path, force: bool) -> Result<(), DealerError> {
+    match fs::metadata(dir) {
+        Err(error) if error.kind() == ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(DealerError::io(dir, error)),
+        Ok(metadata) if !metadata.is_dir() => {
+            Err(DealerError::io(dir, std::io::Error::other("exists and is not a directory")))
+        }
+        Ok(_) if !force && !entry_names(dir)?.is_empty() => Err(DealerError::DirNotEmpty { path: dir.into() }),
+        Ok(_) => Ok(()),
+    }
 }
 
 fn prepare_dir(dir: &Path, force: bool) -> Result<(), DealerError> {
@@ -83,6 +104,7 @@ fn prepare_dir(dir: &Path, force: bool) -> Result<(), DealerError> {
     }
     // The cluster file goes first: from here on the directory does not look like a cluster.
     remove_if_present(&dir.join(CLUSTER_FILE_NAME))?;
+    remove_if_present(&dir.join(ROOT_CERTIFICATE_FILE_NAME))?;
     for name in names {
         if replica_file_index(&name).is_some() || is_temporary(&name) {
             remove_if_present(&dir.join(name))?;

@@ -5,7 +5,16 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// The threshold RSA modulus `init` deals in these tests unless one says otherwise: a test-only
+/// size, so that the safe-prime search takes milliseconds, not seconds.
+const TEST_RSA_BITS: &str = "512";
+
+/// Run the dealer; an `init` without `--rsa-bits` gets [`TEST_RSA_BITS`].
 fn dealer(args: &[&str]) -> Output {
+    let mut args = args.to_vec();
+    if args.first() == Some(&"init") && !args.contains(&"--rsa-bits") {
+        args.extend(["--rsa-bits", TEST_RSA_BITS]);
+    }
     Command::new(env!("CARGO_BIN_EXE_dealer")).args(args).output().expect("the dealer binary runs")
 }
 
@@ -194,7 +203,7 @@ fn assert_verify_names(dir: &Path, file: &str) {
 
 #[test]
 fn verify_names_the_file_with_a_flipped_digit_in_any_share() {
-    for key in ["signing_share", "coin_share", "encryption_share", "identity"] {
+    for key in ["signing_share", "coin_share", "encryption_share", "identity", "rsa_share"] {
         let (_root, dir) = out_dir();
         init(&dir, 4, 1);
         flip_one_hex_digit(&dir.join("replica-2.toml"), key);
@@ -295,7 +304,7 @@ fn inspect_prints_no_secret() {
     let secrets: Vec<String> = (0..4)
         .flat_map(|i| {
             let text = fs::read_to_string(dir.join(format!("replica-{i}.toml"))).expect("readable");
-            ["signing_share", "coin_share", "encryption_share", "identity"].map(|key| value_of(&text, key))
+            ["signing_share", "coin_share", "encryption_share", "identity", "rsa_share"].map(|key| value_of(&text, key))
         })
         .collect();
     let cluster_id = value_of(&fs::read_to_string(dir.join("cluster.toml")).expect("readable"), "cluster_id");
@@ -494,4 +503,66 @@ fn verify_refuses_a_cluster_file_whose_parameter_was_changed() {
     let text = fs::read_to_string(&path).expect("cluster file readable");
     fs::write(&path, text.replacen("batch_size = 1000", "batch_size = 999", 1)).expect("cluster file writable");
     assert_refused(&verify(&dir), "does not match the key material");
+}
+
+fn openssl(args: &[&str]) -> Option<Output> {
+    let present = Command::new("openssl").arg("version").output().is_ok_and(|out| out.status.success());
+    if !present {
+        println!("note: no openssl on this machine; the openssl check is skipped");
+        return None;
+    }
+    Some(Command::new("openssl").args(args).output().expect("openssl runs"))
+}
+
+#[test]
+fn init_writes_a_self_signed_root_certificate_that_openssl_accepts() {
+    let (_root, dir) = out_dir();
+    // 1024 bits: openssl's default security level refuses smaller keys in a chain.
+    let output = dealer(&["init", "-n", "4", "-t", "1", "--out", path_str(&dir), "--rsa-bits", "1024"]);
+    assert!(output.status.success(), "init failed: {}", stderr(&output));
+    assert!(stderr(&output).contains("looking for safe prime 2 of 2"), "no progress shown: {}", stderr(&output));
+    let root = dir.join("ca-root.pem");
+    let mode = fs::metadata(&root).expect("ca-root.pem written").permissions().mode();
+    assert_eq!(mode & 0o077, 0o044, "ca-root.pem has mode {mode:o}");
+    assert!(fs::read_to_string(&root).expect("readable").starts_with("-----BEGIN CERTIFICATE-----"));
+    let output = verify(&dir);
+    assert!(stdout(&output).contains("1024-bit threshold RSA key"), "{}{}", stdout(&output), stderr(&output));
+    let cluster_id = value_of(&fs::read_to_string(dir.join("cluster.toml")).expect("readable"), "cluster_id");
+    let Some(checked) = openssl(&["verify", "-CAfile", path_str(&root), path_str(&root)]) else { return };
+    assert!(checked.status.success(), "openssl verify: {}{}", stdout(&checked), stderr(&checked));
+    let text = openssl(&["x509", "-in", path_str(&root), "-noout", "-text"]).expect("openssl is present");
+    let text = stdout(&text);
+    for needle in [
+        "Version: 3",
+        "Signature Algorithm: sha256WithRSAEncryption",
+        "Public-Key: (1024 bit)",
+        "Exponent: 65537",
+        "CA:TRUE",
+        "Certificate Sign, CRL Sign",
+        &format!("OU = {cluster_id}"),
+    ] {
+        assert!(text.contains(needle), "no {needle:?} in the root certificate:\n{text}");
+    }
+}
+
+#[test]
+fn verify_names_a_replica_file_without_its_rsa_share() {
+    let (_root, dir) = out_dir();
+    init(&dir, 4, 1);
+    let path = dir.join("replica-3.toml");
+    let text = fs::read_to_string(&path).expect("readable");
+    let kept: String =
+        text.lines().filter(|line| !line.starts_with("rsa_share = ")).map(|l| format!("{l}\n")).collect();
+    fs::write(&path, kept).expect("written");
+    assert_verify_names(&dir, "replica-3.toml");
+    assert!(stderr(&verify(&dir)).contains("no threshold RSA share"));
+}
+
+#[test]
+fn rsa_sizes_that_are_not_a_multiple_of_16_bits_in_range_are_refused_before_dealing() {
+    let (_root, dir) = out_dir();
+    for bits in ["1000", "256", "16384"] {
+        assert_refused(&dealer(&["init", "-n", "4", "-t", "1", "--out", path_str(&dir), "--rsa-bits", bits]), bits);
+    }
+    assert!(!dir.join("cluster.toml").exists());
 }

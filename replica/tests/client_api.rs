@@ -80,9 +80,19 @@ fn the_client_api_answers_bad_input_and_overload_with_clear_statuses_and_serves_
                 .expect("ordered")
                 .into_inner();
             assert_eq!(ordered.payload_digest, digest(b"hello"));
+            // One replica's answer verifies alone, from its bytes and the cluster's key.
+            let (cluster_id, public) = (local.cluster().id().0, local.cluster().signing().public_key());
+            let cache = fides_client_sdk::certified::VerifiedCertificates::default();
+            let asked = (1, 2, digest(b"hello").try_into().expect("32 bytes"));
+            fides_client_sdk::certified::check_ordered(&cluster_id, &public, &cache, asked, &ordered)
+                .expect("the answer verifies against the cluster key");
+            let mut forged = ordered.clone();
+            forged.index += 1;
+            assert!(fides_client_sdk::certified::check_ordered(&cluster_id, &public, &cache, asked, &forged).is_err());
+            // `Lookup` gives the same place, without the certificate.
             let lookup = ordering.lookup(lookup_of(1, 2, b"hello")).await.expect("lookup").into_inner();
             assert_eq!(lookup.state, State::Ordered as i32);
-            assert_eq!(lookup.ordered, Some(ordered));
+            assert_eq!(lookup.ordered, Some(proto::Ordered { inclusion: Vec::new(), certificate: Vec::new(), ..ordered }));
             let lookup = ordering.lookup(lookup_of(1, 2, b"other")).await.expect("lookup").into_inner();
             assert_eq!(lookup.state, State::Unknown as i32, "another payload under (1, 2) was never sent");
             let lookup = ordering.lookup(lookup_of(1, 99, b"hello")).await.expect("lookup").into_inner();

@@ -1,6 +1,6 @@
 //! The interface every service implements: contexts in, outcomes out.
 
-use fides_types::codec::DecodeError;
+use fides_types::codec::{put_bytes, DecodeError, Reader, Wire};
 
 use crate::tables::{StoreError, Tables};
 
@@ -175,6 +175,74 @@ pub enum Outcome {
     },
 }
 
+/// Longest record, reply, justification or message an [`Outcome`] decodes (16 MiB): what the
+/// host stores is what a service made, so the bound only keeps a corrupt store from allocating
+/// without limit.
+pub const OUTCOME_BYTES_MAX: usize = 16 << 20;
+/// Longest refusal reason an [`Outcome`] decodes.
+pub const REASON_MAX: usize = 4096;
+
+/// The host's encoding of an outcome (it stores each request's outcomes): a tag byte — `Sign` 1,
+/// `Reply` 2, `Refuse` 3, `Agree` 4, `ThresholdSign` 5 — then the fields, byte strings as a
+/// 4-byte little-endian length and the bytes.
+impl Wire for Outcome {
+    fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            Outcome::Sign(record) => {
+                out.push(1);
+                put_bytes(out, record);
+            }
+            Outcome::Reply(reply) => {
+                out.push(2);
+                put_bytes(out, reply);
+            }
+            Outcome::Refuse(refusal) => {
+                out.push(3);
+                out.push(refusal.code.number());
+                put_bytes(out, refusal.reason.as_bytes());
+            }
+            Outcome::Agree { instance, vote, justification } => {
+                out.push(4);
+                out.extend_from_slice(&instance.0);
+                out.push(u8::from(*vote));
+                put_bytes(out, justification);
+            }
+            Outcome::ThresholdSign { scheme: SchemeId::ThresholdRsa, message } => {
+                out.push(5);
+                out.push(1);
+                put_bytes(out, message);
+            }
+        }
+    }
+
+    fn decode(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(match reader.u8()? {
+            1 => Outcome::Sign(reader.bytes(OUTCOME_BYTES_MAX)?.to_vec()),
+            2 => Outcome::Reply(reader.bytes(OUTCOME_BYTES_MAX)?.to_vec()),
+            3 => {
+                let number = reader.u8()?;
+                let code =
+                    Code::from_number(number).ok_or(DecodeError::Invalid { what: "code", value: number.into() })?;
+                let reason = String::from_utf8_lossy(reader.bytes(REASON_MAX)?).into_owned();
+                Outcome::Refuse(Refusal { code, reason })
+            }
+            4 => Outcome::Agree {
+                instance: InstanceId(reader.array()?),
+                vote: reader.bool()?,
+                justification: reader.bytes(OUTCOME_BYTES_MAX)?.to_vec(),
+            },
+            5 => match reader.u8()? {
+                1 => Outcome::ThresholdSign {
+                    scheme: SchemeId::ThresholdRsa,
+                    message: reader.bytes(OUTCOME_BYTES_MAX)?.to_vec(),
+                },
+                other => return Err(DecodeError::Invalid { what: "signature scheme", value: other.into() }),
+            },
+            other => return Err(DecodeError::Invalid { what: "outcome", value: other.into() }),
+        })
+    }
+}
+
 impl Outcome {
     /// A refusal with `code` and `reason`.
     pub fn refuse(code: Code, reason: impl Into<String>) -> Outcome {
@@ -245,4 +313,30 @@ pub enum QueryError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_round_trip_and_bad_bytes_are_refused() {
+        let outcomes = [
+            Outcome::Sign(vec![1, 2, 3]),
+            Outcome::Reply(Vec::new()),
+            Outcome::refuse(Code::FailedPrecondition, "the deadline passed"),
+            Outcome::Agree { instance: InstanceId([7; 32]), vote: true, justification: vec![9; 70] },
+            Outcome::ThresholdSign { scheme: SchemeId::ThresholdRsa, message: b"tbs".to_vec() },
+        ];
+        for outcome in outcomes {
+            let bytes = outcome.to_bytes();
+            assert_eq!(Outcome::from_bytes(&bytes), Ok(outcome));
+            for cut in 0..bytes.len() {
+                assert!(Outcome::from_bytes(&bytes[..cut]).is_err(), "{cut} bytes of {bytes:?} decode");
+            }
+        }
+        assert!(Outcome::from_bytes(&[9]).is_err());
+        assert!(Outcome::from_bytes(&[3, 99, 0, 0, 0, 0]).is_err(), "no such code");
+        assert!(Outcome::from_bytes(&[5, 2, 0, 0, 0, 0]).is_err(), "no such scheme");
+    }
 }

@@ -1,10 +1,51 @@
 //! The bistro's own tables in the services' store, beside the host's (their names of before).
 
-use redb::TableDefinition;
+use fides_atomic_broadcast::epoch::Batch;
+use fides_bistro::records::{Request, Signed};
+use fides_bistro::service::{Outcome, Service};
+use redb::{TableDefinition, WriteTransaction};
 
+use crate::host::epochs::{outcome_key, StoredAnswer};
 use crate::host::tables::BytesTable;
 
 /// event id → (epoch ‖ index) of the request that created it.
 pub const RECORD_AT: BytesTable<'static> = TableDefinition::new("replica_record_at");
 /// upload key → nothing: uploads this replica has not stored yet.
 pub const PENDING: BytesTable<'static> = TableDefinition::new("replica_pending");
+
+/// The upload key of the held report ordered at `index` of `batch`.
+fn held_key(batch: &Batch, index: u32) -> Option<Vec<u8>> {
+    let request = batch.requests.get(index as usize)?;
+    match Request::from_payload(&request.payload) {
+        Ok(Request::Held(report)) => {
+            let r = report.receipt;
+            Some([&r.event.0[..], &r.ticket.to_be_bytes(), &r.upload_hash].concat())
+        }
+        _ => None,
+    }
+}
+
+/// The bistro's replica-side indexes of an applied batch, in the host's transaction: where each
+/// event's record was signed (for `GetEvent`), and the uploads this replica has yet to fetch (a
+/// new held report; `Fetched` takes them off).
+pub fn index(txn: &WriteTransaction, batch: &Batch, answers: &[(u32, StoredAnswer)]) -> anyhow::Result<()> {
+    let bistro = <Service as fides_service::Service>::ID;
+    let mut record_at = txn.open_table(RECORD_AT)?;
+    let mut pending = txn.open_table(PENDING)?;
+    for (index, answer) in answers.iter().filter(|(_, a)| a.service == bistro) {
+        for (outcome, leaf) in &answer.outcomes {
+            match fides_bistro::service::answer(outcome, *leaf)? {
+                Outcome::Signed { record: Signed::Event(record), .. } => {
+                    record_at.insert(&record.event.0[..], outcome_key(batch.epoch, *index).as_slice())?;
+                }
+                Outcome::Held { first: true } => {
+                    if let Some(key) = held_key(batch, *index) {
+                        pending.insert(key.as_slice(), &[][..])?;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}

@@ -119,7 +119,7 @@ impl Orderer {
             }
             Ok(Err(_)) => return Err(Status::unavailable("the bistro worker stopped")),
             Ok(Ok(Err(error))) => return Err(Status::internal(error)),
-            Ok(Ok(Ok(answer))) => answer,
+            Ok(Ok(Ok(answer))) => Answer::of(&answer).map_err(Status::internal)?,
         };
         if let Outcome::Refused { code, message } = &answer.outcome {
             return Err(code_status(*code, message.clone()));

@@ -26,10 +26,10 @@ use std::time::{Duration, Instant};
 
 use blsttc::SIG_SIZE;
 use fides_bistro::proof::EpochProof;
-use fides_bistro::records::{domain, EventId, Signed};
-use fides_bistro::service::{view, Code, EpochOutput, Outcome, Service};
+use fides_bistro::records::{domain, EventId};
+use fides_bistro::service::{view, Code, Outcome, Service};
 use fides_crypto::ThresholdKeys;
-use fides_service::certificate::{self, Certificate, EpochSigner, Inclusion, Leaf, SignerConfig, Tree};
+use fides_service::certificate::{self, Certificate, EpochSigner, Leaf, SignerConfig, Tree};
 use fides_service::{BatchOutcomes, Ordered, Registry, StoreError};
 use fides_types::codec::Wire;
 use fides_types::{NodeIndex, Protocol, Quorum, Step, Target};
@@ -37,8 +37,8 @@ use redb::{Database, ReadableDatabase, ReadableTable};
 use tokio::sync::oneshot;
 
 use super::kv;
-use crate::host::epochs::outcome_key;
 pub use crate::host::epochs::EpochRow;
+use crate::host::epochs::{outcome_key, StoredAnswer};
 use crate::host::tables::{self, ReadTables, WriteTables};
 use crate::host::{Intake, Lag};
 use crate::node::{Command, NodeHandle, ServiceEvent, FRAME_SERVICE};
@@ -62,29 +62,33 @@ const TREES_MAX: usize = 64;
 /// The worker's queue (frames, batches, waiters, queries).
 const QUEUE_MAX: usize = 65_536;
 
-/// The upload key of the Held report at `index` of `batch`.
-fn held_key(batch: &fides_atomic_broadcast::epoch::Batch, index: u32) -> Option<Vec<u8>> {
-    let request = batch.requests.get(index as usize)?;
-    match fides_bistro::records::Request::from_payload(&request.payload) {
-        Ok(fides_bistro::records::Request::Held(report)) => {
-            let r = report.receipt;
-            Some([&r.event.0[..], &r.ticket.to_be_bytes(), &r.upload_hash].concat())
-        }
-        _ => None,
-    }
-}
+pub use crate::host::epochs::{Certified, HostAnswer};
 
-/// An ordering answer that verifies alone: the request's ordering leaf's path and its epoch's
-/// certificate (the leaf index is the request's index in the batch).
-pub type Certified = (Inclusion, Certificate);
-
-/// What the worker answers for an ordered request.
+/// The bistro's answer for an ordered request.
 #[derive(Clone, Debug)]
 pub struct Answer {
     /// The outcome.
     pub outcome: Outcome,
     /// The proof, for a signed record.
     pub proof: Option<EpochProof>,
+}
+
+impl Answer {
+    /// The bistro's answer in a host's answer (its first outcome: the bistro makes one per
+    /// request); `None` if the request went to another service.
+    pub fn of(host: &HostAnswer) -> Result<Answer, String> {
+        if host.service != <Service as fides_service::Service>::ID {
+            return Err(format!("the request ordered there is for service {}, not the bistro", host.service));
+        }
+        let Some((outcome, certified)) = host.outcomes.first() else {
+            return Err("the bistro made nothing of the request ordered there".into());
+        };
+        let leaf = certified.as_ref().map_or(0, |(inclusion, _)| inclusion.index);
+        let outcome = fides_bistro::service::answer(outcome, leaf).map_err(|e| e.to_string())?;
+        let proof =
+            certified.as_ref().map(|(inclusion, certificate)| EpochProof::certified(inclusion.clone(), certificate));
+        Ok(Answer { outcome, proof })
+    }
 }
 
 /// An upload this replica has yet to fetch.
@@ -195,7 +199,7 @@ pub enum Input {
         /// Index in the batch.
         index: u32,
         /// The answer.
-        reply: oneshot::Sender<Result<Answer, String>>,
+        reply: oneshot::Sender<Result<HostAnswer, String>>,
     },
     /// The certificate of the request ordered at (epoch, index), once its epoch is certified.
     Certified {
@@ -267,7 +271,7 @@ pub struct WorkerSetup {
 }
 
 enum Waiter {
-    Outcome { index: u32, reply: oneshot::Sender<Result<Answer, String>> },
+    Outcome { index: u32, reply: oneshot::Sender<Result<HostAnswer, String>> },
     Certified { index: u32, reply: oneshot::Sender<Result<Certified, String>> },
 }
 
@@ -421,9 +425,9 @@ fn open_store(dir: &Path) -> anyhow::Result<Database> {
 
 /// The leaves of an epoch's certificate (docs/certificate.md): one ordering leaf per request —
 /// leaf `i` is request `i` — then the records the services sign, in the order they were made
-/// (every service's epoch start, then the requests in order); and each request's answers with
-/// the leaf index of the signed ones.
-fn epoch_leaves(batch: &Batch, outcomes: &BatchOutcomes) -> (Vec<[u8; 32]>, Vec<(u32, Outcome)>) {
+/// (every service's epoch start, then the requests in order); and each routed request's answer,
+/// with the leaf index of each signed record.
+fn epoch_leaves(batch: &Batch, outcomes: &BatchOutcomes) -> (Vec<[u8; 32]>, Vec<(u32, StoredAnswer)>) {
     let mut leaves: Vec<[u8; 32]> = batch
         .requests
         .iter()
@@ -444,21 +448,18 @@ fn epoch_leaves(batch: &Batch, outcomes: &BatchOutcomes) -> (Vec<[u8; 32]>, Vec<
             }
         }
     }
-    let bistro = <Service as fides_service::Service>::ID;
     let mut answers = Vec::new();
     for (index, service, made) in &outcomes.requests {
+        let Some(service) = service else { continue };
+        let mut answer = StoredAnswer { service: *service, outcomes: Vec::with_capacity(made.len()) };
         for outcome in made {
-            let leaf = match (service, outcome) {
-                (Some(service), fides_service::Outcome::Sign(bytes)) => record(*service, bytes),
+            let leaf = match outcome {
+                fides_service::Outcome::Sign(bytes) => record(*service, bytes),
                 _ => 0,
             };
-            if *service == Some(bistro) {
-                match fides_bistro::service::answer(outcome, leaf) {
-                    Ok(answer) => answers.push((*index, answer)),
-                    Err(error) => tracing::error!(%error, index, "a bistro outcome does not decode"),
-                }
-            }
+            answer.outcomes.push((outcome.clone(), leaf));
         }
+        answers.push((*index, answer));
     }
     (leaves, answers)
 }
@@ -596,17 +597,16 @@ impl Worker {
                 return Ok(());
             }
             let txn = self.db.begin_write()?;
-            let mut applied: Vec<(u64, u64, EpochOutput)> = Vec::new();
+            let mut applied: Vec<(u64, u64, Vec<[u8; 32]>)> = Vec::new();
             {
                 let mut kv = WriteTables::new(&txn, &self.store_tables)?;
                 for batch in &batches {
                     let requests =
                         batch.requests.iter().map(|r| Ordered { client: r.client, request: r.id, payload: &r.payload });
                     let outcomes = self.registry.apply_batch(&mut kv, batch.epoch, batch.time, requests)?;
-                    let (leaves, outcomes) = epoch_leaves(batch, &outcomes);
-                    let output = EpochOutput { outcomes, leaves };
-                    Self::write_epoch(&txn, batch, &output)?;
-                    applied.push((batch.epoch, batch.time, output));
+                    let (leaves, answers) = epoch_leaves(batch, &outcomes);
+                    Self::write_epoch(&txn, batch, &leaves, &answers)?;
+                    applied.push((batch.epoch, batch.time, leaves));
                 }
                 let next = batches.last().map_or(self.next_epoch, |b| b.epoch + 1);
                 let mut meta = txn.open_table(tables::META)?;
@@ -616,11 +616,11 @@ impl Worker {
             txn.commit()?;
             self.intake.applied(self.next_epoch);
             // Durable: now sign.
-            for (epoch, time_ms, output) in applied {
-                if output.leaves.is_empty() {
+            for (epoch, time_ms, leaves) in applied {
+                if leaves.is_empty() {
                     continue;
                 }
-                let tree = Arc::new(Tree::new(output.leaves));
+                let tree = Arc::new(Tree::new(leaves));
                 let root = tree.epoch_root(epoch, time_ms);
                 self.remember_tree(epoch, Cached { tree, time_ms, signature: None });
                 self.sign(root);
@@ -630,29 +630,20 @@ impl Worker {
 
     fn write_epoch(
         txn: &redb::WriteTransaction,
-        batch: &fides_atomic_broadcast::epoch::Batch,
-        output: &EpochOutput,
+        batch: &Batch,
+        leaves: &[[u8; 32]],
+        answers: &[(u32, StoredAnswer)],
     ) -> Result<(), anyhow::Error> {
         let (epoch, time_ms) = (batch.epoch, batch.time);
-        let mut outcomes = txn.open_table(tables::OUTCOMES)?;
-        let mut record_at = txn.open_table(kv::RECORD_AT)?;
-        let mut pending = txn.open_table(kv::PENDING)?;
-        for (index, outcome) in &output.outcomes {
-            outcomes.insert(outcome_key(epoch, *index).as_slice(), outcome.to_bytes().as_slice())?;
-            if let Outcome::Signed { record: Signed::Event(record), .. } = outcome {
-                record_at.insert(&record.event.0[..], outcome_key(epoch, *index).as_slice())?;
+        {
+            let mut outcomes = txn.open_table(tables::OUTCOMES)?;
+            for (index, answer) in answers {
+                outcomes.insert(outcome_key(epoch, *index).as_slice(), answer.to_bytes().as_slice())?;
             }
         }
-        // New uploads are to be fetched here (held ones are dropped from the list by `Fetched`).
-        for (index, outcome) in &output.outcomes {
-            if let Outcome::Held { first: true } = outcome {
-                if let Some(key) = held_key(batch, *index) {
-                    pending.insert(key.as_slice(), &[][..])?;
-                }
-            }
-        }
-        if !output.leaves.is_empty() {
-            let row = EpochRow { time_ms, leaves: output.leaves.clone(), signature: None };
+        kv::index(txn, batch, answers)?;
+        if !leaves.is_empty() {
+            let row = EpochRow { time_ms, leaves: leaves.to_vec(), signature: None };
             let mut epochs = txn.open_table(tables::EPOCHS)?;
             epochs.insert(&epoch.to_be_bytes()[..], row.to_bytes().as_slice())?;
         }
@@ -758,41 +749,39 @@ impl Worker {
                 }
                 match waiter {
                     Waiter::Outcome { index, reply } => {
-                        let answer = self.answer(&read, &outcomes, epoch, index).map_err(|e| e.to_string());
-                        let _ = reply.send(answer);
+                        let _ = reply.send(self.answer(&read, &outcomes, epoch, index));
                     }
                     Waiter::Certified { index, reply } => {
-                        let _ = reply.send(self.certified(&read, epoch, index));
+                        let _ = reply.send(self.certified(&read, epoch, u64::from(index)));
                     }
                 }
             }
         }
     }
 
-    /// The answer for the request at (epoch, index), applied already.
+    /// The answer for the request at (epoch, index), applied (and, for signed records,
+    /// certified) already.
     fn answer(
         &mut self,
         read: &redb::ReadTransaction,
         outcomes: &redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
         epoch: u64,
         index: u32,
-    ) -> anyhow::Result<Answer> {
-        let bytes = outcomes.get(outcome_key(epoch, index).as_slice())?.map(|v| v.value().to_vec());
-        let Some(bytes) = bytes else {
-            return Ok(Answer {
-                outcome: Outcome::Refused {
-                    code: Code::InvalidArgument,
-                    message: "the request ordered there is no bistro request".into(),
-                },
-                proof: None,
-            });
+    ) -> Result<HostAnswer, String> {
+        let stored = outcomes.get(outcome_key(epoch, index).as_slice()).map_err(|e| e.to_string())?;
+        let Some(bytes) = stored.map(|v| v.value().to_vec()) else {
+            return Err(format!("the request ordered at epoch {epoch}, index {index} is for no service here"));
         };
-        let outcome = Outcome::from_bytes(&bytes)?;
-        let proof = match &outcome {
-            Outcome::Signed { leaf, .. } => self.proof(read, epoch, *leaf)?,
-            _ => None,
-        };
-        Ok(Answer { outcome, proof })
+        let stored = StoredAnswer::from_bytes(&bytes).map_err(|e| format!("a stored answer does not decode: {e}"))?;
+        let mut outcomes = Vec::with_capacity(stored.outcomes.len());
+        for (outcome, leaf) in stored.outcomes {
+            let certified = match outcome {
+                fides_service::Outcome::Sign(_) => self.certified(read, epoch, leaf).map(Some)?,
+                _ => None,
+            };
+            outcomes.push((outcome, certified));
+        }
+        Ok(HostAnswer { service: stored.service, outcomes })
     }
 
     /// The tree, agreed time and (once certified) signature of an epoch with leaves.
@@ -810,21 +799,13 @@ impl Worker {
         Ok(Some(cached))
     }
 
-    fn proof(&mut self, read: &redb::ReadTransaction, epoch: u64, leaf: u64) -> anyhow::Result<Option<EpochProof>> {
-        let Some(cached) = self.cached(read, epoch)? else { return Ok(None) };
-        let (Some(certificate), Some(inclusion)) = (cached.certificate(epoch), cached.tree.inclusion(leaf)) else {
-            return Ok(None);
-        };
-        Ok(Some(EpochProof::certified(inclusion, &certificate)))
-    }
-
-    /// The ordering answer of the request at (epoch, index), certified.
-    fn certified(&mut self, read: &redb::ReadTransaction, epoch: u64, index: u32) -> Result<Certified, String> {
+    /// Leaf `leaf` of epoch `epoch`, certified: its path and the epoch's certificate. (Leaf `i`
+    /// of an epoch is the ordering leaf of its request `i`.)
+    fn certified(&mut self, read: &redb::ReadTransaction, epoch: u64, leaf: u64) -> Result<Certified, String> {
         let cached = self.cached(read, epoch).map_err(|e| e.to_string())?;
         let Some(cached) = cached else { return Err(format!("epoch {epoch} has no leaves here")) };
         let certificate = cached.certificate(epoch).ok_or_else(|| format!("epoch {epoch} is not certified yet"))?;
-        let inclusion =
-            cached.tree.inclusion(u64::from(index)).ok_or_else(|| format!("epoch {epoch} has no request {index}"))?;
+        let inclusion = cached.tree.inclusion(leaf).ok_or_else(|| format!("epoch {epoch} has no leaf {leaf}"))?;
         Ok((inclusion, certificate))
     }
 
@@ -844,7 +825,8 @@ impl Worker {
                     let epoch = u64::from_be_bytes(at.get(..8).and_then(|b| b.try_into().ok()).unwrap_or([0; 8]));
                     let index = u32::from_be_bytes(at.get(8..12).and_then(|b| b.try_into().ok()).unwrap_or([0; 4]));
                     let outcomes = read.open_table(tables::OUTCOMES)?;
-                    Ok(Some((self.answer(&read, &outcomes, epoch, index)?, epoch, index)))
+                    let answer = self.answer(&read, &outcomes, epoch, index).map_err(anyhow::Error::msg)?;
+                    Ok(Some((Answer::of(&answer).map_err(anyhow::Error::msg)?, epoch, index)))
                 })();
                 let _ = reply.send(result.map_err(|e| e.to_string()));
             }

@@ -44,3 +44,76 @@ impl Wire for EpochRow {
 pub fn outcome_key(epoch: u64, index: u32) -> Vec<u8> {
     [&epoch.to_be_bytes()[..], &index.to_be_bytes()].concat()
 }
+
+/// Most outcomes one request's answer may hold when decoded.
+const OUTCOMES_MAX: usize = 1024;
+
+/// What the host stores for an ordered request that went to a service: the service, and each
+/// outcome that answers it with, for a signed record, its leaf index in the epoch's certificate
+/// (0 for the others).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredAnswer {
+    /// The service.
+    pub service: fides_service::ServiceId,
+    /// Its outcomes and their leaves.
+    pub outcomes: Vec<(fides_service::Outcome, u64)>,
+}
+
+impl Wire for StoredAnswer {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.service.0);
+        out.extend_from_slice(&(self.outcomes.len() as u32).to_le_bytes());
+        for (outcome, leaf) in &self.outcomes {
+            outcome.encode(out);
+            out.extend_from_slice(&leaf.to_le_bytes());
+        }
+    }
+
+    fn decode(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let service = fides_service::ServiceId(reader.array()?);
+        let count = reader.u32()? as usize;
+        if count > OUTCOMES_MAX {
+            return Err(DecodeError::TooLong { len: count as u64, max: OUTCOMES_MAX as u64 });
+        }
+        let outcomes = (0..count)
+            .map(|_| Ok((fides_service::Outcome::decode(reader)?, reader.u64()?)))
+            .collect::<Result<_, DecodeError>>()?;
+        Ok(StoredAnswer { service, outcomes })
+    }
+}
+
+/// A stored answer with the proofs of its signed records: for each outcome, the record's inclusion
+/// path and the epoch's certificate (signed records only).
+#[derive(Clone, Debug)]
+pub struct HostAnswer {
+    /// The service.
+    pub service: fides_service::ServiceId,
+    /// Each outcome, with the proof of a signed record.
+    pub outcomes: Vec<(fides_service::Outcome, Option<Certified>)>,
+}
+
+/// A leaf's inclusion path and its epoch's certificate: with the cluster's key, what verifies a
+/// leaf alone.
+pub type Certified = (fides_service::certificate::Inclusion, fides_service::certificate::Certificate);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fides_service::{Code, Outcome, ServiceId};
+
+    #[test]
+    fn stored_answers_round_trip_and_refuse_bad_bytes() {
+        let answer = StoredAnswer {
+            service: ServiceId(*b"BST1"),
+            outcomes: vec![(Outcome::Sign(vec![2; 40]), 7), (Outcome::refuse(Code::NotFound, "no such event"), 0)],
+        };
+        let bytes = answer.to_bytes();
+        assert_eq!(StoredAnswer::from_bytes(&bytes), Ok(answer));
+        for cut in 0..bytes.len() {
+            assert!(StoredAnswer::from_bytes(&bytes[..cut]).is_err());
+        }
+        let mut many = b"BST1".to_vec();
+        many.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(StoredAnswer::from_bytes(&many).is_err());
+    }
+}

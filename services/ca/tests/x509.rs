@@ -133,10 +133,11 @@ fn write(dir: &Path, name: &str, contents: &[u8]) {
     std::fs::write(dir.join(name), contents).expect("the temporary directory is writable");
 }
 
-/// `openssl verify` at [`CHECKED_AT`] against the root, with `extra` options.
+/// `openssl verify` at [`CHECKED_AT`] against the root, with RFC 5280's stricter checks
+/// (`-x509_strict`) and `extra` options.
 fn verify(dir: &Path, leaf: &str, extra: &[&str]) -> (bool, String) {
     let at = CHECKED_AT.to_string();
-    let mut args = vec!["verify", "-attime", &at, "-CAfile", "root.pem"];
+    let mut args = vec!["verify", "-x509_strict", "-attime", &at, "-CAfile", "root.pem"];
     args.extend_from_slice(extra);
     args.push(leaf);
     openssl(dir, &args)
@@ -171,6 +172,17 @@ fn a_certificate_signed_by_t_plus_one_shares_verifies_with_openssl_and_shows_its
     write(dir.path(), "leaf.pem", certificate.pem().as_bytes());
     let (ok, text) = verify(dir.path(), "leaf.pem", &[]);
     assert!(ok && text.contains("leaf.pem: OK"), "openssl verify: {text}");
+    // The purposes a TLS stack and a mail client check: key usage, extended key usage, names.
+    for purpose in [
+        ["-purpose", "sslserver", "-verify_hostname", "www.example.org"],
+        ["-purpose", "sslclient", "-verify_hostname", "alice.example.org"],
+        ["-purpose", "smimesign", "-verify_email", "alice@example.org"],
+    ] {
+        let (ok, text) = verify(dir.path(), "leaf.pem", &purpose);
+        assert!(ok, "openssl verify {purpose:?}: {text}");
+    }
+    let (ok, _) = verify(dir.path(), "leaf.pem", &["-verify_hostname", "mallory.example.org"]);
+    assert!(!ok, "a name the certificate does not carry");
     let (ok, text) = openssl(dir.path(), &["x509", "-in", "leaf.pem", "-noout", "-text"]);
     assert!(ok, "{text}");
     for expected in [
@@ -236,6 +248,11 @@ fn p256_and_x25519_certificates_verify_with_openssl_and_carry_their_key_usage() 
     }
     let (_, text) = openssl(dir.path(), &["x509", "-in", "x25519.pem", "-noout", "-text"]);
     assert!(!text.contains("TLS Web"), "an X25519 key is not for TLS authentication:\n{text}");
+    let (ok, _) = verify(dir.path(), "x25519.pem", &["-purpose", "sslserver"]);
+    assert!(!ok, "openssl accepts an X25519 certificate for a TLS server");
+    let (ok, text) =
+        verify(dir.path(), "p256.pem", &["-purpose", "sslserver", "-verify_hostname", "alice.example.org"]);
+    assert!(ok, "openssl verify -purpose sslserver p256.pem: {text}");
 }
 
 #[test]
@@ -423,7 +440,7 @@ fn malformed_oversized_and_unsupported_requests_are_refused() {
         signature: der::asn1::BitString::from_bytes(&[0; 64]).expect("a bit string"),
     };
     assert_eq!(parse_csr(&request.to_der().expect("encodes")), Err(CsrError::X25519Request));
-    // Truncations of an openssl request never panic and are refused.
+    // Truncations of an openssl request are refused.
     if !openssl_present() {
         return;
     }
@@ -432,6 +449,14 @@ fn malformed_oversized_and_unsupported_requests_are_refused() {
     let (_, der) = der::pem::decode_vec(&pem).expect("openssl wrote PEM");
     for len in 0..der.len() {
         assert!(parse_csr(&der[..len]).is_err(), "a request cut to {len} bytes");
+    }
+    // Every changed byte (a seeded non-zero XOR at each position) is refused, never accepted as
+    // another valid request and never a panic.
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(3);
+    for at in 0..der.len() {
+        let mut changed = der.clone();
+        changed[at] ^= rand::Rng::gen_range(&mut rng, 1..=255u8);
+        assert!(parse_csr(&changed).is_err(), "a request with byte {at} changed");
     }
 }
 

@@ -2,7 +2,7 @@
 //! certificate and CRL.
 
 use const_oid::db::rfc5912;
-use der::{Decode, DecodePem, Encode};
+use der::{Decode, DecodePem};
 use fides_threshold_rsa::PublicKey;
 use sha2::{Digest, Sha256};
 use x509_cert::ext::pkix::{BasicConstraints, SubjectKeyIdentifier};
@@ -89,12 +89,6 @@ impl Root {
     /// The subject, which is the issuer of everything the CA signs.
     pub fn subject(&self) -> &Name {
         &self.subject
-    }
-
-    /// The DER of the subject.
-    pub fn subject_der(&self) -> Vec<u8> {
-        // A decoded name encodes again: the encoder's bounds are the decoder's.
-        self.subject.to_der().expect("a decoded name encodes")
     }
 
     /// The key identifier put in every authorityKeyIdentifier.

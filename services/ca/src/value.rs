@@ -11,13 +11,24 @@ use x509_cert::time::Time;
 use crate::InputError;
 
 /// A certificate serial number: a positive integer whose DER value is at most 20 octets
-/// (RFC 5280 §4.1.2.2), so at most 159 bits.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// (RFC 5280 §4.1.2.2), so at most 159 bits. Ordered numerically.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Serial {
-    /// Big-endian magnitude without leading zeros; never empty, never zero. Ordering by
-    /// (length, bytes) is numeric order.
-    len: usize,
+    /// Big-endian magnitude without leading zeros; never empty, never zero.
     magnitude: Vec<u8>,
+}
+
+impl Ord for Serial {
+    fn cmp(&self, other: &Serial) -> std::cmp::Ordering {
+        // Without leading zeros, the longer magnitude is the larger number.
+        (self.magnitude.len(), &self.magnitude).cmp(&(other.magnitude.len(), &other.magnitude))
+    }
+}
+
+impl PartialOrd for Serial {
+    fn partial_cmp(&self, other: &Serial) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
 impl Serial {
@@ -30,7 +41,7 @@ impl Serial {
         if octets > SERIAL_OCTETS_MAX {
             return Err(InputError::SerialTooLong { octets });
         }
-        Ok(Serial { len: magnitude.len(), magnitude: magnitude.to_vec() })
+        Ok(Serial { magnitude: magnitude.to_vec() })
     }
 
     /// The serial `value` (must not be zero).

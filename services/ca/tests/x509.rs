@@ -527,3 +527,34 @@ fn a_root_that_is_not_a_ca_certificate_or_not_a_certificate_is_refused() {
     assert!(matches!(Root::from_der(&vec![0; 64 * 1024 + 1]), Err(RootError::TooLarge { .. })));
     assert_eq!(Root::from_der(&der::pem::decode_vec(ca().root_pem.as_bytes()).expect("PEM").1), Ok(ca().root.clone()));
 }
+
+/// The SHA-256 of `bytes` in hex.
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// The encodings are part of the protocol: replicas that encode one input differently make
+/// shares that do not combine. A change here is a wire break between versions (the root is a
+/// fixed file, so only this crate's encoding is pinned).
+#[test]
+fn the_encodings_of_fixed_inputs_do_not_change_between_versions() {
+    let root = Root::from_pem(include_bytes!("data/ca-root.pem")).expect("the fixed root");
+    let certificate = certificate_tbs(&root, &params(0x0102_0304, ed25519_key())).expect("valid parameters");
+    let revoked = vec![Revoked {
+        serial: Serial::from_u64(0x0102_0304).expect("positive"),
+        revoked_at: UnixTime(CHECKED_AT - 60),
+        reason: Some(RevocationReason::KeyCompromise),
+    }];
+    let crl_params =
+        CrlParams { this_update: UnixTime(CHECKED_AT), next_update: UnixTime(CHECKED_AT + 86_400), number: 3, revoked };
+    let crl = crl_tbs(&root, &crl_params).expect("valid parameters");
+    assert_eq!(
+        [sha256_hex(certificate.tbs_der()), sha256_hex(crl.tbs_der())],
+        [
+            "667db97a54e159da548475ea43e4c972be0e2f5ebf87a398fb62af0059e70693",
+            "47ad938e0c56a5f075c88b62f94fd25021d3d1528a9d818ba106443cda7a8968"
+        ],
+        "the TBSCertificate and TBSCertList encodings changed"
+    );
+}

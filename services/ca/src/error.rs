@@ -75,6 +75,9 @@ pub enum InputError {
     /// A name attribute this CA does not put in certificates.
     #[error("the name attribute {0} is not supported (supported: C, ST, L, O, OU, emailAddress)")]
     UnknownAttribute(String),
+    /// A name with an RDN of more than one attribute (`CN=a+O=b`), which this CA never writes.
+    #[error("a name has an RDN with more than one attribute")]
+    MultiValuedRdn,
     /// A public key that does not decode as its type says.
     #[error("the {kind} public key is not valid: {reason}")]
     BadKey {

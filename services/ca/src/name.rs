@@ -168,7 +168,7 @@ impl SubjectName {
         }
         for rdn in name.0.iter() {
             let [atv] = rdn.0.as_slice() else {
-                return Err(InputError::UnknownAttribute("a multi-valued RDN".into()));
+                return Err(InputError::MultiValuedRdn);
             };
             let value = string_value(&atv.value)?;
             if atv.oid == rfc4519::CN {
@@ -247,9 +247,10 @@ fn check_text(field: &'static str, value: &str, max: usize) -> Result<(), InputE
 }
 
 /// A DNS host name: ASCII letters, digits and hyphens in dot-separated labels of 1 to 63
-/// characters, no hyphen at either end of a label, at most 253 characters, no final dot and no
-/// wildcard. Kept in lower case (DNS names are case-insensitive; one spelling keeps the encoding
-/// unique). Internationalised names go in their `xn--` form.
+/// characters, no hyphen at either end of a label, at most 253 characters, no final dot, no
+/// wildcard, and a last label not all digits (that is an IP address). Kept in lower case (DNS
+/// names are case-insensitive; one spelling keeps the encoding unique). Internationalised names
+/// go in their `xn--` form.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct DnsName(String);
 
@@ -272,6 +273,10 @@ fn check_dns(field: &'static str, name: &str) -> Result<(), InputError> {
     }
     if name.len() > DNS_NAME_CHARS_MAX {
         return Err(InputError::TooLong { field, len: name.chars().count(), max: DNS_NAME_CHARS_MAX });
+    }
+    if name.rsplit('.').next().is_some_and(|last| last.bytes().all(|byte| byte.is_ascii_digit())) {
+        // No top-level domain is numeric: this is an IPv4 address, which is not a DNS name.
+        return Err(InputError::BadCharacter { field, reason: "a numeric last label (an IP address?)" });
     }
     for label in name.split('.') {
         if label.is_empty() || label.len() > DNS_LABEL_CHARS_MAX {

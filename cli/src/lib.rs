@@ -1,5 +1,6 @@
 //! The shared body of the Fides command-line programs (`replica`, `dealer`, `fides`, `bistro`,
-//! `bsubmit`, `fides-bench`), so that they all fail the same way:
+//! `bsubmit`, `fides-bench`, the simulator's `demo` and `bench`), so that they all fail the same
+//! way:
 //!
 //! - a usage error is one line on standard error, `NAME: error: WHAT (see `NAME --help`)`, and
 //!   exit status 2 (help and version print as clap prints them, status 0);
@@ -8,7 +9,8 @@
 //! - with the `runtime` feature, [`main_with`] also sets up logging to standard error and runs the
 //!   program on a multi-threaded tokio runtime.
 //!
-//! A small crate of its own, so that the dealer (no runtime, no logging) gets only the first two.
+//! A small crate of its own, so that the dealer and the simulator (no runtime, no logging) get only
+//! the first two, and no program pulls in another's crate for it.
 
 #![forbid(unsafe_code)]
 

@@ -39,13 +39,13 @@ step "starting 4 replicas (replica cluster --dir $dir); their output is in $stor
 "$bin/replica" cluster --dir "$dir" --clients 0 >"$story/cluster.out" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 600); do
-    if [[ -f $dir/cluster.toml ]] && "$bin/replica" status --cluster "$dir/cluster.toml" 2>/dev/null \
+    if [[ -f $dir/cluster.toml ]] && "$bin/fides" status --cluster "$dir/cluster.toml" 2>/dev/null \
         | grep -c "^replica .*: epoch" | grep -q '^4$'; then
         break
     fi
     sleep 0.2
 done
-"$bin/replica" status --cluster "$dir/cluster.toml"
+"$bin/fides" status --cluster "$dir/cluster.toml"
 
 step "starting a relay (an untrusted intermediary with its own key); log in $story/relay.log"
 "$bin/bistro" relay --data "$story/relay" --listen 127.0.0.1:7500 >"$story/relay.log" 2>&1 &
@@ -121,6 +121,6 @@ ticket=$(ls "$story/home-alice/tickets/$event"/*.bti | head -1)
 
 step "the story is complete"
 if [[ $keep -eq 1 ]]; then
-    echo "the cluster keeps running; Ctrl-C stops it (status: $bin/replica status --cluster $dir/cluster.toml)"
+    echo "the cluster keeps running; Ctrl-C stops it (status: $bin/fides status --cluster $dir/cluster.toml)"
     wait "${pids[0]}"
 fi

@@ -20,3 +20,12 @@ pub mod proto {
 /// Size of the chunks that uploads and fetches of files are cut into (`UploadChunk`,
 /// `FetchChunk`): the uploading client and a serving intermediary both use it.
 pub const CHUNK: usize = 64 * 1024;
+
+/// A channel to the gRPC server at `address` (`host:port`, or a URL with a scheme), connected on
+/// first use: giving up on a connection after 2 s and with Nagle's algorithm off, as every client of
+/// the API wants (a replica's reply is small and waited for).
+pub fn lazy_channel(address: &str) -> Result<tonic::transport::Channel, String> {
+    let uri = if address.contains("://") { address.to_string() } else { format!("http://{address}") };
+    let endpoint = tonic::transport::Endpoint::from_shared(uri).map_err(|e| e.to_string())?;
+    Ok(endpoint.connect_timeout(std::time::Duration::from_secs(2)).tcp_nodelay(true).connect_lazy())
+}

@@ -20,7 +20,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use clap::{Parser, Subcommand};
-use fides_replica::command::{main_with, RunArgs};
+use fides_cli::Logging;
+use fides_replica::command::RunArgs;
 
 /// Benchmarks with real processes.
 #[derive(Parser)]
@@ -51,9 +52,15 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let json = matches!(cli.command, Command::Run(RunArgs { log_json: true, .. }));
-    main_with("fides-bench", json, dispatch(cli))
+    let cli = match fides_cli::parse::<Cli>("fides-bench") {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
+    let logging = match &cli.command {
+        Command::Run(args) => args.logging(),
+        _ => Logging::Text(fides_cli::SERVER_LOG),
+    };
+    fides_cli::main_with("fides-bench", logging, dispatch(cli))
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {

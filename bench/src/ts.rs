@@ -40,7 +40,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 /// First peer port of the bench cluster (replica `i`: `PORT_FIRST + i`, its clients `+ 100`).
@@ -577,18 +577,15 @@ fn parse_banner(line: &str) -> Option<(SocketAddr, VerifyingKey)> {
 /// Start the baseline server, load it like the cluster, stop it.
 async fn baseline_part(args: &SurgeArgs, binary: &Path) -> anyhow::Result<Figures> {
     let server = BaselineProcess::start(binary).await?;
-    let uri = format!("http://{}", server.address);
+    let address = server.address.to_string();
     let stubs = (0..args.connections * args.n)
         .map(|_| {
-            // As the bistro client makes its channels.
-            let channel = Endpoint::from_shared(uri.clone())?
-                .connect_timeout(Duration::from_secs(2))
-                .tcp_nodelay(true)
-                .connect_lazy();
+            // As every client makes its channels.
+            let channel = fides_api::lazy_channel(&address)?;
             Ok(BistroGrpc::new(channel).max_decoding_message_size(MESSAGE_MAX))
         })
-        .collect::<Result<Vec<_>, tonic::transport::Error>>()
-        .with_context(|| format!("making channels to {uri}"))?;
+        .collect::<Result<Vec<_>, String>>()
+        .map_err(|reason| anyhow!("making channels to {address}: {reason}"))?;
     let target = Target::Baseline { stubs, key: server.key, event: EventId(rand::random()), ids: AtomicU64::new(0) };
     // One request first, so that a server that does not work fails clearly.
     target.one(0).await.map_err(|reason| anyhow!("the baseline server's first ticket failed: {reason}"))?;

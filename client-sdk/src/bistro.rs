@@ -2,15 +2,15 @@
 //! verified against the cluster's signing key), register relays, collect, and upload commit files
 //! to an intermediary.
 //!
-//! Ordered calls carry `(client, id)`: on a transport error, `UNAVAILABLE`, `DEADLINE_EXCEEDED`,
-//! `RESOURCE_EXHAUSTED` or `CANCELLED`, or an answer that does not verify, the same `(client, id)`
-//! goes to the next replica (round robin, at most `2n` attempts), so a request is never ordered
-//! twice. Any other gRPC status is the answer: [`ClientError::Status`].
+//! It runs on the [`Engine`]: ordered calls carry `(client, id)`; on a transient failure (a
+//! transport error, `UNAVAILABLE`, `DEADLINE_EXCEEDED`, `RESOURCE_EXHAUSTED` or `CANCELLED`) or an
+//! answer that does not verify, the same `(client, id)` goes to the next replica (round robin, at
+//! most `2n` attempts), so a request is never ordered twice. Any other gRPC status is the answer:
+//! [`ClientError::Status`].
 
 use std::collections::HashSet;
 use std::future::Future;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,16 +26,15 @@ use fides_dealer::ClusterFile;
 use fides_types::codec::Wire;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
-use tonic::transport::{Channel, Endpoint};
-use tonic::Code;
+use tonic::transport::Channel;
 
+use crate::engine::{Engine, EngineOptions};
 use crate::proto;
 use crate::proto::bistro_client::BistroClient as BistroGrpc;
 use crate::proto::intermediary_client::IntermediaryClient;
 use crate::ClientError;
 
-/// Largest gRPC message a bistro client decodes.
-pub const MESSAGE_MAX: usize = 64 * 1024 * 1024;
+pub use crate::engine::MESSAGE_MAX;
 pub use fides_api::CHUNK;
 
 /// How a [`BistroClient`] behaves.
@@ -155,35 +154,6 @@ impl RootCache {
     }
 }
 
-/// Whether a failed attempt should go to the next replica.
-fn retryable(status: &tonic::Status) -> bool {
-    match status.code() {
-        Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Cancelled => true,
-        // Transport failures that tonic reports with their cause attached.
-        Code::Unknown => std::error::Error::source(status).is_some(),
-        _ => false,
-    }
-}
-
-fn status_error(status: tonic::Status) -> ClientError {
-    ClientError::Status { code: status.code(), message: status.message().to_string() }
-}
-
-/// A lazily connected channel to `address` (`host:port`, or a URL with a scheme).
-fn lazy_channel(address: &str) -> Result<Channel, String> {
-    let uri = if address.contains("://") { address.to_string() } else { format!("http://{address}") };
-    let endpoint = Endpoint::from_shared(uri).map_err(|e| e.to_string())?;
-    Ok(endpoint.connect_timeout(Duration::from_secs(2)).tcp_nodelay(true).connect_lazy())
-}
-
-/// Why one attempt failed.
-enum Attempt {
-    /// The replica answered a status.
-    Status(tonic::Status),
-    /// The answer did not verify.
-    Bad(String),
-}
-
 /// Read up to [`CHUNK`] bytes (fewer only at the end of the file).
 async fn read_chunk(file: &mut tokio::fs::File) -> std::io::Result<Vec<u8>> {
     let mut buffer = vec![0u8; CHUNK];
@@ -205,10 +175,7 @@ pub struct BistroClient {
     cluster: Arc<ClusterFile>,
     cluster_id: [u8; 32],
     public: blsttc::PublicKey,
-    channels: Vec<Channel>,
-    client: u64,
-    next_id: Arc<AtomicU64>,
-    rotate: Arc<AtomicUsize>,
+    engine: Engine,
     options: BistroOptions,
 }
 
@@ -226,25 +193,21 @@ impl BistroClient {
 
     /// A client of `cluster`.
     pub fn with_options(cluster: ClusterFile, options: BistroOptions) -> Result<BistroClient, ClientError> {
-        let mut channels = Vec::new();
-        for info in cluster.replicas() {
-            let address = info.client_address.to_string();
-            let channel = lazy_channel(&address).map_err(|reason| ClientError::Address {
-                index: info.index.0,
-                address: address.clone(),
-                reason,
-            })?;
-            channels.push(channel);
-        }
-        let client = options.client.unwrap_or_else(rand::random);
+        let engine = Engine::new(
+            &cluster,
+            EngineOptions {
+                attempt_timeout: options.attempt_timeout,
+                attempts_max: 2 * cluster.quorum().n(),
+                backoff: options.backoff,
+                client: options.client,
+                elsewhere: &[],
+            },
+        )?;
         Ok(BistroClient {
             cluster_id: cluster.id().0,
             public: cluster.signing().public_key(),
             cluster: Arc::new(cluster),
-            channels,
-            client,
-            next_id: Arc::new(AtomicU64::new(0)),
-            rotate: Arc::new(AtomicUsize::new(rand::random::<u16>() as usize)),
+            engine,
             options,
         })
     }
@@ -261,17 +224,17 @@ impl BistroClient {
 
     /// The number of replicas.
     pub fn n(&self) -> u32 {
-        self.channels.len() as u32
+        self.engine.n()
     }
 
     /// This client's number.
     pub fn client_number(&self) -> u64 {
-        self.client
+        self.engine.client()
     }
 
     /// A fresh request id.
     pub fn next_id(&self) -> u64 {
-        self.next_id.fetch_add(1, AtomicOrdering::Relaxed)
+        self.engine.next_id()
     }
 
     /// Verify that the cluster signed `record` (proof of inclusion and the epoch's signature).
@@ -281,7 +244,7 @@ impl BistroClient {
 
     /// The channel to replica `index`'s client address (it serves `Bistro` and `Intermediary`).
     pub fn replica_channel(&self, index: u32) -> Option<Channel> {
-        self.channels.get(index as usize).cloned()
+        self.engine.channel(index)
     }
 
     /// Replica `index`'s `Intermediary` service.
@@ -293,17 +256,16 @@ impl BistroClient {
     /// The `Intermediary` service at `address` (`host:port`, a relay's or a replica's), connected
     /// lazily.
     pub fn intermediary_client(address: &str) -> Result<IntermediaryClient<Channel>, ClientError> {
-        let channel =
-            lazy_channel(address).map_err(|reason| ClientError::Endpoint { address: address.to_string(), reason })?;
+        let channel = fides_api::lazy_channel(address)
+            .map_err(|reason| ClientError::Endpoint { address: address.to_string(), reason })?;
         Ok(IntermediaryClient::new(channel).max_decoding_message_size(MESSAGE_MAX))
     }
 
-    fn grpc(&self, index: usize) -> BistroGrpc<Channel> {
-        BistroGrpc::new(self.channels[index].clone()).max_decoding_message_size(MESSAGE_MAX)
+    fn grpc(channel: Channel) -> BistroGrpc<Channel> {
+        BistroGrpc::new(channel).max_decoding_message_size(MESSAGE_MAX)
     }
 
-    /// Send a call to one replica after the other, starting at `first`, until one answers
-    /// something that `check` accepts or a status that is not worth another replica.
+    /// [`Engine::failover`] with the `Bistro` service's client.
     async fn failover<T, U, F, Fut>(
         &self,
         first: usize,
@@ -314,55 +276,17 @@ impl BistroClient {
         F: FnMut(BistroGrpc<Channel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        let n = self.channels.len();
-        if n == 0 {
-            return Err(ClientError::Cluster("the cluster has no replicas".into()));
-        }
-        let attempts = 2 * n;
-        let mut last: Option<(usize, Attempt)> = None;
-        for attempt in 0..attempts {
-            let index = (first + attempt) % n;
-            let outcome = match tokio::time::timeout(self.options.attempt_timeout, call(self.grpc(index))).await {
-                Ok(Ok(reply)) => match check(reply.into_inner()) {
-                    Ok(value) => return Ok(value),
-                    Err(reason) => {
-                        tracing::warn!(replica = index, %reason, "an answer does not verify; trying the next replica");
-                        Attempt::Bad(reason)
-                    }
-                },
-                Ok(Err(status)) if retryable(&status) => {
-                    tracing::debug!(replica = index, %status, "attempt failed; trying the next replica");
-                    Attempt::Status(status)
-                }
-                Ok(Err(status)) => return Err(status_error(status)),
-                Err(_) => Attempt::Status(tonic::Status::deadline_exceeded(format!(
-                    "no answer within {:?}",
-                    self.options.attempt_timeout
-                ))),
-            };
-            let overloaded = matches!(&outcome, Attempt::Status(s) if s.code() == Code::ResourceExhausted);
-            last = Some((index, outcome));
-            if attempt + 1 < attempts && (overloaded || attempt + 1 >= n) {
-                tokio::time::sleep(self.options.backoff).await;
-            }
-        }
-        Err(match last {
-            Some((index, Attempt::Bad(reason))) => ClientError::BadReply(format!("replica {index}: {reason}")),
-            Some((index, Attempt::Status(status))) => {
-                ClientError::NoAnswer { attempts: attempts as u32, last: format!("replica {index}: {status}") }
-            }
-            None => ClientError::NoAnswer { attempts: 0, last: "no attempt made".into() },
-        })
+        self.engine.failover(first, |channel| call(Self::grpc(channel)), check).await
     }
 
     /// The first replica for an ordered request.
     fn first_for(&self, id: u64) -> usize {
-        ((self.client ^ id) % self.channels.len().max(1) as u64) as usize
+        self.engine.first_for(id)
     }
 
     /// The first replica for a read.
     fn first_for_read(&self) -> usize {
-        self.rotate.fetch_add(1, AtomicOrdering::Relaxed) % self.channels.len().max(1)
+        self.engine.first_for_read()
     }
 
     /// Decode and verify a signed reply.
@@ -383,7 +307,7 @@ impl BistroClient {
         let signature = ed_sign(owner, domain::CREATE, &self.cluster_id, &terms.to_bytes());
         let id = self.next_id();
         let request = proto::CreateEventRequest {
-            client: self.client,
+            client: self.client_number(),
             id,
             deadline_ms: terms.deadline_ms,
             description: terms.description.clone(),
@@ -483,7 +407,7 @@ impl BistroClient {
     ) -> Result<(Ticket, EpochProof), ClientError> {
         let id = self.next_id();
         let message = proto::TicketRequest {
-            client: self.client,
+            client: self.client_number(),
             id,
             event: request.event.0.to_vec(),
             digest: request.digest.clone(),
@@ -518,8 +442,12 @@ impl BistroClient {
     /// A signed status of `tickets` of `event`, as of the agreed time it was ordered at.
     pub async fn status(&self, event: EventId, tickets: Vec<u64>) -> Result<(StatusRecord, EpochProof), ClientError> {
         let id = self.next_id();
-        let request =
-            proto::TicketStatusRequest { client: self.client, id, event: event.0.to_vec(), tickets: tickets.clone() };
+        let request = proto::TicketStatusRequest {
+            client: self.client_number(),
+            id,
+            event: event.0.to_vec(),
+            tickets: tickets.clone(),
+        };
         self.failover(
             self.first_for(id),
             |mut grpc| {
@@ -549,7 +477,7 @@ impl BistroClient {
         let signature = ed_sign(key, domain::RELAY, &self.cluster_id, &registration.to_bytes());
         let id = self.next_id();
         let request = proto::RegisterRelayRequest {
-            client: self.client,
+            client: self.client_number(),
             id,
             key: registration.key.to_vec(),
             address: registration.address,
@@ -593,7 +521,7 @@ impl BistroClient {
     /// Report that an intermediary holds an upload; true if the upload was new to the cluster.
     pub async fn report_held(&self, report: HeldReport) -> Result<bool, ClientError> {
         let id = self.next_id();
-        let request = proto::ReportHeldRequest { client: self.client, id, held: report.to_bytes() };
+        let request = proto::ReportHeldRequest { client: self.client_number(), id, held: report.to_bytes() };
         self.failover(
             self.first_for(id),
             |mut grpc| {
@@ -618,7 +546,7 @@ impl BistroClient {
         let signature = ed_sign(owner, domain::COLLECT, &self.cluster_id, &body.to_bytes());
         let id = self.next_id();
         let request = proto::CollectRequest {
-            client: self.client,
+            client: self.client_number(),
             id,
             event: event.0.to_vec(),
             recipient: recipient.to_vec(),
@@ -644,25 +572,8 @@ impl BistroClient {
         event: EventId,
         number: u64,
     ) -> Result<proto::CollectSharesReply, ClientError> {
-        let Some(channel) = self.channels.get(replica as usize) else {
-            return Err(ClientError::Replica {
-                index: replica,
-                status: tonic::Status::invalid_argument("no such replica"),
-            });
-        };
-        let mut grpc = BistroGrpc::new(channel.clone()).max_decoding_message_size(MESSAGE_MAX);
-        let call = grpc.collect_shares(proto::CollectSharesRequest { event: event.0.to_vec(), number });
-        match tokio::time::timeout(self.options.attempt_timeout, call).await {
-            Ok(Ok(reply)) => Ok(reply.into_inner()),
-            Ok(Err(status)) => Err(ClientError::Replica { index: replica, status }),
-            Err(_) => Err(ClientError::Replica {
-                index: replica,
-                status: tonic::Status::deadline_exceeded(format!(
-                    "no answer within {:?}",
-                    self.options.attempt_timeout
-                )),
-            }),
-        }
+        let request = proto::CollectSharesRequest { event: event.0.to_vec(), number };
+        self.engine.one(replica, |channel| async move { Self::grpc(channel).collect_shares(request).await }).await
     }
 
     /// Upload the commit file at `path` to the intermediary at `address`, in [`CHUNK`]-byte
@@ -705,7 +616,7 @@ impl BistroClient {
             fed = &mut feed => fed,
             reply = &mut call => {
                 return Err(match reply {
-                    Err(status) => status_error(status),
+                    Err(status) => ClientError::from_status(status),
                     Ok(_) => ClientError::BadReply(format!("{address}: answered before the whole file was sent")),
                 });
             }
@@ -714,7 +625,7 @@ impl BistroClient {
         let fed = fed.map_err(|e| file_error(e.to_string()))?;
         let reply = match tokio::time::timeout(self.options.upload_reply_timeout, &mut call).await {
             Ok(Ok(reply)) => reply.into_inner(),
-            Ok(Err(status)) => return Err(status_error(status)),
+            Ok(Err(status)) => return Err(ClientError::from_status(status)),
             Err(_) => {
                 return Err(ClientError::NoAnswer {
                     attempts: 1,

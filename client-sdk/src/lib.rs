@@ -1,11 +1,14 @@
 //! Rust client library of a Fides cluster: connect from the cluster's public file, order requests.
 //!
-//! A request is named by `(client, id)`: the client number is drawn at random when a [`Client`] is
-//! made, ids count up. Replicas order a name at most once, so a request may be sent again, to the
-//! same or another replica, without being ordered twice. Two ways to send:
+//! Every service's client runs on one [`engine::Engine`]: the channels to the replicas, the client
+//! number and request ids, failover and "k matching answers". A request is named by
+//! `(client, id)`, and replicas order a name at most once, so a request may be sent again, to the
+//! same or another replica, without being ordered twice. The ordering service's client, [`Client`],
+//! sends two ways:
 //!
-//! - [`Client::submit`]: to one replica (they take turns); on a timeout or an unreachable replica,
-//!   the same request goes to the next one, until an answer or `attempts_max` attempts;
+//! - [`Client::submit`]: to one replica (they take turns); on a timeout, an unreachable or
+//!   overloaded replica, or one that no longer keeps the answer (`ALREADY_EXISTS`), the same
+//!   request goes to the next one, until an answer or `attempts_max` attempts;
 //! - [`Client::submit_quorum`]: to `2t + 1` replicas at once; the answer is the one `t + 1` of them
 //!   give (so at least one honest replica vouches for it).
 //!
@@ -19,19 +22,18 @@ pub use fides_api::proto;
 
 pub mod bistro;
 pub mod certified;
+pub mod engine;
 pub mod relay;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::time::Duration;
 
 use fides_dealer::ClusterFile;
 use fides_types::NodeIndex;
-use futures::stream::{FuturesUnordered, StreamExt};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::Code;
 
+use engine::{Engine, EngineOptions, MESSAGE_MAX};
 use proto::ordering_client::OrderingClient;
 
 /// Where a request was ordered.
@@ -80,14 +82,23 @@ pub enum ClientError {
         /// Why.
         reason: String,
     },
-    /// The request is refused whatever replica gets it.
-    #[error("refused: {0}")]
-    Refused(tonic::Status),
-    /// No replica (or not `t + 1` matching ones) answered within the attempts.
+    /// No replica answered within the attempts.
     #[error("no answer after {attempts} attempts; last error: {last}")]
     NoAnswer {
         /// Attempts made.
         attempts: u32,
+        /// The last error seen.
+        last: String,
+    },
+    /// Fewer than `needed` of the replicas asked gave the same answer, and no more can.
+    #[error("only {agreeing} of {asked} replicas asked gave the same answer, {needed} needed; last error: {last}")]
+    NoMatch {
+        /// Matching answers needed.
+        needed: u32,
+        /// Replicas asked.
+        asked: u32,
+        /// The most that gave one answer.
+        agreeing: u32,
         /// The last error seen.
         last: String,
     },
@@ -99,7 +110,8 @@ pub enum ClientError {
         /// What it answered.
         status: tonic::Status,
     },
-    /// The cluster (or an intermediary) answered with a gRPC status other than a transient one.
+    /// The cluster (or an intermediary) answered with a gRPC status other than a transient one:
+    /// the request is refused whatever replica gets it.
     #[error("refused ({code:?}): {message}")]
     Status {
         /// The status code.
@@ -128,14 +140,21 @@ pub enum ClientError {
     },
 }
 
+impl ClientError {
+    /// A status that is the answer, not a failure of one replica.
+    pub fn from_status(status: tonic::Status) -> ClientError {
+        ClientError::Status { code: status.code(), message: status.message().to_string() }
+    }
+}
+
 /// How a client behaves.
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
     /// How long one attempt at one replica may take before the request goes to the next one.
     pub attempt_timeout: Duration,
-    /// Attempts before giving up.
+    /// Attempts before giving up (with `submit_quorum`: at each replica asked).
     pub attempts_max: u32,
-    /// Pause after a replica said it is overloaded.
+    /// Pause after a replica said it is overloaded, and between rounds of the replicas.
     pub overload_backoff: Duration,
     /// The client number; random when `None`.
     pub client: Option<u64>,
@@ -152,17 +171,13 @@ impl Default for ClientOptions {
     }
 }
 
-/// A client of one cluster.
+/// A client of one cluster's ordering service.
 #[derive(Clone, Debug)]
 pub struct Client {
-    channels: Vec<OrderingClient<Channel>>,
-    t: u32,
+    engine: Engine,
     cluster_id: [u8; 32],
     public: blsttc::PublicKey,
     verified: std::sync::Arc<certified::VerifiedCertificates>,
-    client: u64,
-    next_id: std::sync::Arc<AtomicU64>,
-    options: ClientOptions,
 }
 
 impl Client {
@@ -174,51 +189,51 @@ impl Client {
 
     /// A client of `cluster`. Connections are made lazily, on first use.
     pub fn from_cluster(cluster: &ClusterFile, options: ClientOptions) -> Result<Client, ClientError> {
-        let mut channels = Vec::new();
-        for info in cluster.replicas() {
-            let address = info.client_address.to_string();
-            let endpoint = Endpoint::from_shared(format!("http://{address}"))
-                .map_err(|e| ClientError::Address {
-                    index: info.index.0,
-                    address: address.clone(),
-                    reason: e.to_string(),
-                })?
-                .connect_timeout(Duration::from_secs(2))
-                .tcp_nodelay(true);
-            // A page of the log holds at least one whole batch, which may exceed gRPC's 4 MiB default.
-            channels.push(OrderingClient::new(endpoint.connect_lazy()).max_decoding_message_size(64 * 1024 * 1024));
-        }
-        let client = options.client.unwrap_or_else(rand::random);
+        let options = EngineOptions {
+            attempt_timeout: options.attempt_timeout,
+            attempts_max: options.attempts_max,
+            backoff: options.overload_backoff,
+            client: options.client,
+            // A replica that installed a checkpoint no longer keeps the answers of the epochs it
+            // skipped; another replica may.
+            elsewhere: &[Code::AlreadyExists],
+        };
         Ok(Client {
-            channels,
-            t: cluster.quorum().t(),
+            engine: Engine::new(cluster, options)?,
             cluster_id: cluster.id().0,
             public: cluster.signing().public_key(),
             verified: std::sync::Arc::default(),
-            client,
-            next_id: std::sync::Arc::new(AtomicU64::new(0)),
-            options,
         })
     }
 
     /// The number of replicas.
     pub fn n(&self) -> u32 {
-        self.channels.len() as u32
+        self.engine.n()
     }
 
     /// This client's number.
     pub fn client_number(&self) -> u64 {
-        self.client
+        self.engine.client()
     }
 
     /// A fresh request id.
     pub fn next_id(&self) -> u64 {
-        self.next_id.fetch_add(1, AtomicOrdering::Relaxed)
+        self.engine.next_id()
     }
 
     /// The gRPC client of replica `index` (for the calls this library does not wrap).
     pub fn replica(&self, index: NodeIndex) -> Option<OrderingClient<Channel>> {
-        self.channels.get(index.0 as usize).cloned()
+        self.engine.channel(index.0).map(ordering)
+    }
+
+    /// What checks an answer to the submission of `payload` under `id`: the cluster's signature
+    /// on it (an answer that does not verify is a failed attempt).
+    fn checker(&self, id: u64, payload: &[u8]) -> impl Fn(proto::Ordered) -> Result<Ordered, String> + '_ {
+        let asked = (self.client_number(), id, fides_crypto::sha256(payload));
+        move |reply: proto::Ordered| {
+            certified::check_ordered(&self.cluster_id, &self.public, &self.verified, asked, &reply)?;
+            Ok(Ordered::from(reply))
+        }
     }
 
     /// Order `payload`: to one replica, then to the next on a timeout or failure.
@@ -229,24 +244,13 @@ impl Client {
 
     /// Order `payload` under request id `id` (sending an id again never orders it twice).
     pub async fn submit_with_id(&self, id: u64, payload: Vec<u8>) -> Result<Ordered, ClientError> {
-        let n = self.channels.len() as u64;
-        let first = (self.client ^ id) % n.max(1);
-        let mut last = String::from("no attempt made");
-        for attempt in 0..self.options.attempts_max {
-            let index = ((first + u64::from(attempt)) % n) as usize;
-            match self.submit_to(index, id, payload.clone()).await {
-                Ok(ordered) => return Ok(ordered),
-                Err(status) if status.code() == Code::InvalidArgument => return Err(ClientError::Refused(status)),
-                Err(status) => {
-                    if status.code() == Code::ResourceExhausted {
-                        tokio::time::sleep(self.options.overload_backoff).await;
-                    }
-                    tracing::debug!(replica = index, %status, "submit attempt failed; trying the next replica");
-                    last = format!("replica {index}: {status}");
-                }
-            }
-        }
-        Err(ClientError::NoAnswer { attempts: self.options.attempts_max, last })
+        let check = self.checker(id, &payload);
+        let request = proto::SubmitRequest { client: self.client_number(), id, payload };
+        let call = |channel| {
+            let request = request.clone();
+            async move { ordering(channel).submit(request).await }
+        };
+        self.engine.failover(self.engine.first_for(id), call, check).await
     }
 
     /// Order `payload` by sending it to `2t + 1` replicas at once; the answer is the first that
@@ -258,85 +262,20 @@ impl Client {
 
     /// [`Client::submit_quorum`] under request id `id` (sending an id again never orders it twice).
     pub async fn submit_quorum_with_id(&self, id: u64, payload: Vec<u8>) -> Result<Ordered, ClientError> {
-        let n = self.channels.len();
-        let targets = (2 * self.t as usize + 1).min(n);
-        let first = ((self.client ^ id) % n.max(1) as u64) as usize;
-        let mut calls: FuturesUnordered<_> = (0..targets)
-            .map(|k| {
-                let index = (first + k) % n;
-                let payload = payload.clone();
-                async move { (index, self.submit_to_retrying(index, id, payload).await) }
-            })
-            .collect();
-        let mut votes: HashMap<Ordered, u32> = HashMap::new();
-        let mut last = String::from("no answer");
-        while let Some((index, result)) = calls.next().await {
-            match result {
-                Ok(ordered) => {
-                    let count = votes.entry(ordered.clone()).or_insert(0);
-                    *count += 1;
-                    if *count > self.t {
-                        return Ok(ordered);
-                    }
-                }
-                Err(status) if status.code() == Code::InvalidArgument => return Err(ClientError::Refused(status)),
-                Err(status) => last = format!("replica {index}: {status}"),
-            }
-        }
-        Err(ClientError::NoAnswer { attempts: targets as u32, last })
-    }
-
-    async fn submit_to_retrying(&self, index: usize, id: u64, payload: Vec<u8>) -> Result<Ordered, tonic::Status> {
-        let mut result = Err(tonic::Status::unavailable("no attempt made"));
-        for _ in 0..self.options.attempts_max {
-            result = self.submit_to(index, id, payload.clone()).await;
-            match &result {
-                Err(status) if status.code() == Code::ResourceExhausted => {
-                    tokio::time::sleep(self.options.overload_backoff).await
-                }
-                Err(status) if matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded) => {
-                    tokio::time::sleep(self.options.overload_backoff).await
-                }
-                _ => break,
-            }
-        }
-        result
-    }
-
-    async fn submit_to(&self, index: usize, id: u64, payload: Vec<u8>) -> Result<Ordered, tonic::Status> {
-        let Some(channel) = self.channels.get(index) else {
-            return Err(tonic::Status::invalid_argument(format!("no replica {index}")));
+        let check = self.checker(id, &payload);
+        let request = proto::SubmitRequest { client: self.client_number(), id, payload };
+        let call = |channel| {
+            let request = request.clone();
+            async move { ordering(channel).submit(request).await }
         };
-        let mut channel = channel.clone();
-        let asked = (self.client, id, fides_crypto::sha256(&payload));
-        let request = proto::SubmitRequest { client: self.client, id, payload };
-        match tokio::time::timeout(self.options.attempt_timeout, channel.submit(request)).await {
-            Ok(Ok(reply)) => {
-                let reply = reply.into_inner();
-                certified::check_ordered(&self.cluster_id, &self.public, &self.verified, asked, &reply).map_err(
-                    |reason| tonic::Status::data_loss(format!("replica {index}'s answer does not verify: {reason}")),
-                )?;
-                Ok(reply.into())
-            }
-            Ok(Err(status)) => Err(status),
-            Err(_) => {
-                Err(tonic::Status::deadline_exceeded(format!("no answer within {:?}", self.options.attempt_timeout)))
-            }
-        }
+        let quorum = self.engine.quorum();
+        let first = self.engine.first_for(id);
+        self.engine.matching(first, quorum.honest_majority(), quorum.one_honest(), call, check).await
     }
 
     /// Replica `index`'s status.
     pub async fn status(&self, index: NodeIndex) -> Result<proto::StatusReply, ClientError> {
-        let mut channel = self.replica(index).ok_or_else(|| ClientError::Replica {
-            index: index.0,
-            status: tonic::Status::invalid_argument("no such replica"),
-        })?;
-        let call = channel.status(proto::StatusRequest {});
-        match tokio::time::timeout(self.options.attempt_timeout, call).await {
-            Ok(Ok(reply)) => Ok(reply.into_inner()),
-            Ok(Err(status)) => Err(ClientError::Replica { index: index.0, status }),
-            Err(_) => Err(ClientError::Replica { index: index.0, status: tonic::Status::deadline_exceeded("timeout") }),
-        }
+        self.engine.one(index.0, |channel| async move { ordering(channel).status(proto::StatusRequest {}).await }).await
     }
 
     /// Replica `index`'s whole delivered log from `from_epoch` on, fetched page by page.
@@ -363,4 +302,10 @@ impl Client {
         Ok(batches)
     }
 }
+
+/// The ordering service's gRPC client on `channel`.
+fn ordering(channel: Channel) -> OrderingClient<Channel> {
+    OrderingClient::new(channel).max_decoding_message_size(MESSAGE_MAX)
+}
+
 pub mod collect;

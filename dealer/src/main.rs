@@ -106,12 +106,9 @@ impl ProtocolArgs {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("dealer: error: {error:#}");
-            ExitCode::FAILURE
-        }
+    match fides_cli::parse::<Cli>("dealer") {
+        Ok(cli) => fides_cli::finish("dealer", run(cli)),
+        Err(code) => code,
     }
 }
 

@@ -4,6 +4,8 @@
 
 use std::path::PathBuf;
 
+use fides_cli::Logging;
+
 use crate::run::{run, RunConfig};
 
 /// `run`: a replica until SIGTERM or Ctrl-C.
@@ -32,44 +34,14 @@ impl RunArgs {
         };
         run(file.overridden_by(self.settings), self.exit_on_stdin_close).await
     }
-}
 
-/// The body of a binary's `main`: log as [`init_tracing`] says, run `work` on a multi-threaded
-/// runtime, and turn its error into `NAME: error: …` on standard error and a failing exit code.
-pub fn main_with<F>(name: &str, json: bool, work: F) -> std::process::ExitCode
-where
-    F: std::future::Future<Output = anyhow::Result<()>>,
-{
-    init_tracing(json);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("{name}: error: cannot start the runtime: {error}");
-            return std::process::ExitCode::FAILURE;
+    /// How the replica logs: text or (`--log-json`) JSON lines, by default `info` (`warn` for
+    /// the network libraries).
+    pub fn logging(&self) -> Logging {
+        if self.log_json {
+            Logging::Json(fides_cli::SERVER_LOG)
+        } else {
+            Logging::Text(fides_cli::SERVER_LOG)
         }
-    };
-    let result = runtime.block_on(work);
-    // A read of standard input (see `--exit-on-stdin-close`) blocks a thread that the runtime
-    // would otherwise wait for on drop.
-    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("{name}: error: {error:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
-}
-
-/// Log to standard error, filtered by `RUST_LOG` (by default `info`, `warn` for the network
-/// libraries), as JSON lines if `json`.
-pub fn init_tracing(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,libp2p=warn,h2=warn,tower=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
     }
 }

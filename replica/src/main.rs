@@ -1,19 +1,20 @@
-//! `replica`: run a Fides replica, ask one for its status, or run a local cluster.
+//! `replica`: run a Fides replica, or a local cluster of them. The clients of a cluster are in
+//! the client SDK's binaries (`fides status`, `fides submit`, `fides log`, `bistro`, `bsubmit`).
 
 #![forbid(unsafe_code)]
 
-mod client_cli;
-
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use fides_client_sdk::{Client, ClientOptions};
-use fides_replica::command::{main_with, RunArgs};
+use fides_api::proto::ordering_client::OrderingClient;
+use fides_api::proto::{StatusReply, StatusRequest};
+use fides_cli::Logging;
+use fides_replica::command::RunArgs;
 use fides_replica::launcher::{deal_if_missing, LocalCluster, ReplicaOptions};
-use fides_types::NodeIndex;
+use tonic::transport::Channel;
 
 /// A replica of a Fides cluster.
 #[derive(Parser)]
@@ -23,25 +24,15 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of the `run` settings does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run a replica until SIGTERM or Ctrl-C.
     Run(RunArgs),
-    /// Print the status of the replicas of a cluster (or of one), for a person.
-    Status {
-        /// The cluster's public file.
-        #[arg(long)]
-        cluster: PathBuf,
-        /// Only this replica.
-        #[arg(long)]
-        replica: Option<u32>,
-    },
-    /// Order requests and print where each was ordered, one line each (for scripts and tests).
-    Submit(client_cli::SubmitArgs),
-    /// Print one replica's delivered batches and their requests, one line each.
-    Log(client_cli::LogArgs),
     /// Run a local cluster on 127.0.0.1 (dealing it first if DIR has no cluster file), order
-    /// requests from clients, and show it working until Ctrl-C.
+    /// requests from clients (`fides submit`, which must be next to this program), and show it
+    /// working until Ctrl-C.
     Cluster {
         /// The cluster directory.
         #[arg(long, default_value = "cluster-configs/local-4")]
@@ -68,61 +59,24 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let json = matches!(cli.command, Command::Run(RunArgs { log_json: true, .. }));
-    main_with("replica", json, dispatch(cli))
+    let cli = match fides_cli::parse::<Cli>("replica") {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
+    let logging = match &cli.command {
+        Command::Run(args) => args.logging(),
+        Command::Cluster { .. } => Logging::Text(fides_cli::SERVER_LOG),
+    };
+    fides_cli::main_with("replica", logging, dispatch(cli))
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => args.run().await,
-        Command::Status { cluster, replica } => status(&cluster, replica).await,
-        Command::Submit(args) => client_cli::submit(args).await,
-        Command::Log(args) => client_cli::log(args).await,
         Command::Cluster { dir, n, t, fresh, clients, requests, seconds } => {
             cluster(dir, n, t, fresh, clients, requests, seconds).await
         }
     }
-}
-
-async fn status(cluster: &std::path::Path, only: Option<u32>) -> anyhow::Result<()> {
-    let options = ClientOptions { attempt_timeout: Duration::from_secs(3), ..ClientOptions::default() };
-    let client = Client::connect(cluster, options)?;
-    for i in 0..client.n() {
-        if only.is_some_and(|o| o != i) {
-            continue;
-        }
-        match client.status(NodeIndex(i)).await {
-            Ok(s) => {
-                println!(
-                    "replica {i}: epoch {} · {} requests delivered · queue {} · log {} · checkpoint {} · up {} s{}",
-                    s.next_epoch,
-                    s.delivered_requests,
-                    s.queue_len,
-                    short_hex(&s.log_digest),
-                    s.checkpoint_epoch.map_or("none".to_string(), |e| format!("after epoch {e}")),
-                    s.uptime_s,
-                    if s.joining { " · JOINING (silent until it knows where the others are)" } else { "" },
-                );
-                let peers: Vec<String> = s
-                    .peers
-                    .iter()
-                    .filter(|p| p.index != i)
-                    .map(|p| {
-                        format!(
-                            "{}:{}{}",
-                            p.index,
-                            if p.connected { "up" } else { "DOWN" },
-                            if p.faults > 0 { format!(" ({} faults)", p.faults) } else { String::new() }
-                        )
-                    })
-                    .collect();
-                println!("  peers {} · log has {} events", peers.join(" "), s.wal_events);
-            }
-            Err(error) => println!("replica {i}: unreachable ({error})"),
-        }
-    }
-    Ok(())
 }
 
 fn short_hex(bytes: &[u8]) -> String {
@@ -138,6 +92,8 @@ async fn cluster(
     requests: u32,
     seconds: Option<u64>,
 ) -> anyhow::Result<()> {
+    // Found before anything starts, so that a missing client fails at once.
+    let client = if clients > 0 { Some(client_program()?) } else { None };
     if deal_if_missing(&dir, n, t, 7100)? {
         println!("== dealt a new cluster of {n} replicas (t = {t}) into {}", dir.display());
     }
@@ -152,56 +108,38 @@ async fn cluster(
     }
     local.start_all()?;
     println!("== started {n} replicas; logs in {}/logs, metrics at http://127.0.0.1:7300+i/metrics", dir.display());
-    let result = exercise(&mut local, clients, requests, seconds).await;
+    let result = exercise(&mut local, client.as_deref(), clients, requests, seconds).await;
     println!("== stopping every replica");
     local.stop_all(Duration::from_secs(10));
     println!("== all stopped");
     result
 }
 
-async fn exercise(local: &mut LocalCluster, clients: u32, requests: u32, seconds: Option<u64>) -> anyhow::Result<()> {
-    let cluster_file = local.dir().join(fides_dealer::CLUSTER_FILE_NAME);
-    let client = Client::connect(&cluster_file, ClientOptions::default())?;
-    let n = client.n();
+async fn exercise(
+    local: &mut LocalCluster,
+    client: Option<&Path>,
+    clients: u32,
+    requests: u32,
+    seconds: Option<u64>,
+) -> anyhow::Result<()> {
+    let probes = status_probes(local)?;
+    let n = probes.len() as u32;
     // Wait until every replica answers.
     let deadline = Instant::now() + Duration::from_secs(60);
-    for i in 0..n {
-        while client.status(NodeIndex(i)).await.is_err() {
+    for (i, probe) in (0..n).zip(&probes) {
+        while status(probe).await.is_err() {
             if Instant::now() > deadline || !local.is_running(i) {
                 anyhow::bail!("replica {i} did not come up; see {}", local.log_file(i).display());
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    println!("== every replica answers; ordering {requests} requests from each of {clients} clients");
-    let mut tasks = Vec::new();
-    for c in 0..clients {
-        let client = Client::connect(&cluster_file, ClientOptions::default())?;
-        tasks.push(tokio::spawn(async move {
-            let mut lines = Vec::new();
-            for r in 0..requests {
-                let payload = format!("client {c} request {r}").into_bytes();
-                // Half through one replica at a time, half through 2t + 1 at once.
-                let answer =
-                    if r % 2 == 0 { client.submit(payload).await } else { client.submit_quorum(payload).await };
-                match answer {
-                    Ok(o) => lines.push(format!(
-                        "client {c} request {r}: ordered in epoch {} at position {}, agreed time {} ms, log {}",
-                        o.epoch,
-                        o.index,
-                        o.time_ms,
-                        short_hex(&o.log_digest)
-                    )),
-                    Err(error) => lines.push(format!("client {c} request {r}: FAILED: {error}")),
-                }
-            }
-            lines
-        }));
-    }
-    for task in tasks {
-        for line in task.await.context("a client task failed")? {
-            println!("{line}");
+    match client {
+        Some(program) => {
+            println!("== every replica answers; ordering {requests} requests from each of {clients} clients");
+            order(program, &local.dir().join(fides_dealer::CLUSTER_FILE_NAME), clients, requests).await?;
         }
+        None => println!("== every replica answers"),
     }
     let stop = seconds.map(|s| Instant::now() + Duration::from_secs(s));
     println!(
@@ -211,8 +149,8 @@ async fn exercise(local: &mut LocalCluster, clients: u32, requests: u32, seconds
     let mut terminate =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("watching SIGTERM")?;
     loop {
-        for i in 0..n {
-            match client.status(NodeIndex(i)).await {
+        for (i, probe) in probes.iter().enumerate() {
+            match status(probe).await {
                 Ok(s) => println!(
                     "replica {i}: epoch {}, {} requests delivered, log {}",
                     s.next_epoch,
@@ -232,4 +170,61 @@ async fn exercise(local: &mut LocalCluster, clients: u32, requests: u32, seconds
             return Ok(());
         }
     }
+}
+
+/// A `Status` client of each replica (a probe, not a client of the services: those are the
+/// client SDK's).
+fn status_probes(local: &LocalCluster) -> anyhow::Result<Vec<OrderingClient<Channel>>> {
+    let mut probes = Vec::new();
+    for info in local.cluster().replicas() {
+        let address = info.client_address.to_string();
+        let channel = fides_api::lazy_channel(&address)
+            .map_err(|reason| anyhow::anyhow!("replica {}: address {address:?}: {reason}", info.index.0))?;
+        probes.push(OrderingClient::new(channel));
+    }
+    Ok(probes)
+}
+
+/// One replica's status, within 3 s.
+async fn status(probe: &OrderingClient<Channel>) -> anyhow::Result<StatusReply> {
+    let mut probe = probe.clone();
+    let call = probe.status(StatusRequest {});
+    Ok(tokio::time::timeout(Duration::from_secs(3), call).await.context("no answer within 3 s")??.into_inner())
+}
+
+/// The client program `fides`, next to this one.
+fn client_program() -> anyhow::Result<PathBuf> {
+    let program = std::env::current_exe().context("finding the replica executable")?.with_file_name("fides");
+    if !program.exists() {
+        anyhow::bail!(
+            "the client {} is missing (build it with `cargo build --release -p fides-client-sdk`), or pass --clients 0",
+            program.display()
+        );
+    }
+    Ok(program)
+}
+
+/// Order `requests` requests from each of `clients` clients at once, each a `fides submit`
+/// process (`program`): half through one replica at a time, half through 2t + 1 at once. Prints
+/// what each printed.
+async fn order(program: &Path, cluster_file: &Path, clients: u32, requests: u32) -> anyhow::Result<()> {
+    let runs = (0..clients).map(|c| {
+        let mut command = tokio::process::Command::new(program);
+        command.arg("submit").arg("--cluster").arg(cluster_file);
+        command.args(["--count", &requests.to_string(), "--prefix", &format!("client {c} request")]);
+        if c % 2 == 1 {
+            command.arg("--quorum");
+        }
+        command.kill_on_drop(true).output()
+    });
+    let outputs = futures::future::join_all(runs).await;
+    for (c, output) in outputs.into_iter().enumerate() {
+        let output = output.with_context(|| format!("running {}", program.display()))?;
+        for line in
+            String::from_utf8_lossy(&output.stdout).lines().chain(String::from_utf8_lossy(&output.stderr).lines())
+        {
+            println!("client {c}: {line}");
+        }
+    }
+    Ok(())
 }

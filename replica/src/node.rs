@@ -130,7 +130,7 @@ pub struct PeerStatus {
     pub equivocations: u64,
 }
 
-/// The replica's state, for `replica status` and monitors.
+/// The replica's state, for `fides status` and monitors.
 #[derive(Clone, Debug, Default)]
 pub struct Status {
     /// Our index.

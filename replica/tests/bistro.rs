@@ -31,11 +31,7 @@ fn now_ms() -> u64 {
 
 /// The `bistro` binary, built beside the test's own binaries by `cargo test --workspace`.
 fn bistro_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable");
-    let dir = exe.parent().and_then(Path::parent).expect("target directory");
-    let path = dir.join("bistro");
-    assert!(path.exists(), "{} is missing: run the tests with `cargo test --workspace`", path.display());
-    path
+    workspace_binary("bistro")
 }
 
 /// A relay process; killed when dropped.

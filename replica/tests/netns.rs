@@ -7,7 +7,7 @@
 //! bridge down: its TCP connections stall as they would behind a broken switch port.
 //!
 //! The test itself stays in the root namespace, from where those addresses cannot be reached, so it
-//! talks to the cluster through `replica submit` and `replica log` run inside the client namespace.
+//! talks to the cluster through `fides submit` and `fides log` run inside the client namespace.
 //!
 //! Without the rights to make namespaces (or without `ip`), the test says why it is skipped and
 //! passes; with `FIDES_NETNS_REQUIRED=1` it fails instead. It always removes what it made: the
@@ -23,7 +23,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{assert_acknowledged_present, assert_logs_agree, one_at_a_time, LogsOnFailure};
+use common::{assert_acknowledged_present, assert_logs_agree, one_at_a_time, workspace_binary, LogsOnFailure};
 use fides_client_sdk::proto::{Batch, Request};
 use fides_client_sdk::Ordered;
 use fides_dealer::{generate_with_protocol, write, Address, ProtocolParameters, Quorum};
@@ -313,7 +313,7 @@ struct Cluster<'a> {
     end: Instant,
 }
 
-/// One replica's log as `replica log` printed it.
+/// One replica's log as `fides log` printed it.
 #[derive(Clone, Debug)]
 struct Log {
     /// The first epoch it serves (later than 0 while it fetches batches it skipped).
@@ -325,7 +325,7 @@ struct Log {
     batches: BTreeMap<u64, Batch>,
 }
 
-/// What one `replica submit` printed: the ordered requests (with their payloads) and the ids of
+/// What one `fides submit` printed: the ordered requests (with their payloads) and the ids of
 /// the failed ones.
 struct Submitted {
     ordered: Vec<(Ordered, Vec<u8>)>,
@@ -412,9 +412,10 @@ impl Cluster<'_> {
         self.dir.join(fides_dealer::CLUSTER_FILE_NAME).display().to_string()
     }
 
-    /// `ip netns exec CLIENT-NS replica ARGS`, running.
+    /// `ip netns exec CLIENT-NS fides ARGS`, running.
     fn start_client(&self, args: &[String]) -> Running {
-        let mut all = strings(&["netns", "exec", &self.network.client(), REPLICA]);
+        let client = workspace_binary("fides").display().to_string();
+        let mut all = strings(&["netns", "exec", &self.network.client(), &client]);
         all.extend_from_slice(args);
         Running::spawn("ip", &all).expect("running a client command in the client namespace")
     }
@@ -479,7 +480,7 @@ impl Cluster<'_> {
         }
     }
 
-    /// `replica submit` arguments for `count` requests of `client` from id `first_id` on.
+    /// `fides submit` arguments for `count` requests of `client` from id `first_id` on.
     fn submit_args(client: u64, first_id: u64, count: u64, prefix: &str, extra: &[&str]) -> Vec<String> {
         let mut args = strings(&[
             "submit",
@@ -503,7 +504,7 @@ impl Cluster<'_> {
         self.start_client(&args)
     }
 
-    /// Parse what a `replica submit` of requests `prefix k` from id `first_id` on printed.
+    /// Parse what a `fides submit` of requests `prefix k` from id `first_id` on printed.
     fn submitted(done: Finished, first_id: u64, prefix: &str) -> Submitted {
         let mut ordered = Vec::new();
         let mut failed = Vec::new();

@@ -29,6 +29,7 @@ use fides_bistro::records::{EventId, EventRecord, EventTerms, DESCRIPTION_MAX};
 use fides_bistro::service::format_time;
 use fides_bistro::stream::{Aead, HashAlg};
 use fides_bistro::text::render_event;
+use fides_cli::Logging;
 use fides_client_sdk::bistro::BistroClient;
 use fides_client_sdk::collect::{collect, Manifest, Progress, UploadStatus};
 use fides_client_sdk::relay::{run_relay, RelayConfig};
@@ -166,58 +167,20 @@ enum EventCommand {
 // ---------------------------------------------------------------------------------------------
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match fides_cli::parse::<Cli>("bistro") {
         Ok(cli) => cli,
-        Err(error) => {
-            use clap::error::ErrorKind;
-            if matches!(error.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
-                let _ = error.print();
-                return ExitCode::SUCCESS;
-            }
-            if error.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
-                let _ = error.print();
-                return ExitCode::from(2);
-            }
-            let rendered = error.render().to_string();
-            // The first paragraph (before the usage), on one line.
-            let paragraph = rendered.split("\n\n").next().unwrap_or("bad usage");
-            let words: Vec<&str> = paragraph.split_whitespace().collect();
-            let first = words.join(" ");
-            let first = first.trim_start_matches("error: ");
-            err!("bistro: {first} (see `bistro --help`)");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    init_logging(matches!(cli.command, Command::Relay { .. }));
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            err!("bistro: cannot start: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(cli)) {
-        Ok(code) => code,
-        Err(error) => {
-            let line = format!("{error:#}").replace(['\n', '\r'], " ");
-            err!("bistro: {line}");
-            ExitCode::FAILURE
-        }
-    }
+    // A relay is a server: it says what it does; otherwise only warnings.
+    let logging =
+        Logging::Text(if matches!(cli.command, Command::Relay { .. }) { "info,h2=warn,tower=warn" } else { "warn" });
+    fides_cli::main_with("bistro", logging, run(cli))
 }
 
-/// Log to stderr: `$RUST_LOG`, else info for a relay and warnings otherwise.
-fn init_logging(relay: bool) {
-    let default = if relay { "info,h2=warn,tower=warn" } else { "warn" };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
-}
-
-async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+async fn run(cli: Cli) -> anyhow::Result<()> {
     let cluster = cli.cluster.as_deref();
     match cli.command {
-        Command::Keygen { out } => keygen(&out).map(|()| ExitCode::SUCCESS),
+        Command::Keygen { out } => keygen(&out),
         Command::Event(EventCommand::Create {
             owner_key,
             deadline,
@@ -228,12 +191,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             save,
         }) => {
             let request = CreateRequest { deadline, description, hash, aead, transfer_window, save };
-            create_event(cluster, &owner_key, request).await.map(|()| ExitCode::SUCCESS)
+            create_event(cluster, &owner_key, request).await
         }
-        Command::Event(EventCommand::Show { event, save }) => {
-            show_event(cluster, &event, save.as_deref()).await.map(|()| ExitCode::SUCCESS)
-        }
-        Command::Event(EventCommand::List) => list_events(cluster).await.map(|()| ExitCode::SUCCESS),
+        Command::Event(EventCommand::Show { event, save }) => show_event(cluster, &event, save.as_deref()).await,
+        Command::Event(EventCommand::List) => list_events(cluster).await,
         Command::Collect { owner_key, event, out } => collect_event(cluster, &owner_key, &event, &out).await,
         Command::Relay { data, listen, advertise, upload_max, never_deliver } => {
             let config = RelayConfig {
@@ -244,7 +205,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 never_deliver,
                 upload_max,
             };
-            run_relay(config).await.map(|()| ExitCode::SUCCESS)
+            run_relay(config).await
         }
     }
 }
@@ -557,7 +518,7 @@ async fn list_events(cluster: Option<&Path>) -> anyhow::Result<()> {
 // Collection
 // ---------------------------------------------------------------------------------------------
 
-async fn collect_event(cluster: Option<&Path>, owner_key: &Path, event: &str, out: &Path) -> anyhow::Result<ExitCode> {
+async fn collect_event(cluster: Option<&Path>, owner_key: &Path, event: &str, out: &Path) -> anyhow::Result<()> {
     let event = parse_event(event)?;
     let owner = read_owner_key(owner_key)?;
     let cluster = load_cluster(cluster)?;
@@ -592,13 +553,11 @@ async fn collect_event(cluster: Option<&Path>, owner_key: &Path, event: &str, ou
         .await
         .with_context(|| format!("collecting event {event}"))?;
     report(&manifest);
-    if manifest.all_verified() {
-        Ok(ExitCode::SUCCESS)
-    } else {
+    if !manifest.all_verified() {
         let missing = manifest.uploads.len() - manifest.verified();
-        err!("bistro: {missing} of {} uploads not verified (see {})", manifest.uploads.len(), manifest.path.display());
-        Ok(ExitCode::FAILURE)
+        bail!("{missing} of {} uploads not verified (see {})", manifest.uploads.len(), manifest.path.display());
     }
+    Ok(())
 }
 
 fn progress_bar(size: u64, what: &str) -> ProgressBar {

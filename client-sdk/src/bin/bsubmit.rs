@@ -39,6 +39,7 @@ use fides_bistro::records::{StatusRecord, TicketState, STATUS_TICKETS_MAX};
 use fides_bistro::service::format_time;
 use fides_bistro::stream::{digest_reader, HashAlg};
 use fides_bistro::text::{self, hash_name, render_receipt, render_ticket, verify_receipt_text, verify_ticket_text};
+use fides_cli::{Exit, Logging};
 use fides_client_sdk::bistro::{BistroClient, RelayInfo};
 use fides_client_sdk::ClientError;
 use fides_dealer::ClusterFile;
@@ -192,64 +193,15 @@ fn long_options(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
 // Failures
 // ---------------------------------------------------------------------------------------------
 
-/// A failure with its own exit status; `bare` messages are printed as they are.
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-struct Exit {
-    code: u8,
-    message: String,
-    bare: bool,
-}
-
 fn exit(code: u8, message: impl Into<String>) -> anyhow::Error {
-    anyhow::Error::new(Exit { code, message: message.into(), bare: false })
+    anyhow::Error::new(Exit::new(code, message))
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse_from(long_options(std::env::args_os())) {
-        Ok(cli) => cli,
-        Err(error) => {
-            use clap::error::ErrorKind;
-            if matches!(error.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
-                let _ = error.print();
-                return ExitCode::SUCCESS;
-            }
-            if error.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
-                let _ = error.print();
-                return ExitCode::from(2);
-            }
-            let rendered = error.render().to_string();
-            let first: Vec<&str> = rendered
-                .lines()
-                .take_while(|line| !line.starts_with("Usage:"))
-                .map(str::trim)
-                .filter(|line| !line.is_empty())
-                .collect();
-            let first = first.join(" ");
-            let first = first.trim_start_matches("error: ");
-            err!("bsubmit: {first} (see `bsubmit --help`)");
-            return ExitCode::from(2);
-        }
-    };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            err!("bsubmit: cannot start: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            let (code, bare) = error.downcast_ref::<Exit>().map_or((1, false), |e| (e.code, e.bare));
-            if bare {
-                err!("{error}");
-            } else {
-                let line = format!("{error:#}").replace(['\n', '\r'], " ");
-                err!("bsubmit: {line}");
-            }
-            ExitCode::from(code)
-        }
+    match fides_cli::parse_from::<Cli, _, _>("bsubmit", long_options(std::env::args_os())) {
+        // Only what bsubmit prints itself: the library's warnings are not for submitters.
+        Ok(cli) => fides_cli::main_with("bsubmit", Logging::Off, run(cli)),
+        Err(code) => code,
     }
 }
 
@@ -727,7 +679,7 @@ fn save_receipt(
 async fn upload(home: &Home, cluster_path: Option<&Path>, args: UploadArgs) -> anyhow::Result<()> {
     let settings = Config::load(&home.config_path())?;
     let Some(email) = args.email.clone().or_else(|| settings.get("email").map(str::to_string)) else {
-        return Err(anyhow::Error::new(Exit { code: 2, message: NO_EMAIL.to_string(), bare: true }));
+        return Err(anyhow::Error::new(Exit::bare(2, NO_EMAIL)));
     };
     check_email(&email)?;
     let event = parse_event(&args.event)?;

@@ -91,7 +91,7 @@ pub enum TransportEvent {
     },
 }
 
-/// Counters a transport keeps per peer (for metrics and `replica status`).
+/// Counters a transport keeps per peer (for metrics and `fides status`).
 #[derive(Clone, Debug, Default)]
 pub struct PeerCounters {
     /// Whether a connection is up.

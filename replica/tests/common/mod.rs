@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use fides_client_sdk::proto::Batch;
@@ -12,6 +12,16 @@ use fides_client_sdk::{Client, ClientOptions, Ordered};
 use fides_dealer::ProtocolParameters;
 use fides_replica::launcher::{deal_if_missing_with, LocalCluster, ReplicaOptions};
 use fides_types::NodeIndex;
+
+/// The binary `name` of another package of the workspace (the client's `fides`, `bistro`), built
+/// beside the test's own binaries by `cargo test --workspace` (or `cargo build`).
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    let dir = exe.parent().and_then(Path::parent).expect("target directory");
+    let path = dir.join(name);
+    assert!(path.exists(), "{} is missing: run the tests with `cargo test --workspace`", path.display());
+    path
+}
 
 /// Tests that start processes run one at a time: a cluster of processes per test, all at once,
 /// would share two cores between a dozen replicas.

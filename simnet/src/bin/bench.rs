@@ -16,6 +16,7 @@
 
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand, ValueEnum};
+use std::process::ExitCode;
 use std::time::Instant;
 
 use simnet::aba::{run_case_with, AbaCase, AbaSummary, SchedulerKind};
@@ -101,8 +102,15 @@ struct AbaArgs {
     byzantine: Option<String>,
 }
 
-fn main() -> Result<()> {
-    match Cli::parse().command {
+fn main() -> ExitCode {
+    match fides_cli::parse::<Cli>("bench") {
+        Ok(cli) => fides_cli::finish("bench", run(cli)),
+        Err(code) => code,
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
         Command::Aba(args) => aba(args),
         Command::Abc(args) => abc(args),
     }

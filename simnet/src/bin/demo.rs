@@ -2,6 +2,7 @@
 //! `dealer init`, using the dealer's coin keys, once with each kind of Byzantine replica.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -25,8 +26,14 @@ struct Cli {
     seed: u64,
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
+fn main() -> ExitCode {
+    match fides_cli::parse::<Cli>("demo") {
+        Ok(cli) => fides_cli::finish("demo", run(cli)),
+        Err(code) => code,
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
     let cluster = read_cluster(&cli.cluster.join(CLUSTER_FILE_NAME))?;
     let quorum = cluster.quorum();
     let mut keys = Vec::new();

@@ -1,5 +1,13 @@
-//! `replica submit` and `replica log`: a client of a cluster on the command line, for scripts and
-//! tests. They print one record a line, `kind key=value …`, so that a program can read them:
+//! `fides`: a client of a Fides cluster's ordering service on the command line, for people,
+//! scripts and tests.
+//!
+//! ```text
+//! fides status --cluster FILE [--replica I]     each replica's state, for a person
+//! fides submit --cluster FILE [--count N] …     order requests; one line each
+//! fides log --cluster FILE --replica I …        one replica's delivered batches; one line each
+//! ```
+//!
+//! `submit` and `log` print one record a line, `kind key=value …`, so that a program can read them:
 //!
 //! ```text
 //! ordered client=C id=I epoch=E index=X time_ms=T log=HEX
@@ -10,10 +18,15 @@
 //! request epoch=E index=X client=C id=I payload=HEX
 //! ```
 
-use std::path::PathBuf;
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use fides_cli::Logging;
 use fides_client_sdk::proto::{Batch, LogRequest};
 use fides_client_sdk::{Client, ClientOptions, Ordered};
 use fides_types::NodeIndex;
@@ -22,9 +35,49 @@ use futures::stream::{FuturesOrdered, StreamExt};
 /// Batches asked for per `Log` call.
 const LOG_PAGE: u32 = 512;
 
-/// `replica submit`: order requests and print where each was ordered.
+/// A client of a Fides cluster.
+#[derive(Parser)]
+#[command(name = "fides", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the status of the replicas of a cluster (or of one), for a person.
+    Status {
+        /// The cluster's public file.
+        #[arg(long)]
+        cluster: PathBuf,
+        /// Only this replica.
+        #[arg(long)]
+        replica: Option<u32>,
+    },
+    /// Order requests and print where each was ordered, one line each (for scripts and tests).
+    Submit(SubmitArgs),
+    /// Print one replica's delivered batches and their requests, one line each.
+    Log(LogArgs),
+}
+
+fn main() -> ExitCode {
+    match fides_cli::parse::<Cli>("fides") {
+        Ok(cli) => fides_cli::main_with("fides", Logging::Text("warn"), dispatch(cli)),
+        Err(code) => code,
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Status { cluster, replica } => status(&cluster, replica).await,
+        Command::Submit(args) => submit(args).await,
+        Command::Log(args) => log(args).await,
+    }
+}
+
+/// `fides submit`: order requests and print where each was ordered.
 #[derive(clap::Args)]
-pub struct SubmitArgs {
+struct SubmitArgs {
     /// The cluster's public file.
     #[arg(long)]
     cluster: PathBuf,
@@ -56,9 +109,9 @@ pub struct SubmitArgs {
     concurrent: bool,
 }
 
-/// `replica log`: print the batches one replica delivered.
+/// `fides log`: print the batches one replica delivered.
 #[derive(clap::Args)]
-pub struct LogArgs {
+struct LogArgs {
     /// The cluster's public file.
     #[arg(long)]
     cluster: PathBuf,
@@ -81,7 +134,7 @@ fn seconds(value: f64, flag: &str) -> anyhow::Result<Duration> {
 }
 
 /// Order the requests; fails if any of them was not ordered.
-pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
+async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     let attempt_timeout = seconds(args.timeout_s, "--timeout-s")?;
     if args.attempts == 0 {
         bail!("--attempts must be at least 1");
@@ -145,7 +198,7 @@ fn one_line(text: &str) -> String {
 }
 
 /// Print replica `args.replica`'s delivered batches.
-pub async fn log(args: LogArgs) -> anyhow::Result<()> {
+async fn log(args: LogArgs) -> anyhow::Result<()> {
     let within = seconds(args.timeout_s, "--timeout-s")?;
     let options = ClientOptions { attempt_timeout: within, ..ClientOptions::default() };
     let client = Client::connect(&args.cluster, options)?;
@@ -217,4 +270,48 @@ async fn fetch_log(client: &Client, args: &LogArgs) -> anyhow::Result<(Vec<Batch
             return Ok((batches, first_epoch, next_epoch));
         }
     }
+}
+
+async fn status(cluster: &Path, only: Option<u32>) -> anyhow::Result<()> {
+    let options = ClientOptions { attempt_timeout: Duration::from_secs(3), ..ClientOptions::default() };
+    let client = Client::connect(cluster, options)?;
+    for i in 0..client.n() {
+        if only.is_some_and(|o| o != i) {
+            continue;
+        }
+        match client.status(NodeIndex(i)).await {
+            Ok(s) => {
+                println!(
+                    "replica {i}: epoch {} · {} requests delivered · queue {} · log {} · checkpoint {} · up {} s{}",
+                    s.next_epoch,
+                    s.delivered_requests,
+                    s.queue_len,
+                    short_hex(&s.log_digest),
+                    s.checkpoint_epoch.map_or("none".to_string(), |e| format!("after epoch {e}")),
+                    s.uptime_s,
+                    if s.joining { " · JOINING (silent until it knows where the others are)" } else { "" },
+                );
+                let peers: Vec<String> = s
+                    .peers
+                    .iter()
+                    .filter(|p| p.index != i)
+                    .map(|p| {
+                        format!(
+                            "{}:{}{}",
+                            p.index,
+                            if p.connected { "up" } else { "DOWN" },
+                            if p.faults > 0 { format!(" ({} faults)", p.faults) } else { String::new() }
+                        )
+                    })
+                    .collect();
+                println!("  peers {} · log has {} events", peers.join(" "), s.wal_events);
+            }
+            Err(error) => println!("replica {i}: unreachable ({error})"),
+        }
+    }
+    Ok(())
+}
+
+fn short_hex(bytes: &[u8]) -> String {
+    bytes.iter().take(6).map(|b| format!("{b:02x}")).collect()
 }

@@ -1,43 +1,50 @@
 //! Checking an ordering answer from one replica alone: the answer names the request's ordering
 //! leaf in its epoch's certificate (docs/certificate.md), signed by any `t + 1` replicas.
 
-use std::collections::HashSet;
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use fides_api::proto;
 use fides_service::certificate::{Certificate, Inclusion, Leaf};
 use fides_types::codec::Wire;
 
-/// Certificates kept as verified before the cache starts over.
+/// Certificates remembered before the cache starts over.
 const VERIFIED_MAX: usize = 4096;
 
-/// Epoch certificates whose signature verified already: a client orders many requests per epoch,
-/// and each answer's path is always checked but its epoch's signature (one pairing check) only
-/// once. Keyed by the SHA-256 of the cluster id, the public key and the certificate's bytes
-/// (epoch, time, count, root, signature), so an entry vouches only for exactly what verified, under
-/// that key. Bounded: when full it starts over.
+/// Epoch certificates whose signature was checked already: a client orders many requests per
+/// epoch, and each answer's path is always checked but its epoch's signature (a pairing check,
+/// about a millisecond) only once — also when the answers of one epoch arrive together: the
+/// first to check a certificate does it, the others wait for its result. Keyed by the SHA-256 of
+/// the cluster id, the public key and the certificate's bytes (epoch, time, count, root,
+/// signature), so an entry vouches only for exactly what was checked, under that key; a
+/// certificate that failed is remembered as failed. Bounded: when full it starts over.
 #[derive(Debug, Default)]
 pub struct VerifiedCertificates {
-    verified: Mutex<HashSet<[u8; 32]>>,
+    checked: Mutex<HashMap<[u8; 32], Arc<OnceLock<bool>>>>,
 }
 
 impl VerifiedCertificates {
-    /// Whether `certificate` verifies under the cluster's key (from the cache if it did before).
+    /// The cache every client of this process shares (so that many clients of one cluster check
+    /// each epoch's certificate once between them).
+    pub fn shared() -> Arc<VerifiedCertificates> {
+        static SHARED: OnceLock<Arc<VerifiedCertificates>> = OnceLock::new();
+        Arc::clone(SHARED.get_or_init(Arc::default))
+    }
+
+    /// Whether `certificate` verifies under the cluster's key (checked once per certificate).
     pub fn verifies(&self, cluster: &[u8; 32], public: &blsttc::PublicKey, certificate: &Certificate) -> bool {
-        let bytes = fides_crypto::sha256(&[&cluster[..], &public.to_bytes(), &certificate.to_bytes()].concat());
-        if self.verified.lock().map(|set| set.contains(&bytes)).unwrap_or(false) {
-            return true;
-        }
-        if !certificate.verifies(cluster, public) {
-            return false;
-        }
-        if let Ok(mut set) = self.verified.lock() {
-            if set.len() >= VERIFIED_MAX {
-                set.clear();
+        let key = fides_crypto::sha256(&[&cluster[..], &public.to_bytes(), &certificate.to_bytes()].concat());
+        let cell = match self.checked.lock() {
+            Ok(mut checked) => {
+                if checked.len() >= VERIFIED_MAX && !checked.contains_key(&key) {
+                    checked.clear();
+                }
+                Arc::clone(checked.entry(key).or_default())
             }
-            set.insert(bytes);
-        }
-        true
+            // A poisoned lock only means another thread panicked: check without the cache.
+            Err(_) => return certificate.verifies(cluster, public),
+        };
+        *cell.get_or_init(|| certificate.verifies(cluster, public))
     }
 }
 

@@ -202,7 +202,7 @@ impl Client {
             engine: Engine::new(cluster, options)?,
             cluster_id: cluster.id().0,
             public: cluster.signing().public_key(),
-            verified: std::sync::Arc::default(),
+            verified: certified::VerifiedCertificates::shared(),
         })
     }
 

@@ -510,7 +510,9 @@ impl Worker {
                 Target::Node(peer) => Some(peer),
             };
             let message = match outgoing.message {
-                certificate::Message::Share { root, .. } if self.setup.wrong_shares => {
+                certificate::Message::Share { root, .. } | certificate::Message::ShareReply { root, .. }
+                    if self.setup.wrong_shares =>
+                {
                     // Fault injection: a valid point that is not our share of this root.
                     let wrong = fides_crypto::hash_to_g2(b"fides/v1/fault", &[b"wrong root"]);
                     certificate::Message::Share { root, share: self.setup.signing.sign_share(wrong).to_bytes() }

@@ -9,8 +9,10 @@
 //!    peer per epoch counts; a second, different one is an equivocation, the same one again is a
 //!    resend. A share on another root than ours is `InvalidCheckpoint` (it does not verify on
 //!    ours), bytes that are no point `Undecodable`. A counted share arrived after we
-//!    broadcast ours, so `p` may have been down when ours went out: we send ours to `p` (the same
-//!    for a resend: `p` may have restarted).
+//!    broadcast ours, so `p` may have been down when ours went out: we send ours to `p` as a
+//!    `SHARE-REPLY` (the same for a resend: `p` may have restarted). A `SHARE-REPLY` counts like a
+//!    `SHARE` but is never answered (rules 2, 4 and 5): answering replies would bounce shares
+//!    between two replicas until both certified.
 //! 3. As soon as `t + 1` shares on our root are in (ours first, then the peers' in order of
 //!    arrival), combine them and verify the **combined** signature only (one pairing check). If it
 //!    fails, verify every share one by one — from then on each new share on arrival — name each
@@ -100,10 +102,20 @@ pub enum Message {
     },
     /// An epoch's certificate, in answer to a share for an epoch certified already.
     Certificate(Certificate),
+    /// Our share, in answer to a peer's [`Message::Share`] (it may not have ours). Counted like a
+    /// share, but never answered: answering answers would bounce shares between two replicas
+    /// until both certified.
+    ShareReply {
+        /// The root signed.
+        root: EpochRoot,
+        /// The share, compressed G2.
+        share: [u8; SIG_SIZE],
+    },
 }
 
 const TAG_SHARE: u8 = 1;
 const TAG_CERTIFICATE: u8 = 2;
+const TAG_SHARE_REPLY: u8 = 3;
 
 impl Wire for Message {
     fn encode(&self, out: &mut Vec<u8>) {
@@ -117,6 +129,11 @@ impl Wire for Message {
                 out.push(TAG_CERTIFICATE);
                 certificate.encode(out);
             }
+            Message::ShareReply { root, share } => {
+                out.push(TAG_SHARE_REPLY);
+                root.encode(out);
+                out.extend_from_slice(share);
+            }
         }
     }
 
@@ -124,6 +141,7 @@ impl Wire for Message {
         match reader.u8()? {
             TAG_SHARE => Ok(Message::Share { root: EpochRoot::decode(reader)?, share: reader.array()? }),
             TAG_CERTIFICATE => Ok(Message::Certificate(Certificate::decode(reader)?)),
+            TAG_SHARE_REPLY => Ok(Message::ShareReply { root: EpochRoot::decode(reader)?, share: reader.array()? }),
             other => Err(DecodeError::Invalid { what: "epoch signer message tag", value: u64::from(other) }),
         }
     }
@@ -336,10 +354,20 @@ impl EpochSigner {
         Ok(step)
     }
 
-    fn handle_share(&mut self, from: NodeIndex, root: EpochRoot, bytes: [u8; SIG_SIZE], step: &mut SignerStep) {
+    /// A share (`reply`: a [`Message::ShareReply`], which gets no answer).
+    fn handle_share(
+        &mut self,
+        from: NodeIndex,
+        root: EpochRoot,
+        bytes: [u8; SIG_SIZE],
+        reply: bool,
+        step: &mut SignerStep,
+    ) {
         let epoch = root.epoch;
         if let Some(certificate) = self.certified.get(&epoch) {
-            if certificate.root == root {
+            if certificate.root == root && reply {
+                // It answered ours; nothing to tell it.
+            } else if certificate.root == root {
                 step.messages
                     .push(Outgoing { target: Target::Node(from), message: Message::Certificate(*certificate) });
             } else {
@@ -348,11 +376,13 @@ impl EpochSigner {
             return;
         }
         if self.signing.contains_key(&epoch) {
-            self.handle_signing_share(from, root, bytes, step);
+            self.handle_signing_share(from, root, bytes, reply, step);
             return;
         }
         if epoch < self.next {
-            step.outputs.push(Output::CertificateAsked { peer: from, epoch });
+            if !reply {
+                step.outputs.push(Output::CertificateAsked { peer: from, epoch });
+            }
             return;
         }
         if epoch >= self.next.saturating_add(self.config.epochs_ahead_max) {
@@ -371,16 +401,23 @@ impl EpochSigner {
         }
     }
 
-    fn handle_signing_share(&mut self, from: NodeIndex, root: EpochRoot, bytes: [u8; SIG_SIZE], step: &mut SignerStep) {
+    fn handle_signing_share(
+        &mut self,
+        from: NodeIndex,
+        root: EpochRoot,
+        bytes: [u8; SIG_SIZE],
+        reply: bool,
+        step: &mut SignerStep,
+    ) {
         let epoch = root.epoch;
         let Some(signing) = self.signing.get_mut(&epoch) else { return };
         let ours = signing.heard[&self.our_index].bytes;
         let answer =
-            Outgoing { target: Target::Node(from), message: Message::Share { root: signing.root, share: ours } };
+            Outgoing { target: Target::Node(from), message: Message::ShareReply { root: signing.root, share: ours } };
         if let Some(earlier) = signing.heard.get(&from) {
             if earlier.root != root || earlier.bytes != bytes {
                 step.fault(from, FaultKind::Equivocation);
-            } else if earlier.root == signing.root {
+            } else if earlier.root == signing.root && !reply {
                 // A resend: the peer may have restarted and lost ours.
                 step.messages.push(answer);
             }
@@ -398,8 +435,10 @@ impl EpochSigner {
         };
         signing.heard.insert(from, Heard { root, bytes, share: Some(share), standing: Standing::Unverified });
         signing.arrival.push(from);
-        // It came after ours went out: it may not have ours.
-        step.messages.push(answer);
+        if !reply {
+            // It came after ours went out: it may not have ours.
+            step.messages.push(answer);
+        }
         self.try_combine(epoch, step);
     }
 
@@ -533,7 +572,8 @@ impl Protocol for EpochSigner {
             return step;
         }
         match message {
-            Message::Share { root, share } => self.handle_share(from, root, share, &mut step),
+            Message::Share { root, share } => self.handle_share(from, root, share, false, &mut step),
+            Message::ShareReply { root, share } => self.handle_share(from, root, share, true, &mut step),
             Message::Certificate(certificate) => self.handle_certificate(from, certificate, &mut step),
         }
         step

@@ -436,3 +436,49 @@ fn decoders_take_any_bytes_without_panicking() {
         }
     }
 }
+
+/// A share sent in reply to ours counts, but gets no answer — not our share, not a certificate,
+/// not a question to the host — so that two signers never bounce shares; a broadcast share still
+/// gets the certificate.
+#[test]
+fn a_share_reply_counts_and_is_never_answered() {
+    let (keys, _) = cluster(4, 1, 8);
+    let quorum = Quorum::new(4, 1).expect("4 tolerate 1");
+    let mut signers = signers(&keys, quorum, SignerConfig::default());
+    let mut rng = rand::rngs::mock::StepRng::new(0, 1);
+    let root = tree_of(&leaves(3)).epoch_root(0, 50);
+    let _ = sign(&mut signers[0], root);
+    let share = keys[1].sign_share(root.point(&CLUSTER)).to_bytes();
+    let step = signers[0].handle_message(NodeIndex(1), Message::ShareReply { root, share }, &mut rng);
+    assert!(step.messages.is_empty(), "a reply was answered: {:?}", step.messages);
+    assert!(matches!(step.outputs.as_slice(), [Output::Certified(c)] if c.root == root), "{:?}", step.outputs);
+    for _ in 0..3 {
+        let step = signers[0].handle_message(NodeIndex(1), Message::ShareReply { root, share }, &mut rng);
+        assert!(step.messages.is_empty() && step.outputs.is_empty() && step.faults.is_empty());
+    }
+    let share = keys[2].sign_share(root.point(&CLUSTER)).to_bytes();
+    let step = signers[0].handle_message(NodeIndex(2), Message::Share { root, share }, &mut rng);
+    assert!(matches!(step.messages.as_slice(), [m] if matches!(m.message, Message::Certificate(_))));
+    // A reply for an epoch passed over asks nothing of the host.
+    let later = tree_of(&leaves(2)).epoch_root(5, 60);
+    let _ = sign(&mut signers[0], later);
+    let step = signers[0].handle_message(
+        NodeIndex(3),
+        Message::ShareReply { root: tree_of(&leaves(1)).epoch_root(3, 55), share },
+        &mut rng,
+    );
+    assert!(step.outputs.is_empty() && step.messages.is_empty());
+    // Four signers signing at once, every message delivered: at most 2n(n − 1) shares.
+    let mut signers = super::tests::signers(&keys, quorum, SignerConfig::default());
+    let mut net = Net::new();
+    sign_some(&mut net, &mut signers, quorum, 0..4, root);
+    let mut shares = net.iter().filter(|(_, _, m)| !matches!(m, Message::Certificate(_))).count();
+    while let Some((from, to, message)) = net.pop_front() {
+        let step = signers[to.as_usize()].handle_message(from, message, &mut rng);
+        shares += step.messages.iter().filter(|m| !matches!(m.message, Message::Certificate(_))).count()
+            * if step.messages.iter().any(|m| m.target == fides_types::Target::All) { 3 } else { 1 };
+        let _ = route(&mut net, quorum, to, step);
+    }
+    assert!(shares <= 2 * 4 * 3, "{shares} shares sent for one epoch");
+    assert!(signers.iter().all(|s| s.certificate(0).is_some()));
+}

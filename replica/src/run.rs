@@ -222,16 +222,19 @@ pub async fn run(config: RunConfig, exit_on_stdin_close: bool) -> anyhow::Result
     let threshold_keys = keys(&replica, &cluster)?;
     let (mut node, handle) = Node::start(setup, data, transport, Arc::clone(&metrics))
         .with_context(|| format!("opening the data directory {}", data.display()))?;
-    let service = fides_bistro::service::Service::new(fides_bistro::service::ServiceConfig {
+    // The services, in the order every replica registers them (the order of their epoch starts).
+    let mut services = fides_service::Registry::new();
+    services.register(fides_bistro::service::Service::new(fides_bistro::service::ServiceConfig {
         cluster: cluster.id().0,
         t: quorum.t(),
         replicas: cluster.replicas().iter().map(|r| r.identity.to_bytes()).collect(),
         encryption: cluster.encryption().clone(),
-    });
+    }))?;
     let (worker, _worker_thread) = crate::bistro::worker::start(
         data,
         crate::bistro::worker::WorkerSetup {
-            service,
+            services,
+            cluster: cluster.id().0,
             signing: Arc::clone(&threshold_keys.signing),
             quorum,
             encryption: Arc::clone(&threshold_keys.encryption),
@@ -243,11 +246,12 @@ pub async fn run(config: RunConfig, exit_on_stdin_close: bool) -> anyhow::Result
     )
     .with_context(|| format!("opening the bistro store in {}", data.display()))?;
     node.set_service(worker.service_sink());
-    let orderer = crate::bistro::Orderer::new(
+    let host = crate::host::Orderer::new(
         handle.clone(),
         worker.clone(),
         Duration::from_secs(config.submit_wait_s.unwrap_or(30).max(1)),
     );
+    let orderer = crate::bistro::Orderer::new(host);
     let (shutdown_tx, shutdown) = watch::channel(false);
 
     // The core runs on a thread of its own: it does the pairings and the fsyncs, and must not hold

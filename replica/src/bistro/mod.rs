@@ -7,23 +7,18 @@ pub mod kv;
 pub mod transfer;
 pub mod worker;
 
-use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
-use std::sync::Arc;
-use std::time::Duration;
-
 use fides_api::proto;
-use fides_atomic_broadcast::epoch::Request as AbcRequest;
 use fides_bistro::records::{
     ed_verify, CollectRequest, EventId, EventTerms, HeldReport, RelayRegistration, Request, TicketRequest,
 };
-use fides_bistro::service::{Code, Outcome};
+use fides_bistro::service::Outcome;
 use fides_bistro::stream::{Aead, HashAlg};
 use fides_types::codec::Wire;
 use proto::bistro_server::{Bistro, BistroServer};
 use tokio::sync::oneshot;
 use tonic::{Request as GrpcRequest, Response, Status};
 
-use crate::node::{Command, NodeHandle, SubmitError};
+use crate::host::orderer::code_status;
 use worker::{Answer, Input, Query, WorkerHandle};
 
 /// One upload of a collection, as a replica reports it.
@@ -54,82 +49,38 @@ pub struct CollectShares {
     pub sealed: Vec<u8>,
 }
 
-/// Orders bistro requests through the driver and waits for their outcome from the worker.
+/// Orders bistro requests through the host and reads the bistro's answers out of the host's.
 #[derive(Clone)]
 pub struct Orderer {
-    node: NodeHandle,
-    worker: WorkerHandle,
-    /// The replica's own client number, for the requests it makes itself.
-    own_client: u64,
-    own_ids: Arc<AtomicU64>,
-    wait: Duration,
-}
-
-/// A service's refusal as a gRPC status (the service's codes are gRPC's numbers).
-fn code_status(code: Code, message: String) -> Status {
-    Status::new(tonic::Code::from(i32::from(code.number())), message)
+    host: crate::host::Orderer,
 }
 
 impl Orderer {
-    /// An orderer in front of the driver and the worker.
-    pub fn new(node: NodeHandle, worker: WorkerHandle, wait: Duration) -> Orderer {
-        Orderer { node, worker, own_client: rand::random(), own_ids: Arc::new(AtomicU64::new(1)), wait }
+    /// The bistro's orderer over the host's.
+    pub fn new(host: crate::host::Orderer) -> Orderer {
+        Orderer { host }
     }
 
     /// The worker.
     pub fn worker(&self) -> &WorkerHandle {
-        &self.worker
+        self.host.worker()
     }
 
     /// Order `request` as the replica itself.
     pub async fn order_own(&self, request: &Request) -> Result<(Answer, u64, u32), Status> {
-        let id = self.own_ids.fetch_add(1, AtomicOrdering::Relaxed);
-        self.order(self.own_client, id, request.to_payload()).await
+        let (answer, epoch, index) = self.host.order_own(request.to_payload()).await?;
+        Ok((Answer::of(&answer).map_err(Status::internal)?, epoch, index))
     }
 
     /// Order a payload and wait for the bistro's outcome (refusals become gRPC statuses).
-    ///
-    /// One deadline for the whole request: the driver gives up ordering it after the same wait,
-    /// and what is left of it after ordering is what the outcome may take (not a second wait).
     pub async fn order(&self, client: u64, id: u64, payload: Vec<u8>) -> Result<(Answer, u64, u32), Status> {
-        let deadline = tokio::time::Instant::now() + self.wait;
-        let (tx, rx) = oneshot::channel();
-        let request = AbcRequest { client, id, payload };
-        if self.node.try_send(Command::Submit { request, reply: tx }).is_err() {
-            return Err(Status::resource_exhausted("the replica's command queue is full"));
-        }
-        let ordered = match rx.await.map_err(|_| Status::unavailable("the replica is shutting down"))? {
-            Ok(ordered) => ordered,
-            Err(SubmitError::Invalid(reason)) => return Err(Status::invalid_argument(reason)),
-            Err(SubmitError::Overloaded(reason)) => return Err(Status::resource_exhausted(reason)),
-            Err(error @ SubmitError::TimedOut(_)) => return Err(Status::deadline_exceeded(error.to_string())),
-            Err(error @ SubmitError::AlreadyOrdered) => return Err(Status::already_exists(error.to_string())),
-            Err(SubmitError::ShuttingDown) => return Err(Status::unavailable("the replica is shutting down")),
-        };
-        let (tx, rx) = oneshot::channel();
-        if !self.worker.try_send(Input::Outcome { epoch: ordered.epoch, index: ordered.index, reply: tx }) {
-            return Err(Status::resource_exhausted("the bistro worker's queue is full"));
-        }
-        let answer = match tokio::time::timeout_at(deadline, rx).await {
-            Err(_) => {
-                return Err(Status::deadline_exceeded(format!(
-                    "ordered in epoch {} but not signed within {:?} (ask again: the answer will be the same)",
-                    ordered.epoch, self.wait
-                )))
-            }
-            Ok(Err(_)) => return Err(Status::unavailable("the bistro worker stopped")),
-            Ok(Ok(Err(error))) => return Err(Status::internal(error)),
-            Ok(Ok(Ok(answer))) => Answer::of(&answer).map_err(Status::internal)?,
-        };
-        if let Outcome::Refused { code, message } = &answer.outcome {
-            return Err(code_status(*code, message.clone()));
-        }
-        Ok((answer, ordered.epoch, ordered.index))
+        let (answer, epoch, index) = self.host.order(client, id, payload).await?;
+        Ok((Answer::of(&answer).map_err(Status::internal)?, epoch, index))
     }
 
     async fn query<R>(&self, make: impl FnOnce(oneshot::Sender<R>) -> Query) -> Result<R, Status> {
         let (tx, rx) = oneshot::channel();
-        if !self.worker.try_send(Input::Query(make(tx))) {
+        if !self.worker().try_send(Input::Query(make(tx))) {
             return Err(Status::resource_exhausted("the bistro worker's queue is full"));
         }
         rx.await.map_err(|_| Status::unavailable("the bistro worker stopped"))

@@ -251,8 +251,10 @@ impl WorkerHandle {
 
 /// What the worker needs.
 pub struct WorkerSetup {
-    /// The service.
-    pub service: Service,
+    /// The services, in the order they were registered (the bistro among them).
+    pub services: Registry,
+    /// The cluster id (what epoch certificates sign).
+    pub cluster: [u8; 32],
     /// The cluster's signing keys (our share).
     pub signing: Arc<ThresholdKeys>,
     /// `n` and `t`.
@@ -319,10 +321,13 @@ struct Worker {
 }
 
 /// Open the bistro store in `dir` and start the worker on its own thread.
-pub fn start(dir: &Path, setup: WorkerSetup) -> anyhow::Result<(WorkerHandle, std::thread::JoinHandle<()>)> {
+pub fn start(dir: &Path, mut setup: WorkerSetup) -> anyhow::Result<(WorkerHandle, std::thread::JoinHandle<()>)> {
     let db = open_store(dir)?;
-    let mut registry = Registry::new();
-    registry.register(setup.service.clone())?;
+    let registry = std::mem::take(&mut setup.services);
+    if registry.get::<Service>().is_none() {
+        // Its queries (events, relays, collections, uploads to fetch) are answered here.
+        anyhow::bail!("the services' worker answers the bistro's queries: register the bistro");
+    }
     let store_tables = registry.store_tables();
     {
         let txn = db.begin_write()?;
@@ -350,7 +355,7 @@ pub fn start(dir: &Path, setup: WorkerSetup) -> anyhow::Result<(WorkerHandle, st
     let lag = intake.lag();
     let signer = EpochSigner::new(
         Arc::clone(&setup.signing),
-        setup.service.config().cluster,
+        setup.cluster,
         setup.quorum,
         setup.our_index,
         SignerConfig::default(),
@@ -883,7 +888,7 @@ impl Worker {
                 format!("no collection {number} of event {event} here (yet): it may not be applied here"),
             ));
         };
-        let cluster = self.setup.service.config().cluster;
+        let cluster = self.setup.cluster;
         let mut uploads = Vec::with_capacity(collection.uploads.len());
         let mut shares = Vec::with_capacity(collection.uploads.len() * 48);
         for (ticket, hash) in &collection.uploads {

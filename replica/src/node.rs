@@ -192,6 +192,14 @@ pub enum Command {
         /// The frame.
         frame: Vec<u8>,
     },
+    /// A peer's fault that a service-side protocol found (e.g. a bad epoch signature share):
+    /// counted with the driver's own, in `Status` and the metrics.
+    Fault {
+        /// The peer.
+        peer: NodeIndex,
+        /// What it did.
+        kind: fides_types::FaultKind,
+    },
     /// Ask for agreement instance `instance` with our `vote` (the decision comes to the
     /// [`DecidedSink`]).
     Agree {
@@ -1031,6 +1039,14 @@ impl<T: Transport> Node<T> {
                 }
             }
             Command::Agree { instance, vote } => events.push(Event::Agree { instance, vote }),
+            Command::Fault { peer, kind } => {
+                if kind == fides_types::FaultKind::Equivocation {
+                    if let Some(count) = self.equivocations.get_mut(peer.0 as usize) {
+                        *count += 1;
+                    }
+                }
+                self.fault(peer, fault_name(&kind));
+            }
             Command::Log { from, max, reply } => {
                 let first = self.first_epoch.unwrap_or(0);
                 // At most 512 batches and about 3 MiB (gRPC clients refuse messages over 4 MiB by

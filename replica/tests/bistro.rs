@@ -468,6 +468,15 @@ fn a_relay_that_never_delivers_is_caught_and_wrong_shares_do_not_stop_the_owner(
                     .is_ok_and(|log| log.contains("replica 0 sent a bad epoch signature share or certificate"))
             });
             assert!(named, "no replica noticed replica 0's wrong signature shares");
+            // …and counted it as replica 0's fault, as the replica's status reports.
+            let ordering = fides_client_sdk::Client::from_cluster(local.cluster(), Default::default())
+                .expect("a client of the cluster");
+            let mut counted = 0;
+            for i in 1..4 {
+                let status = ordering.status(fides_types::NodeIndex(i)).await.expect("status");
+                counted += status.peers.first().map_or(0, |p| p.faults);
+            }
+            assert!(counted > 0, "no replica counted replica 0's wrong signature shares as faults");
             // A collection signed by another key than the owner's is refused, and so is a replayed
             // one.
             let stranger = SigningKey::generate(&mut rand::rngs::OsRng);

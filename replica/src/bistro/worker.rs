@@ -508,6 +508,7 @@ impl Worker {
         for fault in step.faults {
             let (peer, kind) = (fault.node.0, fault.kind);
             tracing::warn!("replica {peer} sent a bad epoch signature share or certificate ({kind:?})");
+            let _ = self.setup.node.try_send(Command::Fault { peer: fault.node, kind });
         }
         for outgoing in step.messages {
             let to = match outgoing.target {

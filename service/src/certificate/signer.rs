@@ -365,13 +365,12 @@ impl EpochSigner {
     ) {
         let epoch = root.epoch;
         if let Some(certificate) = self.certified.get(&epoch) {
-            if certificate.root == root && reply {
-                // It answered ours; nothing to tell it.
-            } else if certificate.root == root {
+            if certificate.root != root {
+                step.fault(from, FaultKind::InvalidCheckpoint);
+            } else if !reply {
+                // A reply answered ours: nothing to tell its sender.
                 step.messages
                     .push(Outgoing { target: Target::Node(from), message: Message::Certificate(*certificate) });
-            } else {
-                step.fault(from, FaultKind::InvalidCheckpoint);
             }
             return;
         }

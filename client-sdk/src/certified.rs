@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use fides_api::proto;
-use fides_service::certificate::{Certificate, Inclusion, Leaf};
+use fides_service::certificate::{verify_path, Certificate, Inclusion, Leaf};
 use fides_types::codec::Wire;
 
 /// Certificates remembered before the cache starts over.
@@ -79,12 +79,7 @@ pub fn check_ordered(
         return Err(format!("the answer names index {} but its path leaf {}", reply.index, inclusion.index));
     }
     let leaf = Leaf::Ordering { client, id, digest, index: reply.index };
-    let root = inclusion
-        .root(leaf.hash(), certificate.root.count)
-        .ok_or_else(|| format!("the path does not fit leaf {} of {}", inclusion.index, certificate.root.count))?;
-    if root != certificate.root.root {
-        return Err("the request's ordering leaf and its path lead to another root than the certified one".into());
-    }
+    verify_path(leaf.hash(), &inclusion, &certificate).map_err(|e| format!("the request's ordering leaf: {e}"))?;
     if !cache.verifies(cluster, public, &certificate) {
         return Err("the cluster's signature on the epoch's certificate does not verify".into());
     }

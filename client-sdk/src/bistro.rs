@@ -8,10 +8,10 @@
 //! most `2n` attempts), so a request is never ordered twice. Any other gRPC status is the answer:
 //! [`ClientError::Status`].
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
@@ -102,12 +102,17 @@ pub struct RelayInfo {
 /// The epoch roots whose signatures were verified already, shared by verifiers: each record's
 /// inclusion path is always checked, but a root signature (one BLS pairing check) only once.
 ///
-/// Keyed by the SHA-256 of the signed root message, so a cached entry vouches only for exactly the
-/// message that verified.
+/// Keyed by the SHA-256 of the cluster key, the signed root message and the signature, so a cached
+/// entry vouches only for exactly what verified; a root that failed is remembered as failed.
+/// Single-flight: verifiers that bring the same root at once check it once between them.
+/// Bounded: when [`ROOTS_MAX`] roots are cached it starts over.
 #[derive(Debug, Default)]
 pub struct RootCache {
-    verified: Mutex<HashSet<[u8; 32]>>,
+    verified: Mutex<HashMap<[u8; 32], Arc<OnceLock<bool>>>>,
 }
+
+/// Roots a [`RootCache`] remembers before it starts over.
+pub const ROOTS_MAX: usize = 4096;
 
 impl RootCache {
     /// An empty cache.
@@ -115,17 +120,17 @@ impl RootCache {
         RootCache::default()
     }
 
-    /// How many distinct roots verified so far.
+    /// How many distinct roots are cached (verified or failed).
     pub fn len(&self) -> usize {
-        self.verified.lock().map(|set| set.len()).unwrap_or(0)
+        self.verified.lock().map(|map| map.len()).unwrap_or(0)
     }
 
-    /// Whether no root verified yet.
+    /// Whether no root is cached.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// [`EpochProof::verify`], skipping the signature check for a root verified before.
+    /// [`EpochProof::verify`], checking the signature of each root once.
     pub fn verify(
         &self,
         cluster: &[u8; 32],
@@ -139,18 +144,30 @@ impl RootCache {
             }
         }
         let message = proof.message(cluster, record)?;
-        let hash: [u8; 32] = Sha256::digest(&message).into();
-        if self.verified.lock().map(|set| set.contains(&hash)).unwrap_or(false) {
-            return Ok(());
-        }
         let signature = blsttc::Signature::from_bytes(proof.signature).map_err(|_| ProofError::Malformed)?;
-        if !public.verify(&signature, &message) {
-            return Err(ProofError::Signature);
+        let check = || public.verify(&signature, &message);
+        let key: [u8; 32] = Sha256::new()
+            .chain_update(public.to_bytes())
+            .chain_update((message.len() as u64).to_le_bytes())
+            .chain_update(&message)
+            .chain_update(proof.signature)
+            .finalize()
+            .into();
+        let cell = match self.verified.lock() {
+            Ok(mut verified) => {
+                if verified.len() >= ROOTS_MAX && !verified.contains_key(&key) {
+                    verified.clear();
+                }
+                Arc::clone(verified.entry(key).or_default())
+            }
+            // A poisoned lock only means another thread panicked: check without the cache.
+            Err(_) => return if check() { Ok(()) } else { Err(ProofError::Signature) },
+        };
+        if *cell.get_or_init(check) {
+            Ok(())
+        } else {
+            Err(ProofError::Signature)
         }
-        if let Ok(mut set) = self.verified.lock() {
-            set.insert(hash);
-        }
-        Ok(())
     }
 }
 

@@ -687,7 +687,15 @@ async fn ordered_calls_fail_over_with_the_same_id_and_answers_are_verified() {
     cache.verify(&id, &public, &proof, &record).expect("cached");
     let changed = fides_bistro::records::Signed::Ticket(fides_bistro::records::Ticket { size: 11, ..ticket });
     assert!(cache.verify(&id, &public, &proof, &changed).is_err(), "a changed record misses the cached root");
-    assert_eq!(cache.len(), 1);
+    assert_eq!(cache.len(), 2, "the root the changed record leads to is remembered as failed");
+    // The same root with another signature (a valid point, not the cluster's) is checked, not
+    // taken from the cache.
+    let other = blsttc::SecretKey::random().sign(b"not the root").to_bytes();
+    let forged = fides_bistro::proof::EpochProof { signature: other, ..proof.clone() };
+    match cache.verify(&id, &public, &forged, &record) {
+        Err(fides_bistro::proof::ProofError::Signature) => {}
+        other => panic!("a cached root with another signature verified: {other:?}"),
+    }
 
     let (status, _) = client.status(event.record.event, vec![1, 2]).await.expect("status");
     assert_eq!(status.tickets.len(), 2);

@@ -33,7 +33,8 @@ use blsttc::{PublicKey, Signature, SIG_SIZE};
 use fides_crypto::{domain, sha256_tagged, tagged};
 use fides_types::codec::{DecodeError, Reader, Wire};
 
-use crate::interface::ServiceId;
+use crate::interface::{Outcome, ServiceId};
+use crate::registry::{BatchOutcomes, Ordered};
 
 /// A SHA-256 digest.
 pub type Digest = [u8; 32];
@@ -372,6 +373,62 @@ pub fn verify(
     } else {
         Err(VerifyError::Signature)
     }
+}
+
+/// The leaves of one epoch's tree and where each request's signed records sit in it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EpochLeaves {
+    /// The leaf hashes, in order.
+    pub leaves: Vec<Digest>,
+    /// Each request a service took, by its index in the batch: the service and its outcomes,
+    /// each with the leaf index of its record (a `Sign`) or 0.
+    pub answers: Vec<RequestAnswer>,
+}
+
+/// A request's answer in an epoch: its index in the batch, the service that took it, and its
+/// outcomes, each with the leaf index of its record (a `Sign`) or 0.
+pub type RequestAnswer = (u32, ServiceId, Vec<(Outcome, u64)>);
+
+/// The leaves of an epoch's certificate (docs/certificate.md): one ordering leaf per request —
+/// leaf `i` is request `i`, of whatever service or none — then the records the services sign,
+/// in the order they were made (every service's epoch start, then the requests in order).
+/// `requests` are the batch's requests as ordered, `outcomes` what the registry made of them.
+pub fn epoch_leaves<'p>(requests: impl IntoIterator<Item = Ordered<'p>>, outcomes: &BatchOutcomes) -> EpochLeaves {
+    let mut leaves: Vec<Digest> = requests
+        .into_iter()
+        .enumerate()
+        .map(|(index, r)| {
+            let digest = fides_crypto::sha256(r.payload);
+            Leaf::Ordering { client: r.client, id: r.request, digest, index: index as u32 }.hash()
+        })
+        .collect();
+    let mut record = |service, bytes: &Vec<u8>| {
+        leaves.push(Leaf::Service { service, record: bytes.clone() }.hash());
+        leaves.len() as u64 - 1
+    };
+    for (service, made) in &outcomes.epoch {
+        for outcome in made {
+            if let Outcome::Sign(bytes) = outcome {
+                record(*service, bytes);
+            }
+        }
+    }
+    let mut answers = Vec::new();
+    for (index, service, made) in &outcomes.requests {
+        let Some(service) = service else { continue };
+        let outcomes = made
+            .iter()
+            .map(|outcome| {
+                let leaf = match outcome {
+                    Outcome::Sign(bytes) => record(*service, bytes),
+                    _ => 0,
+                };
+                (outcome.clone(), leaf)
+            })
+            .collect();
+        answers.push((*index, *service, outcomes));
+    }
+    EpochLeaves { leaves, answers }
 }
 
 #[cfg(test)]

@@ -83,6 +83,35 @@ impl OrderingService {
         }
         rx.await.map_err(|_| Status::unavailable("the replica is shutting down"))
     }
+
+    /// `reply` with the inclusion path of its ordering leaf and its epoch's certificate, once the
+    /// services' worker has them (by `deadline`).
+    async fn certified(
+        &self,
+        mut reply: proto::Ordered,
+        deadline: tokio::time::Instant,
+    ) -> Result<proto::Ordered, Status> {
+        let (epoch, index) = (reply.epoch, reply.index);
+        let (tx, rx) = oneshot::channel();
+        if !self.worker.try_send(WorkerInput::Certified { epoch, index, reply: tx }) {
+            return Err(Status::resource_exhausted("the services' worker queue is full"));
+        }
+        let (inclusion, certificate) = match tokio::time::timeout_at(deadline, rx).await {
+            Err(_) => {
+                return Err(Status::deadline_exceeded(format!(
+                    "ordered at epoch {epoch}, index {index}, but not certified within {:?} (ask again: the \
+                     answer will be the same)",
+                    self.wait
+                )))
+            }
+            Ok(Err(_)) => return Err(Status::unavailable("the services' worker stopped")),
+            Ok(Ok(Err(error))) => return Err(Status::internal(error)),
+            Ok(Ok(Ok(certified))) => certified,
+        };
+        reply.inclusion = fides_types::codec::Wire::to_bytes(&inclusion);
+        reply.certificate = fides_types::codec::Wire::to_bytes(&certificate);
+        Ok(reply)
+    }
 }
 
 fn to_proto(o: Ordered) -> proto::Ordered {
@@ -108,29 +137,7 @@ impl Ordering for OrderingService {
         let deadline = tokio::time::Instant::now() + self.wait;
         let answer = self.ask(|reply| Command::Submit { request, reply }).await?;
         match answer {
-            Ok(ordered) => {
-                let mut reply = to_proto(ordered);
-                let (epoch, index) = (reply.epoch, reply.index);
-                let (tx, rx) = oneshot::channel();
-                if !self.worker.try_send(WorkerInput::Certified { epoch, index, reply: tx }) {
-                    return Err(Status::resource_exhausted("the services' worker queue is full"));
-                }
-                let (inclusion, certificate) = match tokio::time::timeout_at(deadline, rx).await {
-                    Err(_) => {
-                        return Err(Status::deadline_exceeded(format!(
-                            "ordered at epoch {epoch}, index {index}, but not certified within {:?} (ask again: \
-                             the answer will be the same)",
-                            self.wait
-                        )))
-                    }
-                    Ok(Err(_)) => return Err(Status::unavailable("the services' worker stopped")),
-                    Ok(Ok(Err(error))) => return Err(Status::internal(error)),
-                    Ok(Ok(Ok(certified))) => certified,
-                };
-                reply.inclusion = fides_types::codec::Wire::to_bytes(&inclusion);
-                reply.certificate = fides_types::codec::Wire::to_bytes(&certificate);
-                Ok(Response::new(reply))
-            }
+            Ok(ordered) => Ok(Response::new(self.certified(to_proto(ordered), deadline).await?)),
             Err(SubmitError::Invalid(reason)) => Err(Status::invalid_argument(reason)),
             Err(SubmitError::Overloaded(reason)) => Err(Status::resource_exhausted(reason)),
             Err(error @ SubmitError::TimedOut(_)) => Err(Status::deadline_exceeded(error.to_string())),
@@ -145,13 +152,15 @@ impl Ordering for OrderingService {
         let digest: [u8; 32] = payload_digest
             .try_into()
             .map_err(|_| Status::invalid_argument("payload_digest must be the 32-byte SHA-256 of the payload"))?;
+        let deadline = tokio::time::Instant::now() + self.wait;
         let answer = self.ask(|reply| Command::Lookup { key: (client, id, digest), reply }).await?;
         let reply = match answer {
             Lookup::Unknown => proto::LookupReply { state: proto::lookup_reply::State::Unknown as i32, ordered: None },
             Lookup::Pending => proto::LookupReply { state: proto::lookup_reply::State::Pending as i32, ordered: None },
-            Lookup::Ordered(o) => {
-                proto::LookupReply { state: proto::lookup_reply::State::Ordered as i32, ordered: Some(to_proto(o)) }
-            }
+            Lookup::Ordered(o) => proto::LookupReply {
+                state: proto::lookup_reply::State::Ordered as i32,
+                ordered: Some(self.certified(to_proto(o), deadline).await?),
+            },
         };
         Ok(Response::new(reply))
     }

@@ -89,10 +89,13 @@ fn the_client_api_answers_bad_input_and_overload_with_clear_statuses_and_serves_
             let mut forged = ordered.clone();
             forged.index += 1;
             assert!(fides_client_sdk::certified::check_ordered(&cluster_id, &public, &cache, asked, &forged).is_err());
-            // `Lookup` gives the same place, without the certificate.
+            // `Lookup` gives the same answer, certified alike: it verifies alone too.
             let lookup = ordering.lookup(lookup_of(1, 2, b"hello")).await.expect("lookup").into_inner();
             assert_eq!(lookup.state, State::Ordered as i32);
-            assert_eq!(lookup.ordered, Some(proto::Ordered { inclusion: Vec::new(), certificate: Vec::new(), ..ordered }));
+            let looked_up = lookup.ordered.expect("an ordered lookup carries the answer");
+            fides_client_sdk::certified::check_ordered(&cluster_id, &public, &cache, asked, &looked_up)
+                .expect("the lookup answer verifies against the cluster key");
+            assert_eq!(looked_up, ordered);
             let lookup = ordering.lookup(lookup_of(1, 2, b"other")).await.expect("lookup").into_inner();
             assert_eq!(lookup.state, State::Unknown as i32, "another payload under (1, 2) was never sent");
             let lookup = ordering.lookup(lookup_of(1, 99, b"hello")).await.expect("lookup").into_inner();

@@ -37,6 +37,7 @@ pub mod epoch_signer;
 pub mod instances;
 pub mod lossy;
 pub mod rbc;
+pub mod rsa_signer;
 pub mod seeds;
 
 use std::cmp::Reverse;

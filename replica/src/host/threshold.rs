@@ -14,8 +14,8 @@
 //! Durability, as for the epoch certificate: the messages still to sign are written in the
 //! epoch's transaction ([`RSA_PENDING`], keyed by the request that asked), and a restart gives
 //! them to the signer again (shares are deterministic, so sending one again contradicts
-//! nothing). A cluster without an RSA key (dealt without `--rsa-bits`) refuses them: the request
-//! gets `FAILED_PRECONDITION`, not a hang.
+//! nothing). A cluster without an RSA key (files dealt before the dealer dealt one) refuses
+//! them: the request gets `FAILED_PRECONDITION`, not a hang.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -319,8 +319,8 @@ impl ThresholdSigning {
             if self.signer.is_none() {
                 let refusal = Outcome::refuse(
                     Code::FailedPrecondition,
-                    "the service asked for a threshold RSA signature, but this cluster has no RSA key (dealt \
-                     without --rsa-bits)",
+                    "the service asked for a threshold RSA signature, but this cluster has no RSA key (its files \
+                     were dealt before the dealer dealt one)",
                 );
                 answer.outcomes = vec![(refusal, None)];
                 answer.signatures.clear();

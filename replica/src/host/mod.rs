@@ -16,6 +16,8 @@ pub mod intake;
 pub mod orderer;
 pub mod tables;
 pub mod threshold;
+#[cfg(test)]
+mod threshold_worker_tests;
 
 pub use intake::{Intake, Lag};
 pub use orderer::Orderer;

@@ -336,7 +336,7 @@ impl ThresholdSigning {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::{Arc, Mutex, OnceLock};
 
     use fides_service::ServiceId;
@@ -346,7 +346,7 @@ mod tests {
     use super::*;
 
     /// A 512-bit key for n = 4, t = 1 (a test-only size), dealt once.
-    fn dealt() -> &'static Dealt {
+    pub(crate) fn dealt() -> &'static Dealt {
         static DEALT: OnceLock<Dealt> = OnceLock::new();
         DEALT.get_or_init(|| {
             let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(14);
@@ -354,7 +354,7 @@ mod tests {
         })
     }
 
-    fn keys(index: usize) -> RsaKeys {
+    pub(crate) fn keys(index: usize) -> RsaKeys {
         let dealt = dealt();
         RsaKeys { public: Arc::new(dealt.public.clone()), secret: Arc::new(dealt.shares[index].clone()) }
     }

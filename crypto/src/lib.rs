@@ -62,6 +62,9 @@ pub mod domain {
     pub const SEALED_KEY: &[u8] = b"fides/v1/sealed-key";
     /// The associated data of bytes sealed to an X25519 public key.
     pub const SEALED_AAD: &[u8] = b"fides/v1/sealed-aad";
+    /// The id of a message a service asks the replicas to threshold-sign under another scheme
+    /// (threshold RSA): what its signature shares and the host's table of signatures are keyed by.
+    pub const RSA_MESSAGE: &[u8] = b"fides/v1/rsa-message";
 }
 
 /// `tag || len(part) || part || …`, the byte string that gets signed or hashed.

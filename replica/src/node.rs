@@ -297,6 +297,13 @@ impl NodeHandle {
     pub async fn send(&self, command: Command) -> bool {
         self.commands.send(command).await.is_ok()
     }
+    /// A handle with no node behind it, and the receiving end of its commands: tests of the
+    /// service side play the driver.
+    #[cfg(test)]
+    pub(crate) fn detached(capacity: usize) -> (NodeHandle, mpsc::Receiver<Command>) {
+        let (commands, rx) = mpsc::channel(capacity);
+        (NodeHandle { commands }, rx)
+    }
 }
 
 struct Waiter {

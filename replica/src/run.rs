@@ -143,6 +143,13 @@ pub fn abc_config(cluster: &ClusterFile, cluster_path: &Path, config: &RunConfig
     Ok(abc)
 }
 
+/// This replica's threshold RSA key, if the cluster was dealt one (the dealer's check of the
+/// replica file against the cluster file, done by [`keys`], covers the RSA share too).
+pub fn rsa_keys(replica: &ReplicaFile, cluster: &ClusterFile) -> Option<crate::host::threshold::RsaKeys> {
+    let (public, secret) = (cluster.rsa()?, replica.rsa_share()?);
+    Some(crate::host::threshold::RsaKeys { public: Arc::new(public.clone()), secret: Arc::new(secret.clone()) })
+}
+
 /// The threshold keys of replica `replica` of `cluster`.
 pub fn keys(replica: &ReplicaFile, cluster: &ClusterFile) -> anyhow::Result<Keys> {
     let coin = replica.coin_keys(cluster)?;
@@ -242,6 +249,7 @@ pub async fn run(config: RunConfig, exit_on_stdin_close: bool) -> anyhow::Result
             batches: node.batch_reader(),
             node: handle.clone(),
             wrong_shares: config.fault_wrong_shares,
+            rsa: rsa_keys(&replica, &cluster),
         },
     )
     .with_context(|| format!("opening the bistro store in {}", data.display()))?;

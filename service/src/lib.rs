@@ -10,11 +10,14 @@
 //! - [`registry`]: every service by [`ServiceId`] (the payload's first four bytes), each payload
 //!   decoded once, behind an object-safe face the host holds;
 //! - [`certificate`]: the one Merkle tree of everything an epoch signs, its leaf kinds, and the
-//!   `EpochSigner` protocol that threshold-signs its root once per epoch.
+//!   `EpochSigner` protocol that threshold-signs its root once per epoch;
+//! - [`rsa_signer`]: the `RsaSigner` protocol that threshold-signs, with Shoup's threshold RSA,
+//!   the messages services ask for (`Outcome::ThresholdSign`).
 
 pub mod certificate;
 pub mod interface;
 pub mod registry;
+pub mod rsa_signer;
 pub mod tables;
 
 pub use interface::{

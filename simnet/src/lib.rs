@@ -38,6 +38,7 @@ pub mod instances;
 pub mod lossy;
 pub mod rbc;
 pub mod replica;
+pub mod rsa_signer;
 pub mod seeds;
 
 use std::cmp::Reverse;

@@ -40,6 +40,7 @@ use super::kv;
 pub use crate::host::epochs::EpochRow;
 use crate::host::epochs::{outcome_key, StoredAnswer};
 use crate::host::tables::{self, ReadTables, WriteTables};
+use crate::host::threshold::{self, RsaKeys, ThresholdSigning};
 use crate::host::{Intake, Lag};
 use crate::node::{Command, NodeHandle, ServiceEvent, FRAME_SERVICE};
 use crate::store::BatchReader;
@@ -154,6 +155,14 @@ pub enum Query {
         max: usize,
         /// The answer.
         reply: oneshot::Sender<Result<Vec<PendingUpload>, String>>,
+    },
+    /// A threshold RSA signature a service asked for (`Outcome::ThresholdSign`), by the id of its
+    /// message: `None` if this replica has not combined it (yet).
+    ThresholdSignature {
+        /// The message's id (`fides_service::rsa_signer::MessageId::of(message)`).
+        id: fides_service::rsa_signer::MessageId,
+        /// The answer.
+        reply: oneshot::Sender<Result<Option<Vec<u8>>, String>>,
     },
     /// An upload is stored here now.
     Fetched {
@@ -270,6 +279,8 @@ pub struct WorkerSetup {
     /// Fault injection for tests: send wrong signature shares of epoch roots (valid points that
     /// do not combine) and answer collections with wrong decryption shares.
     pub wrong_shares: bool,
+    /// Our threshold RSA key, if the cluster has one (`Outcome::ThresholdSign` is refused without).
+    pub rsa: Option<RsaKeys>,
 }
 
 enum Waiter {
@@ -314,6 +325,8 @@ struct Worker {
     unsigned: BTreeMap<u64, (certificate::EpochRoot, Instant)>,
     /// Certifies each epoch with the other replicas.
     signer: EpochSigner,
+    /// Signs what services ask with `Outcome::ThresholdSign`.
+    threshold: ThresholdSigning,
     waiters: BTreeMap<u64, Vec<Waiter>>,
     /// Recent epochs' trees, agreed times and signatures, for answering paths.
     trees: HashMap<u64, Cached>,
@@ -337,6 +350,7 @@ pub fn start(dir: &Path, mut setup: WorkerSetup) -> anyhow::Result<(WorkerHandle
         for t in [tables::OUTCOMES, tables::EPOCHS, kv::RECORD_AT, kv::PENDING, tables::META] {
             txn.open_table(t)?;
         }
+        ThresholdSigning::open_tables(&txn)?;
         txn.commit()?;
     }
     let next_epoch = {
@@ -361,7 +375,11 @@ pub fn start(dir: &Path, mut setup: WorkerSetup) -> anyhow::Result<(WorkerHandle
         SignerConfig::default(),
         next_epoch,
     );
+    let node = setup.node.clone();
+    let outbox = Box::new(move |command| drop(node.try_send(command)));
+    let threshold = ThresholdSigning::new(setup.rsa.take(), setup.quorum, setup.our_index, outbox);
     let mut worker = Worker {
+        threshold,
         setup,
         registry,
         store_tables,
@@ -375,6 +393,7 @@ pub fn start(dir: &Path, mut setup: WorkerSetup) -> anyhow::Result<(WorkerHandle
         tree_order: Default::default(),
     };
     worker.load_unsigned()?;
+    worker.threshold.load(&worker.db)?;
     let thread = std::thread::Builder::new().name("bistro".into()).spawn(move || worker.run(rx))?;
     Ok((WorkerHandle { tx, lag }, thread))
 }
@@ -586,6 +605,7 @@ impl Worker {
                 return;
             }
             self.resend_shares();
+            self.threshold.resend(&self.db);
             self.answer_waiters();
             for query in queries {
                 self.on_query(query);
@@ -606,6 +626,7 @@ impl Worker {
             }
             let txn = self.db.begin_write()?;
             let mut applied: Vec<(u64, u64, Vec<[u8; 32]>)> = Vec::new();
+            let mut asked = Vec::new();
             {
                 let mut kv = WriteTables::new(&txn, &self.store_tables)?;
                 for batch in &batches {
@@ -614,6 +635,9 @@ impl Worker {
                     let outcomes = self.registry.apply_batch(&mut kv, batch.epoch, batch.time, requests)?;
                     let (leaves, answers) = epoch_leaves(batch, &outcomes);
                     Self::write_epoch(&txn, batch, &leaves, &answers)?;
+                    let asks = threshold::asks(&outcomes);
+                    self.threshold.write_pending(&txn, batch.epoch, &asks)?;
+                    asked.push((batch.epoch, asks));
                     applied.push((batch.epoch, batch.time, leaves));
                 }
                 let next = batches.last().map_or(self.next_epoch, |b| b.epoch + 1);
@@ -624,6 +648,9 @@ impl Worker {
             txn.commit()?;
             self.intake.applied(self.next_epoch);
             // Durable: now sign.
+            for (epoch, asks) in asked {
+                self.threshold.sign(&self.db, epoch, asks);
+            }
             for (epoch, time_ms, leaves) in applied {
                 if leaves.is_empty() {
                     continue;
@@ -678,6 +705,9 @@ impl Worker {
     }
 
     fn on_frame(&mut self, from: NodeIndex, bytes: &[u8]) {
+        if let (Some(&threshold::FRAME_KIND), Some(body)) = (bytes.first(), bytes.get(1..)) {
+            return self.threshold.on_frame(&self.db, from, body);
+        }
         let (Some(&SIGNER), Some(body)) = (bytes.first(), bytes.get(1..)) else { return };
         match certificate::Message::from_bytes(body) {
             Ok(message) => {
@@ -756,6 +786,9 @@ impl Worker {
                     continue;
                 }
                 match waiter {
+                    Waiter::Outcome { index, reply } if self.threshold.waits(epoch, index) => {
+                        self.waiters.entry(epoch).or_default().push(Waiter::Outcome { index, reply });
+                    }
                     Waiter::Outcome { index, reply } => {
                         let _ = reply.send(self.answer(&read, &outcomes, epoch, index));
                     }
@@ -789,7 +822,9 @@ impl Worker {
             };
             outcomes.push((outcome, certified));
         }
-        Ok(HostAnswer { service: stored.service, outcomes })
+        let mut answer = HostAnswer { service: stored.service, outcomes, signatures: Vec::new() };
+        self.threshold.complete(read, &mut answer)?;
+        Ok(answer)
     }
 
     /// The tree, agreed time and (once certified) signature of an epoch with leaves.
@@ -863,6 +898,10 @@ impl Worker {
             }
             Query::Pending { max, reply } => {
                 let _ = reply.send(self.pending(max).map_err(|e| e.to_string()));
+            }
+            Query::ThresholdSignature { id, reply } => {
+                let result = self.db.begin_read().map_err(anyhow::Error::from).and_then(|r| threshold::lookup(&r, &id));
+                let _ = reply.send(result.map_err(|e| e.to_string()));
             }
             Query::Fetched { event, ticket, hash, reply } => {
                 let result = (|| -> anyhow::Result<()> {

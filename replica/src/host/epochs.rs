@@ -90,6 +90,18 @@ pub struct HostAnswer {
     pub service: fides_service::ServiceId,
     /// Each outcome, with the proof of a signed record.
     pub outcomes: Vec<(fides_service::Outcome, Option<Certified>)>,
+    /// For each `ThresholdSign` outcome, by its position in `outcomes`: the combined signature
+    /// (threshold RSA: an RSASSA-PKCS1-v1_5 SHA-256 signature of the outcome's message, which
+    /// verifies alone against the cluster's RSA public key). Not in the stored answer: the host
+    /// keeps signatures in a table of their own (`host::threshold`), by message id.
+    pub signatures: Vec<(usize, Vec<u8>)>,
+}
+
+impl HostAnswer {
+    /// The signature of the `ThresholdSign` outcome at position `at`, once combined.
+    pub fn signature(&self, at: usize) -> Option<&[u8]> {
+        self.signatures.iter().find(|(position, _)| *position == at).map(|(_, signature)| signature.as_slice())
+    }
 }
 
 /// A leaf's inclusion path and its epoch's certificate: with the cluster's key, what verifies a

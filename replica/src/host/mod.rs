@@ -4,6 +4,8 @@
 //!   driver's store is read back only to catch up);
 //! - [`epochs`]: each epoch's row (time, leaves, signature) and the outcome keys;
 //! - [`tables`]: the services' tables in redb, and the host's own (outcomes, epochs, meta);
+//! - [`threshold`]: signatures under other schemes (threshold RSA) that services ask for, their
+//!   exchange with the other replicas and their table;
 //! - [`orderer`]: ordering a request for a service and waiting for its answer, for the services'
 //!   gRPC adapters.
 //!
@@ -13,6 +15,9 @@ pub mod epochs;
 pub mod intake;
 pub mod orderer;
 pub mod tables;
+pub mod threshold;
+#[cfg(test)]
+mod threshold_worker_tests;
 
 pub use intake::{Intake, Lag};
 pub use orderer::Orderer;

@@ -1,0 +1,553 @@
+//! Signatures under other schemes than the epoch certificate's: the host's half of
+//! [`fides_service::Outcome::ThresholdSign`] (threshold RSA, with [`RsaSigner`]).
+//!
+//! Once an epoch is applied and durable, each `ThresholdSign` outcome it made — of a request, or
+//! of a service's epoch start — is given to the signer, which exchanges shares with the other
+//! replicas (service frames of kind [`FRAME_KIND`]). Each combined signature is stored in the
+//! host's table [`RSA_SIGNATURES`] by its [`MessageId`], and the request that asked is answered
+//! once every signature it asked for is in ([`HostAnswer::signatures`]).
+//!
+//! The signatures are not service state: they verify by themselves against the cluster's RSA
+//! public key, and they arrive at different moments at different replicas (so they cannot be
+//! part of what checkpoints sign). They live in the host's tables, next to the services' own.
+//!
+//! Durability, as for the epoch certificate: the messages still to sign are written in the
+//! epoch's transaction ([`RSA_PENDING`], keyed by the request that asked), and a restart gives
+//! them to the signer again (shares are deterministic, so sending one again contradicts
+//! nothing). A cluster without an RSA key (files dealt before the dealer dealt one) refuses
+//! them: the request gets `FAILED_PRECONDITION`, not a hang.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fides_service::rsa_signer::{self, Input, Message, MessageId, Output, RsaSigner, RsaSignerConfig};
+use fides_service::{BatchOutcomes, Code, Outcome, SchemeId};
+use fides_threshold_rsa::{PublicKey, SecretShare};
+use fides_types::codec::Wire;
+use fides_types::{NodeIndex, Protocol, Quorum, Step, Target};
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+
+use super::epochs::HostAnswer;
+use super::tables::BytesTable;
+use crate::node::{Command, FRAME_SERVICE};
+
+/// The kind of a service frame that carries an [`RsaSigner`] message (the epoch signer's is 3).
+pub const FRAME_KIND: u8 = 4;
+/// message id → the combined RSA signature (`k` bytes).
+pub const RSA_SIGNATURES: BytesTable<'static> = TableDefinition::new("replica_rsa_signatures");
+/// epoch ‖ index (both big-endian) ‖ message id → the message, for each `ThresholdSign` outcome
+/// not signed yet. The index of an epoch start's outcome is [`EPOCH_START`].
+pub const RSA_PENDING: BytesTable<'static> = TableDefinition::new("replica_rsa_pending");
+/// The index under which an epoch start's outcomes are kept (no request has it: a batch holds
+/// far fewer requests).
+pub const EPOCH_START: u32 = u32::MAX;
+/// A message whose signature is not in after this long is given to the signer again (it sends
+/// our share again: a frame may have been dropped, or a peer restarted).
+const RESEND_AFTER: Duration = Duration::from_secs(2);
+/// Messages given again per turn at most.
+const RESEND_MAX: usize = 64;
+
+/// Where the host's commands to the driver go (frames to peers, faults): the driver's handle in
+/// the replica, a queue in tests. Never blocks (a full queue drops the command: a share is sent
+/// again after [`RESEND_AFTER`]).
+pub type Outbox = Box<dyn Fn(Command) + Send>;
+
+/// This replica's threshold RSA key: the cluster's public key and our secret share.
+#[derive(Clone, Debug)]
+pub struct RsaKeys {
+    /// The public key (`keys.rsa` of the cluster file).
+    pub public: Arc<PublicKey>,
+    /// Our share (`secrets.rsa_share` of the replica file).
+    pub secret: Arc<SecretShare>,
+}
+
+/// A message being signed.
+struct Pending {
+    message: Vec<u8>,
+    /// The requests (epoch, index) that asked for it.
+    askers: BTreeSet<(u64, u32)>,
+    /// When it was last given to the signer.
+    given: Instant,
+}
+
+/// The host's threshold signing: the signer, what it signs, and who waits.
+pub struct ThresholdSigning {
+    /// `None`: the cluster has no RSA key.
+    signer: Option<RsaSigner>,
+    outbox: Outbox,
+    pending: BTreeMap<MessageId, Pending>,
+    /// Requests that wait for signatures: (epoch, index) → the ids not signed yet.
+    waiting: BTreeMap<(u64, u32), BTreeSet<MessageId>>,
+}
+
+/// The `ThresholdSign` messages of an applied batch: (index of the request, or [`EPOCH_START`];
+/// message). `SchemeId` has one scheme today.
+pub fn asks(outcomes: &BatchOutcomes) -> Vec<(u32, Vec<u8>)> {
+    let epoch = outcomes.epoch.iter().flat_map(|(_, made)| made.iter().map(|o| (EPOCH_START, o)));
+    let requests = outcomes.requests.iter().flat_map(|(index, _, made)| made.iter().map(move |o| (*index, o)));
+    epoch
+        .chain(requests)
+        .filter_map(|(index, outcome)| match outcome {
+            Outcome::ThresholdSign { scheme: SchemeId::ThresholdRsa, message } => Some((index, message.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn pending_key(epoch: u64, index: u32, id: &MessageId) -> Vec<u8> {
+    [&epoch.to_be_bytes()[..], &index.to_be_bytes(), &id.0].concat()
+}
+
+/// The signature of `id`, if this replica stored one.
+pub fn lookup(read: &ReadTransaction, id: &MessageId) -> anyhow::Result<Option<Vec<u8>>> {
+    let table = match read.open_table(RSA_SIGNATURES) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(error) => return Err(error.into()),
+    };
+    Ok(table.get(&id.0[..])?.map(|v| v.value().to_vec()))
+}
+
+impl ThresholdSigning {
+    /// The host's signing for replica `our_index`; `keys` is `None` if the cluster has no RSA key.
+    pub fn new(keys: Option<RsaKeys>, quorum: Quorum, our_index: NodeIndex, outbox: Outbox) -> Self {
+        let signer =
+            keys.map(|keys| RsaSigner::new(keys.public, keys.secret, quorum, our_index, RsaSignerConfig::default()));
+        ThresholdSigning { signer, outbox, pending: BTreeMap::new(), waiting: BTreeMap::new() }
+    }
+
+    /// Create the tables.
+    pub fn open_tables(txn: &WriteTransaction) -> anyhow::Result<()> {
+        txn.open_table(RSA_SIGNATURES)?;
+        txn.open_table(RSA_PENDING)?;
+        Ok(())
+    }
+
+    /// In the transaction that applies `epoch`: keep the messages to sign until they are signed.
+    pub fn write_pending(&self, txn: &WriteTransaction, epoch: u64, asks: &[(u32, Vec<u8>)]) -> anyhow::Result<()> {
+        if asks.is_empty() {
+            return Ok(());
+        }
+        if self.signer.is_none() {
+            tracing::warn!(epoch, "a service asked for a threshold RSA signature, but this cluster has no RSA key");
+            return Ok(());
+        }
+        let mut table = txn.open_table(RSA_PENDING)?;
+        for (index, message) in asks {
+            table.insert(pending_key(epoch, *index, &MessageId::of(message)).as_slice(), message.as_slice())?;
+        }
+        Ok(())
+    }
+
+    /// After a restart: give the signer every message that was not signed.
+    pub fn load(&mut self, db: &Database) -> anyhow::Result<()> {
+        let mut asks: BTreeMap<u64, Vec<(u32, Vec<u8>)>> = BTreeMap::new();
+        {
+            let read = db.begin_read()?;
+            let table = read.open_table(RSA_PENDING)?;
+            for entry in table.iter()? {
+                let (key, value) = entry?;
+                let key = key.value();
+                let (Some(epoch), Some(index)) = (
+                    key.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()),
+                    key.get(8..12).and_then(|b| <[u8; 4]>::try_from(b).ok()),
+                ) else {
+                    continue;
+                };
+                asks.entry(u64::from_be_bytes(epoch))
+                    .or_default()
+                    .push((u32::from_be_bytes(index), value.value().to_vec()));
+            }
+        }
+        for (epoch, asks) in asks {
+            self.sign(db, epoch, asks);
+        }
+        Ok(())
+    }
+
+    /// Once `epoch` is durable: sign what it asked for.
+    pub fn sign(&mut self, db: &Database, epoch: u64, asks: Vec<(u32, Vec<u8>)>) {
+        if self.signer.is_none() {
+            return;
+        }
+        for (index, message) in asks {
+            let id = MessageId::of(&message);
+            if index != EPOCH_START {
+                self.waiting.entry((epoch, index)).or_default().insert(id);
+            }
+            let new = !self.pending.contains_key(&id);
+            let pending = self.pending.entry(id).or_insert_with(|| Pending {
+                message,
+                askers: BTreeSet::new(),
+                given: Instant::now(),
+            });
+            pending.askers.insert((epoch, index));
+            let stored = db.begin_read().map_err(anyhow::Error::from).and_then(|read| lookup(&read, &id));
+            if let Ok(Some(signature)) = stored {
+                // Signed already (the same message asked for before): nothing to exchange.
+                self.store(db, id, signature);
+            } else if new {
+                self.give(db, id);
+            }
+        }
+    }
+
+    /// Give `id`'s message to the signer (again: it then sends our share again).
+    fn give(&mut self, db: &Database, id: MessageId) {
+        let (Some(signer), Some(pending)) = (self.signer.as_mut(), self.pending.get_mut(&id)) else { return };
+        pending.given = Instant::now();
+        match signer.handle_input(Input::Sign(pending.message.clone()), &mut rand::thread_rng()) {
+            Ok(step) => self.on_step(db, step),
+            Err(error) => tracing::error!(%error, "the threshold RSA signer cannot sign"),
+        }
+    }
+
+    /// Give the signer again the messages whose signature is not in after [`RESEND_AFTER`].
+    pub fn resend(&mut self, db: &Database) {
+        let now = Instant::now();
+        let due: Vec<MessageId> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| now.duration_since(p.given) > RESEND_AFTER)
+            .map(|(id, _)| *id)
+            .take(RESEND_MAX)
+            .collect();
+        for id in due {
+            self.give(db, id);
+        }
+    }
+
+    /// A service frame of kind [`FRAME_KIND`] (its body).
+    pub fn on_frame(&mut self, db: &Database, from: NodeIndex, body: &[u8]) {
+        let Some(signer) = self.signer.as_mut() else { return };
+        match rsa_signer::Message::from_bytes(body) {
+            Ok(message) => {
+                let step = signer.handle_message(from, message, &mut rand::thread_rng());
+                self.on_step(db, step);
+            }
+            Err(error) => {
+                tracing::warn!(peer = from.0, %error, "a threshold RSA signer message does not decode");
+                (self.outbox)(Command::Fault { peer: from, kind: fides_types::FaultKind::Undecodable });
+            }
+        }
+    }
+
+    /// Send what the signer sends, store what it signs, answer what peers ask.
+    fn on_step(&mut self, db: &Database, step: Step<Message, Output>) {
+        for fault in step.faults {
+            let (peer, kind) = (fault.node.0, fault.kind);
+            tracing::warn!("replica {peer} sent a bad threshold RSA share or signature ({kind:?})");
+            (self.outbox)(Command::Fault { peer: fault.node, kind });
+        }
+        for outgoing in step.messages {
+            self.send(outgoing.target, &outgoing.message);
+        }
+        for output in step.outputs {
+            match output {
+                Output::Signed { id, signature } => self.store(db, id, signature),
+                Output::SignatureAsked { peer, id } => {
+                    let stored = db.begin_read().map_err(anyhow::Error::from).and_then(|read| lookup(&read, &id));
+                    let (Ok(Some(signature)), Some(signer)) = (stored, self.signer.as_mut()) else { continue };
+                    if let Ok(step) =
+                        signer.handle_input(Input::Answer { peer, id, signature }, &mut rand::thread_rng())
+                    {
+                        for outgoing in step.messages {
+                            self.send(outgoing.target, &outgoing.message);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn send(&self, target: Target, message: &Message) {
+        let to = match target {
+            Target::All => None,
+            Target::Node(peer) => Some(peer),
+        };
+        let body = message.to_bytes();
+        let mut frame = Vec::with_capacity(2 + body.len());
+        frame.push(FRAME_SERVICE);
+        frame.push(FRAME_KIND);
+        frame.extend_from_slice(&body);
+        (self.outbox)(Command::Send { to, frame });
+    }
+
+    /// Store `id`'s signature (durably, before anyone is answered) and release who waited.
+    fn store(&mut self, db: &Database, id: MessageId, signature: Vec<u8>) {
+        let askers = self.pending.get(&id).map(|p| p.askers.clone()).unwrap_or_default();
+        let result = (|| -> anyhow::Result<()> {
+            let txn = db.begin_write()?;
+            {
+                let mut signatures = txn.open_table(RSA_SIGNATURES)?;
+                signatures.insert(&id.0[..], signature.as_slice())?;
+                let mut pending = txn.open_table(RSA_PENDING)?;
+                for (epoch, index) in &askers {
+                    pending.remove(pending_key(*epoch, *index, &id).as_slice())?;
+                }
+            }
+            txn.commit()?;
+            Ok(())
+        })();
+        if let Err(error) = result {
+            // Kept pending: given again after RESEND_AFTER, it is signed (or answered) again.
+            tracing::error!(%error, "cannot store a threshold RSA signature");
+            return;
+        }
+        self.pending.remove(&id);
+        for asker in askers {
+            if let Some(ids) = self.waiting.get_mut(&asker) {
+                ids.remove(&id);
+                if ids.is_empty() {
+                    self.waiting.remove(&asker);
+                }
+            }
+        }
+    }
+
+    /// Whether the request at (epoch, index) waits for a signature.
+    pub fn waits(&self, epoch: u64, index: u32) -> bool {
+        self.waiting.contains_key(&(epoch, index))
+    }
+
+    /// Fill in the signatures of `answer`'s `ThresholdSign` outcomes; without an RSA key, the
+    /// answer is a refusal.
+    pub fn complete(&self, read: &ReadTransaction, answer: &mut HostAnswer) -> Result<(), String> {
+        for (at, (outcome, _)) in answer.outcomes.iter().enumerate() {
+            let Outcome::ThresholdSign { scheme: SchemeId::ThresholdRsa, message } = outcome else { continue };
+            if self.signer.is_none() {
+                let refusal = Outcome::refuse(
+                    Code::FailedPrecondition,
+                    "the service asked for a threshold RSA signature, but this cluster has no RSA key (its files \
+                     were dealt before the dealer dealt one)",
+                );
+                answer.outcomes = vec![(refusal, None)];
+                answer.signatures.clear();
+                return Ok(());
+            }
+            let signature = lookup(read, &MessageId::of(message)).map_err(|e| e.to_string())?;
+            if let Some(signature) = signature {
+                answer.signatures.push((at, signature));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::sync::{Arc, Mutex, OnceLock};
+
+    use fides_service::ServiceId;
+    use fides_threshold_rsa::{deal, verify_signature, Dealt};
+    use rand::SeedableRng;
+
+    use super::*;
+
+    /// A 512-bit key for n = 4, t = 1 (a test-only size), dealt once.
+    pub(crate) fn dealt() -> &'static Dealt {
+        static DEALT: OnceLock<Dealt> = OnceLock::new();
+        DEALT.get_or_init(|| {
+            let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(14);
+            deal(512, 4, 1, &mut rng, &mut |_| {}).expect("512 bits, n = 4, t = 1 is a valid key")
+        })
+    }
+
+    pub(crate) fn keys(index: usize) -> RsaKeys {
+        let dealt = dealt();
+        RsaKeys { public: Arc::new(dealt.public.clone()), secret: Arc::new(dealt.shares[index].clone()) }
+    }
+
+    /// One replica's host half: its store, its signing, what it sent.
+    struct Host {
+        db: Database,
+        signing: ThresholdSigning,
+        sent: Arc<Mutex<Vec<Command>>>,
+        index: NodeIndex,
+        keys: Option<RsaKeys>,
+    }
+
+    impl Host {
+        fn new(dir: &tempfile::TempDir, index: u32, keys: Option<RsaKeys>) -> Host {
+            let db = Database::create(dir.path().join(format!("host-{index}.redb"))).expect("a store");
+            let txn = db.begin_write().expect("a transaction");
+            ThresholdSigning::open_tables(&txn).expect("the tables");
+            txn.commit().expect("commits");
+            let (signing, sent) = Host::signing(index, keys.clone());
+            Host { db, signing, sent, index: NodeIndex(index), keys }
+        }
+
+        fn signing(index: u32, keys: Option<RsaKeys>) -> (ThresholdSigning, Arc<Mutex<Vec<Command>>>) {
+            let sent = Arc::new(Mutex::new(Vec::new()));
+            let outbox = Arc::clone(&sent);
+            let quorum = Quorum::new(4, 1).expect("n = 4, t = 1");
+            let signing = ThresholdSigning::new(
+                keys,
+                quorum,
+                NodeIndex(index),
+                Box::new(move |command| outbox.lock().expect("not poisoned").push(command)),
+            );
+            (signing, sent)
+        }
+
+        /// A restart: the store stays, memory is lost.
+        fn restart(&mut self) {
+            let (signing, sent) = Host::signing(self.index.0, self.keys.clone());
+            (self.signing, self.sent) = (signing, sent);
+            self.signing.load(&self.db).expect("loads");
+        }
+
+        /// Apply an epoch that asks for `asks`: durable first, then signed.
+        fn apply(&mut self, epoch: u64, asks: &[(u32, Vec<u8>)]) {
+            let txn = self.db.begin_write().expect("a transaction");
+            self.signing.write_pending(&txn, epoch, asks).expect("writes");
+            txn.commit().expect("commits");
+            self.signing.sign(&self.db, epoch, asks.to_vec());
+        }
+
+        fn answer(&self, outcomes: Vec<Outcome>) -> HostAnswer {
+            let mut answer = HostAnswer {
+                service: ServiceId(*b"TEST"),
+                outcomes: outcomes.into_iter().map(|o| (o, None)).collect(),
+                signatures: Vec::new(),
+            };
+            let read = self.db.begin_read().expect("a read");
+            self.signing.complete(&read, &mut answer).expect("completes");
+            answer
+        }
+    }
+
+    /// Deliver the frames the hosts send until none is left; a host that is down loses what is
+    /// sent to it and what it sends. The faults reported.
+    fn route(hosts: &mut [Host], down: &[u32]) -> Vec<(NodeIndex, fides_types::FaultKind)> {
+        let mut faults = Vec::new();
+        for _ in 0..100 {
+            let mut frames = Vec::new();
+            for host in hosts.iter() {
+                for command in std::mem::take(&mut *host.sent.lock().expect("not poisoned")) {
+                    match command {
+                        Command::Fault { peer, kind } => faults.push((peer, kind)),
+                        Command::Send { to, frame } if !down.contains(&host.index.0) => {
+                            frames.push((host.index, to, frame))
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            if frames.is_empty() {
+                return faults;
+            }
+            for (from, to, frame) in frames {
+                assert_eq!(frame[..2], [FRAME_SERVICE, FRAME_KIND], "a service frame of the RSA signer's kind");
+                for host in hosts.iter_mut() {
+                    let addressed = to.map_or(host.index != from, |to| to == host.index);
+                    if addressed && !down.contains(&host.index.0) {
+                        host.signing.on_frame(&host.db, from, &frame[2..]);
+                    }
+                }
+            }
+        }
+        panic!("the hosts keep sending frames");
+    }
+
+    fn signature_of(host: &Host, message: &[u8]) -> Option<Vec<u8>> {
+        lookup(&host.db.begin_read().expect("a read"), &MessageId::of(message)).expect("reads")
+    }
+
+    #[test]
+    fn the_outcomes_of_a_batch_that_ask_for_signatures_are_found() {
+        let ask = |message: &[u8]| Outcome::ThresholdSign { scheme: SchemeId::ThresholdRsa, message: message.to_vec() };
+        let outcomes = BatchOutcomes {
+            epoch: vec![(ServiceId(*b"TEST"), vec![ask(b"crl")])],
+            requests: vec![
+                (0, Some(ServiceId(*b"TEST")), vec![Outcome::Reply(vec![1])]),
+                (2, Some(ServiceId(*b"TEST")), vec![Outcome::Sign(vec![2]), ask(b"tbs")]),
+            ],
+        };
+        assert_eq!(asks(&outcomes), vec![(EPOCH_START, b"crl".to_vec()), (2, b"tbs".to_vec())]);
+    }
+
+    #[test]
+    fn a_request_is_answered_with_the_signature_once_t_plus_one_hosts_signed() {
+        let dir = tempfile::tempdir().expect("a directory");
+        let mut hosts: Vec<Host> = (0..4).map(|i| Host::new(&dir, i, Some(keys(i as usize)))).collect();
+        let (tbs, crl) = (b"tbs bytes".to_vec(), b"a revocation list".to_vec());
+        for host in &mut hosts {
+            host.apply(7, &[(EPOCH_START, crl.clone()), (3, tbs.clone())]);
+            assert!(host.signing.waits(7, 3), "the request waits for its signature");
+            assert!(!host.signing.waits(7, EPOCH_START));
+        }
+        // Replica 3 is down: the others still sign, and it restarts with what it had to sign.
+        let faults = route(&mut hosts, &[3]);
+        assert!(faults.is_empty(), "{faults:?}");
+        let dealt = dealt();
+        for host in &hosts[..3] {
+            assert!(!host.signing.waits(7, 3));
+            for message in [&tbs, &crl] {
+                let signature = signature_of(host, message).expect("stored");
+                assert!(verify_signature(&dealt.public, message, &signature));
+            }
+            let answer = host.answer(vec![
+                Outcome::Reply(vec![1]),
+                Outcome::ThresholdSign { scheme: SchemeId::ThresholdRsa, message: tbs.clone() },
+            ]);
+            assert_eq!(answer.signature(1), signature_of(host, &tbs).as_deref());
+            assert_eq!(answer.signatures.len(), 1);
+        }
+        assert!(hosts[3].signing.waits(7, 3));
+        assert_eq!(signature_of(&hosts[3], &tbs), None);
+        hosts[3].restart();
+        assert!(hosts[3].signing.waits(7, 3), "a restart signs again what was pending");
+        let faults = route(&mut hosts, &[]);
+        assert!(faults.is_empty(), "{faults:?}");
+        assert!(!hosts[3].signing.waits(7, 3));
+        assert_eq!(signature_of(&hosts[3], &tbs), signature_of(&hosts[0], &tbs));
+        // Nothing is pending any more: a second restart has nothing to sign.
+        hosts[3].restart();
+        assert!(!hosts[3].signing.waits(7, 3));
+        assert!(hosts[3].sent.lock().expect("not poisoned").is_empty());
+        // The same message asked for again is answered from the table, with no exchange.
+        hosts[0].apply(9, &[(0, tbs.clone())]);
+        assert!(!hosts[0].signing.waits(9, 0));
+        assert!(hosts[0].sent.lock().expect("not poisoned").is_empty());
+    }
+
+    #[test]
+    fn a_bad_share_is_counted_as_the_peers_fault() {
+        let dir = tempfile::tempdir().expect("a directory");
+        let mut hosts: Vec<Host> = (0..4).map(|i| Host::new(&dir, i, Some(keys(i as usize)))).collect();
+        let message = b"tbs bytes".to_vec();
+        hosts[0].apply(1, &[(0, message.clone())]);
+        let bad = Message::Share { id: MessageId::of(&message), share: vec![7; 40] }.to_bytes();
+        let host = &mut hosts[0];
+        host.signing.on_frame(&host.db, NodeIndex(2), &bad);
+        host.signing.on_frame(&host.db, NodeIndex(2), &[9, 9]);
+        let faults: Vec<_> = std::mem::take(&mut *hosts[0].sent.lock().expect("not poisoned"))
+            .into_iter()
+            .filter_map(|c| match c {
+                Command::Fault { peer, kind } => Some((peer, kind)),
+                _ => None,
+            })
+            .collect();
+        use fides_types::FaultKind::Undecodable;
+        assert_eq!(faults, vec![(NodeIndex(2), Undecodable), (NodeIndex(2), Undecodable)]);
+    }
+
+    #[test]
+    fn without_an_rsa_key_the_request_is_refused_not_left_waiting() {
+        let dir = tempfile::tempdir().expect("a directory");
+        let mut host = Host::new(&dir, 0, None);
+        let message = b"tbs bytes".to_vec();
+        host.apply(1, &[(0, message.clone())]);
+        assert!(!host.signing.waits(1, 0));
+        let answer = host.answer(vec![Outcome::ThresholdSign { scheme: SchemeId::ThresholdRsa, message }]);
+        match &answer.outcomes[..] {
+            [(Outcome::Refuse(refusal), None)] => assert_eq!(refusal.code, Code::FailedPrecondition),
+            other => panic!("not a refusal: {other:?}"),
+        }
+        let read = host.db.begin_read().expect("a read");
+        let pending = read.open_table(RSA_PENDING).expect("the table");
+        assert!(pending.iter().expect("a scan").next().is_none(), "nothing pending without a key");
+    }
+}

@@ -10,15 +10,19 @@
 //! - [`registry`]: every service by [`ServiceId`] (the payload's first four bytes), each payload
 //!   decoded once, behind an object-safe face the host holds;
 //! - [`certificate`]: the one Merkle tree of everything an epoch signs, its leaf kinds, and the
-//!   `EpochSigner` protocol that threshold-signs its root once per epoch.
+//!   `EpochSigner` protocol that threshold-signs its root once per epoch;
+//! - [`state`]: the digest of the services' state (a lattice multiset hash kept write by write),
+//!   which every epoch's certificate covers in its state leaf.
 
 pub mod certificate;
 pub mod interface;
 pub mod registry;
+pub mod state;
 pub mod tables;
 
 pub use interface::{
     Applied, Code, Decision, EpochStart, InstanceId, Outcome, QueryError, Refusal, SchemeId, Service, ServiceId,
 };
 pub use registry::{BatchOutcomes, Decoded, ErasedService, Ordered, Registry, RegistryError, Route};
+pub use state::StateDigest;
 pub use tables::{prefix_end, Entries, MemoryTables, Namespaced, Overlay, ReadOnly, StoreError, Tables};

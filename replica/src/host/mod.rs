@@ -4,6 +4,8 @@
 //!   driver's store is read back only to catch up);
 //! - [`epochs`]: each epoch's row (time, leaves, signature) and the outcome keys;
 //! - [`tables`]: the services' tables in redb, and the host's own (outcomes, epochs, meta);
+//! - [`snapshot`]: the services' state sent to a replica that lost it, checked against the state
+//!   leaf of a certified epoch;
 //! - [`orderer`]: ordering a request for a service and waiting for its answer, for the services'
 //!   gRPC adapters.
 //!
@@ -12,6 +14,7 @@
 pub mod epochs;
 pub mod intake;
 pub mod orderer;
+pub mod snapshot;
 pub mod tables;
 
 pub use intake::{Intake, Lag};

@@ -57,3 +57,22 @@ pub fn index(
     }
     Ok(())
 }
+
+/// After a snapshot was installed: every upload the bistro records is one this replica has yet to
+/// fetch (its blobs went with its state, as when it replayed the log from the start).
+pub fn rebuild_pending(txn: &WriteTransaction) -> anyhow::Result<()> {
+    type S = Service;
+    let uploads = fides_service::tables::full_name(
+        <S as fides_service::Service>::NAME,
+        <S as fides_service::Service>::TABLES,
+        "uploads",
+    )?;
+    txn.delete_table(PENDING)?;
+    let uploads = txn.open_table(crate::host::tables::table(&uploads))?;
+    let mut pending = txn.open_table(PENDING)?;
+    for entry in redb::ReadableTable::iter(&uploads)? {
+        let (key, _) = entry?;
+        pending.insert(key.value(), &[][..])?;
+    }
+    Ok(())
+}

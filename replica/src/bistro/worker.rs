@@ -38,6 +38,8 @@ use tokio::sync::oneshot;
 
 use super::kv;
 pub use crate::host::epochs::EpochRow;
+
+mod snapshots;
 use crate::host::epochs::{outcome_key, StoredAnswer};
 use crate::host::tables::{self, ReadTables, WriteTables};
 use crate::host::{Intake, Lag};
@@ -321,6 +323,8 @@ struct Worker {
     /// Recent epochs' trees, agreed times and signatures, for answering paths.
     trees: HashMap<u64, Cached>,
     tree_order: std::collections::VecDeque<u64>,
+    /// Snapshots of the services' state served and fetched.
+    snapshots: snapshots::Snapshots,
 }
 
 /// Open the bistro store in `dir` and start the worker on its own thread.
@@ -377,6 +381,7 @@ pub fn start(dir: &Path, mut setup: WorkerSetup) -> anyhow::Result<(WorkerHandle
         waiters: BTreeMap::new(),
         trees: HashMap::new(),
         tree_order: Default::default(),
+        snapshots: Default::default(),
     };
     worker.load_unsigned()?;
     let thread = std::thread::Builder::new().name("bistro".into()).spawn(move || worker.run(rx))?;
@@ -627,6 +632,7 @@ impl Worker {
                 tracing::error!(%error, "the bistro service cannot go on: its store failed");
                 return;
             }
+            self.poll_snapshots();
             self.resend_shares();
             self.answer_waiters();
             for query in queries {
@@ -641,6 +647,9 @@ impl Worker {
 
     /// Apply every delivered batch from `next_epoch` on.
     fn advance(&mut self) -> Result<(), anyhow::Error> {
+        if self.snapshots.fetching() {
+            return Ok(()); // The state comes whole from a peer.
+        }
         loop {
             let batches = self.intake.next_batches(self.next_epoch, EPOCHS_PER_TXN)?;
             if batches.is_empty() {
@@ -723,6 +732,11 @@ impl Worker {
     }
 
     fn on_frame(&mut self, from: NodeIndex, bytes: &[u8]) {
+        match bytes.split_first() {
+            Some((&snapshots::SNAPSHOT_ASK, body)) => return self.on_snapshot_ask(from, body),
+            Some((&snapshots::SNAPSHOT_PAGE, body)) => return self.on_snapshot_page(from, body),
+            _ => {}
+        }
         let (Some(&SIGNER), Some(body)) = (bytes.first(), bytes.get(1..)) else { return };
         match certificate::Message::from_bytes(body) {
             Ok(message) => {

@@ -14,11 +14,15 @@
 //! the table it would make), and the bounds ([`PAGE_BYTES_MAX`], [`PAGE_ENTRIES_MAX`],
 //! [`SNAPSHOT_BYTES_MAX`]) keep what a peer can make a receiver hold or stage.
 
-use fides_service::certificate::{self, Certificate, Inclusion, Tree};
-use fides_service::StateDigest;
-use fides_types::codec::{put_bytes, DecodeError, Reader, Wire};
+use std::ops::Bound;
 
-use super::epochs::EpochRow;
+use fides_service::certificate::{self, Certificate, EpochRoot, Inclusion, Leaf, Tree};
+use fides_service::{StateDigest, StoreError};
+use fides_types::codec::{put_bytes, DecodeError, Reader, Wire};
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+
+use super::epochs::{outcome_key, EpochRow};
+use super::tables::{table, BytesTable, EPOCHS, META, META_STATE_DIGEST, OUTCOMES};
 
 /// Bytes of entries a page holds at most (one entry longer than this is refused).
 pub const PAGE_BYTES_MAX: usize = 4 * 1024 * 1024;
@@ -301,6 +305,188 @@ impl Receiving {
         }
         Ok(self.digest.clone())
     }
+}
+
+fn store_error(error: impl std::fmt::Display) -> StoreError {
+    StoreError::Store(error.to_string())
+}
+
+/// The entries of a snapshot being received, staged until it is complete and checked:
+/// `section u32 big-endian ‖ key → value`.
+pub const STAGE: BytesTable<'static> = TableDefinition::new("replica_snapshot_stage");
+
+/// What a server answers one session from: the state after `epoch`, in one read transaction
+/// (redb's MVCC: the services go on applying epochs meanwhile, nothing waits).
+pub struct Served {
+    /// The receiver's session.
+    pub session: u64,
+    /// The epoch whose state this is (the last applied when the session opened).
+    pub epoch: u64,
+    /// That epoch's root (its certificate must be on it).
+    pub root: EpochRoot,
+    /// The state leaf's path.
+    pub inclusion: Inclusion,
+    /// The state digest's commitment.
+    pub digest: [u8; 32],
+    txn: ReadTransaction,
+}
+
+fn meta_u64(meta: &redb::ReadOnlyTable<&'static [u8], &'static [u8]>, key: &[u8]) -> Result<Option<u64>, StoreError> {
+    let value = meta.get(key).map_err(store_error)?.map(|v| v.value().to_vec());
+    Ok(value.and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok()).map(u64::from_le_bytes))
+}
+
+impl Served {
+    /// A session on the state of `db` now, if it has applied an epoch whose last leaf is the state
+    /// leaf of its digest (not so for epochs applied before the state digest existed).
+    pub fn open(db: &Database, session: u64) -> Result<Option<Served>, StoreError> {
+        let txn = db.begin_read().map_err(store_error)?;
+        let (epoch, digest, row) = {
+            let meta = txn.open_table(META).map_err(store_error)?;
+            let Some(epoch) = meta_u64(&meta, b"next_epoch")?.and_then(|next| next.checked_sub(1)) else {
+                return Ok(None);
+            };
+            let lanes = meta.get(META_STATE_DIGEST).map_err(store_error)?.map(|v| v.value().to_vec());
+            let Some(digest) = lanes.and_then(|l| StateDigest::from_bytes(&l)) else { return Ok(None) };
+            let epochs = txn.open_table(EPOCHS).map_err(store_error)?;
+            let row = epochs.get(&epoch.to_be_bytes()[..]).map_err(store_error)?.map(|v| v.value().to_vec());
+            let Some(row) = row else { return Ok(None) };
+            let row = EpochRow::from_bytes(&row).map_err(|e| StoreError::Store(format!("an epoch row: {e}")))?;
+            (epoch, digest.commitment(), row)
+        };
+        if row.leaves.last() != Some(&Leaf::State { epoch, digest }.hash()) {
+            return Ok(None);
+        }
+        let tree = Tree::new(row.leaves);
+        let root = tree.epoch_root(epoch, row.time_ms);
+        let Some(inclusion) = tree.inclusion(tree.len() - 1) else { return Ok(None) };
+        Ok(Some(Served { session, epoch, root, inclusion, digest, txn }))
+    }
+
+    /// The page from `cursor`: entries of the covered tables `covered` (sections in that order),
+    /// then the signed epoch rows that stored answers refer to; `signature` is the snapshot
+    /// epoch's (its row in this transaction may predate it).
+    pub fn page(&self, covered: &[String], cursor: &Cursor, signature: [u8; 96]) -> Result<Page, StoreError> {
+        let rows = covered.len() as u32;
+        let (mut section, mut after) = (cursor.section, cursor.after.clone());
+        let mut entries = Vec::new();
+        let mut bytes = 0usize;
+        let full = |entries: &Vec<Entry>, bytes: usize| bytes >= PAGE_BYTES_TARGET || entries.len() >= PAGE_ENTRIES_MAX;
+        while section <= rows && !full(&entries, bytes) {
+            let name = covered.get(section as usize);
+            let opened = match name {
+                Some(name) => self.txn.open_table(table(name)),
+                None => self.txn.open_table(EPOCHS),
+            };
+            let opened = match opened {
+                Ok(opened) => opened,
+                Err(redb::TableError::TableDoesNotExist(_)) => {
+                    (section, after) = (section + 1, None);
+                    continue;
+                }
+                Err(error) => return Err(store_error(error)),
+            };
+            let start = after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+            let mut exhausted = true;
+            for entry in opened.range::<&[u8]>((start, Bound::Unbounded)).map_err(store_error)? {
+                let (key, value) = entry.map_err(store_error)?;
+                let (key, value) = (key.value().to_vec(), value.value().to_vec());
+                after = Some(key.clone());
+                let value = if name.is_some() { Some(value) } else { self.row(&key, &value, signature)? };
+                if let Some(value) = value {
+                    bytes += entry_len(&key, &value);
+                    entries.push(Entry { section, key, value });
+                }
+                if full(&entries, bytes) {
+                    exhausted = false;
+                    break;
+                }
+            }
+            if exhausted {
+                (section, after) = (section + 1, None);
+            }
+        }
+        let next = (section <= rows)
+            .then(|| entries.last().map(|e| Cursor { section: e.section, after: Some(e.key.clone()) }));
+        // A page cut on a row that was left out goes on after the last entry sent: the rows
+        // between are looked at again, which costs the server, never the receiver.
+        Ok(Page { session: self.session, epoch: self.epoch, header: None, entries, next: next.flatten() })
+    }
+
+    /// An epoch row as sent: only rows of epochs with stored answers (which need their proofs),
+    /// signed (the snapshot epoch's with `signature`).
+    fn row(&self, key: &[u8], value: &[u8], signature: [u8; 96]) -> Result<Option<Vec<u8>>, StoreError> {
+        let Ok(epoch) = <[u8; 8]>::try_from(key).map(u64::from_be_bytes) else { return Ok(None) };
+        let outcomes = self.txn.open_table(OUTCOMES).map_err(store_error)?;
+        let from = outcome_key(epoch, 0);
+        let to = outcome_key(epoch.saturating_add(1), 0);
+        if outcomes.range::<&[u8]>(from.as_slice()..to.as_slice()).map_err(store_error)?.next().is_none() {
+            return Ok(None);
+        }
+        let Ok(mut row) = EpochRow::from_bytes(value) else { return Ok(None) };
+        if epoch == self.epoch {
+            row.signature = Some(signature);
+        }
+        Ok(row.signature.is_some().then(|| row.to_bytes()))
+    }
+}
+
+/// Empty the stage (a new attempt).
+pub fn stage_clear(db: &Database) -> Result<(), StoreError> {
+    let txn = db.begin_write().map_err(store_error)?;
+    txn.delete_table(STAGE).map_err(store_error)?;
+    txn.commit().map_err(store_error)
+}
+
+/// Stage a checked page's entries.
+pub fn stage(db: &Database, page: &Page) -> Result<(), StoreError> {
+    let txn = db.begin_write().map_err(store_error)?;
+    {
+        let mut stage = txn.open_table(STAGE).map_err(store_error)?;
+        for entry in &page.entries {
+            let key = [&entry.section.to_be_bytes()[..], &entry.key].concat();
+            stage.insert(key.as_slice(), entry.value.as_slice()).map_err(store_error)?;
+        }
+    }
+    txn.commit().map_err(store_error)
+}
+
+/// Install the staged snapshot of the state after `epoch` in `txn`: the covered tables are
+/// replaced by its entries, its epoch rows added, the digest and the next epoch set, the stage
+/// emptied. Returns the entries installed.
+pub fn install(
+    txn: &WriteTransaction,
+    covered: &[String],
+    epoch: u64,
+    digest: &StateDigest,
+) -> Result<u64, StoreError> {
+    for name in covered {
+        txn.delete_table(table(name)).map_err(store_error)?;
+    }
+    let mut installed = 0u64;
+    {
+        let mut targets = Vec::with_capacity(covered.len() + 1);
+        for name in covered {
+            targets.push(txn.open_table(table(name)).map_err(store_error)?);
+        }
+        targets.push(txn.open_table(EPOCHS).map_err(store_error)?);
+        let stage = txn.open_table(STAGE).map_err(store_error)?;
+        for entry in stage.iter().map_err(store_error)? {
+            let (key, value) = entry.map_err(store_error)?;
+            let key = key.value();
+            let Some(section) = key.get(..4).and_then(|s| <[u8; 4]>::try_from(s).ok()).map(u32::from_be_bytes) else {
+                continue;
+            };
+            let Some(target) = targets.get_mut(section as usize) else { continue };
+            target.insert(&key[4..], value.value()).map_err(store_error)?;
+            installed += 1;
+        }
+    }
+    txn.delete_table(STAGE).map_err(store_error)?;
+    let mut meta = txn.open_table(META).map_err(store_error)?;
+    meta.insert(META_STATE_DIGEST, digest.to_bytes().as_slice()).map_err(store_error)?;
+    meta.insert(&b"next_epoch"[..], &(epoch + 1).to_le_bytes()[..]).map_err(store_error)?;
+    Ok(installed)
 }
 
 #[cfg(test)]

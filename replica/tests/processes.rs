@@ -196,19 +196,26 @@ fn a_replica_whose_data_was_wiped_rejoins_and_catches_up() {
             // It took the services' state from a peer's snapshot, checked against the state leaf
             // of a certified epoch, instead of replaying the log from the genesis; it fetched
             // only the skipped batches after that epoch.
-            let snapshot = snapshot_epoch(&local.log_file(2)).expect("the wiped replica installed a snapshot");
-            assert!(
-                status.log_first_epoch <= snapshot + 1,
-                "the wiped replica holds the log from at most the snapshot's next epoch ({} > {})",
-                status.log_first_epoch,
-                snapshot + 1
-            );
+            let deadline = std::time::Instant::now() + UP;
+            let snapshot = loop {
+                if let Some(epoch) = snapshot_epoch(&local.log_file(2)) {
+                    break epoch;
+                }
+                assert!(std::time::Instant::now() < deadline, "the wiped replica installed no snapshot within {UP:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
             // Its own answers verify alone: it certifies the epochs after the snapshot with the
             // others (its state leaf is theirs).
             let alone = only_first(dir.path());
             let ordered = alone.submit_with_id(2, b"answered by the wiped replica".to_vec()).await;
             let ordered = ordered.expect("the wiped replica answers with a certificate that verifies");
             acknowledged.push((ordered, b"answered by the wiped replica".to_vec()));
+            let first = probe.status(NodeIndex(2)).await.expect("status").log_first_epoch;
+            assert!(
+                0 < first && first <= snapshot + 1,
+                "the wiped replica fetched no batch before the snapshot: its log starts at {first}, not in 1..={}",
+                snapshot + 1
+            );
             let all = logs(&probe, &[0, 1, 2, 3]).await;
             assert_logs_agree(&all);
             let complete: Vec<_> = [0, 1, 3].iter().map(|&i| all[i].clone()).collect();

@@ -582,6 +582,83 @@ mod tests {
         assert!(receive(&pages(&other, &good, &good), &public).is_err(), "another key's certificate");
     }
 
+    /// A store's state served page by page from one read transaction — while the server writes
+    /// on — staged and installed elsewhere, gives the same digest; the epoch row its answers need
+    /// comes signed.
+    #[test]
+    fn a_snapshot_served_page_by_page_installs_the_same_state() {
+        use crate::host::tables::{recompute_digest, WriteTables};
+        use fides_service::Tables;
+        use redb::TableHandle;
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let server = Database::create(dir.path().join("server.redb")).expect("a store");
+        let covered: Vec<String> = vec!["bistro_events".into(), OUTCOMES.name().to_owned()];
+        let write = |epoch: u64, values: u8| {
+            let txn = server.begin_write().expect("write");
+            {
+                let mut tables = WriteTables::new(&txn, &covered).expect("open");
+                for k in 0..300u16 {
+                    tables.put("bistro_events", &k.to_be_bytes(), &vec![values; 10_000]).expect("put");
+                }
+                tables.put(OUTCOMES.name(), &outcome_key(epoch, 0), b"an answer").expect("put");
+                tables.store_digest(&txn).expect("digest");
+                let state = Leaf::State { epoch, digest: tables.digest().commitment() }.hash();
+                let row = EpochRow { time_ms: 10, leaves: vec![[3; 32], state], signature: None };
+                let mut epochs = txn.open_table(EPOCHS).expect("epochs");
+                epochs.insert(&epoch.to_be_bytes()[..], row.to_bytes().as_slice()).expect("row");
+                let mut meta = txn.open_table(META).expect("meta");
+                meta.insert(&b"next_epoch"[..], &(epoch + 1).to_le_bytes()[..]).expect("next");
+            }
+            txn.commit().expect("commit");
+        };
+        write(4, 1);
+        let served = Served::open(&server, 77).expect("open").expect("a state to serve");
+        assert_eq!(served.epoch, 4);
+        write(5, 2); // The server goes on; the session still serves epoch 4.
+        let secret = blsttc::SecretKey::random();
+        let public = secret.public_key();
+        let cluster = Cluster { id: &CLUSTER, public: &public };
+        let signature = secret.sign_g2(served.root.point(&CLUSTER)).to_bytes();
+        let certificate = Certificate { root: served.root, signature };
+        let receiver = Database::create(dir.path().join("receiver.redb")).expect("a store");
+        stage_clear(&receiver).expect("clear");
+        let (mut cursor, mut receiving, mut pages) = (Cursor::start(), None, 0);
+        loop {
+            let mut page = served.page(&covered, &cursor, signature).expect("a page");
+            if pages == 0 {
+                page.header = Some(Header { digest: served.digest, inclusion: served.inclusion.clone(), certificate });
+                receiving = Some(Receiving::start(&page, &cluster).expect("a certified state leaf"));
+            }
+            let page = Page::from_bytes(&page.to_bytes()).expect("decodes");
+            let taking = receiving.as_mut().expect("started");
+            taking.take(&page, &covered, &cluster).expect("a good page");
+            stage(&receiver, &page).expect("staged");
+            pages += 1;
+            match page.next {
+                Some(next) => cursor = next,
+                None => break,
+            }
+        }
+        assert!(pages >= 3, "3 MB of entries come in pages of about 1 MiB ({pages})");
+        let digest = receiving.expect("started").finish().expect("the certified digest");
+        let txn = receiver.begin_write().expect("write");
+        let installed = install(&txn, &covered, 4, &digest).expect("install");
+        txn.commit().expect("commit");
+        assert_eq!(installed, 300 + 1 + 1, "entries, the answer and its epoch row");
+        assert_eq!(recompute_digest(&receiver, &covered).expect("recompute").commitment(), served.digest);
+        let read = receiver.begin_read().expect("read");
+        let row = read
+            .open_table(EPOCHS)
+            .expect("epochs")
+            .get(&4u64.to_be_bytes()[..])
+            .expect("get")
+            .map(|v| v.value().to_vec());
+        let row = EpochRow::from_bytes(&row.expect("the row of epoch 4")).expect("decodes");
+        assert_eq!(row.signature, Some(signature), "signed with the snapshot's certificate");
+        let meta = read.open_table(META).expect("meta");
+        assert_eq!(meta_u64(&meta, b"next_epoch").expect("read"), Some(5));
+    }
+
     #[test]
     fn epoch_rows_are_checked_against_the_cluster_key_and_bounds_hold() {
         let secret = blsttc::SecretKey::random();

@@ -33,6 +33,9 @@ pub(super) const SNAPSHOT_PAGE: u8 = 5;
 const PAGE_WAIT: Duration = Duration::from_secs(10);
 /// A served session idle this long is closed (its read transaction released).
 const SERVED_IDLE: Duration = Duration::from_secs(60);
+/// A served session is closed after this long in any case: its read transaction keeps the pages
+/// of that state from being reused, so a peer must not hold one open forever.
+const SERVED_MAX: Duration = Duration::from_secs(600);
 /// How often the driver's store is looked at for a backfill the services wait on.
 const POLL_EVERY: Duration = Duration::from_millis(500);
 /// A worker with state that lacks at least this many skipped epochs fetches a snapshot; with
@@ -72,6 +75,7 @@ struct Serving {
     /// A first page waiting for the epoch's certificate.
     waiting: bool,
     used: Instant,
+    opened: Instant,
 }
 
 impl Worker {
@@ -83,7 +87,7 @@ impl Worker {
         for peer in waiting {
             self.serve(peer, &Cursor::start());
         }
-        self.snapshots.served.retain(|_, s| s.used.elapsed() < SERVED_IDLE);
+        self.snapshots.served.retain(|_, s| s.used.elapsed() < SERVED_IDLE && s.opened.elapsed() < SERVED_MAX);
         if let Some(fetch) = &self.snapshots.fetch {
             if fetch.asked.elapsed() > PAGE_WAIT {
                 tracing::info!(peer = fetch.peer.0, "no snapshot page within {PAGE_WAIT:?}: asking the next peer");
@@ -179,7 +183,7 @@ impl Worker {
             }
             match Served::open(&self.db, ask.session) {
                 Ok(Some(served)) => {
-                    let serving = Serving { served, waiting: false, used: Instant::now() };
+                    let serving = Serving { served, waiting: false, used: Instant::now(), opened: Instant::now() };
                     self.snapshots.served.insert(from, serving);
                 }
                 Ok(None) => return, // Nothing to serve yet.

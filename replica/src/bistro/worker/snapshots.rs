@@ -121,8 +121,9 @@ impl Worker {
             self.snapshots.attempts = 0;
             self.next_attempt();
         } else {
-            // A short gap: the skipped batches are cheaper to replay. The driver need not wait.
-            self.give_floor(self.next_epoch.min(backfill.low));
+            // A short gap: the skipped batches are cheaper to replay (or, past them already, we
+            // need none of them). The driver need not wait.
+            self.give_floor(self.next_epoch);
         }
     }
 

@@ -659,6 +659,44 @@ mod tests {
         assert_eq!(meta_u64(&meta, b"next_epoch").expect("read"), Some(5));
     }
 
+    /// The decoders of a peer's asks and pages take any bytes without panicking, and what they
+    /// accept encodes back to the same bytes.
+    #[test]
+    fn snapshot_decoders_take_any_bytes_without_panicking() {
+        use rand::{Rng, RngCore, SeedableRng};
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(21);
+        let secret = blsttc::SecretKey::random();
+        let good = sorted(entries());
+        let mut samples: Vec<Vec<u8>> = pages(&secret, &good, &good).iter().map(|p| p.to_bytes()).collect();
+        samples.push(Ask { session: 4, cursor: Cursor { section: 1, after: Some(vec![5; 9]) } }.to_bytes());
+        samples.push(EpochRow { time_ms: 1, leaves: vec![[2; 32]; 3], signature: Some([3; 96]) }.to_bytes());
+        for _ in 0..5_000 {
+            let mut bytes = if rng.gen_bool(0.7) {
+                samples[rng.gen_range(0..samples.len())].clone()
+            } else {
+                let mut bytes = vec![0u8; rng.gen_range(0..300)];
+                rng.fill_bytes(&mut bytes);
+                bytes
+            };
+            if !bytes.is_empty() {
+                for _ in 0..rng.gen_range(0..4) {
+                    let at = rng.gen_range(0..bytes.len());
+                    bytes[at] ^= 1 << rng.gen_range(0..8);
+                }
+                bytes.truncate(rng.gen_range(0..=bytes.len()));
+            }
+            if let Ok(page) = Page::from_bytes(&bytes) {
+                assert_eq!(page.to_bytes(), bytes);
+            }
+            if let Ok(ask) = Ask::from_bytes(&bytes) {
+                assert_eq!(ask.to_bytes(), bytes);
+            }
+            if let Ok(row) = EpochRow::from_bytes(&bytes) {
+                assert_eq!(row.to_bytes(), bytes);
+            }
+        }
+    }
+
     #[test]
     fn epoch_rows_are_checked_against_the_cluster_key_and_bounds_hold() {
         let secret = blsttc::SecretKey::random();

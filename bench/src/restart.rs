@@ -6,7 +6,8 @@
 //! SIGKILL and started again; the bench prints the events it replayed and the time until it
 //! answers and has caught up with where the others were when it was killed. Then the same
 //! replica is stopped, its data wiped and started again; the bench prints the time until it has
-//! caught up and until it holds the whole log again (the skipped batches fetched from its peers).
+//! caught up and until its services' state is installed from a peer's snapshot (the history before
+//! is neither fetched nor replayed).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -108,17 +109,20 @@ async fn measure(local: &mut LocalCluster, args: &RestartArgs) -> anyhow::Result
 
     local.stop(victim, Duration::from_secs(10));
     local.wipe(victim)?;
+    let log_before = std::fs::metadata(local.log_file(victim)).map_or(0, |m| m.len() as usize);
     let target = probe.status(NodeIndex(0)).await?.next_epoch;
     let wiped = Instant::now();
     local.start(victim)?;
     wait_status(&probe, victim, within).await?;
     wait_epoch(&probe, victim, target, within).await?;
     let rejoined = wiped.elapsed().as_secs_f64();
-    wait_complete(&probe, victim, within).await?;
-    let complete = wiped.elapsed().as_secs_f64();
+    let snapshot = wait_snapshot(&local.log_file(victim), log_before, within).await?;
+    let installed = wiped.elapsed().as_secs_f64();
+    let first = probe.status(NodeIndex(victim)).await?.log_first_epoch;
     println!(
-        "wiped replica → caught up with epoch {target}: {rejoined:.2} s; → whole log of {history} requests fetched: \
-         {complete:.2} s"
+        "wiped replica → caught up with epoch {target}: {rejoined:.2} s; → services' state installed from a \
+         snapshot of epoch {snapshot}: {installed:.2} s (log held from epoch {first}: the history before is not \
+         fetched nor replayed)"
     );
     stop.store(true, Ordering::Relaxed);
     for task in tasks {
@@ -178,13 +182,23 @@ async fn wait_epoch(probe: &Client, i: u32, epoch: u64, within: Duration) -> any
     Ok(())
 }
 
-async fn wait_complete(probe: &Client, i: u32, within: Duration) -> anyhow::Result<()> {
+/// The epoch of the snapshot of the services' state a wiped replica installed: its log line after
+/// byte `from` of its log file.
+async fn wait_snapshot(log_file: &Path, from: usize, within: Duration) -> anyhow::Result<u64> {
+    let marker = "installed the services' state from a snapshot of epoch ";
     let deadline = Instant::now() + within;
-    while probe.status(NodeIndex(i)).await.map_or(true, |s| s.log_first_epoch > 0) {
-        anyhow::ensure!(Instant::now() < deadline, "replica {i} did not fetch its whole log within {within:?}");
+    loop {
+        let text = std::fs::read_to_string(log_file).unwrap_or_default();
+        let found = text.get(from..).and_then(|new| {
+            let at = new.find(marker)? + marker.len();
+            new[at..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+        });
+        if let Some(epoch) = found {
+            return Ok(epoch);
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the wiped replica installed no snapshot within {within:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Ok(())
 }
 
 /// The `replayed=N` of the last "replayed the log" line of a replica's log file.

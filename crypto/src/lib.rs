@@ -54,6 +54,11 @@ pub mod domain {
     pub const CERT_NODE: &[u8] = b"fides/v1/cert-node";
     /// The message the cluster signs once per epoch: that tree's root and what it covers.
     pub const CERT_ROOT: &[u8] = b"fides/v1/cert-root";
+    /// One entry `(table, key, value)` of the services' state, expanded to the lanes of the state
+    /// digest (BLAKE3's key-derivation context, so the XOF output is bound to this use).
+    pub const STATE_ENTRY: &[u8] = b"fides/v1/state-entry";
+    /// The commitment to the services' state: SHA-256 of the state digest's lanes.
+    pub const STATE_DIGEST: &[u8] = b"fides/v1/state-digest";
     /// The key stream of a labeled threshold capsule, derived from `S = pk·r`.
     pub const LABELED_KDF: &[u8] = b"fides/v1/labeled-kdf";
     /// The point `H(U, V, label)` of a labeled threshold capsule, hashed to G2.

@@ -9,6 +9,10 @@
 //! then the digest before the page above). The digest before `a` is then trusted in turn, down to
 //! the first missing epoch (or to the genesis digest). A peer can only waste a request: it cannot
 //! make a replica store a batch that is not the cluster's.
+//!
+//! The first missing epoch may be raised while it runs: the services' side, once it installed a
+//! snapshot of the services' state after epoch `S`, needs no batch before `S + 1`, and the driver
+//! then stops the backfill there (`low = S + 1`; done at once if that is past `high`).
 
 use fides_atomic_broadcast::checkpoint::{log_next, Digest};
 use fides_types::codec::{DecodeError, Reader, Wire};

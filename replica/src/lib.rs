@@ -12,7 +12,8 @@
 //!   the dealer's Ed25519 identities; behind a trait so tests can join replicas in memory.
 //!
 //! The service host:
-//! - [`host`]: what the services share (delivered batches in, their tables, each epoch's row).
+//! - [`host`]: what the services share (delivered batches in, their tables and state digest, each
+//!   epoch's row, snapshots of their state for a replica that lost it).
 //!
 //! The gRPC adapters (wire types from `fides-api`):
 //! - [`grpc`]: the client API (`fides.v1.Ordering`), health and reflection;

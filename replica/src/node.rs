@@ -208,6 +208,12 @@ pub enum Command {
         /// Our vote.
         vote: fides_agreement::Vote,
     },
+    /// The services need no batch before `epoch` (they installed a snapshot of the state after
+    /// `epoch - 1`, or gave up on one and replay from `epoch`): fetch no skipped batch below it.
+    BackfillFloor {
+        /// The first epoch the services need.
+        epoch: u64,
+    },
     /// Delivered batches from an epoch on.
     Log {
         /// First epoch.
@@ -352,6 +358,9 @@ impl Hello {
     }
 }
 
+/// How long the backfill waits after a checkpoint jump for the services' side to say from where
+/// it needs the skipped batches (it fetches a snapshot of the services' state first).
+const BACKFILL_HOLD: Duration = Duration::from_secs(20);
 /// Epochs behind the next one for which the ledger remembers checkpoint shares.
 const LEDGER_CHECKPOINT_EPOCHS: u64 = 1024;
 
@@ -397,6 +406,9 @@ pub struct Node<T: Transport> {
     /// The backfill page asked for, from whom, when.
     backfill_asked: Option<(NodeIndex, Instant)>,
     backfill_turn: u32,
+    /// No backfill page is asked for before this: the services' side may first fetch a snapshot
+    /// and say from where it needs batches ([`Command::BackfillFloor`]).
+    backfill_hold: Option<Instant>,
     /// When each peer's page request was last answered (answers are rate-limited).
     pages_answered: BTreeMap<NodeIndex, Instant>,
     delivered_requests: u64,
@@ -482,6 +494,7 @@ impl<T: Transport> Node<T> {
             backfill: None,
             backfill_asked: None,
             backfill_turn: 0,
+            backfill_hold: None,
             pages_answered: BTreeMap::new(),
             delivered_requests: 0,
             first_epoch: None,
@@ -531,6 +544,51 @@ impl<T: Transport> Node<T> {
     /// Pass service frames and news of written batches to `sink`.
     pub fn set_service(&mut self, sink: ServiceSink) {
         self.service = Some(sink);
+        if self.backfill.is_some() {
+            self.hold_backfill();
+        }
+    }
+
+    /// Wait at most [`BACKFILL_HOLD`] for the services' side to say from where it needs the
+    /// skipped batches (after a snapshot, not from the first missing one).
+    fn hold_backfill(&mut self) {
+        if self.service.is_some() {
+            self.backfill_hold = Some(Instant::now() + BACKFILL_HOLD);
+        }
+    }
+
+    /// The services need no batch before `floor`: the backfill stops there.
+    fn on_backfill_floor(&mut self, floor: u64) {
+        self.backfill_hold = None;
+        let Some(backfill) = &mut self.backfill else { return };
+        if floor <= backfill.low {
+            return;
+        }
+        if floor <= backfill.high {
+            backfill.low = floor;
+            self.derived.backfill = Some(Some(backfill.clone()));
+            tracing::info!(floor, "the services need no batch before the floor: the backfill stops there");
+            return;
+        }
+        let after = backfill.high + 1;
+        self.backfill = None;
+        self.backfill_asked = None;
+        self.derived.backfill = Some(None);
+        let first = self.log_start(after);
+        self.first_epoch = Some(first);
+        self.derived.first_epoch = Some(first);
+        tracing::info!(floor, from_epoch = first, "the services need none of the skipped batches: no backfill");
+    }
+
+    /// Where the log served starts once every batch from `low` on is held: at the first batch
+    /// held, unless one just before `low` is missing (a floor left a hole), then at `low`.
+    fn log_start(&self, low: u64) -> u64 {
+        let first = self.store.first_batch_epoch().ok().flatten().map_or(low, |f| f.min(low));
+        if first < low && !matches!(self.store.batch(low - 1), Ok(Some(_))) {
+            low
+        } else {
+            first
+        }
     }
 
     /// Hand decisions of agreement instances to `sink` (those decided so far, the replay's
@@ -868,6 +926,9 @@ impl<T: Transport> Node<T> {
 
     /// Ask a peer (in turn) for the next page of the backfill, again after 2 s without an answer.
     fn ask_page(&mut self) {
+        if self.backfill_hold.is_some_and(|until| Instant::now() < until) {
+            return;
+        }
         let Some(backfill) = &self.backfill else { return };
         if self.backfill_asked.is_some_and(|(_, at)| at.elapsed() < Duration::from_secs(2)) {
             return;
@@ -924,7 +985,7 @@ impl<T: Transport> Node<T> {
                     let low = backfill.low;
                     self.backfill = None;
                     self.derived.backfill = Some(None);
-                    let first = self.store.first_batch_epoch().ok().flatten().map_or(low, |f| f.min(low));
+                    let first = self.log_start(low);
                     self.first_epoch = Some(first);
                     self.derived.first_epoch = Some(first);
                     tracing::info!(index = self.our_index.0, from_epoch = first, "the log is complete again");
@@ -1054,6 +1115,7 @@ impl<T: Transport> Node<T> {
                 }
                 self.fault(peer, fault_name(&kind));
             }
+            Command::BackfillFloor { epoch } => self.on_backfill_floor(epoch),
             Command::Log { from, max, reply } => {
                 let first = self.first_epoch.unwrap_or(0);
                 // At most 512 batches and about 3 MiB (gRPC clients refuse messages over 4 MiB by
@@ -1159,6 +1221,7 @@ impl<T: Transport> Node<T> {
             }
             self.backfill = Some(backfill);
             self.backfill_asked = None;
+            self.hold_backfill();
         }
         self.last_delivered = Some(self.last_delivered.map_or(checkpoint.epoch, |e| e.max(checkpoint.epoch)));
         self.derived.checkpoint = Some(checkpoint.clone());

@@ -551,6 +551,15 @@ impl BatchReader {
         }
     }
 
+    /// The batches still to fetch after a checkpoint jump (the driver's backfill), if any: the
+    /// services' side fetches a snapshot instead when it needs them.
+    pub fn backfill(&self) -> Result<Option<Backfill>, StoreError> {
+        let read = self.db.begin_read()?;
+        let meta = read.open_table(META)?;
+        let value = meta.get(KEY_BACKFILL)?.map(|v| v.value().to_vec());
+        value.map(|v| Backfill::from_bytes(&v).map_err(|e| StoreError::Corrupt(format!("backfill: {e}")))).transpose()
+    }
+
     /// Up to `max` stored batches from `from` on, in epoch order.
     pub fn batches(&self, from: u64, max: usize) -> Result<Vec<StoredBatch>, StoreError> {
         let read = self.db.begin_read()?;

@@ -190,18 +190,61 @@ fn a_replica_whose_data_was_wiped_rejoins_and_catches_up() {
             wait_up(&probe, &mut local, 2, UP).await;
             order(&probe, "after", 12, &mut acknowledged).await;
             let max_epoch = acknowledged.iter().map(|(o, _)| o.epoch).max().unwrap_or(0);
-            wait_converged(&probe, &[0, 1, 2, 3], max_epoch + 1, UP).await;
+            wait_agreeing(&probe, &[0, 1, 2, 3], max_epoch + 1, UP, false).await;
             let status = probe.status(NodeIndex(2)).await.expect("status");
             assert!(!status.joining, "the wiped replica has decided from which epoch it votes");
-            assert_eq!(status.log_first_epoch, 0, "the wiped replica fetched the whole log, verified");
-            let logs = logs(&probe, &[0, 1, 2, 3]).await;
-            assert_logs_agree(&logs);
-            assert_acknowledged_present(&logs, &acknowledged);
+            // It took the services' state from a peer's snapshot, checked against the state leaf
+            // of a certified epoch, instead of replaying the log from the genesis; it fetched
+            // only the skipped batches after that epoch.
+            let deadline = std::time::Instant::now() + UP;
+            let snapshot = loop {
+                if let Some(epoch) = snapshot_epoch(&local.log_file(2)) {
+                    break epoch;
+                }
+                assert!(std::time::Instant::now() < deadline, "the wiped replica installed no snapshot within {UP:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            // Its own answers verify alone: it certifies the epochs after the snapshot with the
+            // others (its state leaf is theirs).
+            let alone = only_first(dir.path());
+            let ordered = alone.submit_with_id(2, b"answered by the wiped replica".to_vec()).await;
+            let ordered = ordered.expect("the wiped replica answers with a certificate that verifies");
+            acknowledged.push((ordered, b"answered by the wiped replica".to_vec()));
+            let first = probe.status(NodeIndex(2)).await.expect("status").log_first_epoch;
+            assert!(
+                0 < first && first <= snapshot + 1,
+                "the wiped replica fetched no batch before the snapshot: its log starts at {first}, not in 1..={}",
+                snapshot + 1
+            );
+            let all = logs(&probe, &[0, 1, 2, 3]).await;
+            assert_logs_agree(&all);
+            let complete: Vec<_> = [0, 1, 3].iter().map(|&i| all[i].clone()).collect();
+            assert_acknowledged_present(&complete, &acknowledged);
             assert_no_equivocation(&probe, &[0, 1, 2, 3]).await;
         },
         Duration::from_secs(240),
     );
     local.stop_all(Duration::from_secs(10));
+}
+
+/// The epoch of the last snapshot of the services' state a replica installed, from its log.
+fn snapshot_epoch(log: &std::path::Path) -> Option<u64> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let marker = "installed the services' state from a snapshot of epoch ";
+    let line = text.lines().rev().find(|l| l.contains(marker))?;
+    let at = line.find(marker)? + marker.len();
+    line[at..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
+
+/// A client whose request `id` goes to replica `id % 4` and nowhere else.
+fn only_first(dir: &std::path::Path) -> fides_client_sdk::Client {
+    let options = fides_client_sdk::ClientOptions {
+        attempt_timeout: Duration::from_secs(20),
+        attempts_max: 1,
+        client: Some(0),
+        ..fides_client_sdk::ClientOptions::default()
+    };
+    fides_client_sdk::Client::connect(&dir.join("cluster.toml"), options).expect("client")
 }
 
 /// Run `replica run` for replica 0 of the cluster in `dir` with `extra` arguments; its exit status

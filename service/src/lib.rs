@@ -13,15 +13,19 @@
 //!   `EpochSigner` protocol that threshold-signs its root once per epoch;
 //! - [`rsa_signer`]: the `RsaSigner` protocol that threshold-signs, with Shoup's threshold RSA,
 //!   the messages services ask for (`Outcome::ThresholdSign`).
+//! - [`state`]: the digest of the services' state (a lattice multiset hash kept write by write),
+//!   which every epoch's certificate covers in its state leaf.
 
 pub mod certificate;
 pub mod interface;
 pub mod registry;
 pub mod rsa_signer;
+pub mod state;
 pub mod tables;
 
 pub use interface::{
     Applied, Code, Decision, EpochStart, InstanceId, Outcome, QueryError, Refusal, SchemeId, Service, ServiceId,
 };
 pub use registry::{BatchOutcomes, Decoded, ErasedService, Ordered, Registry, RegistryError, Route};
+pub use state::StateDigest;
 pub use tables::{prefix_end, Entries, MemoryTables, Namespaced, Overlay, ReadOnly, StoreError, Tables};

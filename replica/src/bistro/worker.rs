@@ -30,14 +30,16 @@ use fides_bistro::records::{domain, EventId};
 use fides_bistro::service::{view, Code, Outcome, Service};
 use fides_crypto::ThresholdKeys;
 use fides_service::certificate::{self, Certificate, EpochSigner, Leaf, SignerConfig, Tree};
-use fides_service::{BatchOutcomes, Ordered, Registry, StoreError};
+use fides_service::{BatchOutcomes, Ordered, Registry, StoreError, Tables};
 use fides_types::codec::Wire;
 use fides_types::{NodeIndex, Protocol, Quorum, Step, Target};
-use redb::{Database, ReadableDatabase, ReadableTable};
+use redb::{Database, ReadableDatabase, ReadableTable, TableHandle};
 use tokio::sync::oneshot;
 
 use super::kv;
 pub use crate::host::epochs::EpochRow;
+
+mod snapshots;
 use crate::host::epochs::{outcome_key, StoredAnswer};
 use crate::host::tables::{self, ReadTables, WriteTables};
 use crate::host::threshold::{self, RsaKeys, ThresholdSigning};
@@ -55,9 +57,12 @@ const EPOCHS_PER_TXN: usize = 64;
 /// sends our share again (a frame may have been dropped on a full queue, or a peer restarted).
 const RESEND_AFTER: Duration = Duration::from_secs(2);
 /// The store's format: 2 since the epoch certificate (leaves of every epoch are ordering and
-/// service leaves). A store of format 1 (the bistro's own tree) is set aside and rebuilt from the
-/// log.
-const STORE_FORMAT: u32 = 2;
+/// service leaves), 3 since the state digest (kept in the meta table; every epoch's last leaf is
+/// the state leaf). A store of format 1 (the bistro's own tree) is set aside and rebuilt from the
+/// log; one of format 2 gets its digest computed once (see [`ensure_digest`]).
+const STORE_FORMAT: u32 = 3;
+/// The format before the state digest.
+const STORE_FORMAT_NO_DIGEST: u32 = 2;
 /// Trees kept in memory for answering paths.
 const TREES_MAX: usize = 64;
 /// The worker's queue (frames, batches, waiters, queries).
@@ -331,6 +336,8 @@ struct Worker {
     /// Recent epochs' trees, agreed times and signatures, for answering paths.
     trees: HashMap<u64, Cached>,
     tree_order: std::collections::VecDeque<u64>,
+    /// Snapshots of the services' state served and fetched.
+    snapshots: snapshots::Snapshots,
 }
 
 /// Open the bistro store in `dir` and start the worker on its own thread.
@@ -341,7 +348,7 @@ pub fn start(dir: &Path, mut setup: WorkerSetup) -> anyhow::Result<(WorkerHandle
         // Its queries (events, relays, collections, uploads to fetch) are answered here.
         anyhow::bail!("the services' worker answers the bistro's queries: register the bistro");
     }
-    let store_tables = registry.store_tables();
+    let store_tables = covered_tables(&registry);
     {
         let txn = db.begin_write()?;
         for name in &store_tables {
@@ -353,6 +360,7 @@ pub fn start(dir: &Path, mut setup: WorkerSetup) -> anyhow::Result<(WorkerHandle
         ThresholdSigning::open_tables(&txn)?;
         txn.commit()?;
     }
+    ensure_digest(&db, &store_tables)?;
     let next_epoch = {
         let read = db.begin_read()?;
         let meta = read.open_table(tables::META)?;
@@ -391,6 +399,7 @@ pub fn start(dir: &Path, mut setup: WorkerSetup) -> anyhow::Result<(WorkerHandle
         waiters: BTreeMap::new(),
         trees: HashMap::new(),
         tree_order: Default::default(),
+        snapshots: Default::default(),
     };
     worker.load_unsigned()?;
     worker.threshold.load(&worker.db)?;
@@ -427,8 +436,7 @@ fn open_store(dir: &Path) -> anyhow::Result<Database> {
         format
     };
     match format {
-        None => Ok(db),
-        Some(STORE_FORMAT) => Ok(db),
+        None | Some(STORE_FORMAT) | Some(STORE_FORMAT_NO_DIGEST) => Ok(db),
         Some(1) => {
             drop(db);
             let aside = dir.join("bistro.format1.redb");
@@ -445,6 +453,30 @@ fn open_store(dir: &Path) -> anyhow::Result<Database> {
             path.display()
         ),
     }
+}
+
+/// A store of format 2 (before the state digest) gets its digest computed once from its covered
+/// tables, and is marked format 3. Its epochs applied before keep their trees without a state leaf.
+fn ensure_digest(db: &Database, covered: &[String]) -> anyhow::Result<()> {
+    let format = {
+        let read = db.begin_read()?;
+        let meta = read.open_table(tables::META)?;
+        let value = meta.get(&b"format"[..])?.map(|v| v.value().to_vec());
+        value.and_then(|v| <[u8; 4]>::try_from(v.as_slice()).ok()).map(u32::from_le_bytes)
+    };
+    if format != Some(STORE_FORMAT_NO_DIGEST) {
+        return Ok(());
+    }
+    let digest = tables::recompute_digest(db, covered)?;
+    let txn = db.begin_write()?;
+    {
+        let mut meta = txn.open_table(tables::META)?;
+        meta.insert(tables::META_STATE_DIGEST, digest.to_bytes().as_slice())?;
+        meta.insert(&b"format"[..], &STORE_FORMAT.to_le_bytes()[..])?;
+    }
+    txn.commit()?;
+    tracing::info!("the services' store is of format 2: its state digest was computed, it is of format 3 now");
+    Ok(())
 }
 
 /// The leaves of an epoch's certificate (docs/certificate.md): one ordering leaf per request —
@@ -486,6 +518,21 @@ fn epoch_leaves(batch: &Batch, outcomes: &BatchOutcomes) -> (Vec<[u8; 32]>, Vec<
         answers.push((*index, answer));
     }
     (leaves, answers)
+}
+
+/// The last leaf of an epoch's tree: the state digest of the covered tables after the epoch
+/// (docs/certificate.md, state leaf).
+fn state_leaf(epoch: u64, kv: &WriteTables<'_>) -> [u8; 32] {
+    Leaf::State { epoch, digest: kv.digest().commitment() }.hash()
+}
+
+/// The tables the state digest covers, by their names in the store: every service's, the
+/// answers of the routed requests, and the bistro's record index (docs/service.md).
+fn covered_tables(registry: &Registry) -> Vec<String> {
+    let mut names = registry.store_tables();
+    names.extend([tables::OUTCOMES.name().to_owned(), kv::RECORD_AT.name().to_owned()]);
+    names.sort();
+    names
 }
 
 impl Worker {
@@ -604,6 +651,7 @@ impl Worker {
                 tracing::error!(%error, "the bistro service cannot go on: its store failed");
                 return;
             }
+            self.poll_snapshots();
             self.resend_shares();
             self.threshold.resend(&self.db);
             self.answer_waiters();
@@ -619,6 +667,9 @@ impl Worker {
 
     /// Apply every delivered batch from `next_epoch` on.
     fn advance(&mut self) -> Result<(), anyhow::Error> {
+        if self.snapshots.fetching() {
+            return Ok(()); // The state comes whole from a peer.
+        }
         loop {
             let batches = self.intake.next_batches(self.next_epoch, EPOCHS_PER_TXN)?;
             if batches.is_empty() {
@@ -633,13 +684,16 @@ impl Worker {
                     let requests =
                         batch.requests.iter().map(|r| Ordered { client: r.client, request: r.id, payload: &r.payload });
                     let outcomes = self.registry.apply_batch(&mut kv, batch.epoch, batch.time, requests)?;
-                    let (leaves, answers) = epoch_leaves(batch, &outcomes);
-                    Self::write_epoch(&txn, batch, &leaves, &answers)?;
+                    let (mut leaves, answers) = epoch_leaves(batch, &outcomes);
+                    Self::write_answers(&mut kv, &txn, batch, &answers)?;
+                    leaves.push(state_leaf(batch.epoch, &kv));
+                    Self::write_epoch(&txn, batch, &leaves)?;
                     let asks = threshold::asks(&outcomes);
                     self.threshold.write_pending(&txn, batch.epoch, &asks)?;
                     asked.push((batch.epoch, asks));
                     applied.push((batch.epoch, batch.time, leaves));
                 }
+                kv.store_digest(&txn)?;
                 let next = batches.last().map_or(self.next_epoch, |b| b.epoch + 1);
                 let mut meta = txn.open_table(tables::META)?;
                 meta.insert(&b"next_epoch"[..], &next.to_le_bytes()[..])?;
@@ -663,25 +717,25 @@ impl Worker {
         }
     }
 
-    fn write_epoch(
+    /// Each routed request's answer (covered by the state digest) and the bistro's indexes.
+    fn write_answers(
+        kv: &mut WriteTables<'_>,
         txn: &redb::WriteTransaction,
         batch: &Batch,
-        leaves: &[[u8; 32]],
         answers: &[(u32, StoredAnswer)],
     ) -> Result<(), anyhow::Error> {
-        let (epoch, time_ms) = (batch.epoch, batch.time);
-        {
-            let mut outcomes = txn.open_table(tables::OUTCOMES)?;
-            for (index, answer) in answers {
-                outcomes.insert(outcome_key(epoch, *index).as_slice(), answer.to_bytes().as_slice())?;
-            }
+        for (index, answer) in answers {
+            kv.put(tables::OUTCOMES.name(), &outcome_key(batch.epoch, *index), &answer.to_bytes())?;
         }
-        kv::index(txn, batch, answers)?;
-        if !leaves.is_empty() {
-            let row = EpochRow { time_ms, leaves: leaves.to_vec(), signature: None };
-            let mut epochs = txn.open_table(tables::EPOCHS)?;
-            epochs.insert(&epoch.to_be_bytes()[..], row.to_bytes().as_slice())?;
-        }
+        kv::index(kv, txn, batch, answers)?;
+        Ok(())
+    }
+
+    /// The epoch's row: its agreed time and leaves (never empty: the state leaf is the last).
+    fn write_epoch(txn: &redb::WriteTransaction, batch: &Batch, leaves: &[[u8; 32]]) -> Result<(), anyhow::Error> {
+        let row = EpochRow { time_ms: batch.time, leaves: leaves.to_vec(), signature: None };
+        let mut epochs = txn.open_table(tables::EPOCHS)?;
+        epochs.insert(&batch.epoch.to_be_bytes()[..], row.to_bytes().as_slice())?;
         Ok(())
     }
 
@@ -705,8 +759,11 @@ impl Worker {
     }
 
     fn on_frame(&mut self, from: NodeIndex, bytes: &[u8]) {
-        if let (Some(&threshold::FRAME_KIND), Some(body)) = (bytes.first(), bytes.get(1..)) {
-            return self.threshold.on_frame(&self.db, from, body);
+        match bytes.split_first() {
+            Some((&threshold::FRAME_KIND, body)) => return self.threshold.on_frame(&self.db, from, body),
+            Some((&snapshots::SNAPSHOT_ASK, body)) => return self.on_snapshot_ask(from, body),
+            Some((&snapshots::SNAPSHOT_PAGE, body)) => return self.on_snapshot_page(from, body),
+            _ => {}
         }
         let (Some(&SIGNER), Some(body)) = (bytes.first(), bytes.get(1..)) else { return };
         match certificate::Message::from_bytes(body) {

@@ -33,7 +33,11 @@ impl Wire for EpochRow {
     fn decode(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let time_ms = reader.u64()?;
         let count = reader.u32()? as usize;
-        let leaves = (0..count).map(|_| reader.array()).collect::<Result<_, _>>()?;
+        // Take the bytes first: a count from a peer (a snapshot's rows) allocates nothing it
+        // did not send.
+        let bytes = reader
+            .take(count.checked_mul(32).ok_or(DecodeError::Invalid { what: "leaf count", value: count as u64 })?)?;
+        let leaves = bytes.chunks_exact(32).map(|c| <[u8; 32]>::try_from(c).expect("chunks of 32")).collect();
         let signature = if reader.bool()? { Some(reader.array()?) } else { None };
         Ok(EpochRow { time_ms, leaves, signature })
     }

@@ -6,6 +6,8 @@
 //! - [`tables`]: the services' tables in redb, and the host's own (outcomes, epochs, meta);
 //! - [`threshold`]: signatures under other schemes (threshold RSA) that services ask for, their
 //!   exchange with the other replicas and their table;
+//! - [`snapshot`]: the services' state sent to a replica that lost it, checked against the state
+//!   leaf of a certified epoch;
 //! - [`orderer`]: ordering a request for a service and waiting for its answer, for the services'
 //!   gRPC adapters.
 //!
@@ -14,6 +16,7 @@
 pub mod epochs;
 pub mod intake;
 pub mod orderer;
+pub mod snapshot;
 pub mod tables;
 pub mod threshold;
 #[cfg(test)]

@@ -7,7 +7,8 @@
 //!
 //! - a leaf's bytes are [`Leaf::to_bytes`]: `kind u8 ‖ fields`, integers little-endian of fixed
 //!   width; an ordering leaf (kind 1) is `client u64 ‖ id u64 ‖ payload digest [32] ‖ index u32`,
-//!   a service leaf (kind 2) is `service id [4] ‖ record length u32 ‖ record`;
+//!   a service leaf (kind 2) is `service id [4] ‖ record length u32 ‖ record`, the state leaf
+//!   (kind 3, the last leaf of every epoch's tree) is `epoch u64 ‖ state digest [32]`;
 //! - a leaf's hash is `SHA-256(tagged("fides/v1/cert-leaf", [leaf bytes]))`, an inner node's
 //!   `SHA-256(tagged("fides/v1/cert-node", [left, right]))`: a node can never pass for a leaf nor
 //!   a leaf for a node (second preimages), since the two are hashed under different tags;
@@ -50,6 +51,8 @@ pub const RECORD_LEN_MAX: usize = 1 << 20;
 pub const KIND_ORDERING: u8 = 1;
 /// The kind byte of a service leaf.
 pub const KIND_SERVICE: u8 = 2;
+/// The kind byte of the state leaf.
+pub const KIND_STATE: u8 = 3;
 
 /// One thing an epoch signs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,6 +76,14 @@ pub enum Leaf {
         /// The service's canonical record bytes, at most [`RECORD_LEN_MAX`].
         record: Vec<u8>,
     },
+    /// The services' state after the epoch: the commitment of its [`crate::StateDigest`]. The last
+    /// leaf of every epoch's tree.
+    State {
+        /// The epoch (the certificate's: repeated so that the leaf names what it covers).
+        epoch: u64,
+        /// [`crate::StateDigest::commitment`] of the state after the epoch.
+        digest: Digest,
+    },
 }
 
 impl Wire for Leaf {
@@ -90,6 +101,11 @@ impl Wire for Leaf {
                 out.extend_from_slice(&service.0);
                 fides_types::codec::put_bytes(out, record);
             }
+            Leaf::State { epoch, digest } => {
+                out.push(KIND_STATE);
+                out.extend_from_slice(&epoch.to_le_bytes());
+                out.extend_from_slice(digest);
+            }
         }
     }
 
@@ -106,6 +122,7 @@ impl Wire for Leaf {
                 let record = reader.bytes(RECORD_LEN_MAX)?.to_vec();
                 Ok(Leaf::Service { service, record })
             }
+            KIND_STATE => Ok(Leaf::State { epoch: reader.u64()?, digest: reader.array()? }),
             other => Err(DecodeError::Invalid { what: "leaf kind", value: u64::from(other) }),
         }
     }
@@ -341,6 +358,30 @@ pub enum VerifyError {
     /// The signature does not verify on the certified root under the cluster's key.
     #[error("the cluster's signature does not verify on the certified root")]
     Signature,
+    /// A state leaf offered at another place than the last leaf, or under another epoch's
+    /// certificate.
+    #[error("a state leaf of epoch {epoch} must be the last leaf of that epoch's certificate")]
+    NotTheStateLeaf {
+        /// The state leaf's epoch.
+        epoch: u64,
+    },
+}
+
+/// Verify that `digest` is the services' state after `epoch`: the state leaf of that epoch is the
+/// last leaf of the tree `certificate` signs, at `inclusion`.
+pub fn verify_state(
+    cluster: &Digest,
+    public: &PublicKey,
+    epoch: u64,
+    digest: &Digest,
+    inclusion: &Inclusion,
+    certificate: &Certificate,
+) -> Result<(), VerifyError> {
+    if certificate.root.epoch != epoch || inclusion.index.checked_add(1) != Some(certificate.root.count) {
+        return Err(VerifyError::NotTheStateLeaf { epoch });
+    }
+    let leaf = Leaf::State { epoch, digest: *digest }.to_bytes();
+    verify(cluster, public, &leaf, inclusion, certificate)
 }
 
 /// The half of [`verify`] that needs no pairing: the leaf whose hash is `leaf` is at `inclusion`

@@ -193,6 +193,40 @@ fn a_certificate_verifies_with_an_independent_bls_implementation() {
     assert_ne!(sig.verify(true, &message, DST, &[], &pk, true), blst::BLST_ERROR::BLST_SUCCESS);
 }
 
+/// The state leaf has the bytes docs/certificate.md gives, and verifies only as the last leaf of
+/// its own epoch's certificate.
+#[test]
+fn the_state_leaf_verifies_only_as_the_last_leaf_of_its_epoch() {
+    let digest = [9u8; 32];
+    let leaf = Leaf::State { epoch: 77, digest };
+    let mut bytes = vec![3u8];
+    bytes.extend_from_slice(&77u64.to_le_bytes());
+    bytes.extend_from_slice(&digest);
+    assert_eq!(leaf.to_bytes(), bytes, "the doc's bytes of a state leaf");
+    assert_eq!(Leaf::from_bytes(&bytes), Ok(leaf.clone()));
+    let (keys, set) = cluster(4, 1, 11);
+    let public = set.public_keys().public_key();
+    let quorum = Quorum::new(4, 1).expect("4 tolerate 1");
+    let mut all = leaves(5);
+    all.push(leaf);
+    let tree = tree_of(&all);
+    let certificate = run_signers(&keys, quorum, tree.epoch_root(77, 1_000));
+    let last = tree.inclusion(5).expect("the last leaf");
+    assert_eq!(verify_state(&CLUSTER, &public, 77, &digest, &last, &certificate), Ok(()));
+    assert_eq!(verify_state(&CLUSTER, &public, 77, &[8; 32], &last, &certificate), Err(VerifyError::Root));
+    assert!(verify_state(&CLUSTER, &public, 78, &digest, &last, &certificate).is_err(), "another epoch");
+    // The same leaf bytes placed elsewhere in a tree are not the state leaf.
+    let mut early = all.clone();
+    early.swap(0, 5);
+    let tree = tree_of(&early);
+    let certificate = run_signers(&keys, quorum, tree.epoch_root(77, 1_000));
+    let first = tree.inclusion(0).expect("the first leaf");
+    assert_eq!(
+        verify_state(&CLUSTER, &public, 77, &digest, &first, &certificate),
+        Err(VerifyError::NotTheStateLeaf { epoch: 77 })
+    );
+}
+
 type Net = VecDeque<(NodeIndex, NodeIndex, Message)>;
 
 fn signers(keys: &[Arc<ThresholdKeys>], quorum: Quorum, config: SignerConfig) -> Vec<EpochSigner> {

@@ -62,6 +62,9 @@ pub mod domain {
     pub const SEALED_KEY: &[u8] = b"fides/v1/sealed-key";
     /// The associated data of bytes sealed to an X25519 public key.
     pub const SEALED_AAD: &[u8] = b"fides/v1/sealed-aad";
+    /// A replica's decision notice, signed with its Ed25519 identity: "my core decided agreement
+    /// instance (service, key) with this value" (ordered by the host).
+    pub const DECISION_NOTICE: &[u8] = b"fides/v1/decision-notice";
 }
 
 /// `tag || len(part) || part || …`, the byte string that gets signed or hashed.

@@ -112,13 +112,15 @@ impl Core {
         let state = get_option(&mut reader, InstancesState::decode)?;
         match (&mut self.instances, state) {
             (Some(instances), Some(state)) => instances.restore(state)?,
-            (None, None) => {}
-            // A snapshot of a core that hosted instances, read by one that does not, or the
-            // reverse: the configuration changed under the data directory.
-            (hosted, _) => {
+            // A snapshot of a version that hosted no instances: none was started, so a fresh
+            // set is that state.
+            (Some(_), None) | (None, None) => {}
+            // A snapshot of a core that hosted instances, read by one that does not: its instances
+            // would be lost.
+            (None, Some(_)) => {
                 return Err(fides_types::codec::DecodeError::Invalid {
                     what: "agreement instances in the snapshot",
-                    value: u64::from(hosted.is_some()),
+                    value: 1,
                 })
             }
         }

@@ -441,8 +441,23 @@ impl<T: Transport> Node<T> {
         transport: T,
         metrics: Arc<Metrics>,
     ) -> Result<(Node<T>, NodeHandle), NodeError> {
+        Self::start_hosting(setup, None, store_dir, transport, metrics)
+    }
+
+    /// [`Node::start`], with the core hosting `instances` (the services' agreement instances):
+    /// given before the log is replayed, so that the replay runs them as the first run did.
+    pub fn start_hosting(
+        setup: NodeSetup,
+        instances: Option<instances::Instances>,
+        store_dir: &std::path::Path,
+        transport: T,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Node<T>, NodeHandle), NodeError> {
         let (store, opened) = Store::open(store_dir, rand::random())?;
-        let core = Core::new(setup.abc, opened.seed, setup.our_index, &setup.session, setup.checkpoint_interval);
+        let mut core = Core::new(setup.abc, opened.seed, setup.our_index, &setup.session, setup.checkpoint_interval);
+        if let Some(instances) = instances {
+            core = core.with_instances(instances);
+        }
         let (commands_tx, commands) = mpsc::channel(setup.limits.waiting_max.clamp(1024, 65_536));
         let n = setup.quorum.n() as usize;
         let flood = setup.limits.fault_flood.map(|(duration, bytes)| crate::flood::Flood::new(duration, bytes));
@@ -1099,7 +1114,11 @@ impl<T: Transport> Node<T> {
             }
         }
         for (instance, error) in effects.instance_refused {
-            tracing::warn!(?instance, %error, "an agreement instance was refused");
+            match error {
+                // The host asks again after a restart for the votes it may not have handed over.
+                instances::Error::AlreadyStarted(_) => tracing::debug!(?instance, "an agreement instance runs already"),
+                error => tracing::warn!(?instance, %error, "an agreement instance was refused"),
+            }
         }
         for fault in &effects.faults {
             if fault.kind == fides_types::FaultKind::Equivocation {

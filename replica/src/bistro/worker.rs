@@ -18,7 +18,7 @@
 //! nothing. A share for an epoch certified here is answered with the certificate, which lets a
 //! replica that was down finish quickly.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
@@ -37,13 +37,16 @@ use redb::{Database, ReadableDatabase, ReadableTable};
 use tokio::sync::oneshot;
 
 use super::kv;
+use crate::host::decisions::{self, Agreements, EpochAgreements, Notice};
 pub use crate::host::epochs::EpochRow;
 use crate::host::epochs::{outcome_key, StoredAnswer};
 use crate::host::tables::{self, ReadTables, WriteTables};
 use crate::host::{Intake, Lag};
 use crate::node::{Command, NodeHandle, ServiceEvent, FRAME_SERVICE};
 use crate::store::BatchReader;
-use fides_atomic_broadcast::epoch::Batch;
+use fides_agreement::Vote;
+use fides_atomic_broadcast::epoch::{Batch, Request as AbcRequest};
+use fides_atomic_broadcast::instances::{Decided, InstanceId as CoreInstance};
 
 /// The kind of a service frame that carries an [`EpochSigner`] message. (Kinds 1 and 2 were the
 /// bistro's own share exchange before the epoch certificate; they are ignored.)
@@ -212,6 +215,8 @@ pub enum Input {
     },
     /// A question.
     Query(Query),
+    /// The core decided an agreement instance: order our decision notice.
+    Decided(Decided),
 }
 
 /// A handle to the worker.
@@ -234,6 +239,17 @@ impl WorkerHandle {
         self.tx.try_send(input).is_ok()
     }
 
+    /// The driver's sink for decisions of agreement instances. A decision dropped on a full
+    /// queue costs only our notice: the other honest replicas' suffice.
+    pub fn decided_sink(&self) -> crate::node::DecidedSink {
+        let tx = self.tx.clone();
+        Box::new(move |decided| {
+            if tx.try_send(Input::Decided(decided)).is_err() {
+                tracing::warn!("the services' worker queue is full: a decision notice is not sent");
+            }
+        })
+    }
+
     /// The driver's sink for service events.
     pub fn service_sink(&self) -> crate::node::ServiceSink {
         let tx = self.tx.clone();
@@ -251,8 +267,9 @@ impl WorkerHandle {
 
 /// What the worker needs.
 pub struct WorkerSetup {
-    /// The services, in the order they were registered (the bistro among them).
-    pub services: Registry,
+    /// The services, in the order they were registered (the bistro among them); shared with the
+    /// core's agreement instances, which ask them whether a vote is valid.
+    pub services: Arc<Registry>,
     /// The cluster id (what epoch certificates sign).
     pub cluster: [u8; 32],
     /// The cluster's signing keys (our share).
@@ -270,7 +287,20 @@ pub struct WorkerSetup {
     /// Fault injection for tests: send wrong signature shares of epoch roots (valid points that
     /// do not combine) and answer collections with wrong decryption shares.
     pub wrong_shares: bool,
+    /// What signs and checks decision notices.
+    pub notices: NoticeKeys,
 }
+
+/// Our identity, which signs our decision notices, and every replica's, which check theirs.
+pub struct NoticeKeys {
+    /// Our Ed25519 identity (the replica file's).
+    pub identity: ed25519_dalek::SigningKey,
+    /// Each replica's identity by index (the cluster file's).
+    pub identities: Vec<[u8; 32]>,
+}
+
+/// Where the answer of an ordered request goes.
+type AnswerSender = oneshot::Sender<Result<HostAnswer, String>>;
 
 enum Waiter {
     Outcome { index: u32, reply: oneshot::Sender<Result<HostAnswer, String>> },
@@ -302,7 +332,7 @@ impl Cached {
 struct Worker {
     setup: WorkerSetup,
     /// The services, applied to every batch (the bistro alone, for now).
-    registry: Registry,
+    registry: Arc<Registry>,
     /// Their tables' names in the store.
     store_tables: Vec<String>,
     db: Database,
@@ -318,6 +348,12 @@ struct Worker {
     /// Recent epochs' trees, agreed times and signatures, for answering paths.
     trees: HashMap<u64, Cached>,
     tree_order: std::collections::VecDeque<u64>,
+    /// The agreement instances the services asked for, and the decision notices.
+    agreements: Agreements,
+    /// Votes durable in our store and not yet handed to the core (its queue was full).
+    votes_unsent: VecDeque<(CoreInstance, Vote)>,
+    /// Waiters whose request's answer awaits an instance's decision (or its certificate).
+    deciding: Vec<(u64, u32, AnswerSender)>,
 }
 
 /// Open the bistro store in `dir` and start the worker on its own thread.
@@ -336,6 +372,9 @@ pub fn start(dir: &Path, mut setup: WorkerSetup) -> anyhow::Result<(WorkerHandle
         }
         for t in [tables::OUTCOMES, tables::EPOCHS, kv::RECORD_AT, kv::PENDING, tables::META] {
             txn.open_table(t)?;
+        }
+        for name in decisions::TABLES {
+            txn.open_table(tables::table(name))?;
         }
         txn.commit()?;
     }
@@ -361,6 +400,12 @@ pub fn start(dir: &Path, mut setup: WorkerSetup) -> anyhow::Result<(WorkerHandle
         SignerConfig::default(),
         next_epoch,
     );
+    let agreements = Agreements {
+        registry: Arc::clone(&registry),
+        cluster: setup.cluster,
+        quorum: setup.quorum,
+        identities: setup.notices.identities.clone(),
+    };
     let mut worker = Worker {
         setup,
         registry,
@@ -373,8 +418,12 @@ pub fn start(dir: &Path, mut setup: WorkerSetup) -> anyhow::Result<(WorkerHandle
         waiters: BTreeMap::new(),
         trees: HashMap::new(),
         tree_order: Default::default(),
+        agreements,
+        votes_unsent: VecDeque::new(),
+        deciding: Vec::new(),
     };
     worker.load_unsigned()?;
+    worker.load_pending_votes()?;
     let thread = std::thread::Builder::new().name("bistro".into()).spawn(move || worker.run(rx))?;
     Ok((WorkerHandle { tx, lag }, thread))
 }
@@ -456,7 +505,7 @@ fn epoch_leaves(batch: &Batch, outcomes: &BatchOutcomes) -> (Vec<[u8; 32]>, Vec<
     let mut answers = Vec::new();
     for (index, service, made) in &outcomes.requests {
         let Some(service) = service else { continue };
-        let mut answer = StoredAnswer { service: *service, outcomes: Vec::with_capacity(made.len()) };
+        let mut answer = StoredAnswer::new(*service);
         for outcome in made {
             let leaf = match outcome {
                 fides_service::Outcome::Sign(bytes) => record(*service, bytes),
@@ -469,7 +518,140 @@ fn epoch_leaves(batch: &Batch, outcomes: &BatchOutcomes) -> (Vec<[u8; 32]>, Vec<
     (leaves, answers)
 }
 
+/// The leaves of the decisions applied in an epoch, after its other leaves: each decision's
+/// `Sign` records as service leaves of the service that asked, in the order the decisions were
+/// applied. Returns, per decision, its outcomes with their leaf (0 for what is not signed).
+fn decision_leaves(leaves: &mut Vec<[u8; 32]>, agreed: &EpochAgreements) -> Vec<Vec<(fides_service::Outcome, u64)>> {
+    let mut out = Vec::with_capacity(agreed.decided.len());
+    for applied in &agreed.decided {
+        let mut made = Vec::with_capacity(applied.outcomes.len());
+        for outcome in &applied.outcomes {
+            let leaf = match outcome {
+                fides_service::Outcome::Sign(record) => {
+                    leaves.push(Leaf::Service { service: applied.service, record: record.clone() }.hash());
+                    leaves.len() as u64 - 1
+                }
+                _ => 0,
+            };
+            made.push((outcome.clone(), leaf));
+        }
+        out.push(made);
+    }
+    out
+}
+
 impl Worker {
+    /// The stored answers of the requests that asked for an instance in epoch `epoch` (one more
+    /// awaited) and of those whose instance was decided in it (one fewer, and its outcomes
+    /// certified by `epoch`), in the epoch's transaction.
+    fn write_agreements(
+        txn: &redb::WriteTransaction,
+        epoch: u64,
+        agreed: &EpochAgreements,
+        decided: Vec<Vec<(fides_service::Outcome, u64)>>,
+    ) -> Result<(), anyhow::Error> {
+        let mut outcomes = txn.open_table(tables::OUTCOMES)?;
+        let mut update = |asker: (u64, u32), change: &mut dyn FnMut(&mut StoredAnswer)| -> anyhow::Result<()> {
+            let key = outcome_key(asker.0, asker.1);
+            let stored = outcomes.get(key.as_slice())?.map(|v| v.value().to_vec());
+            let Some(bytes) = stored else { return Ok(()) };
+            let mut answer = StoredAnswer::from_bytes(&bytes)?;
+            change(&mut answer);
+            outcomes.insert(key.as_slice(), answer.to_bytes().as_slice())?;
+            Ok(())
+        };
+        for asker in &agreed.asked {
+            update(*asker, &mut |answer| answer.awaiting += 1)?;
+        }
+        for (applied, made) in agreed.decided.iter().zip(decided) {
+            let Some(asker) = applied.asker else { continue };
+            let mut made = Some(made);
+            update(asker, &mut |answer| {
+                answer.awaiting = answer.awaiting.saturating_sub(1);
+                let made = made.take().unwrap_or_default();
+                answer.decided.extend(made.into_iter().map(|(outcome, leaf)| (outcome, epoch, leaf)));
+            })?;
+        }
+        Ok(())
+    }
+
+    /// After a restart: the votes of every instance still pending, for the core (it refuses a
+    /// second start of an instance it runs or decided, harmlessly).
+    fn load_pending_votes(&mut self) -> anyhow::Result<()> {
+        let read = self.db.begin_read()?;
+        let table = read.open_table(tables::table(decisions::PENDING))?;
+        for entry in table.iter()? {
+            let (key, value) = entry?;
+            let instance = CoreInstance::from_bytes(key.value())?;
+            let pending = decisions::Pending::from_bytes(value.value())?;
+            self.votes_unsent.push_back((instance, pending.vote));
+        }
+        Ok(())
+    }
+
+    /// Hand the core the votes durable here, in order, as long as its queue takes them.
+    fn send_votes(&mut self) {
+        while let Some((instance, vote)) = self.votes_unsent.pop_front() {
+            if let Err(command) = self.setup.node.try_send(Command::Agree { instance, vote }) {
+                if let Command::Agree { instance, vote } = command {
+                    self.votes_unsent.push_front((instance, vote));
+                }
+                return;
+            }
+        }
+    }
+
+    /// Order our notice of the core's decision `decided` (again after a restart: the same request,
+    /// so ordered at most once while atomic broadcast remembers it; a second one would be ignored).
+    fn send_notice(&mut self, decided: &Decided) {
+        let notice = Notice::sign(&self.setup.notices.identity, &self.setup.cluster, self.setup.our_index.0, decided);
+        let (client, id) = notice.request_key();
+        let request = AbcRequest { client, id, payload: notice.to_payload() };
+        // Nobody waits for the answer: the host takes the notice when its epoch is applied.
+        let (reply, _) = oneshot::channel();
+        if self.setup.node.try_send(Command::Submit { request, reply }).is_err() {
+            tracing::warn!(instance = ?decided.instance, "the driver's queue is full: a decision notice is not sent");
+        }
+    }
+
+    /// Answer the waiters whose request awaited a decision, once it is applied and certified.
+    fn answer_deciding(&mut self) {
+        if self.deciding.is_empty() {
+            return;
+        }
+        let Ok(read) = self.db.begin_read() else { return };
+        let Ok(outcomes) = read.open_table(tables::OUTCOMES) else { return };
+        for (epoch, index, reply) in std::mem::take(&mut self.deciding) {
+            if reply.is_closed() {
+                continue;
+            }
+            match self.settled(&outcomes, epoch, index) {
+                Ok(false) => self.deciding.push((epoch, index, reply)),
+                Ok(true) => {
+                    let _ = reply.send(self.answer(&read, &outcomes, epoch, index));
+                }
+                Err(error) => {
+                    let _ = reply.send(Err(error));
+                }
+            }
+        }
+    }
+
+    /// Whether the answer of the request at (epoch, index) is complete: no instance it asked for
+    /// awaits its decision, and every epoch that certifies a decision's outcome is certified.
+    fn settled(
+        &self,
+        outcomes: &redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+        epoch: u64,
+        index: u32,
+    ) -> Result<bool, String> {
+        let stored = outcomes.get(outcome_key(epoch, index).as_slice()).map_err(|e| e.to_string())?;
+        let Some(bytes) = stored.map(|v| v.value().to_vec()) else { return Ok(true) };
+        let stored = StoredAnswer::from_bytes(&bytes).map_err(|e| format!("a stored answer does not decode: {e}"))?;
+        let certified = |e: u64| e < self.next_epoch && !self.unsigned.contains_key(&e);
+        Ok(stored.awaiting == 0 && stored.decided.iter().all(|(_, e, _)| certified(*e)))
+    }
+
     /// Epochs applied before a restart whose certificate was not in: sign them again.
     fn load_unsigned(&mut self) -> anyhow::Result<()> {
         let read = self.db.begin_read()?;
@@ -579,6 +761,7 @@ impl Worker {
                         self.waiters.entry(epoch).or_default().push(Waiter::Certified { index, reply })
                     }
                     Input::Query(query) => queries.push(query),
+                    Input::Decided(decided) => self.send_notice(&decided),
                 }
             }
             if let Err(error) = self.advance() {
@@ -586,7 +769,9 @@ impl Worker {
                 return;
             }
             self.resend_shares();
+            self.send_votes();
             self.answer_waiters();
+            self.answer_deciding();
             for query in queries {
                 self.on_query(query);
             }
@@ -606,14 +791,22 @@ impl Worker {
             }
             let txn = self.db.begin_write()?;
             let mut applied: Vec<(u64, u64, Vec<[u8; 32]>)> = Vec::new();
+            let mut votes = Vec::new();
             {
                 let mut kv = WriteTables::new(&txn, &self.store_tables)?;
+                let host_tables: Vec<String> = decisions::TABLES.iter().map(|t| t.to_string()).collect();
+                let mut host = WriteTables::new(&txn, &host_tables)?;
                 for batch in &batches {
                     let requests =
                         batch.requests.iter().map(|r| Ordered { client: r.client, request: r.id, payload: &r.payload });
                     let outcomes = self.registry.apply_batch(&mut kv, batch.epoch, batch.time, requests)?;
-                    let (leaves, answers) = epoch_leaves(batch, &outcomes);
+                    let payloads = batch.requests.iter().map(|r| r.payload.as_slice());
+                    let agreed = self.agreements.apply_epoch(&mut host, &mut kv, batch.epoch, payloads, &outcomes)?;
+                    let (mut leaves, answers) = epoch_leaves(batch, &outcomes);
+                    let decided = decision_leaves(&mut leaves, &agreed);
                     Self::write_epoch(&txn, batch, &leaves, &answers)?;
+                    Self::write_agreements(&txn, batch.epoch, &agreed, decided)?;
+                    votes.extend(agreed.votes);
                     applied.push((batch.epoch, batch.time, leaves));
                 }
                 let next = batches.last().map_or(self.next_epoch, |b| b.epoch + 1);
@@ -623,6 +816,9 @@ impl Worker {
             }
             txn.commit()?;
             self.intake.applied(self.next_epoch);
+            // Durable: now the votes may go to the core.
+            self.votes_unsent.extend(votes);
+            self.send_votes();
             // Durable: now sign.
             for (epoch, time_ms, leaves) in applied {
                 if leaves.is_empty() {
@@ -756,9 +952,12 @@ impl Worker {
                     continue;
                 }
                 match waiter {
-                    Waiter::Outcome { index, reply } => {
-                        let _ = reply.send(self.answer(&read, &outcomes, epoch, index));
-                    }
+                    Waiter::Outcome { index, reply } => match self.settled(&outcomes, epoch, index) {
+                        Ok(false) => self.deciding.push((epoch, index, reply)),
+                        _ => {
+                            let _ = reply.send(self.answer(&read, &outcomes, epoch, index));
+                        }
+                    },
                     Waiter::Certified { index, reply } => {
                         let _ = reply.send(self.certified(&read, epoch, u64::from(index)));
                     }
@@ -781,10 +980,13 @@ impl Worker {
             return Err(format!("the request ordered at epoch {epoch}, index {index} is for no service here"));
         };
         let stored = StoredAnswer::from_bytes(&bytes).map_err(|e| format!("a stored answer does not decode: {e}"))?;
-        let mut outcomes = Vec::with_capacity(stored.outcomes.len());
-        for (outcome, leaf) in stored.outcomes {
+        let mut outcomes = Vec::with_capacity(stored.outcomes.len() + stored.decided.len());
+        let applied = stored.outcomes.into_iter().map(|(outcome, leaf)| (outcome, epoch, leaf));
+        for (outcome, at, leaf) in applied.chain(stored.decided) {
             let certified = match outcome {
-                fides_service::Outcome::Sign(_) => self.certified(read, epoch, leaf).map(Some)?,
+                fides_service::Outcome::Sign(_) => self.certified(read, at, leaf).map(Some)?,
+                // The host's work, not an answer.
+                fides_service::Outcome::Agree { .. } => continue,
                 _ => None,
             };
             outcomes.push((outcome, certified));

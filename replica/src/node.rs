@@ -43,7 +43,7 @@ const FRAME_PAGE: u8 = 3;
 /// Frames of the services above ordering (e.g. the bistro's signature shares): passed on.
 pub const FRAME_SERVICE: u8 = 4;
 /// Frames of the agreement instances the services ask for (see `fides_atomic_broadcast::instances`).
-const FRAME_INSTANCE: u8 = 5;
+pub const FRAME_INSTANCE: u8 = 5;
 
 /// Where the driver hands the decisions of agreement instances (it must not block). Decisions
 /// of the replay come too: a service applies a decision idempotently (`docs/agreement.md`).

@@ -16,7 +16,7 @@ use fides_dealer::{default_addresses, generate, Cluster, Quorum};
 use fides_replica::bistro::worker::{self, HostAnswer, Input, NoticeKeys, WorkerHandle, WorkerSetup};
 use fides_replica::host::decisions::Notice;
 use fides_replica::metrics::Metrics;
-use fides_replica::node::{Command, Limits, Node, NodeHandle, NodeSetup, Ordered};
+use fides_replica::node::{Command, Limits, Node, NodeHandle, NodeSetup, Ordered, FRAME_INSTANCE};
 use fides_replica::run::{instances, keys};
 use fides_replica::transport::memory::MemoryNetwork;
 use fides_service::certificate::Leaf;
@@ -55,7 +55,12 @@ impl Service for Asker {
         Ok(request)
     }
 
-    fn apply(&self, _: &mut dyn Tables, _: &Applied, (key, vote): ([u8; 32], bool)) -> Result<Vec<Outcome>, StoreError> {
+    fn apply(
+        &self,
+        _: &mut dyn Tables,
+        _: &Applied,
+        (key, vote): ([u8; 32], bool),
+    ) -> Result<Vec<Outcome>, StoreError> {
         let justification = if vote { justification(&key) } else { Vec::new() };
         Ok(vec![Outcome::Agree { instance: InstanceId(key), vote, justification }])
     }
@@ -164,12 +169,14 @@ async fn answer(worker: &WorkerHandle, ordered: &Ordered) -> HostAnswer {
 }
 
 /// Replica 3's Byzantine notices on instance `key`: 0 in its own name (the honest replicas vote
-/// 1, so 1 is decided), and 0 in replica 0's name, signed with its own key.
+/// 1, so 1 is decided), the same again, and 0 in replica 0's name, signed with its own key. Any
+/// two of them counted would decide 0.
 fn byzantine_notices(cluster: &Cluster, key: [u8; 32]) -> Vec<Request> {
     let identity = cluster.replicas()[3].identity();
     let zero = Decided { instance: CoreInstance { service: ASKER.0, key }, value: false, justification: None };
     let id = cluster.public().id().0;
-    [Notice::sign(identity, &id, 3, &zero), Notice::sign(identity, &id, 0, &zero)]
+    let own = Notice::sign(identity, &id, 3, &zero);
+    [own.clone(), own, Notice::sign(identity, &id, 0, &zero)]
         .into_iter()
         .enumerate()
         .map(|(k, notice)| Request { client: 66, id: u64::from(key[0]) * 2 + k as u64, payload: notice.to_payload() })
@@ -188,10 +195,14 @@ async fn replicas_apply_an_agreement_decision_at_one_ordered_point_despite_a_byz
     for k in 0..3u8 {
         let key = [k + 1; 32];
         let payload = [&ASKER.0[..], &key, &[1]].concat();
+        // The instance's messages wait until replica 3's notices are ordered: no core can decide
+        // before, so every honest notice comes after them in the log, and they are counted.
+        network.hold(Box::new(|_, _, frame: &[u8]| frame.first() == Some(&FRAME_INSTANCE)));
         let ordered = submit(&running[usize::from(k) % 3].node, Request { client: 7, id: u64::from(k), payload }).await;
         for notice in byzantine_notices(&cluster, key) {
             submit(&running[3].node, notice).await;
         }
+        network.release();
         let mut answers = Vec::new();
         for replica in &running {
             answers.push(answer(&replica.worker, &ordered).await);

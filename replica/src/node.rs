@@ -46,7 +46,8 @@ pub const FRAME_SERVICE: u8 = 4;
 pub const FRAME_INSTANCE: u8 = 5;
 
 /// Where the driver hands the decisions of agreement instances (it must not block). Decisions
-/// of the replay come too: a service applies a decision idempotently (`docs/agreement.md`).
+/// of the replay come too: the host orders a notice for each, and a notice sent again is the same
+/// request, or ignored when ordered again (`docs/agreement.md`, "The host's side").
 pub type DecidedSink = Box<dyn Fn(Decided) + Send>;
 
 /// What the driver tells the services above it.

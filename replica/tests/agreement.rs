@@ -84,6 +84,16 @@ struct Running {
     worker: WorkerHandle,
     shutdown: watch::Sender<bool>,
     thread: std::thread::JoinHandle<()>,
+    worker_thread: std::thread::JoinHandle<()>,
+}
+
+/// Stop a replica: its driver, then its worker (which ends when the last handle to it is gone),
+/// so that its stores are closed.
+fn stop(running: Running) {
+    let _ = running.shutdown.send(true);
+    running.thread.join().expect("node thread");
+    drop(running.worker);
+    running.worker_thread.join().expect("worker thread");
 }
 
 fn deal() -> Cluster {
@@ -124,7 +134,7 @@ fn start(cluster: &Cluster, i: u32, dir: &Path, network: &MemoryNetwork) -> Runn
     let (mut node, handle) =
         Node::start_hosting(setup, Some(hosted), dir, network.join(NodeIndex(i)), Arc::new(Metrics::new()))
             .expect("node starts");
-    let (worker, _thread) = worker::start(
+    let (worker, worker_thread) = worker::start(
         dir,
         WorkerSetup {
             services,
@@ -150,7 +160,7 @@ fn start(cluster: &Cluster, i: u32, dir: &Path, network: &MemoryNetwork) -> Runn
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         runtime.block_on(node.run(stop)).expect("node runs");
     });
-    Running { node: handle, worker, shutdown, thread }
+    Running { node: handle, worker, shutdown, thread, worker_thread }
 }
 
 async fn submit(node: &NodeHandle, request: Request) -> Ordered {
@@ -188,7 +198,7 @@ async fn replicas_apply_an_agreement_decision_at_one_ordered_point_despite_a_byz
     let cluster = deal();
     let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().expect("temporary directory")).collect();
     let network = MemoryNetwork::new(4);
-    let running: Vec<Running> = (0..4).map(|i| start(&cluster, i, dirs[i as usize].path(), &network)).collect();
+    let mut running: Vec<Running> = (0..4).map(|i| start(&cluster, i, dirs[i as usize].path(), &network)).collect();
     let public_key = cluster.public().signing().public_key();
     let cluster_id = cluster.public().id().0;
 
@@ -199,6 +209,13 @@ async fn replicas_apply_an_agreement_decision_at_one_ordered_point_despite_a_byz
         // before, so every honest notice comes after them in the log, and they are counted.
         network.hold(Box::new(|_, _, frame: &[u8]| frame.first() == Some(&FRAME_INSTANCE)));
         let ordered = submit(&running[usize::from(k) % 3].node, Request { client: 7, id: u64::from(k), payload }).await;
+        if k == 1 {
+            // Replica 2 restarts while the instance runs: its vote (logged or not yet) is handed
+            // to its core again from the host's store, and the instance resumes.
+            let replica = running.remove(2);
+            stop(replica);
+            running.insert(2, start(&cluster, 2, dirs[2].path(), &network));
+        }
         for notice in byzantine_notices(&cluster, key) {
             submit(&running[3].node, notice).await;
         }
@@ -223,7 +240,6 @@ async fn replicas_apply_an_agreement_decision_at_one_ordered_point_despite_a_byz
         }
     }
     for replica in running {
-        let _ = replica.shutdown.send(true);
-        replica.thread.join().expect("node thread");
+        stop(replica);
     }
 }

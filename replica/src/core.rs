@@ -477,6 +477,25 @@ mod tests {
         assert_eq!(effects.instance_refused.len(), 1);
     }
 
+    /// A data directory of a version whose core hosted no instances opens under one that does.
+    #[test]
+    fn a_snapshot_without_instances_restores_into_a_core_that_hosts_them() {
+        let cluster = Cluster::new();
+        let index = NodeIndex(1);
+        let keys = &cluster.keys[1];
+        let abc_keys = Keys { coin: Arc::clone(keys), encryption: Arc::clone(keys), signing: Arc::clone(keys) };
+        let abc = AtomicBroadcast::new(cluster.quorum, index, epoch::Config::new(SESSION), abc_keys);
+        let bare = Core::new(abc, [1; 32], index, SESSION, 10);
+        let mut hosting = core(cluster.quorum, index, keys);
+        hosting.decode_state(&bare.encode_state()).expect("a snapshot of a core without instances");
+        assert_eq!(hosting.instances().map(Instances::running_len), Some(0));
+        // The reverse would lose instances: refused.
+        let abc_keys = Keys { coin: Arc::clone(keys), encryption: Arc::clone(keys), signing: Arc::clone(keys) };
+        let abc = AtomicBroadcast::new(cluster.quorum, index, epoch::Config::new(SESSION), abc_keys);
+        let mut bare = Core::new(abc, [1; 32], index, SESSION, 10);
+        assert!(bare.decode_state(&hosting.encode_state()).is_err());
+    }
+
     #[test]
     fn the_instances_state_is_in_the_snapshot_and_a_core_restored_from_it_finishes_them() {
         let mut cluster = Cluster::new();

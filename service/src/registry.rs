@@ -187,6 +187,10 @@ impl Registry {
         if S::NAME.is_empty() || !S::NAME.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
             return Err(RegistryError::BadName(S::NAME));
         }
+        // The host's own tables are `replica_…`: a service of that name could reach them.
+        if S::NAME == "replica" {
+            return Err(RegistryError::NameTaken(S::NAME));
+        }
         if RESERVED_IDS.contains(&S::ID) {
             return Err(RegistryError::IdReserved(S::ID));
         }

@@ -14,7 +14,7 @@
 //!   signature [64]`, the signature its Ed25519 identity's over
 //!   `tagged("fides/v1/decision-notice", [cluster id, replica u32, service, key, value,
 //!   justification])`.
-//! - The host applies notices in log order. A notice that does not decode, names no replica of
+//! - The host applies an epoch's notices in log order, after recording the epoch's asks. A notice that does not decode, names no replica of
 //!   the cluster, does not verify under that replica's identity, names an instance that is not
 //!   pending (never asked for, or decided already), comes from a replica whose notice for the
 //!   instance was taken already, or says 1 with a justification the service's `validate`

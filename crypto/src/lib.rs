@@ -70,6 +70,9 @@ pub mod domain {
     /// The id of a message a service asks the replicas to threshold-sign under another scheme
     /// (threshold RSA): what its signature shares and the host's table of signatures are keyed by.
     pub const RSA_MESSAGE: &[u8] = b"fides/v1/rsa-message";
+    /// A replica's decision notice, signed with its Ed25519 identity: "my core decided agreement
+    /// instance (service, key) with this value" (ordered by the host).
+    pub const DECISION_NOTICE: &[u8] = b"fides/v1/decision-notice";
 }
 
 /// `tag || len(part) || part || …`, the byte string that gets signed or hashed.

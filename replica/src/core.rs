@@ -112,13 +112,15 @@ impl Core {
         let state = get_option(&mut reader, InstancesState::decode)?;
         match (&mut self.instances, state) {
             (Some(instances), Some(state)) => instances.restore(state)?,
-            (None, None) => {}
-            // A snapshot of a core that hosted instances, read by one that does not, or the
-            // reverse: the configuration changed under the data directory.
-            (hosted, _) => {
+            // A snapshot of a version that hosted no instances: none was started, so a fresh
+            // set is that state.
+            (Some(_), None) | (None, None) => {}
+            // A snapshot of a core that hosted instances, read by one that does not: its instances
+            // would be lost.
+            (None, Some(_)) => {
                 return Err(fides_types::codec::DecodeError::Invalid {
                     what: "agreement instances in the snapshot",
-                    value: u64::from(hosted.is_some()),
+                    value: 1,
                 })
             }
         }
@@ -473,6 +475,25 @@ mod tests {
         let mut effects = Effects::default();
         cluster.cores[1].apply(99, &Event::Agree { instance: id(0), vote: Vote::Zero }, &mut effects);
         assert_eq!(effects.instance_refused.len(), 1);
+    }
+
+    /// A data directory of a version whose core hosted no instances opens under one that does.
+    #[test]
+    fn a_snapshot_without_instances_restores_into_a_core_that_hosts_them() {
+        let cluster = Cluster::new();
+        let index = NodeIndex(1);
+        let keys = &cluster.keys[1];
+        let abc_keys = Keys { coin: Arc::clone(keys), encryption: Arc::clone(keys), signing: Arc::clone(keys) };
+        let abc = AtomicBroadcast::new(cluster.quorum, index, epoch::Config::new(SESSION), abc_keys);
+        let bare = Core::new(abc, [1; 32], index, SESSION, 10);
+        let mut hosting = core(cluster.quorum, index, keys);
+        hosting.decode_state(&bare.encode_state()).expect("a snapshot of a core without instances");
+        assert_eq!(hosting.instances().map(Instances::running_len), Some(0));
+        // The reverse would lose instances: refused.
+        let abc_keys = Keys { coin: Arc::clone(keys), encryption: Arc::clone(keys), signing: Arc::clone(keys) };
+        let abc = AtomicBroadcast::new(cluster.quorum, index, epoch::Config::new(SESSION), abc_keys);
+        let mut bare = Core::new(abc, [1; 32], index, SESSION, 10);
+        assert!(bare.decode_state(&hosting.encode_state()).is_err());
     }
 
     #[test]

@@ -43,10 +43,11 @@ const FRAME_PAGE: u8 = 3;
 /// Frames of the services above ordering (e.g. the bistro's signature shares): passed on.
 pub const FRAME_SERVICE: u8 = 4;
 /// Frames of the agreement instances the services ask for (see `fides_atomic_broadcast::instances`).
-const FRAME_INSTANCE: u8 = 5;
+pub const FRAME_INSTANCE: u8 = 5;
 
 /// Where the driver hands the decisions of agreement instances (it must not block). Decisions
-/// of the replay come too: a service applies a decision idempotently (`docs/agreement.md`).
+/// of the replay come too: the host orders a notice for each, and a notice sent again is the same
+/// request, or ignored when ordered again (`docs/agreement.md`, "The host's side").
 pub type DecidedSink = Box<dyn Fn(Decided) + Send>;
 
 /// What the driver tells the services above it.
@@ -460,8 +461,23 @@ impl<T: Transport> Node<T> {
         transport: T,
         metrics: Arc<Metrics>,
     ) -> Result<(Node<T>, NodeHandle), NodeError> {
+        Self::start_hosting(setup, None, store_dir, transport, metrics)
+    }
+
+    /// [`Node::start`], with the core hosting `instances` (the services' agreement instances):
+    /// given before the log is replayed, so that the replay runs them as the first run did.
+    pub fn start_hosting(
+        setup: NodeSetup,
+        instances: Option<instances::Instances>,
+        store_dir: &std::path::Path,
+        transport: T,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Node<T>, NodeHandle), NodeError> {
         let (store, opened) = Store::open(store_dir, rand::random())?;
-        let core = Core::new(setup.abc, opened.seed, setup.our_index, &setup.session, setup.checkpoint_interval);
+        let mut core = Core::new(setup.abc, opened.seed, setup.our_index, &setup.session, setup.checkpoint_interval);
+        if let Some(instances) = instances {
+            core = core.with_instances(instances);
+        }
         let (commands_tx, commands) = mpsc::channel(setup.limits.waiting_max.clamp(1024, 65_536));
         let n = setup.quorum.n() as usize;
         let flood = setup.limits.fault_flood.map(|(duration, bytes)| crate::flood::Flood::new(duration, bytes));
@@ -1168,7 +1184,11 @@ impl<T: Transport> Node<T> {
             }
         }
         for (instance, error) in effects.instance_refused {
-            tracing::warn!(?instance, %error, "an agreement instance was refused");
+            match error {
+                // The host asks again after a restart for the votes it may not have handed over.
+                instances::Error::AlreadyStarted(_) => tracing::debug!(?instance, "an agreement instance runs already"),
+                error => tracing::warn!(?instance, %error, "an agreement instance was refused"),
+            }
         }
         for fault in &effects.faults {
             if fault.kind == fides_types::FaultKind::Equivocation {

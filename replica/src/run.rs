@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use fides_atomic_broadcast::epoch::{AtomicBroadcast, Config as AbcConfig, Keys};
+use fides_atomic_broadcast::instances::{Config as InstancesConfig, Instances};
 use fides_crypto::ThresholdKeys;
 use fides_dealer::{read_cluster, read_replica, ClusterFile, ReplicaFile};
 use serde::Deserialize;
@@ -163,6 +164,20 @@ pub fn keys(replica: &ReplicaFile, cluster: &ClusterFile) -> anyhow::Result<Keys
     Ok(Keys { coin: Arc::new(coin), encryption: Arc::new(encryption), signing: Arc::new(signing) })
 }
 
+/// The agreement instances a replica's core hosts for `services`: named under the cluster id,
+/// coins from the cluster's coin keys, the default bounds (`instances::Config`), and the
+/// services' own validity predicates.
+pub fn instances(
+    quorum: fides_types::Quorum,
+    index: fides_types::NodeIndex,
+    keys: &Keys,
+    cluster: &ClusterFile,
+    services: &Arc<fides_service::Registry>,
+) -> Instances {
+    let validator = Arc::new(crate::host::decisions::RegistryValidator(Arc::clone(services)));
+    Instances::new(quorum, index, Arc::clone(&keys.coin), InstancesConfig::new(cluster.id().0.to_vec()), validator)
+}
+
 fn resolve(address: &str) -> anyhow::Result<SocketAddr> {
     address
         .to_socket_addrs()
@@ -227,8 +242,6 @@ pub async fn run(config: RunConfig, exit_on_stdin_close: bool) -> anyhow::Result
 
     let metrics = Arc::new(Metrics::new());
     let threshold_keys = keys(&replica, &cluster)?;
-    let (mut node, handle) = Node::start(setup, data, transport, Arc::clone(&metrics))
-        .with_context(|| format!("opening the data directory {}", data.display()))?;
     // The services, in the order every replica registers them (the order of their epoch starts).
     let mut services = fides_service::Registry::new();
     services.register(fides_bistro::service::Service::new(fides_bistro::service::ServiceConfig {
@@ -237,6 +250,11 @@ pub async fn run(config: RunConfig, exit_on_stdin_close: bool) -> anyhow::Result
         replicas: cluster.replicas().iter().map(|r| r.identity.to_bytes()).collect(),
         encryption: cluster.encryption().clone(),
     }))?;
+    let services = Arc::new(services);
+    // The core hosts the services' agreement instances from before the log's replay on.
+    let instances = instances(quorum, index, &threshold_keys, &cluster, &services);
+    let (mut node, handle) = Node::start_hosting(setup, Some(instances), data, transport, Arc::clone(&metrics))
+        .with_context(|| format!("opening the data directory {}", data.display()))?;
     let (worker, _worker_thread) = crate::bistro::worker::start(
         data,
         crate::bistro::worker::WorkerSetup {
@@ -250,10 +268,15 @@ pub async fn run(config: RunConfig, exit_on_stdin_close: bool) -> anyhow::Result
             node: handle.clone(),
             wrong_shares: config.fault_wrong_shares,
             rsa: rsa_keys(&replica, &cluster),
+            notices: crate::bistro::worker::NoticeKeys {
+                identity: replica.identity().clone(),
+                identities: cluster.replicas().iter().map(|r| r.identity.to_bytes()).collect(),
+            },
         },
     )
     .with_context(|| format!("opening the bistro store in {}", data.display()))?;
     node.set_service(worker.service_sink());
+    node.set_decided(worker.decided_sink());
     let host = crate::host::Orderer::new(
         handle.clone(),
         worker.clone(),

@@ -13,6 +13,15 @@ use crate::tables::{StoreError, Tables};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ServiceId(pub [u8; 4]);
 
+/// The id the host keeps for its own payloads: a replica's *decision notice* ("my core decided
+/// instance X with value v", signed by the replica), which the host orders so that every
+/// replica applies a decision at the same point of the log (`docs/agreement.md`). No service
+/// may register it.
+pub const HOST_DECISION_NOTICE: ServiceId = ServiceId(*b"HDC1");
+
+/// Ids no service may take: the host's own payloads.
+pub const RESERVED_IDS: [ServiceId; 1] = [HOST_DECISION_NOTICE];
+
 impl std::fmt::Display for ServiceId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}", String::from_utf8_lossy(&self.0))
@@ -293,8 +302,22 @@ pub trait Service: Send + Sync + 'static {
         Ok(Vec::new())
     }
 
-    /// The decision of an agreement instance this service asked for. State it touches must be
-    /// keyed by the instance alone (decisions are not ordered against batches).
+    /// Whether `justification` makes a vote for 1 in `instance` valid (a validated agreement:
+    /// a decided 1 always comes with a justification this accepts). It must be a **pure**
+    /// function of its two arguments — typically a signature check against keys in `self` —
+    /// since every replica judges the others' votes with it, and a replay of the log or a restore
+    /// from a snapshot must judge as the first run did: no tables, no time. The default accepts
+    /// nothing (every instance of such a service decides 0).
+    fn validate(&self, instance: InstanceId, justification: &[u8]) -> bool {
+        let _ = (instance, justification);
+        false
+    }
+
+    /// The decision of an agreement instance this service asked for, applied at an ordered point:
+    /// the host calls it while applying the epoch in which the `t + 1`-th matching decision notice
+    /// was ordered, after that epoch's requests, at every replica alike (`docs/service.md`). Its
+    /// `Sign` records are leaves of that epoch's certificate; its answering outcomes go to the
+    /// request that asked for the instance; an `Agree` asks for another instance for that request.
     fn decided(&self, tables: &mut dyn Tables, decision: &Decision) -> Result<Vec<Outcome>, StoreError> {
         let _ = (tables, decision);
         Ok(Vec::new())

@@ -25,6 +25,7 @@ pub mod tables;
 
 pub use interface::{
     Applied, Code, Decision, EpochStart, InstanceId, Outcome, QueryError, Refusal, SchemeId, Service, ServiceId,
+    HOST_DECISION_NOTICE, RESERVED_IDS,
 };
 pub use registry::{BatchOutcomes, Decoded, ErasedService, Ordered, Registry, RegistryError, Route};
 pub use state::StateDigest;

@@ -9,7 +9,9 @@
 
 use std::any::Any;
 
-use crate::interface::{Applied, Code, Decision, EpochStart, Outcome, QueryError, Refusal, Service, ServiceId};
+use crate::interface::{
+    Applied, Code, Decision, EpochStart, InstanceId, Outcome, QueryError, Refusal, Service, ServiceId, RESERVED_IDS,
+};
 use crate::tables::{Namespaced, Overlay, ReadOnly, StoreError, Tables};
 
 /// A decoded request, as the registry passes it from [`Registry::route`] to [`Registry::apply`].
@@ -66,6 +68,8 @@ pub trait ErasedService: Send + Sync {
     ) -> Result<Vec<Outcome>, StoreError>;
     /// [`Service::begin_epoch`].
     fn begin_epoch_erased(&self, tables: &mut dyn Tables, at: &EpochStart) -> Result<Vec<Outcome>, StoreError>;
+    /// [`Service::validate`].
+    fn validate_erased(&self, instance: InstanceId, justification: &[u8]) -> bool;
     /// [`Service::decided`].
     fn decided_erased(&self, tables: &mut dyn Tables, decision: &Decision) -> Result<Vec<Outcome>, StoreError>;
     /// The service itself, for [`Registry::get`].
@@ -114,6 +118,10 @@ impl<S: Service> ErasedService for S {
         self.begin_epoch(tables, at)
     }
 
+    fn validate_erased(&self, instance: InstanceId, justification: &[u8]) -> bool {
+        self.validate(instance, justification)
+    }
+
     fn decided_erased(&self, tables: &mut dyn Tables, decision: &Decision) -> Result<Vec<Outcome>, StoreError> {
         self.decided(tables, decision)
     }
@@ -132,6 +140,9 @@ pub enum RegistryError {
     /// Another service has its name (its tables would be shared).
     #[error("service name {0} is taken")]
     NameTaken(&'static str),
+    /// Its id is one the host keeps for its own payloads.
+    #[error("service id {0} is reserved for the host")]
+    IdReserved(ServiceId),
     /// Its name is empty or not lowercase letters and digits.
     #[error("service name {0:?} is not lowercase letters and digits")]
     BadName(&'static str),
@@ -175,6 +186,13 @@ impl Registry {
     pub fn register<S: Service>(&mut self, service: S) -> Result<(), RegistryError> {
         if S::NAME.is_empty() || !S::NAME.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
             return Err(RegistryError::BadName(S::NAME));
+        }
+        // The host's own tables are `replica_…`: a service of that name could reach them.
+        if S::NAME == "replica" {
+            return Err(RegistryError::NameTaken(S::NAME));
+        }
+        if RESERVED_IDS.contains(&S::ID) {
+            return Err(RegistryError::IdReserved(S::ID));
         }
         if self.services.iter().any(|s| s.id() == S::ID) {
             return Err(RegistryError::IdTaken(S::ID));
@@ -258,6 +276,12 @@ impl Registry {
         let Some(service) = self.service(service) else { return Ok(None) };
         let mut tables = Namespaced::new(store, service.name(), service.tables());
         service.decided_erased(&mut tables, decision).map(Some)
+    }
+
+    /// Whether `justification` makes a vote for 1 in `service`'s instance `instance` valid
+    /// ([`Service::validate`]); false for a service not registered here.
+    pub fn validate(&self, service: ServiceId, instance: InstanceId, justification: &[u8]) -> bool {
+        self.service(service).is_some_and(|s| s.validate_erased(instance, justification))
     }
 
     /// Apply one batch: every service's epoch start, then each request in order. The host calls

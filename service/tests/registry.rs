@@ -2,8 +2,8 @@
 //! counts, and another that uses a table of the same name.
 
 use fides_service::{
-    Applied, Code, EpochStart, MemoryTables, Ordered, Outcome, QueryError, Refusal, Registry, Route, Service,
-    ServiceId, StoreError, Tables,
+    Applied, Code, EpochStart, InstanceId, MemoryTables, Ordered, Outcome, QueryError, Refusal, Registry,
+    RegistryError, Route, Service, ServiceId, StoreError, Tables, HOST_DECISION_NOTICE,
 };
 use fides_types::codec::DecodeError;
 
@@ -68,6 +68,11 @@ impl Service for Counter {
     fn begin_epoch(&self, tables: &mut dyn Tables, at: &EpochStart) -> Result<Vec<Outcome>, StoreError> {
         tables.put(CLOCK, b"begun", &at.time_ms.to_le_bytes())?;
         Ok(Vec::new())
+    }
+
+    /// A vote for 1 is valid with the justification `ok` and the instance's first byte.
+    fn validate(&self, instance: InstanceId, justification: &[u8]) -> bool {
+        justification == [&b"ok"[..], &instance.0[..1]].concat()
     }
 
     fn query(&self, tables: &dyn Tables, key: u8) -> Result<u64, QueryError> {
@@ -210,4 +215,41 @@ fn an_epoch_begins_before_its_requests() {
     let mut store = MemoryTables::default();
     let out = registry.apply_batch(&mut store, 3, 4_242, batch(&[b"CNT1\x02".to_vec()])).expect("memory");
     assert_eq!(out.requests[0].2, vec![Outcome::Reply(4_242u64.to_le_bytes().to_vec())]);
+}
+
+/// A service that tries to take the id the host keeps for decision notices.
+struct Squatter;
+
+impl Service for Squatter {
+    const ID: ServiceId = HOST_DECISION_NOTICE;
+    const NAME: &'static str = "squatter";
+    const TABLES: &'static [&'static str] = &[];
+    const PAYLOAD_MAX: usize = 8;
+    type Request = ();
+    type Query = ();
+    type View = ();
+
+    fn decode(&self, _: &[u8]) -> Result<(), DecodeError> {
+        Ok(())
+    }
+
+    fn apply(&self, _: &mut dyn Tables, _: &Applied, (): ()) -> Result<Vec<Outcome>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    fn query(&self, _: &dyn Tables, (): ()) -> Result<(), QueryError> {
+        Ok(())
+    }
+}
+
+#[test]
+fn the_hosts_own_id_is_refused_and_validation_goes_to_the_service_that_asked() {
+    let mut registry = registry();
+    assert_eq!(registry.register(Squatter), Err(RegistryError::IdReserved(HOST_DECISION_NOTICE)));
+    assert!(matches!(registry.route(b"HDC1 notice"), Route::Unrouted), "no service sees the host's payloads");
+    let instance = InstanceId([9; 32]);
+    assert!(registry.validate(ServiceId(*b"CNT1"), instance, b"ok\x09"));
+    assert!(!registry.validate(ServiceId(*b"CNT1"), instance, b"ok\x08"), "the service's own predicate");
+    assert!(!registry.validate(ServiceId(*b"OTH1"), instance, b"ok\x09"), "the default accepts nothing");
+    assert!(!registry.validate(ServiceId(*b"NONE"), instance, b"ok\x09"), "no such service");
 }

@@ -18,7 +18,7 @@
 //! nothing. A share for an epoch certified here is answered with the certificate, which lets a
 //! replica that was down finish quickly.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
@@ -36,7 +36,11 @@ use fides_types::{NodeIndex, Protocol, Quorum, Step, Target};
 use redb::{Database, ReadableDatabase, ReadableTable, TableHandle};
 use tokio::sync::oneshot;
 
+mod agreements;
+
+use self::agreements::decision_leaves;
 use super::kv;
+use crate::host::decisions::{self, Agreements};
 pub use crate::host::epochs::EpochRow;
 
 mod snapshots;
@@ -46,7 +50,9 @@ use crate::host::threshold::{self, RsaKeys, ThresholdSigning};
 use crate::host::{Intake, Lag};
 use crate::node::{Command, NodeHandle, ServiceEvent, FRAME_SERVICE};
 use crate::store::BatchReader;
+use fides_agreement::Vote;
 use fides_atomic_broadcast::epoch::Batch;
+use fides_atomic_broadcast::instances::{Decided, InstanceId as CoreInstance};
 
 /// The kind of a service frame that carries an [`EpochSigner`] message. (Kinds 1 and 2 were the
 /// bistro's own share exchange before the epoch certificate; they are ignored.)
@@ -226,6 +232,8 @@ pub enum Input {
     },
     /// A question.
     Query(Query),
+    /// The core decided an agreement instance: order our decision notice.
+    Decided(Decided),
 }
 
 /// A handle to the worker.
@@ -248,6 +256,17 @@ impl WorkerHandle {
         self.tx.try_send(input).is_ok()
     }
 
+    /// The driver's sink for decisions of agreement instances. A decision dropped on a full
+    /// queue costs only our notice: the other honest replicas' suffice.
+    pub fn decided_sink(&self) -> crate::node::DecidedSink {
+        let tx = self.tx.clone();
+        Box::new(move |decided| {
+            if tx.try_send(Input::Decided(decided)).is_err() {
+                tracing::warn!("the services' worker queue is full: a decision notice is not sent");
+            }
+        })
+    }
+
     /// The driver's sink for service events.
     pub fn service_sink(&self) -> crate::node::ServiceSink {
         let tx = self.tx.clone();
@@ -265,8 +284,9 @@ impl WorkerHandle {
 
 /// What the worker needs.
 pub struct WorkerSetup {
-    /// The services, in the order they were registered (the bistro among them).
-    pub services: Registry,
+    /// The services, in the order they were registered (the bistro among them); shared with the
+    /// core's agreement instances, which ask them whether a vote is valid.
+    pub services: Arc<Registry>,
     /// The cluster id (what epoch certificates sign).
     pub cluster: [u8; 32],
     /// The cluster's signing keys (our share).
@@ -286,7 +306,20 @@ pub struct WorkerSetup {
     pub wrong_shares: bool,
     /// Our threshold RSA key, if the cluster has one (`Outcome::ThresholdSign` is refused without).
     pub rsa: Option<RsaKeys>,
+    /// What signs and checks decision notices.
+    pub notices: NoticeKeys,
 }
+
+/// Our identity, which signs our decision notices, and every replica's, which check theirs.
+pub struct NoticeKeys {
+    /// Our Ed25519 identity (the replica file's).
+    pub identity: ed25519_dalek::SigningKey,
+    /// Each replica's identity by index (the cluster file's).
+    pub identities: Vec<[u8; 32]>,
+}
+
+/// Where the answer of an ordered request goes.
+type AnswerSender = oneshot::Sender<Result<HostAnswer, String>>;
 
 enum Waiter {
     Outcome { index: u32, reply: oneshot::Sender<Result<HostAnswer, String>> },
@@ -318,7 +351,7 @@ impl Cached {
 struct Worker {
     setup: WorkerSetup,
     /// The services, applied to every batch (the bistro alone, for now).
-    registry: Registry,
+    registry: Arc<Registry>,
     /// Their tables' names in the store.
     store_tables: Vec<String>,
     db: Database,
@@ -338,6 +371,12 @@ struct Worker {
     tree_order: std::collections::VecDeque<u64>,
     /// Snapshots of the services' state served and fetched.
     snapshots: snapshots::Snapshots,
+    /// The agreement instances the services asked for, and the decision notices.
+    agreements: Agreements,
+    /// Votes durable in our store and not yet handed to the core (its queue was full).
+    votes_unsent: VecDeque<(CoreInstance, Vote)>,
+    /// Waiters whose request's answer awaits an instance's decision (or its certificate).
+    deciding: Vec<(u64, u32, AnswerSender)>,
 }
 
 /// Open the bistro store in `dir` and start the worker on its own thread.
@@ -358,6 +397,9 @@ pub fn start(dir: &Path, mut setup: WorkerSetup) -> anyhow::Result<(WorkerHandle
             txn.open_table(t)?;
         }
         ThresholdSigning::open_tables(&txn)?;
+        for name in decisions::TABLES {
+            txn.open_table(tables::table(name))?;
+        }
         txn.commit()?;
     }
     ensure_digest(&db, &store_tables)?;
@@ -386,6 +428,12 @@ pub fn start(dir: &Path, mut setup: WorkerSetup) -> anyhow::Result<(WorkerHandle
     let node = setup.node.clone();
     let outbox = Box::new(move |command| drop(node.try_send(command)));
     let threshold = ThresholdSigning::new(setup.rsa.take(), setup.quorum, setup.our_index, outbox);
+    let agreements = Agreements {
+        registry: Arc::clone(&registry),
+        cluster: setup.cluster,
+        quorum: setup.quorum,
+        identities: setup.notices.identities.clone(),
+    };
     let mut worker = Worker {
         threshold,
         setup,
@@ -400,9 +448,13 @@ pub fn start(dir: &Path, mut setup: WorkerSetup) -> anyhow::Result<(WorkerHandle
         trees: HashMap::new(),
         tree_order: Default::default(),
         snapshots: Default::default(),
+        agreements,
+        votes_unsent: VecDeque::new(),
+        deciding: Vec::new(),
     };
     worker.load_unsigned()?;
     worker.threshold.load(&worker.db)?;
+    worker.load_pending_votes()?;
     let thread = std::thread::Builder::new().name("bistro".into()).spawn(move || worker.run(rx))?;
     Ok((WorkerHandle { tx, lag }, thread))
 }
@@ -507,7 +559,7 @@ fn epoch_leaves(batch: &Batch, outcomes: &BatchOutcomes) -> (Vec<[u8; 32]>, Vec<
     let mut answers = Vec::new();
     for (index, service, made) in &outcomes.requests {
         let Some(service) = service else { continue };
-        let mut answer = StoredAnswer { service: *service, outcomes: Vec::with_capacity(made.len()) };
+        let mut answer = StoredAnswer::new(*service);
         for outcome in made {
             let leaf = match outcome {
                 fides_service::Outcome::Sign(bytes) => record(*service, bytes),
@@ -527,10 +579,12 @@ fn state_leaf(epoch: u64, kv: &WriteTables<'_>) -> [u8; 32] {
 }
 
 /// The tables the state digest covers, by their names in the store: every service's, the
-/// answers of the routed requests, and the bistro's record index (docs/service.md).
+/// answers of the routed requests, the bistro's record index and the agreement instances asked for
+/// and decided (docs/service.md).
 fn covered_tables(registry: &Registry) -> Vec<String> {
     let mut names = registry.store_tables();
     names.extend([tables::OUTCOMES.name().to_owned(), kv::RECORD_AT.name().to_owned()]);
+    names.extend(decisions::TABLES.iter().map(|t| t.to_string()));
     names.sort();
     names
 }
@@ -645,6 +699,7 @@ impl Worker {
                         self.waiters.entry(epoch).or_default().push(Waiter::Certified { index, reply })
                     }
                     Input::Query(query) => queries.push(query),
+                    Input::Decided(decided) => self.send_notice(&decided),
                 }
             }
             if let Err(error) = self.advance() {
@@ -654,7 +709,9 @@ impl Worker {
             self.poll_snapshots();
             self.resend_shares();
             self.threshold.resend(&self.db);
+            self.send_votes();
             self.answer_waiters();
+            self.answer_deciding();
             for query in queries {
                 self.on_query(query);
             }
@@ -678,19 +735,25 @@ impl Worker {
             let txn = self.db.begin_write()?;
             let mut applied: Vec<(u64, u64, Vec<[u8; 32]>)> = Vec::new();
             let mut asked = Vec::new();
+            let mut votes = Vec::new();
             {
                 let mut kv = WriteTables::new(&txn, &self.store_tables)?;
                 for batch in &batches {
                     let requests =
                         batch.requests.iter().map(|r| Ordered { client: r.client, request: r.id, payload: &r.payload });
                     let outcomes = self.registry.apply_batch(&mut kv, batch.epoch, batch.time, requests)?;
+                    let payloads = batch.requests.iter().map(|r| r.payload.as_slice());
+                    let agreed = self.agreements.apply_epoch(&mut kv, batch.epoch, payloads, &outcomes)?;
                     let (mut leaves, answers) = epoch_leaves(batch, &outcomes);
+                    let decided = decision_leaves(&mut leaves, &agreed);
                     Self::write_answers(&mut kv, &txn, batch, &answers)?;
+                    Self::write_agreements(&mut kv, batch.epoch, &agreed, decided)?;
                     leaves.push(state_leaf(batch.epoch, &kv));
                     Self::write_epoch(&txn, batch, &leaves)?;
                     let asks = threshold::asks(&outcomes);
                     self.threshold.write_pending(&txn, batch.epoch, &asks)?;
                     asked.push((batch.epoch, asks));
+                    votes.extend(agreed.votes);
                     applied.push((batch.epoch, batch.time, leaves));
                 }
                 kv.store_digest(&txn)?;
@@ -701,6 +764,9 @@ impl Worker {
             }
             txn.commit()?;
             self.intake.applied(self.next_epoch);
+            // Durable: now the votes may go to the core.
+            self.votes_unsent.extend(votes);
+            self.send_votes();
             // Durable: now sign.
             for (epoch, asks) in asked {
                 self.threshold.sign(&self.db, epoch, asks);
@@ -846,9 +912,12 @@ impl Worker {
                     Waiter::Outcome { index, reply } if self.threshold.waits(epoch, index) => {
                         self.waiters.entry(epoch).or_default().push(Waiter::Outcome { index, reply });
                     }
-                    Waiter::Outcome { index, reply } => {
-                        let _ = reply.send(self.answer(&read, &outcomes, epoch, index));
-                    }
+                    Waiter::Outcome { index, reply } => match self.settled(&outcomes, epoch, index) {
+                        Ok(false) => self.deciding.push((epoch, index, reply)),
+                        _ => {
+                            let _ = reply.send(self.answer(&read, &outcomes, epoch, index));
+                        }
+                    },
                     Waiter::Certified { index, reply } => {
                         let _ = reply.send(self.certified(&read, epoch, u64::from(index)));
                     }
@@ -871,10 +940,13 @@ impl Worker {
             return Err(format!("the request ordered at epoch {epoch}, index {index} is for no service here"));
         };
         let stored = StoredAnswer::from_bytes(&bytes).map_err(|e| format!("a stored answer does not decode: {e}"))?;
-        let mut outcomes = Vec::with_capacity(stored.outcomes.len());
-        for (outcome, leaf) in stored.outcomes {
+        let mut outcomes = Vec::with_capacity(stored.outcomes.len() + stored.decided.len());
+        let applied = stored.outcomes.into_iter().map(|(outcome, leaf)| (outcome, epoch, leaf));
+        for (outcome, at, leaf) in applied.chain(stored.decided) {
             let certified = match outcome {
-                fides_service::Outcome::Sign(_) => self.certified(read, epoch, leaf).map(Some)?,
+                fides_service::Outcome::Sign(_) => self.certified(read, at, leaf).map(Some)?,
+                // The host's work, not an answer.
+                fides_service::Outcome::Agree { .. } => continue,
                 _ => None,
             };
             outcomes.push((outcome, certified));

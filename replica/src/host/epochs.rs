@@ -54,13 +54,30 @@ const OUTCOMES_MAX: usize = 1024;
 
 /// What the host stores for an ordered request that went to a service: the service, and each
 /// outcome that answers it with, for a signed record, its leaf index in the epoch's certificate
-/// (0 for the others).
+/// (0 for the others); then what the decisions of the agreement instances it asked for made.
+///
+/// Encoding: `service [4] ‖ count u32 ‖ (outcome ‖ leaf u64) × count`, then — only when the
+/// request asked for an instance — `awaiting u32 ‖ count u32 ‖ (outcome ‖ epoch u64 ‖ leaf u64)
+/// × count`. A stored answer written before agreement instances existed is the first part alone
+/// and reads as asking for none, so the store's format did not change.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredAnswer {
     /// The service.
     pub service: fides_service::ServiceId,
     /// Its outcomes and their leaves.
     pub outcomes: Vec<(fides_service::Outcome, u64)>,
+    /// Instances it asked for whose decision is not applied yet: the answer is not complete.
+    pub awaiting: u32,
+    /// What the decisions of its instances made, each with the epoch that certifies it (the one
+    /// whose notices decided the instance: later than the request's) and its leaf there.
+    pub decided: Vec<(fides_service::Outcome, u64, u64)>,
+}
+
+impl StoredAnswer {
+    /// An answer of `apply`'s outcomes alone.
+    pub fn new(service: fides_service::ServiceId) -> StoredAnswer {
+        StoredAnswer { service, outcomes: Vec::new(), awaiting: 0, decided: Vec::new() }
+    }
 }
 
 impl Wire for StoredAnswer {
@@ -69,6 +86,16 @@ impl Wire for StoredAnswer {
         out.extend_from_slice(&(self.outcomes.len() as u32).to_le_bytes());
         for (outcome, leaf) in &self.outcomes {
             outcome.encode(out);
+            out.extend_from_slice(&leaf.to_le_bytes());
+        }
+        if self.awaiting == 0 && self.decided.is_empty() {
+            return;
+        }
+        out.extend_from_slice(&self.awaiting.to_le_bytes());
+        out.extend_from_slice(&(self.decided.len() as u32).to_le_bytes());
+        for (outcome, epoch, leaf) in &self.decided {
+            outcome.encode(out);
+            out.extend_from_slice(&epoch.to_le_bytes());
             out.extend_from_slice(&leaf.to_le_bytes());
         }
     }
@@ -82,12 +109,26 @@ impl Wire for StoredAnswer {
         let outcomes = (0..count)
             .map(|_| Ok((fides_service::Outcome::decode(reader)?, reader.u64()?)))
             .collect::<Result<_, DecodeError>>()?;
-        Ok(StoredAnswer { service, outcomes })
+        let mut answer = StoredAnswer { service, outcomes, awaiting: 0, decided: Vec::new() };
+        if reader.remaining() == 0 {
+            return Ok(answer);
+        }
+        answer.awaiting = reader.u32()?;
+        let count = reader.u32()? as usize;
+        if count > OUTCOMES_MAX {
+            return Err(DecodeError::TooLong { len: count as u64, max: OUTCOMES_MAX as u64 });
+        }
+        answer.decided = (0..count)
+            .map(|_| Ok((fides_service::Outcome::decode(reader)?, reader.u64()?, reader.u64()?)))
+            .collect::<Result<_, DecodeError>>()?;
+        Ok(answer)
     }
 }
 
 /// A stored answer with the proofs of its signed records: for each outcome, the record's inclusion
-/// path and the epoch's certificate (signed records only).
+/// path and the epoch's certificate (signed records only). The outcomes are `apply`'s, then those
+/// of the decisions of the instances the request asked for (whose certificate is a later
+/// epoch's); `Agree`s are the host's work and are not in it.
 #[derive(Clone, Debug)]
 pub struct HostAnswer {
     /// The service.
@@ -122,11 +163,21 @@ mod tests {
         let answer = StoredAnswer {
             service: ServiceId(*b"BST1"),
             outcomes: vec![(Outcome::Sign(vec![2; 40]), 7), (Outcome::refuse(Code::NotFound, "no such event"), 0)],
+            awaiting: 0,
+            decided: Vec::new(),
         };
         let bytes = answer.to_bytes();
-        assert_eq!(StoredAnswer::from_bytes(&bytes), Ok(answer));
+        assert_eq!(StoredAnswer::from_bytes(&bytes), Ok(answer.clone()));
         for cut in 0..bytes.len() {
             assert!(StoredAnswer::from_bytes(&bytes[..cut]).is_err());
+        }
+        // With the decisions of its instances, after the part of before (which still reads alone).
+        let asked = StoredAnswer { awaiting: 1, decided: vec![(Outcome::Sign(vec![5; 9]), 12, 3)], ..answer.clone() };
+        let longer = asked.to_bytes();
+        assert_eq!(&longer[..bytes.len()], &bytes[..], "the first part is the answer of before");
+        assert_eq!(StoredAnswer::from_bytes(&longer), Ok(asked));
+        for cut in bytes.len() + 1..longer.len() {
+            assert!(StoredAnswer::from_bytes(&longer[..cut]).is_err(), "{cut} bytes decode");
         }
         let mut many = b"BST1".to_vec();
         many.extend_from_slice(&u32::MAX.to_le_bytes());

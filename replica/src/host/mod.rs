@@ -8,11 +8,15 @@
 //!   exchange with the other replicas and their table;
 //! - [`snapshot`]: the services' state sent to a replica that lost it, checked against the state
 //!   leaf of a certified epoch;
+//! - [`decisions`]: the agreement instances the services ask for — who asked, the votes for the
+//!   core, the replicas' ordered decision notices, and the ordered point where a decision is
+//!   applied;
 //! - [`orderer`]: ordering a request for a service and waiting for its answer, for the services'
 //!   gRPC adapters.
 //!
 //! `docs/service.md` ("The host") describes it.
 
+pub mod decisions;
 pub mod epochs;
 pub mod intake;
 pub mod orderer;

@@ -86,7 +86,11 @@ impl Orderer {
             Ok(Ok(Err(error))) => return Err(Status::internal(error)),
             Ok(Ok(Ok(answer))) => answer,
         };
-        if let Some((Outcome::Refuse(refusal), _)) = answer.outcomes.first() {
+        // A refusal of `apply` stands alone; one from the decision of an instance the request asked
+        // for comes after `apply`'s outcomes, and refuses the request as well.
+        if let Some((Outcome::Refuse(refusal), _)) =
+            answer.outcomes.iter().find(|(o, _)| matches!(o, Outcome::Refuse(_)))
+        {
             return Err(code_status(refusal.code, refusal.reason.clone()));
         }
         Ok((answer, ordered.epoch, ordered.index))

@@ -83,8 +83,10 @@ fn cluster(rsa: impl Fn(usize) -> Option<RsaKeys>) -> Cluster {
             .expect("registers");
         services.register(Signs).expect("registers");
         let at = NodeIndex(i);
+        let identities: Vec<ed25519_dalek::SigningKey> =
+            (0..4u8).map(|r| ed25519_dalek::SigningKey::from_bytes(&[r + 1; 32])).collect();
         let setup = WorkerSetup {
-            services,
+            services: Arc::new(services),
             cluster: [7; 32],
             signing: Arc::new(ThresholdKeys::with_shared(
                 at,
@@ -102,6 +104,10 @@ fn cluster(rsa: impl Fn(usize) -> Option<RsaKeys>) -> Cluster {
             node,
             wrong_shares: false,
             rsa: rsa(i as usize),
+            notices: crate::bistro::worker::NoticeKeys {
+                identity: identities[i as usize].clone(),
+                identities: identities.iter().map(|k| k.verifying_key().to_bytes()).collect(),
+            },
         };
         let (handle, _) = worker::start(dir.path(), setup).expect("the worker starts");
         workers.lock().expect("not poisoned").push(handle);

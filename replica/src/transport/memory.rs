@@ -12,16 +12,52 @@ use super::{PeerCounters, Transport, TransportEvent};
 
 type Inboxes = Arc<Mutex<Vec<Option<mpsc::UnboundedSender<TransportEvent>>>>>;
 
+/// Which frames (from, to, bytes) the network holds back.
+pub type HoldFilter = Box<dyn Fn(NodeIndex, NodeIndex, &[u8]) -> bool + Send>;
+
+/// Frames held back, in the order sent, and the filter that holds them (for tests that need one
+/// kind of message to wait: see [`MemoryNetwork::hold`]).
+#[derive(Default)]
+struct Held {
+    filter: Option<HoldFilter>,
+    frames: Vec<(NodeIndex, NodeIndex, Vec<u8>)>,
+}
+
 /// An in-process network of `n` replicas.
 #[derive(Clone)]
 pub struct MemoryNetwork {
     inboxes: Inboxes,
+    held: Arc<Mutex<Held>>,
 }
 
 impl MemoryNetwork {
     /// A network with nobody on it yet.
     pub fn new(n: u32) -> MemoryNetwork {
-        MemoryNetwork { inboxes: Arc::new(Mutex::new(vec![None; n as usize])) }
+        MemoryNetwork { inboxes: Arc::new(Mutex::new(vec![None; n as usize])), held: Arc::default() }
+    }
+
+    /// Hold back every frame `filter` picks (delayed, not lost) until [`MemoryNetwork::release`].
+    pub fn hold(&self, filter: HoldFilter) {
+        if let Ok(mut held) = self.held.lock() {
+            held.filter = Some(filter);
+        }
+    }
+
+    /// Stop holding frames back, and deliver those held, in the order they were sent.
+    pub fn release(&self) {
+        let frames = match self.held.lock() {
+            Ok(mut held) => {
+                held.filter = None;
+                std::mem::take(&mut held.frames)
+            }
+            Err(_) => return,
+        };
+        let Ok(inboxes) = self.inboxes.lock() else { return };
+        for (from, to, bytes) in frames {
+            if let Some(Some(inbox)) = inboxes.get(to.0 as usize) {
+                let _ = inbox.send(TransportEvent::Frame { from, bytes });
+            }
+        }
     }
 
     /// Replica `index`'s end (replacing an earlier one); the others are told it is connected.
@@ -45,6 +81,7 @@ impl MemoryNetwork {
         MemoryTransport {
             our_index: index,
             inboxes: Arc::clone(&self.inboxes),
+            held: Arc::clone(&self.held),
             incoming,
             counters: Arc::new(Mutex::new(vec![PeerCounters::default(); n])),
         }
@@ -55,6 +92,7 @@ impl MemoryNetwork {
 pub struct MemoryTransport {
     our_index: NodeIndex,
     inboxes: Inboxes,
+    held: Arc<Mutex<Held>>,
     incoming: mpsc::UnboundedReceiver<TransportEvent>,
     counters: Arc<Mutex<Vec<PeerCounters>>>,
 }
@@ -63,6 +101,12 @@ impl Transport for MemoryTransport {
     fn send(&self, to: NodeIndex, frame: Arc<[u8]>) {
         if to == self.our_index {
             return;
+        }
+        if let Ok(mut held) = self.held.lock() {
+            if held.filter.as_ref().is_some_and(|hold| hold(self.our_index, to, &frame)) {
+                held.frames.push((self.our_index, to, frame.to_vec()));
+                return;
+            }
         }
         let sent = match self.inboxes.lock() {
             Ok(inboxes) => match inboxes.get(to.0 as usize) {

@@ -1,0 +1,245 @@
+//! The notice logic alone, over tables in memory: what decides an instance, and what never does.
+
+use super::*;
+use fides_service::{Applied as At, MemoryTables, Ordered, QueryError, Service};
+
+/// `AGT1 ‖ key [32] ‖ vote u8`: asks for instance `key` with that vote (for 1 the justification
+/// `yes ‖ key[0]`), and answers from the decision: it records the value and signs it.
+struct Asker;
+
+impl Service for Asker {
+    const ID: ServiceId = ServiceId(*b"AGT1");
+    const NAME: &'static str = "asker";
+    const TABLES: &'static [&'static str] = &["decided"];
+    const PAYLOAD_MAX: usize = 37;
+    type Request = ([u8; 32], bool);
+    type Query = ();
+    type View = ();
+
+    fn decode(&self, payload: &[u8]) -> Result<([u8; 32], bool), DecodeError> {
+        let mut reader = Reader::new(payload.get(4..).unwrap_or_default());
+        Ok((reader.array()?, reader.bool()?))
+    }
+
+    fn apply(&self, _: &mut dyn Tables, _: &At, (key, vote): ([u8; 32], bool)) -> Result<Vec<Outcome>, StoreError> {
+        let justification = if vote { justification(&key) } else { Vec::new() };
+        Ok(vec![Outcome::Agree { instance: InstanceId(key), vote, justification }])
+    }
+
+    fn validate(&self, instance: InstanceId, justification: &[u8]) -> bool {
+        justification == self::justification(&instance.0)
+    }
+
+    fn decided(&self, tables: &mut dyn Tables, decision: &Decision) -> Result<Vec<Outcome>, StoreError> {
+        tables.put("decided", &decision.instance.0, &[u8::from(decision.value)])?;
+        Ok(vec![Outcome::Sign([&decision.instance.0[..], &[u8::from(decision.value)]].concat())])
+    }
+
+    fn query(&self, _: &dyn Tables, (): ()) -> Result<(), QueryError> {
+        Ok(())
+    }
+}
+
+fn justification(key: &[u8; 32]) -> Vec<u8> {
+    [&b"yes"[..], &key[..1]].concat()
+}
+
+const CLUSTER: [u8; 32] = [42; 32];
+
+/// `n` replicas tolerating `t`, with their identities, and host tables in memory.
+struct Setup {
+    agreements: Agreements,
+    keys: Vec<SigningKey>,
+    host: MemoryTables,
+}
+
+fn setup(n: u32, t: u32) -> Setup {
+    let keys: Vec<SigningKey> = (0..n).map(|i| SigningKey::from_bytes(&[i as u8 + 1; 32])).collect();
+    let mut registry = Registry::new();
+    registry.register(Asker).expect("a free id");
+    let agreements = Agreements {
+        registry: Arc::new(registry),
+        cluster: CLUSTER,
+        quorum: Quorum::new(n, t).expect("a valid quorum"),
+        identities: keys.iter().map(|k| k.verifying_key().to_bytes()).collect(),
+    };
+    Setup { agreements, keys, host: MemoryTables::default() }
+}
+
+fn instance(k: u8) -> CoreInstance {
+    CoreInstance { service: *b"AGT1", key: [k; 32] }
+}
+
+/// Replica `replica`'s notice that its core decided `value` on instance `k`.
+fn notice(setup: &Setup, replica: u32, k: u8, value: bool) -> Vec<u8> {
+    let justification = value.then(|| justification(&[k; 32]));
+    let decided = Decided { instance: instance(k), value, justification };
+    Notice::sign(&setup.keys[replica as usize], &CLUSTER, replica, &decided).to_payload()
+}
+
+impl Setup {
+    fn ask(&mut self, k: u8) {
+        let asked = self.agreements.ask(&mut self.host, instance(k), Some((1, 0)), Vote::One(justification(&[k; 32])));
+        assert_eq!(asked, Ok(true));
+    }
+
+    fn take(&mut self, payload: &[u8]) -> Taken {
+        self.agreements.take_notice(&mut self.host, 9, payload).expect("memory tables do not fail")
+    }
+}
+
+fn decided(value: bool, k: u8) -> Taken {
+    let justification = if value { justification(&[k; 32]) } else { Vec::new() };
+    Taken::Decided {
+        service: ServiceId(*b"AGT1"),
+        asker: Some((1, 0)),
+        decision: Decision { instance: InstanceId([k; 32]), value, justification },
+    }
+}
+
+#[test]
+fn t_notices_of_a_value_never_decide_and_t_plus_one_do() {
+    // n = 7, t = 2: two Byzantine replicas say 0, the honest ones say 1.
+    let mut s = setup(7, 2);
+    s.ask(1);
+    for replica in [5, 6] {
+        let payload = notice(&s, replica, 1, false);
+        assert_eq!(s.take(&payload), Taken::Counted, "t notices for 0 do not decide");
+    }
+    for replica in [0, 1] {
+        let payload = notice(&s, replica, 1, true);
+        assert_eq!(s.take(&payload), Taken::Counted, "t notices for 1 do not decide");
+    }
+    let payload = notice(&s, 2, 1, true);
+    assert_eq!(s.take(&payload), decided(true, 1), "the t + 1-th notice for 1 decides 1");
+    // The instance is decided: later notices change nothing, whoever sends them.
+    let payload = notice(&s, 3, 1, true);
+    assert_eq!(s.take(&payload), Taken::Ignored(Ignored::NotPending));
+    assert_eq!(s.host.get(DECIDED, &instance(1).to_bytes()), Ok(Some([&[1u8][..], &9u64.to_le_bytes()].concat())));
+    assert_eq!(s.host.get(PENDING, &instance(1).to_bytes()), Ok(None));
+}
+
+#[test]
+fn a_replicas_second_notice_counts_once_even_with_the_other_value() {
+    let mut s = setup(4, 1);
+    s.ask(2);
+    let first = notice(&s, 3, 2, false);
+    assert_eq!(s.take(&first), Taken::Counted);
+    assert_eq!(s.take(&first), Taken::Ignored(Ignored::Again), "the same notice ordered twice");
+    let other = notice(&s, 3, 2, true);
+    assert_eq!(s.take(&other), Taken::Ignored(Ignored::Again), "a replica that changes its mind");
+    let payload = notice(&s, 0, 2, true);
+    assert_eq!(s.take(&payload), Taken::Counted, "replica 3's notice for 1 was not counted");
+    let payload = notice(&s, 1, 2, true);
+    assert_eq!(s.take(&payload), decided(true, 2));
+}
+
+#[test]
+fn forged_and_foreign_notices_are_ignored() {
+    let mut s = setup(4, 1);
+    s.ask(3);
+    // Replica 3 signs a notice in replica 0's name.
+    let decided0 = Decided { instance: instance(3), value: false, justification: None };
+    let forged = Notice::sign(&s.keys[3], &CLUSTER, 0, &decided0).to_payload();
+    assert_eq!(s.take(&forged), Taken::Ignored(Ignored::BadSignature));
+    // A notice of another cluster.
+    let foreign = Notice::sign(&s.keys[0], &[7; 32], 0, &decided0).to_payload();
+    assert_eq!(s.take(&foreign), Taken::Ignored(Ignored::BadSignature));
+    // A flipped bit anywhere in the signed part.
+    let good = notice(&s, 0, 3, false);
+    for at in 4..good.len() - 64 {
+        let mut bad = good.clone();
+        bad[at] ^= 1;
+        assert!(matches!(s.take(&bad), Taken::Ignored(_)), "a notice with byte {at} flipped is taken");
+    }
+    // No such replica, and bytes that are no notice.
+    let decided7 = Decided { instance: instance(3), value: false, justification: None };
+    let stranger = Notice::sign(&s.keys[0], &CLUSTER, 7, &decided7).to_payload();
+    assert_eq!(s.take(&stranger), Taken::Ignored(Ignored::UnknownReplica));
+    for cut in 0..good.len() {
+        assert_eq!(s.take(&good[..cut]), Taken::Ignored(Ignored::Undecodable));
+    }
+    // None of that counted: replica 0's real notice and one more decide.
+    assert_eq!(s.take(&good), Taken::Counted);
+    let payload = notice(&s, 1, 3, false);
+    assert_eq!(s.take(&payload), decided(false, 3));
+}
+
+#[test]
+fn a_notice_for_one_with_a_justification_the_service_refuses_does_not_count() {
+    let mut s = setup(4, 1);
+    s.ask(4);
+    for replica in [2, 3] {
+        let decided = Decided { instance: instance(4), value: true, justification: Some(b"trust me".to_vec()) };
+        let payload = Notice::sign(&s.keys[replica as usize], &CLUSTER, replica, &decided).to_payload();
+        assert_eq!(s.take(&payload), Taken::Ignored(Ignored::Unjustified));
+    }
+    let payload = notice(&s, 0, 4, true);
+    assert_eq!(s.take(&payload), Taken::Counted, "two unjustified notices and one good one are not t + 1");
+    let payload = notice(&s, 1, 4, true);
+    assert_eq!(s.take(&payload), decided(true, 4));
+}
+
+#[test]
+fn notices_for_instances_nobody_asked_for_are_ignored_and_an_instance_is_asked_for_once() {
+    let mut s = setup(4, 1);
+    let payload = notice(&s, 0, 5, true);
+    assert_eq!(s.take(&payload), Taken::Ignored(Ignored::NotPending));
+    assert_eq!(s.host.get(PENDING, &instance(5).to_bytes()), Ok(None), "nothing kept for it");
+    s.ask(5);
+    assert_eq!(s.agreements.ask(&mut s.host, instance(5), Some((2, 0)), Vote::Zero), Ok(false), "pending");
+    assert_eq!(pending_votes(&s.host), Ok(vec![(instance(5), Vote::One(justification(&[5; 32])))]));
+    for replica in [0, 1] {
+        let payload = notice(&s, replica, 5, true);
+        s.take(&payload);
+    }
+    assert_eq!(s.agreements.ask(&mut s.host, instance(5), Some((2, 0)), Vote::Zero), Ok(false), "decided");
+    assert_eq!(pending_votes(&s.host), Ok(Vec::new()));
+}
+
+#[test]
+fn notices_decode_only_whole_and_within_bounds() {
+    let s = setup(4, 1);
+    let payload = notice(&s, 2, 6, true);
+    let parsed = Notice::from_payload(&payload).expect("a notice");
+    assert_eq!((parsed.replica, parsed.instance, parsed.value), (2, instance(6), true));
+    assert_eq!(parsed.to_payload(), payload);
+    assert!(Notice::from_payload(&[payload.as_slice(), &[0]].concat()).is_err(), "a trailing byte");
+    // A notice for 0 carries no justification.
+    let mut zero = Notice::from_payload(&notice(&s, 2, 6, false)).expect("a notice");
+    zero.justification = vec![1];
+    assert!(Notice::from_payload(&zero.to_payload()).is_err());
+    // The bound is the agreement instances' own.
+    let config = fides_atomic_broadcast::instances::Config::new(b"x".to_vec());
+    assert_eq!(JUSTIFICATION_MAX, config.justification_len_max);
+    let long = Notice { justification: vec![0; JUSTIFICATION_MAX + 1], ..parsed };
+    assert!(Notice::from_payload(&long.to_payload()).is_err());
+}
+
+/// A whole epoch: a request asks, two epochs later the notices come in one batch (a Byzantine one
+/// first), and the decision runs the service's `decided` there.
+#[test]
+fn an_epoch_records_its_asks_and_applies_the_decision_its_notices_reach() {
+    let mut s = setup(4, 1);
+    let registry = Arc::clone(&s.agreements.registry);
+    let ask = [&b"AGT1"[..], &[8; 32], &[1]].concat();
+    let batch = [Ordered { client: 1, request: 1, payload: &ask }];
+    let outcomes = registry.apply_batch(&mut s.host, 3, 1_000, batch).expect("memory");
+    let agreed = s.agreements.apply_epoch(&mut s.host, 3, [ask.as_slice()], &outcomes).expect("mem");
+    assert_eq!(agreed.votes, vec![(instance(8), Vote::One(justification(&[8; 32])))]);
+    assert_eq!(agreed.asked, vec![(3, 0)]);
+    assert!(agreed.decided.is_empty());
+
+    let notices = [notice(&s, 3, 8, false), notice(&s, 0, 8, true), notice(&s, 2, 8, true), notice(&s, 1, 8, true)];
+    let batch: Vec<Ordered<'_>> =
+        notices.iter().map(|n| Ordered { client: 2, request: n.len() as u64, payload: n }).collect();
+    let outcomes = registry.apply_batch(&mut s.host, 5, 2_000, batch).expect("memory");
+    let payloads = notices.iter().map(Vec::as_slice);
+    let agreed = s.agreements.apply_epoch(&mut s.host, 5, payloads, &outcomes).expect("memory");
+    assert!(agreed.votes.is_empty() && agreed.asked.is_empty());
+    assert_eq!(agreed.decided.len(), 1, "decided once, by the third notice; the fourth is ignored");
+    let applied = &agreed.decided[0];
+    assert_eq!((applied.service, applied.asker), (ServiceId(*b"AGT1"), Some((3, 0))));
+    assert_eq!(applied.outcomes, vec![Outcome::Sign([&[8u8; 32][..], &[1]].concat())]);
+    assert_eq!(s.host.get("asker_decided", &[8; 32]), Ok(Some(vec![1])), "decided wrote in its tables");
+}

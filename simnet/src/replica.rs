@@ -5,8 +5,8 @@
 //!
 //! An honest [`WholeReplica`] does what the replica's services' worker does with each delivered
 //! batch: the registry applies it to the services' tables in order, the epoch's leaves are made
-//! with [`fides_service::certificate::epoch_leaves`] (the function the worker uses), and the root
-//! goes to the [`EpochSigner`]; the ordering service's checkpoint digest is its log digest, as in
+//! with [`fides_service::certificate::epoch_leaves`] (the function the worker uses) followed by the
+//! state leaf, and the root goes to the [`EpochSigner`]; the ordering service's checkpoint digest is its log digest, as in
 //! the replica's core. It reports each applied epoch (its state digest, root, and every answer
 //! with its inclusion path) and each certificate.
 //!
@@ -102,9 +102,9 @@ pub struct Answer {
 pub struct Applied {
     /// The epoch.
     pub epoch: u64,
-    /// SHA-256 over the services' tables after it.
+    /// The state digest of the services' tables after it (committed in the state leaf).
     pub state: Digest,
-    /// The root of its tree (`None`: no leaves, nothing to sign).
+    /// The root of its tree (every epoch has one: the state leaf is always there).
     pub root: Option<Digest>,
     /// Every answer: each request's ordering leaf, then each signed record.
     pub answers: Vec<Answer>,
@@ -229,16 +229,13 @@ impl WholeReplica {
                 return;
             }
         };
-        let made = epoch_leaves(ordered(), &outcomes);
-        let mut applied = Applied {
-            epoch: batch.epoch,
-            state: state_digest(&self.tables),
-            root: None,
-            answers: Vec::new(),
-            events: Vec::new(),
-            tickets: 0,
-        };
-        if !made.leaves.is_empty() {
+        let mut made = epoch_leaves(ordered(), &outcomes);
+        let state = state_digest(&self.tables);
+        // The state leaf is the last, as the worker makes it: every epoch has a tree.
+        made.leaves.push(Leaf::State { epoch: batch.epoch, digest: state }.hash());
+        let mut applied =
+            Applied { epoch: batch.epoch, state, root: None, answers: Vec::new(), events: Vec::new(), tickets: 0 };
+        {
             let tree = Tree::new(made.leaves);
             let root = tree.epoch_root(batch.epoch, batch.time);
             applied.root = Some(root.root);
@@ -276,18 +273,16 @@ impl WholeReplica {
     }
 }
 
-/// SHA-256 over every table, key and value, in order (length-prefixed).
+/// The state digest of every table (`fides_service::state`, as the replica's host keeps it, here
+/// recomputed from the in-memory tables).
 fn state_digest(tables: &MemoryTables) -> Digest {
-    let mut bytes = Vec::new();
+    let mut digest = fides_service::state::StateDigest::new();
     for (name, table) in tables.tables() {
-        fides_types::codec::put_bytes(&mut bytes, name.as_bytes());
-        bytes.extend_from_slice(&(table.len() as u64).to_le_bytes());
         for (key, value) in table {
-            fides_types::codec::put_bytes(&mut bytes, key);
-            fides_types::codec::put_bytes(&mut bytes, value);
+            digest.add(name, key, value);
         }
     }
-    fides_crypto::sha256(&bytes)
+    digest.commitment()
 }
 
 impl Protocol for WholeReplica {

@@ -531,45 +531,22 @@ fn ensure_digest(db: &Database, covered: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The leaves of an epoch's certificate (docs/certificate.md): one ordering leaf per request —
-/// leaf `i` is request `i` — then the records the services sign, in the order they were made
-/// (every service's epoch start, then the requests in order); and each routed request's answer,
-/// with the leaf index of each signed record.
+/// The leaves of an epoch's certificate before its decisions and state leaf
+/// ([`fides_service::certificate::epoch_leaves`]: the ordering leaves, then the records the
+/// services sign), and each routed request's answer, with the leaf index of each signed record.
 fn epoch_leaves(batch: &Batch, outcomes: &BatchOutcomes) -> (Vec<[u8; 32]>, Vec<(u32, StoredAnswer)>) {
-    let mut leaves: Vec<[u8; 32]> = batch
-        .requests
-        .iter()
-        .enumerate()
-        .map(|(index, r)| {
-            let digest = fides_crypto::sha256(&r.payload);
-            Leaf::Ordering { client: r.client, id: r.id, digest, index: index as u32 }.hash()
+    let requests = batch.requests.iter().map(|r| Ordered { client: r.client, request: r.id, payload: &r.payload });
+    let made = fides_service::certificate::epoch_leaves(requests, outcomes);
+    let answers = made
+        .answers
+        .into_iter()
+        .map(|(index, service, outcomes)| {
+            let mut answer = StoredAnswer::new(service);
+            answer.outcomes = outcomes;
+            (index, answer)
         })
         .collect();
-    let mut record = |service, bytes: &Vec<u8>| {
-        leaves.push(Leaf::Service { service, record: bytes.clone() }.hash());
-        leaves.len() as u64 - 1
-    };
-    for (service, made) in &outcomes.epoch {
-        for outcome in made {
-            if let fides_service::Outcome::Sign(bytes) = outcome {
-                record(*service, bytes);
-            }
-        }
-    }
-    let mut answers = Vec::new();
-    for (index, service, made) in &outcomes.requests {
-        let Some(service) = service else { continue };
-        let mut answer = StoredAnswer::new(*service);
-        for outcome in made {
-            let leaf = match outcome {
-                fides_service::Outcome::Sign(bytes) => record(*service, bytes),
-                _ => 0,
-            };
-            answer.outcomes.push((outcome.clone(), leaf));
-        }
-        answers.push((*index, answer));
-    }
-    (leaves, answers)
+    (made.leaves, answers)
 }
 
 /// The last leaf of an epoch's tree: the state digest of the covered tables after the epoch

@@ -108,8 +108,11 @@ pub struct RelayInfo {
 /// Bounded: when [`ROOTS_MAX`] roots are cached it starts over.
 #[derive(Debug, Default)]
 pub struct RootCache {
-    verified: Mutex<HashMap<[u8; 32], Arc<OnceLock<bool>>>>,
+    verified: Mutex<HashMap<[u8; 32], Arc<RootCheck>>>,
 }
+
+/// One root's check, done once: its result, or being done by one verifier while the others wait.
+type RootCheck = OnceLock<Result<(), ProofError>>;
 
 /// Roots a [`RootCache`] remembers before it starts over.
 pub const ROOTS_MAX: usize = 4096;
@@ -144,8 +147,17 @@ impl RootCache {
             }
         }
         let message = proof.message(cluster, record)?;
-        let signature = blsttc::Signature::from_bytes(proof.signature).map_err(|_| ProofError::Malformed)?;
-        let check = || public.verify(&signature, &message);
+        // Decompressing the signature (a G2 point, with its subgroup check) costs a good part of
+        // a pairing: only on a miss.
+        let check = || {
+            blsttc::Signature::from_bytes(proof.signature).map_or(Err(ProofError::Malformed), |signature| {
+                if public.verify(&signature, &message) {
+                    Ok(())
+                } else {
+                    Err(ProofError::Signature)
+                }
+            })
+        };
         let key: [u8; 32] = Sha256::new()
             .chain_update(public.to_bytes())
             .chain_update((message.len() as u64).to_le_bytes())
@@ -161,13 +173,9 @@ impl RootCache {
                 Arc::clone(verified.entry(key).or_default())
             }
             // A poisoned lock only means another thread panicked: check without the cache.
-            Err(_) => return if check() { Ok(()) } else { Err(ProofError::Signature) },
+            Err(_) => return check(),
         };
-        if *cell.get_or_init(check) {
-            Ok(())
-        } else {
-            Err(ProofError::Signature)
-        }
+        cell.get_or_init(check).clone()
     }
 }
 

@@ -889,10 +889,13 @@ impl Worker {
                     Waiter::Outcome { index, reply } if self.threshold.waits(epoch, index) => {
                         self.waiters.entry(epoch).or_default().push(Waiter::Outcome { index, reply });
                     }
-                    Waiter::Outcome { index, reply } => match self.settled(&outcomes, epoch, index) {
-                        Ok(false) => self.deciding.push((epoch, index, reply)),
-                        _ => {
-                            let _ = reply.send(self.answer(&read, &outcomes, epoch, index));
+                    Waiter::Outcome { index, reply } => match Self::stored(&outcomes, epoch, index) {
+                        Ok(Some(stored)) if !self.settled(&stored) => self.deciding.push((epoch, index, reply)),
+                        Ok(stored) => {
+                            let _ = reply.send(self.answer(&read, epoch, index, stored));
+                        }
+                        Err(error) => {
+                            let _ = reply.send(Err(error));
                         }
                     },
                     Waiter::Certified { index, reply } => {
@@ -905,18 +908,29 @@ impl Worker {
 
     /// The answer for the request at (epoch, index), applied (and, for signed records,
     /// certified) already.
-    fn answer(
-        &mut self,
-        read: &redb::ReadTransaction,
+    /// The stored answer of the request at (epoch, index), read and decoded once (`None`: the
+    /// request was for no service).
+    fn stored(
         outcomes: &redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
         epoch: u64,
         index: u32,
-    ) -> Result<HostAnswer, String> {
+    ) -> Result<Option<StoredAnswer>, String> {
         let stored = outcomes.get(outcome_key(epoch, index).as_slice()).map_err(|e| e.to_string())?;
-        let Some(bytes) = stored.map(|v| v.value().to_vec()) else {
+        let Some(bytes) = stored.map(|v| v.value().to_vec()) else { return Ok(None) };
+        StoredAnswer::from_bytes(&bytes).map(Some).map_err(|e| format!("a stored answer does not decode: {e}"))
+    }
+
+    /// The answer of the request at (epoch, index) from its stored answer.
+    fn answer(
+        &mut self,
+        read: &redb::ReadTransaction,
+        epoch: u64,
+        index: u32,
+        stored: Option<StoredAnswer>,
+    ) -> Result<HostAnswer, String> {
+        let Some(stored) = stored else {
             return Err(format!("the request ordered at epoch {epoch}, index {index} is for no service here"));
         };
-        let stored = StoredAnswer::from_bytes(&bytes).map_err(|e| format!("a stored answer does not decode: {e}"))?;
         let mut outcomes = Vec::with_capacity(stored.outcomes.len() + stored.decided.len());
         let applied = stored.outcomes.into_iter().map(|(outcome, leaf)| (outcome, epoch, leaf));
         for (outcome, at, leaf) in applied.chain(stored.decided) {
@@ -974,7 +988,8 @@ impl Worker {
                     let epoch = u64::from_be_bytes(at.get(..8).and_then(|b| b.try_into().ok()).unwrap_or([0; 8]));
                     let index = u32::from_be_bytes(at.get(8..12).and_then(|b| b.try_into().ok()).unwrap_or([0; 4]));
                     let outcomes = read.open_table(tables::OUTCOMES)?;
-                    let answer = self.answer(&read, &outcomes, epoch, index).map_err(anyhow::Error::msg)?;
+                    let stored = Self::stored(&outcomes, epoch, index).map_err(anyhow::Error::msg)?;
+                    let answer = self.answer(&read, epoch, index, stored).map_err(anyhow::Error::msg)?;
                     Ok(Some((Answer::of(&answer).map_err(anyhow::Error::msg)?, epoch, index)))
                 })();
                 let _ = reply.send(result.map_err(|e| e.to_string()));

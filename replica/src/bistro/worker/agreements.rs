@@ -125,10 +125,10 @@ impl Worker {
             if reply.is_closed() {
                 continue;
             }
-            match self.settled(&outcomes, epoch, index) {
-                Ok(false) => self.deciding.push((epoch, index, reply)),
-                Ok(true) => {
-                    let _ = reply.send(self.answer(&read, &outcomes, epoch, index));
+            match Self::stored(&outcomes, epoch, index) {
+                Ok(Some(stored)) if !self.settled(&stored) => self.deciding.push((epoch, index, reply)),
+                Ok(stored) => {
+                    let _ = reply.send(self.answer(&read, epoch, index, stored));
                 }
                 Err(error) => {
                     let _ = reply.send(Err(error));
@@ -137,18 +137,10 @@ impl Worker {
         }
     }
 
-    /// Whether the answer of the request at (epoch, index) is complete: no instance it asked for
-    /// awaits its decision, and every epoch that certifies a decision's outcome is certified.
-    pub(super) fn settled(
-        &self,
-        outcomes: &redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
-        epoch: u64,
-        index: u32,
-    ) -> Result<bool, String> {
-        let stored = outcomes.get(outcome_key(epoch, index).as_slice()).map_err(|e| e.to_string())?;
-        let Some(bytes) = stored.map(|v| v.value().to_vec()) else { return Ok(true) };
-        let stored = StoredAnswer::from_bytes(&bytes).map_err(|e| format!("a stored answer does not decode: {e}"))?;
+    /// Whether a stored answer is complete: no instance it asked for awaits its decision, and
+    /// every epoch that certifies a decision's outcome is certified.
+    pub(super) fn settled(&self, stored: &StoredAnswer) -> bool {
         let certified = |e: u64| e < self.next_epoch && !self.unsigned.contains_key(&e);
-        Ok(stored.awaiting == 0 && stored.decided.iter().all(|(_, e, _)| certified(*e)))
+        stored.awaiting == 0 && stored.decided.iter().all(|(_, e, _)| certified(*e))
     }
 }

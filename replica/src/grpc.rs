@@ -16,7 +16,7 @@ use proto::ordering_server::{Ordering, OrderingServer};
 use tokio::sync::oneshot;
 use tonic::{Request as GrpcRequest, Response, Status};
 
-use crate::bistro::worker::{Input as WorkerInput, WorkerHandle};
+use crate::host::worker::{Input as WorkerInput, WorkerHandle};
 use crate::node::{Command, Lookup, NodeHandle, Ordered, SubmitError};
 
 /// The gRPC service of one replica.

@@ -255,9 +255,9 @@ pub async fn run(config: RunConfig, exit_on_stdin_close: bool) -> anyhow::Result
     let instances = instances(quorum, index, &threshold_keys, &cluster, &services);
     let (mut node, handle) = Node::start_hosting(setup, Some(instances), data, transport, Arc::clone(&metrics))
         .with_context(|| format!("opening the data directory {}", data.display()))?;
-    let (worker, _worker_thread) = crate::bistro::worker::start(
+    let (worker, _worker_thread) = crate::host::worker::start(
         data,
-        crate::bistro::worker::WorkerSetup {
+        crate::host::worker::WorkerSetup {
             services,
             cluster: cluster.id().0,
             signing: Arc::clone(&threshold_keys.signing),
@@ -268,7 +268,7 @@ pub async fn run(config: RunConfig, exit_on_stdin_close: bool) -> anyhow::Result
             node: handle.clone(),
             wrong_shares: config.fault_wrong_shares,
             rsa: rsa_keys(&replica, &cluster),
-            notices: crate::bistro::worker::NoticeKeys {
+            notices: crate::host::worker::NoticeKeys {
                 identity: replica.identity().clone(),
                 identities: cluster.replicas().iter().map(|r| r.identity.to_bytes()).collect(),
             },

@@ -1,11 +1,11 @@
-//! The timestamping bistro at a replica: the worker that runs the service over delivered batches
-//! ([`worker`]), its store ([`kv`]), the `fides.v1.Bistro` gRPC service (here), the replica's
-//! side as an intermediary, and the transfer of uploads after deadlines ([`transfer`]).
+//! The timestamping bistro at a replica: its tables beside the host's ([`kv`]), the
+//! `fides.v1.Bistro` gRPC service (here), the replica's side as an intermediary, and the transfer
+//! of uploads after deadlines ([`transfer`]). The host's worker (`crate::host::worker`) runs the
+//! service over delivered batches.
 //! `docs/bistro.md` describes the protocol.
 
 pub mod kv;
 pub mod transfer;
-pub mod worker;
 
 use fides_api::proto;
 use fides_bistro::records::{
@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 use tonic::{Request as GrpcRequest, Response, Status};
 
 use crate::host::orderer::code_status;
-use worker::{Answer, Input, Query, WorkerHandle};
+use crate::host::worker::{Answer, Input, Query, WorkerHandle};
 
 /// One upload of a collection, as a replica reports it.
 #[derive(Clone, Debug)]

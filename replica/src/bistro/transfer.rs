@@ -19,8 +19,8 @@ use futures::StreamExt;
 use tokio::sync::{oneshot, watch};
 use tonic::Status;
 
-use super::worker::{Input, PendingUpload, Query};
 use super::Orderer;
+use crate::host::worker::{Input, PendingUpload, Query};
 
 /// Uploads fetched at once.
 pub const PARALLEL: usize = 4;

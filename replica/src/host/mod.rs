@@ -11,6 +11,8 @@
 //! - [`decisions`]: the agreement instances the services ask for — who asked, the votes for the
 //!   core, the replicas' ordered decision notices, and the ordered point where a decision is
 //!   applied;
+//! - [`worker`]: the thread that applies delivered batches to every service in one transaction,
+//!   certifies each epoch and answers waiting handlers;
 //! - [`orderer`]: ordering a request for a service and waiting for its answer, for the services'
 //!   gRPC adapters.
 //!
@@ -25,6 +27,7 @@ pub mod tables;
 pub mod threshold;
 #[cfg(test)]
 mod threshold_worker_tests;
+pub mod worker;
 
 pub use intake::{Intake, Lag};
 pub use orderer::Orderer;

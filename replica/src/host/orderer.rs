@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 use tonic::Status;
 
 use super::epochs::HostAnswer;
-use crate::bistro::worker::{Input, WorkerHandle};
+use crate::host::worker::{Input, WorkerHandle};
 use crate::node::{Command, NodeHandle, SubmitError};
 
 /// A host's answer with where its request was ordered: (answer, epoch, index).

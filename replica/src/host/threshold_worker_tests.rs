@@ -15,8 +15,8 @@ use tokio::sync::oneshot;
 
 use super::threshold::tests::{dealt, keys};
 use super::threshold::{RsaKeys, FRAME_KIND};
-use crate::bistro::worker::{self, Input, Query, WorkerHandle, WorkerSetup};
 use crate::host::epochs::HostAnswer;
+use crate::host::worker::{self, Input, Query, WorkerHandle, WorkerSetup};
 use crate::node::{Command, NodeHandle, ServiceEvent, FRAME_SERVICE};
 
 /// How long the router holds each threshold RSA frame.
@@ -104,7 +104,7 @@ fn cluster(rsa: impl Fn(usize) -> Option<RsaKeys>) -> Cluster {
             node,
             wrong_shares: false,
             rsa: rsa(i as usize),
-            notices: crate::bistro::worker::NoticeKeys {
+            notices: crate::host::worker::NoticeKeys {
                 identity: identities[i as usize].clone(),
                 identities: identities.iter().map(|k| k.verifying_key().to_bytes()).collect(),
             },

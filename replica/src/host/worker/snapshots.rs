@@ -20,7 +20,8 @@ use fides_types::codec::Wire;
 use fides_types::{FaultKind, NodeIndex};
 use rand::Rng;
 
-use super::{kv, Worker};
+use super::Worker;
+use crate::bistro::kv;
 use crate::host::snapshot::{self, Ask, Cluster, Cursor, Header, Page, Receiving, Served};
 use crate::node::Command;
 

@@ -39,7 +39,7 @@ use tokio::sync::oneshot;
 mod agreements;
 
 use self::agreements::decision_leaves;
-use super::kv;
+use crate::bistro::kv;
 use crate::host::decisions::{self, Agreements};
 pub use crate::host::epochs::EpochRow;
 
@@ -158,7 +158,7 @@ pub enum Query {
         /// The collection.
         number: u64,
         /// The answer.
-        reply: oneshot::Sender<Result<super::CollectShares, (Code, String)>>,
+        reply: oneshot::Sender<Result<crate::bistro::CollectShares, (Code, String)>>,
     },
     /// Uploads still to fetch here whose event's deadline passed.
     Pending {
@@ -1040,7 +1040,7 @@ impl Worker {
         }
     }
 
-    fn collect_shares(&self, event: EventId, number: u64) -> Result<super::CollectShares, (Code, String)> {
+    fn collect_shares(&self, event: EventId, number: u64) -> Result<crate::bistro::CollectShares, (Code, String)> {
         let internal = |e: StoreError| (Code::FailedPrecondition, format!("store: {e}"));
         let kv = self.read_kv().map_err(internal)?;
         let Some(collection) = view::collection(&kv, &event, number).map_err(internal)? else {
@@ -1071,7 +1071,7 @@ impl Worker {
                 self.setup.encryption.labeled_share(&capsule).to_bytes()
             };
             shares.extend_from_slice(&share);
-            uploads.push(super::UploadInfo {
+            uploads.push(crate::bistro::UploadInfo {
                 ticket: *ticket,
                 hash: *hash,
                 size: upload.size,
@@ -1087,7 +1087,7 @@ impl Worker {
         );
         let sealed = fides_crypto::sealed::seal_to(&collection.recipient, &associated, &shares, &mut rand::rngs::OsRng)
             .map_err(|e| (Code::InvalidArgument, format!("cannot seal to the recipient key: {e}")))?;
-        Ok(super::CollectShares { replica, uploads, sealed })
+        Ok(crate::bistro::CollectShares { replica, uploads, sealed })
     }
 
     fn pending(&self, max: usize) -> anyhow::Result<Vec<PendingUpload>> {

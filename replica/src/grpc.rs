@@ -16,8 +16,10 @@ use proto::ordering_server::{Ordering, OrderingServer};
 use tokio::sync::oneshot;
 use tonic::{Request as GrpcRequest, Response, Status};
 
+use crate::host::orderer::{submit_and_wait, Reply, ToHost, Wants};
+use crate::host::worker::Certified;
 use crate::host::worker::{Input as WorkerInput, WorkerHandle};
-use crate::node::{Command, Lookup, NodeHandle, Ordered, SubmitError};
+use crate::node::{Command, Lookup, NodeHandle, Ordered};
 
 /// The gRPC service of one replica.
 #[derive(Clone, Debug)]
@@ -84,34 +86,33 @@ impl OrderingService {
         rx.await.map_err(|_| Status::unavailable("the replica is shutting down"))
     }
 
-    /// `reply` with the inclusion path of its ordering leaf and its epoch's certificate, once the
-    /// services' worker has them (by `deadline`).
-    async fn certified(
-        &self,
-        mut reply: proto::Ordered,
-        deadline: tokio::time::Instant,
-    ) -> Result<proto::Ordered, Status> {
-        let (epoch, index) = (reply.epoch, reply.index);
+    /// The ordered request `ordered` as an answer, with the inclusion path of its ordering leaf
+    /// and its epoch's certificate, once the services' worker has them (by `deadline`).
+    async fn certified(&self, ordered: Ordered, deadline: tokio::time::Instant) -> Result<proto::Ordered, Status> {
+        let (epoch, index) = (ordered.epoch, ordered.index);
         let (tx, rx) = oneshot::channel();
-        if !self.worker.try_send(WorkerInput::Certified { epoch, index, reply: tx }) {
+        if !self.worker.try_send(WorkerInput::Certified(Reply::new(ordered, tx))) {
             return Err(Status::resource_exhausted("the services' worker queue is full"));
         }
-        let (inclusion, certificate) = match tokio::time::timeout_at(deadline, rx).await {
-            Err(_) => {
-                return Err(Status::deadline_exceeded(format!(
-                    "ordered at epoch {epoch}, index {index}, but not certified within {:?} (ask again: the \
-                     answer will be the same)",
-                    self.wait
-                )))
-            }
-            Ok(Err(_)) => return Err(Status::unavailable("the services' worker stopped")),
-            Ok(Ok(Err(error))) => return Err(Status::internal(error)),
-            Ok(Ok(Ok(certified))) => certified,
-        };
-        reply.inclusion = fides_types::codec::Wire::to_bytes(&inclusion);
-        reply.certificate = fides_types::codec::Wire::to_bytes(&certificate);
-        Ok(reply)
+        match tokio::time::timeout_at(deadline, rx).await {
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "ordered at epoch {epoch}, index {index}, but not certified within {:?} (ask again: the answer \
+                 will be the same)",
+                self.wait
+            ))),
+            Ok(Err(_)) => Err(Status::unavailable("the services' worker stopped")),
+            Ok(Ok(Err(failure))) => Err(failure.status()),
+            Ok(Ok(Ok((ordered, certified)))) => Ok(with_certificate(ordered, certified)),
+        }
     }
+}
+
+/// An ordering answer with its ordering leaf's inclusion path and its epoch's certificate.
+fn with_certificate(ordered: Ordered, (inclusion, certificate): Certified) -> proto::Ordered {
+    let mut reply = to_proto(ordered);
+    reply.inclusion = fides_types::codec::Wire::to_bytes(&inclusion);
+    reply.certificate = fides_types::codec::Wire::to_bytes(&certificate);
+    reply
 }
 
 fn to_proto(o: Ordered) -> proto::Ordered {
@@ -134,16 +135,13 @@ impl Ordering for OrderingService {
         let _slot = self.admit(request.remote_addr())?;
         let proto::SubmitRequest { client, id, payload } = request.into_inner();
         let request = Request { client, id, payload };
+        // One wait: once ordered, the driver hands the reply to the services' worker, which
+        // answers once the epoch is certified.
         let deadline = tokio::time::Instant::now() + self.wait;
-        let answer = self.ask(|reply| Command::Submit { request, reply }).await?;
-        match answer {
-            Ok(ordered) => Ok(Response::new(self.certified(to_proto(ordered), deadline).await?)),
-            Err(SubmitError::Invalid(reason)) => Err(Status::invalid_argument(reason)),
-            Err(SubmitError::Overloaded(reason)) => Err(Status::resource_exhausted(reason)),
-            Err(error @ SubmitError::TimedOut(_)) => Err(Status::deadline_exceeded(error.to_string())),
-            Err(error @ SubmitError::AlreadyOrdered) => Err(Status::already_exists(error.to_string())),
-            Err(SubmitError::ShuttingDown) => Err(Status::unavailable("the replica is shutting down")),
-        }
+        let (tx, rx) = oneshot::channel();
+        let then = ToHost::new(self.worker.clone(), Wants::Certified(tx));
+        let (ordered, certified) = submit_and_wait(&self.node, request, then, rx, deadline, self.wait).await?;
+        Ok(Response::new(with_certificate(ordered, certified)))
     }
 
     async fn lookup(&self, request: GrpcRequest<proto::LookupRequest>) -> Result<Response<proto::LookupReply>, Status> {
@@ -159,7 +157,7 @@ impl Ordering for OrderingService {
             Lookup::Pending => proto::LookupReply { state: proto::lookup_reply::State::Pending as i32, ordered: None },
             Lookup::Ordered(o) => proto::LookupReply {
                 state: proto::lookup_reply::State::Ordered as i32,
-                ordered: Some(self.certified(to_proto(o), deadline).await?),
+                ordered: Some(self.certified(o, deadline).await?),
             },
         };
         Ok(Response::new(reply))

@@ -171,8 +171,9 @@ pub enum Command {
     Submit {
         /// The request.
         request: Request,
-        /// Where the answer goes.
-        reply: oneshot::Sender<Result<Ordered, SubmitError>>,
+        /// Where the answer goes: a handler waiting for where it was ordered (a
+        /// `oneshot::Sender`), or one the host answers after it applied the request.
+        reply: Box<dyn Then>,
     },
     /// Where a request stands.
     Lookup {
@@ -314,8 +315,35 @@ impl NodeHandle {
 }
 
 struct Waiter {
-    reply: oneshot::Sender<Result<Ordered, SubmitError>>,
+    reply: Box<dyn Then>,
     since: Instant,
+}
+
+/// Where the driver's answer to a submission goes: once the request is ordered (or refused, or
+/// the wait is over) the driver hands it over, without blocking. A handler that wants only where
+/// its request was ordered gives a `oneshot::Sender`; the services' handlers give one that passes
+/// their reply on to the host, so that each waits once, for the host's answer.
+pub trait Then: Send {
+    /// The handler gave up waiting.
+    fn is_closed(&self) -> bool;
+    /// The driver's answer (called once; it must not block).
+    fn ordered(self: Box<Self>, answer: Result<Ordered, SubmitError>);
+}
+
+impl std::fmt::Debug for dyn Then {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Then").field("closed", &self.is_closed()).finish()
+    }
+}
+
+impl Then for oneshot::Sender<Result<Ordered, SubmitError>> {
+    fn is_closed(&self) -> bool {
+        oneshot::Sender::is_closed(self)
+    }
+
+    fn ordered(self: Box<Self>, answer: Result<Ordered, SubmitError>) {
+        let _ = self.send(answer);
+    }
 }
 
 /// What a peer told us in its greeting.
@@ -745,7 +773,7 @@ impl<T: Transport> Node<T> {
         self.store.commit(&[], &derived)?;
         for (_, waiters) in self.waiters.drain() {
             for waiter in waiters {
-                let _ = waiter.reply.send(Err(SubmitError::ShuttingDown));
+                waiter.reply.ordered(Err(SubmitError::ShuttingDown));
             }
         }
         tracing::info!(index = self.our_index.0, "stopped");
@@ -1070,7 +1098,7 @@ impl<T: Transport> Node<T> {
         match command {
             Command::Submit { request, reply } => {
                 if request.payload.len() > self.limits.payload_len_max {
-                    let _ = reply.send(Err(SubmitError::Invalid(format!(
+                    reply.ordered(Err(SubmitError::Invalid(format!(
                         "payload of {} bytes is above the bound of {}",
                         request.payload.len(),
                         self.limits.payload_len_max
@@ -1079,15 +1107,15 @@ impl<T: Transport> Node<T> {
                 }
                 let key = request.key();
                 if let Some(ordered) = self.ordered.get(&key) {
-                    let _ = reply.send(Ok(ordered.clone()));
+                    reply.ordered(Ok(ordered.clone()));
                     return;
                 }
                 if self.core.abc().is_executed(&key) {
-                    let _ = reply.send(Err(SubmitError::AlreadyOrdered));
+                    reply.ordered(Err(SubmitError::AlreadyOrdered));
                     return;
                 }
                 if self.waiting >= self.limits.waiting_max {
-                    let _ = reply.send(Err(SubmitError::Overloaded(format!(
+                    reply.ordered(Err(SubmitError::Overloaded(format!(
                         "{} submissions are waiting at this replica",
                         self.waiting
                     ))));
@@ -1304,7 +1332,7 @@ impl<T: Transport> Node<T> {
             self.waiting = self.waiting.saturating_sub(waiters.len());
             for waiter in waiters {
                 self.metrics.observe_submit(waiter.since.elapsed());
-                let _ = waiter.reply.send(answer.clone());
+                waiter.reply.ordered(answer.clone());
             }
         }
     }
@@ -1326,7 +1354,7 @@ impl<T: Transport> Node<T> {
         });
         self.waiting = self.waiting.saturating_sub(expired.len());
         for waiter in expired {
-            let _ = waiter.reply.send(Err(SubmitError::TimedOut(self.limits.submit_wait)));
+            waiter.reply.ordered(Err(SubmitError::TimedOut(self.limits.submit_wait)));
         }
     }
 

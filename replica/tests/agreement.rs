@@ -14,6 +14,7 @@ use fides_atomic_broadcast::epoch::{AtomicBroadcast, Config, Request};
 use fides_atomic_broadcast::instances::{Decided, InstanceId as CoreInstance};
 use fides_dealer::{default_addresses, generate, Cluster, Quorum};
 use fides_replica::host::decisions::Notice;
+use fides_replica::host::orderer::Reply;
 use fides_replica::host::worker::{self, HostAnswer, Input, NoticeKeys, WorkerHandle, WorkerSetup};
 use fides_replica::metrics::Metrics;
 use fides_replica::node::{Command, Limits, Node, NodeHandle, NodeSetup, Ordered, FRAME_INSTANCE};
@@ -166,7 +167,7 @@ fn start(cluster: &Cluster, i: u32, dir: &Path, network: &MemoryNetwork) -> Runn
 
 async fn submit(node: &NodeHandle, request: Request) -> Ordered {
     let (reply, answer) = oneshot::channel();
-    assert!(node.send(Command::Submit { request, reply }).await, "node gone");
+    assert!(node.send(Command::Submit { request, reply: Box::new(reply) }).await, "node gone");
     answer.await.expect("answered").expect("ordered")
 }
 
@@ -174,9 +175,9 @@ async fn submit(node: &NodeHandle, request: Request) -> Ordered {
 /// certificate).
 async fn answer(worker: &WorkerHandle, ordered: &Ordered) -> HostAnswer {
     let (reply, answer) = oneshot::channel();
-    assert!(worker.try_send(Input::Outcome { epoch: ordered.epoch, index: ordered.index, reply }));
+    assert!(worker.try_send(Input::Outcome(Reply::new(ordered.clone(), reply))));
     let answer = tokio::time::timeout(Duration::from_secs(60), answer).await.expect("answered within 60 s");
-    answer.expect("worker alive").expect("an answer")
+    answer.expect("worker alive").expect("an answer").1
 }
 
 /// Replica 3's Byzantine notices on instance `key`: 0 in its own name (the honest replicas vote

@@ -59,7 +59,7 @@ fn stop(running: Running) {
 
 async fn submit(handle: &NodeHandle, request: Request) -> Ordered {
     let (reply, answer) = oneshot::channel();
-    assert!(handle.send(Command::Submit { request, reply }).await, "node gone");
+    assert!(handle.send(Command::Submit { request, reply: Box::new(reply) }).await, "node gone");
     answer.await.expect("answered").expect("ordered")
 }
 

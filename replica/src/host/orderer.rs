@@ -10,12 +10,137 @@ use fides_service::{Code, Outcome};
 use tokio::sync::oneshot;
 use tonic::Status;
 
-use super::epochs::HostAnswer;
+use super::epochs::{Certified, HostAnswer};
 use crate::host::worker::{Input, WorkerHandle};
-use crate::node::{Command, NodeHandle, SubmitError};
+use crate::node::{Command, NodeHandle, Ordered, SubmitError, Then};
 
 /// A host's answer with where its request was ordered: (answer, epoch, index).
 pub type Located = (HostAnswer, u64, u32);
+
+/// Why a handler got no answer.
+#[derive(Debug)]
+pub enum Failure {
+    /// The driver did not order the request (or stopped waiting for it).
+    Submit(SubmitError),
+    /// Ordered, but the host could not answer.
+    Host(String),
+    /// Ordered, but the services' worker's queue was full: the answer is not lost, ask again.
+    Busy {
+        /// Where the request was ordered.
+        ordered: Box<Ordered>,
+    },
+}
+
+impl Failure {
+    /// As a gRPC status.
+    pub fn status(self) -> Status {
+        match self {
+            Failure::Submit(SubmitError::Invalid(reason)) => Status::invalid_argument(reason),
+            Failure::Submit(SubmitError::Overloaded(reason)) => Status::resource_exhausted(reason),
+            Failure::Submit(error @ SubmitError::TimedOut(_)) => Status::deadline_exceeded(error.to_string()),
+            Failure::Submit(error @ SubmitError::AlreadyOrdered) => Status::already_exists(error.to_string()),
+            Failure::Submit(SubmitError::ShuttingDown) => Status::unavailable("the replica is shutting down"),
+            Failure::Host(error) => Status::internal(error),
+            Failure::Busy { ordered } => Status::resource_exhausted(format!(
+                "ordered at epoch {}, index {}, but the services' worker queue is full (ask again: the answer will \
+                 be the same)",
+                ordered.epoch, ordered.index
+            )),
+        }
+    }
+}
+
+/// Where the host's answer to an ordered request goes: the waiting handler, with where its
+/// request was ordered.
+pub struct Reply<T> {
+    ordered: Ordered,
+    tx: oneshot::Sender<Result<(Ordered, T), Failure>>,
+}
+
+impl<T> Reply<T> {
+    /// A reply for the request ordered at `ordered`.
+    pub fn new(ordered: Ordered, tx: oneshot::Sender<Result<(Ordered, T), Failure>>) -> Reply<T> {
+        Reply { ordered, tx }
+    }
+
+    /// The epoch the request was ordered in.
+    pub fn epoch(&self) -> u64 {
+        self.ordered.epoch
+    }
+
+    /// Its index in the batch (and its ordering leaf's).
+    pub fn index(&self) -> u32 {
+        self.ordered.index
+    }
+
+    /// The handler gave up.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    /// Answer the handler.
+    pub fn send(self, answer: Result<T, String>) {
+        let Reply { ordered, tx } = self;
+        let _ = tx.send(answer.map(|answer| (ordered, answer)).map_err(Failure::Host));
+    }
+}
+
+/// A submission the host answers: once the driver ordered the request it hands the handler's
+/// reply to the services' worker, without a second wait in the handler.
+pub struct ToHost {
+    worker: WorkerHandle,
+    wants: Wants,
+}
+
+/// What the handler waits for.
+pub enum Wants {
+    /// The services' outcome.
+    Outcome(oneshot::Sender<Result<(Ordered, HostAnswer), Failure>>),
+    /// The certificate of the ordering leaf alone.
+    Certified(oneshot::Sender<Result<(Ordered, Certified), Failure>>),
+}
+
+impl ToHost {
+    /// Hand the answer to `worker`.
+    pub fn new(worker: WorkerHandle, wants: Wants) -> Box<ToHost> {
+        Box::new(ToHost { worker, wants })
+    }
+}
+
+impl Then for ToHost {
+    fn is_closed(&self) -> bool {
+        match &self.wants {
+            Wants::Outcome(tx) => tx.is_closed(),
+            Wants::Certified(tx) => tx.is_closed(),
+        }
+    }
+
+    fn ordered(self: Box<Self>, answer: Result<Ordered, SubmitError>) {
+        let ToHost { worker, wants } = *self;
+        let ordered = match answer {
+            Ok(ordered) => ordered,
+            Err(error) => {
+                match wants {
+                    Wants::Outcome(tx) => drop(tx.send(Err(Failure::Submit(error)))),
+                    Wants::Certified(tx) => drop(tx.send(Err(Failure::Submit(error)))),
+                }
+                return;
+            }
+        };
+        let input = match wants {
+            Wants::Outcome(tx) => Input::Outcome(Reply::new(ordered, tx)),
+            Wants::Certified(tx) => Input::Certified(Reply::new(ordered, tx)),
+        };
+        if let Err(input) = worker.offer(input) {
+            let busy = |reply_ordered: Ordered| Failure::Busy { ordered: Box::new(reply_ordered) };
+            match input {
+                Input::Outcome(Reply { ordered, tx }) => drop(tx.send(Err(busy(ordered)))),
+                Input::Certified(Reply { ordered, tx }) => drop(tx.send(Err(busy(ordered)))),
+                _ => {}
+            }
+        }
+    }
+}
 
 /// Orders requests through the driver and waits for their outcome from the host.
 #[derive(Clone)]
@@ -31,6 +156,29 @@ pub struct Orderer {
 /// A service's refusal as a gRPC status (the service's codes are gRPC's numbers).
 pub fn code_status(code: Code, message: String) -> Status {
     Status::new(tonic::Code::from(i32::from(code.number())), message)
+}
+
+/// Submit `request` to the driver, the answer going to `then`, and wait once, until `deadline`,
+/// for what comes on `rx`.
+pub async fn submit_and_wait<T>(
+    node: &NodeHandle,
+    request: AbcRequest,
+    then: Box<dyn Then>,
+    rx: oneshot::Receiver<Result<(Ordered, T), Failure>>,
+    deadline: tokio::time::Instant,
+    wait: Duration,
+) -> Result<(Ordered, T), Status> {
+    if node.try_send(Command::Submit { request, reply: then }).is_err() {
+        return Err(Status::resource_exhausted("the replica's command queue is full"));
+    }
+    match tokio::time::timeout_at(deadline, rx).await {
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "not answered within {wait:?} (ask again: if it was ordered, the answer will be the same)"
+        ))),
+        Ok(Err(_)) => Err(Status::unavailable("the replica is shutting down")),
+        Ok(Ok(Err(failure))) => Err(failure.status()),
+        Ok(Ok(Ok(answer))) => Ok(answer),
+    }
 }
 
 impl Orderer {
@@ -54,38 +202,14 @@ impl Orderer {
     /// inclusion path and certificate of each signed record. A refusal becomes the gRPC status
     /// with the service's code.
     ///
-    /// One deadline for the whole request: the driver gives up ordering it after the same wait,
-    /// and what is left of it after ordering is what the outcome may take (not a second wait).
+    /// One wait for the whole request: the driver hands the reply to the host once the request
+    /// is ordered, and the host answers once its outcome is applied and certified.
     pub async fn order(&self, client: u64, id: u64, payload: Vec<u8>) -> Result<Located, Status> {
         let deadline = tokio::time::Instant::now() + self.wait;
         let (tx, rx) = oneshot::channel();
         let request = AbcRequest { client, id, payload };
-        if self.node.try_send(Command::Submit { request, reply: tx }).is_err() {
-            return Err(Status::resource_exhausted("the replica's command queue is full"));
-        }
-        let ordered = match rx.await.map_err(|_| Status::unavailable("the replica is shutting down"))? {
-            Ok(ordered) => ordered,
-            Err(SubmitError::Invalid(reason)) => return Err(Status::invalid_argument(reason)),
-            Err(SubmitError::Overloaded(reason)) => return Err(Status::resource_exhausted(reason)),
-            Err(error @ SubmitError::TimedOut(_)) => return Err(Status::deadline_exceeded(error.to_string())),
-            Err(error @ SubmitError::AlreadyOrdered) => return Err(Status::already_exists(error.to_string())),
-            Err(SubmitError::ShuttingDown) => return Err(Status::unavailable("the replica is shutting down")),
-        };
-        let (tx, rx) = oneshot::channel();
-        if !self.worker.try_send(Input::Outcome { epoch: ordered.epoch, index: ordered.index, reply: tx }) {
-            return Err(Status::resource_exhausted("the services' worker queue is full"));
-        }
-        let answer = match tokio::time::timeout_at(deadline, rx).await {
-            Err(_) => {
-                return Err(Status::deadline_exceeded(format!(
-                    "ordered in epoch {} but not signed within {:?} (ask again: the answer will be the same)",
-                    ordered.epoch, self.wait
-                )))
-            }
-            Ok(Err(_)) => return Err(Status::unavailable("the services' worker stopped")),
-            Ok(Ok(Err(error))) => return Err(Status::internal(error)),
-            Ok(Ok(Ok(answer))) => answer,
-        };
+        let then = ToHost::new(self.worker.clone(), Wants::Outcome(tx));
+        let (ordered, answer) = submit_and_wait(&self.node, request, then, rx, deadline, self.wait).await?;
         // A refusal of `apply` stands alone; one from the decision of an instance the request asked
         // for comes after `apply`'s outcomes, and refuses the request as well.
         if let Some((Outcome::Refuse(refusal), _)) =
@@ -94,5 +218,102 @@ impl Orderer {
             return Err(code_status(refusal.code, refusal.reason.clone()));
         }
         Ok((answer, ordered.epoch, ordered.index))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use fides_service::ServiceId;
+
+    use super::*;
+
+    fn ordered(epoch: u64, index: u32) -> Ordered {
+        Ordered { client: 7, id: 9, epoch, index, time_ms: 5, log_digest: [1; 32], payload_digest: [2; 32] }
+    }
+
+    fn answer() -> HostAnswer {
+        HostAnswer { service: ServiceId(*b"TEST"), outcomes: Vec::new(), signatures: Vec::new() }
+    }
+
+    fn request() -> AbcRequest {
+        AbcRequest { client: 7, id: 9, payload: b"payload".to_vec() }
+    }
+
+    /// The driver's answer and the host's come to the handler on one channel: it waits once.
+    #[tokio::test]
+    async fn an_ordered_request_is_answered_by_the_host_through_one_wait() {
+        let (node, mut commands) = NodeHandle::detached(4);
+        let (worker, inputs) = WorkerHandle::detached(4);
+        let (tx, rx) = oneshot::channel();
+        let then = ToHost::new(worker, Wants::Outcome(tx));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let handler = tokio::spawn(async move {
+            submit_and_wait(&node, request(), then, rx, deadline, Duration::from_secs(60)).await
+        });
+        // The driver orders it and hands the reply on...
+        let Some(Command::Submit { request: got, reply }) = commands.recv().await else { panic!("no submission") };
+        assert_eq!(got.payload, b"payload");
+        reply.ordered(Ok(ordered(3, 1)));
+        // ... to the worker, which answers the handler directly.
+        let Ok(Input::Outcome(reply)) = inputs.try_recv() else { panic!("the worker got no waiter") };
+        assert_eq!((reply.epoch(), reply.index()), (3, 1));
+        reply.send(Ok(answer()));
+        let (at, answer) = handler.await.expect("handler ran").expect("answered");
+        assert_eq!(at, ordered(3, 1));
+        assert_eq!(answer.service, ServiceId(*b"TEST"));
+    }
+
+    /// What the driver refuses comes to the handler with its own code, not as a host error.
+    #[tokio::test]
+    async fn a_refusal_of_the_driver_keeps_its_code() {
+        let cases = [
+            (SubmitError::Invalid("too big".into()), tonic::Code::InvalidArgument),
+            (SubmitError::Overloaded("full".into()), tonic::Code::ResourceExhausted),
+            (SubmitError::TimedOut(Duration::from_secs(1)), tonic::Code::DeadlineExceeded),
+            (SubmitError::AlreadyOrdered, tonic::Code::AlreadyExists),
+            (SubmitError::ShuttingDown, tonic::Code::Unavailable),
+        ];
+        for (error, code) in cases {
+            let (node, mut commands) = NodeHandle::detached(4);
+            let (worker, inputs) = WorkerHandle::detached(4);
+            let (tx, rx) = oneshot::channel::<Result<(Ordered, Certified), Failure>>();
+            let then = ToHost::new(worker, Wants::Certified(tx));
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            let handler = tokio::spawn(async move {
+                submit_and_wait(&node, request(), then, rx, deadline, Duration::from_secs(60)).await
+            });
+            let Some(Command::Submit { reply, .. }) = commands.recv().await else { panic!("no submission") };
+            reply.ordered(Err(error.clone()));
+            let status = handler.await.expect("handler ran").expect_err("refused");
+            assert_eq!(status.code(), code, "{error:?}");
+            assert!(inputs.try_recv().is_err(), "a refused request reached the worker");
+        }
+    }
+
+    /// A full worker queue: the handler hears at once where its request was ordered (asking again
+    /// gets the same answer), rather than waiting out its deadline.
+    #[tokio::test]
+    async fn a_full_worker_queue_answers_at_once_with_the_place() {
+        let (worker, _inputs) = WorkerHandle::detached(1);
+        let (filler, _) = oneshot::channel();
+        assert!(worker.try_send(Input::Outcome(Reply::new(ordered(0, 0), filler))));
+        let (tx, rx) = oneshot::channel();
+        let then: Box<dyn Then> = ToHost::new(worker, Wants::Outcome(tx));
+        assert!(!then.is_closed());
+        then.ordered(Ok(ordered(8, 2)));
+        let failure = rx.await.expect("answered").expect_err("busy");
+        let status = failure.status();
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert!(status.message().contains("epoch 8, index 2"), "{}", status.message());
+    }
+
+    /// A handler that gave up is seen as closed by the driver (which then drops its waiter).
+    #[test]
+    fn a_handler_that_gave_up_is_closed() {
+        let (worker, _inputs) = WorkerHandle::detached(1);
+        let (tx, rx) = oneshot::channel::<Result<(Ordered, HostAnswer), Failure>>();
+        let then: Box<dyn Then> = ToHost::new(worker, Wants::Outcome(tx));
+        drop(rx);
+        assert!(then.is_closed());
     }
 }

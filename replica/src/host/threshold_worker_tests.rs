@@ -16,8 +16,9 @@ use tokio::sync::oneshot;
 use super::threshold::tests::{dealt, keys};
 use super::threshold::{RsaKeys, FRAME_KIND};
 use crate::host::epochs::HostAnswer;
+use crate::host::orderer::Reply;
 use crate::host::worker::{self, Input, Query, WorkerHandle, WorkerSetup};
-use crate::node::{Command, NodeHandle, ServiceEvent, FRAME_SERVICE};
+use crate::node::{Command, NodeHandle, Ordered, ServiceEvent, FRAME_SERVICE};
 
 /// How long the router holds each threshold RSA frame.
 const RSA_DELAY: Duration = Duration::from_millis(300);
@@ -173,11 +174,14 @@ impl Cluster {
     /// Worker `i`'s answer for the request at (epoch, index), waited for at most 20 s.
     fn answer(&self, i: usize, epoch: u64, index: u32) -> HostAnswer {
         let (reply, mut rx) = oneshot::channel();
-        assert!(self.worker(i).try_send(Input::Outcome { epoch, index, reply }));
+        // The worker reads only where the request was ordered.
+        let ordered =
+            Ordered { client: 0, id: 0, epoch, index, time_ms: 0, log_digest: [0; 32], payload_digest: [0; 32] };
+        assert!(self.worker(i).try_send(Input::Outcome(Reply::new(ordered, reply))));
         let started = Instant::now();
         loop {
             match rx.try_recv() {
-                Ok(answer) => return answer.expect("an answer"),
+                Ok(answer) => return answer.expect("an answer").1,
                 Err(oneshot::error::TryRecvError::Empty) if started.elapsed() < Duration::from_secs(20) => {
                     std::thread::sleep(Duration::from_millis(10))
                 }

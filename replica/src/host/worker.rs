@@ -75,6 +75,7 @@ const TREES_MAX: usize = 64;
 const QUEUE_MAX: usize = 65_536;
 
 pub use crate::host::epochs::{Certified, HostAnswer};
+use crate::host::orderer::Reply;
 
 /// The bistro's answer for an ordered request.
 #[derive(Clone, Debug)]
@@ -212,24 +213,10 @@ pub mod view_types {
 pub enum Input {
     /// From the driver.
     Service(ServiceEvent),
-    /// The outcome of the request ordered at (epoch, index), once applied (and signed).
-    Outcome {
-        /// Epoch.
-        epoch: u64,
-        /// Index in the batch.
-        index: u32,
-        /// The answer.
-        reply: oneshot::Sender<Result<HostAnswer, String>>,
-    },
-    /// The certificate of the request ordered at (epoch, index), once its epoch is certified.
-    Certified {
-        /// Epoch.
-        epoch: u64,
-        /// Index in the batch (and leaf index).
-        index: u32,
-        /// The answer.
-        reply: oneshot::Sender<Result<Certified, String>>,
-    },
+    /// The outcome of an ordered request, once applied (and signed): for the handler waiting.
+    Outcome(Reply<HostAnswer>),
+    /// The certificate of an ordered request's ordering leaf, once its epoch is certified.
+    Certified(Reply<Certified>),
     /// A question.
     Query(Query),
     /// The core decided an agreement instance: order our decision notice.
@@ -254,6 +241,21 @@ impl WorkerHandle {
     /// Send without blocking; false if the worker is gone or its queue is full.
     pub fn try_send(&self, input: Input) -> bool {
         self.tx.try_send(input).is_ok()
+    }
+
+    /// A handle with no worker behind it, and the receiving end of its queue: tests of the
+    /// handlers play the worker.
+    #[cfg(test)]
+    pub(crate) fn detached(capacity: usize) -> (WorkerHandle, Receiver<Input>) {
+        let (tx, rx) = std::sync::mpsc::sync_channel(capacity);
+        (WorkerHandle { tx, lag: Lag::default() }, rx)
+    }
+
+    /// Send without blocking; on a full queue (or a stopped worker) the input comes back.
+    pub fn offer(&self, input: Input) -> Result<(), Input> {
+        self.tx.try_send(input).map_err(|error| match error {
+            std::sync::mpsc::TrySendError::Full(input) | std::sync::mpsc::TrySendError::Disconnected(input) => input,
+        })
     }
 
     /// The driver's sink for decisions of agreement instances. A decision dropped on a full
@@ -318,19 +320,16 @@ pub struct NoticeKeys {
     pub identities: Vec<[u8; 32]>,
 }
 
-/// Where the answer of an ordered request goes.
-type AnswerSender = oneshot::Sender<Result<HostAnswer, String>>;
-
 enum Waiter {
-    Outcome { index: u32, reply: oneshot::Sender<Result<HostAnswer, String>> },
-    Certified { index: u32, reply: oneshot::Sender<Result<Certified, String>> },
+    Outcome(Reply<HostAnswer>),
+    Certified(Reply<Certified>),
 }
 
 impl Waiter {
     fn is_closed(&self) -> bool {
         match self {
-            Waiter::Outcome { reply, .. } => reply.is_closed(),
-            Waiter::Certified { reply, .. } => reply.is_closed(),
+            Waiter::Outcome(reply) => reply.is_closed(),
+            Waiter::Certified(reply) => reply.is_closed(),
         }
     }
 }
@@ -376,7 +375,7 @@ struct Worker {
     /// Votes durable in our store and not yet handed to the core (its queue was full).
     votes_unsent: VecDeque<(CoreInstance, Vote)>,
     /// Waiters whose request's answer awaits an instance's decision (or its certificate).
-    deciding: Vec<(u64, u32, AnswerSender)>,
+    deciding: Vec<Reply<HostAnswer>>,
 }
 
 /// Open the bistro store in `dir` and start the worker on its own thread.
@@ -669,11 +668,11 @@ impl Worker {
                 match input {
                     Input::Service(ServiceEvent::Batch(batch)) => self.on_batch(batch),
                     Input::Service(ServiceEvent::Frame { from, bytes }) => self.on_frame(from, &bytes),
-                    Input::Outcome { epoch, index, reply } => {
-                        self.waiters.entry(epoch).or_default().push(Waiter::Outcome { index, reply })
+                    Input::Outcome(reply) => {
+                        self.waiters.entry(reply.epoch()).or_default().push(Waiter::Outcome(reply))
                     }
-                    Input::Certified { epoch, index, reply } => {
-                        self.waiters.entry(epoch).or_default().push(Waiter::Certified { index, reply })
+                    Input::Certified(reply) => {
+                        self.waiters.entry(reply.epoch()).or_default().push(Waiter::Certified(reply))
                     }
                     Input::Query(query) => queries.push(query),
                     Input::Decided(decided) => self.send_notice(&decided),
@@ -886,20 +885,20 @@ impl Worker {
                     continue;
                 }
                 match waiter {
-                    Waiter::Outcome { index, reply } if self.threshold.waits(epoch, index) => {
-                        self.waiters.entry(epoch).or_default().push(Waiter::Outcome { index, reply });
+                    Waiter::Outcome(reply) if self.threshold.waits(epoch, reply.index()) => {
+                        self.waiters.entry(epoch).or_default().push(Waiter::Outcome(reply));
                     }
-                    Waiter::Outcome { index, reply } => match Self::stored(&outcomes, epoch, index) {
-                        Ok(Some(stored)) if !self.settled(&stored) => self.deciding.push((epoch, index, reply)),
+                    Waiter::Outcome(reply) => match Self::stored(&outcomes, epoch, reply.index()) {
+                        Ok(Some(stored)) if !self.settled(&stored) => self.deciding.push(reply),
                         Ok(stored) => {
-                            let _ = reply.send(self.answer(&read, epoch, index, stored));
+                            let index = reply.index();
+                            reply.send(self.answer(&read, epoch, index, stored));
                         }
-                        Err(error) => {
-                            let _ = reply.send(Err(error));
-                        }
+                        Err(error) => reply.send(Err(error)),
                     },
-                    Waiter::Certified { index, reply } => {
-                        let _ = reply.send(self.certified(&read, epoch, u64::from(index)));
+                    Waiter::Certified(reply) => {
+                        let index = reply.index();
+                        reply.send(self.certified(&read, epoch, u64::from(index)));
                     }
                 }
             }

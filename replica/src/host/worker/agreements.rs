@@ -108,8 +108,8 @@ impl Worker {
         let (client, id) = notice.request_key();
         let request = AbcRequest { client, id, payload: notice.to_payload() };
         // Nobody waits for the answer: the host takes the notice when its epoch is applied.
-        let (reply, _) = oneshot::channel();
-        if self.setup.node.try_send(Command::Submit { request, reply }).is_err() {
+        let (reply, _) = oneshot::channel::<Result<crate::node::Ordered, crate::node::SubmitError>>();
+        if self.setup.node.try_send(Command::Submit { request, reply: Box::new(reply) }).is_err() {
             tracing::warn!(instance = ?decided.instance, "the driver's queue is full: a decision notice is not sent");
         }
     }
@@ -121,18 +121,15 @@ impl Worker {
         }
         let Ok(read) = self.db.begin_read() else { return };
         let Ok(outcomes) = read.open_table(tables::OUTCOMES) else { return };
-        for (epoch, index, reply) in std::mem::take(&mut self.deciding) {
+        for reply in std::mem::take(&mut self.deciding) {
             if reply.is_closed() {
                 continue;
             }
+            let (epoch, index) = (reply.epoch(), reply.index());
             match Self::stored(&outcomes, epoch, index) {
-                Ok(Some(stored)) if !self.settled(&stored) => self.deciding.push((epoch, index, reply)),
-                Ok(stored) => {
-                    let _ = reply.send(self.answer(&read, epoch, index, stored));
-                }
-                Err(error) => {
-                    let _ = reply.send(Err(error));
-                }
+                Ok(Some(stored)) if !self.settled(&stored) => self.deciding.push(reply),
+                Ok(stored) => reply.send(self.answer(&read, epoch, index, stored)),
+                Err(error) => reply.send(Err(error)),
             }
         }
     }

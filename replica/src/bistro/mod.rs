@@ -5,6 +5,7 @@
 //! `docs/bistro.md` describes the protocol.
 
 pub mod kv;
+pub mod queries;
 pub mod transfer;
 
 use fides_api::proto;
@@ -15,11 +16,11 @@ use fides_bistro::service::Outcome;
 use fides_bistro::stream::{Aead, HashAlg};
 use fides_types::codec::Wire;
 use proto::bistro_server::{Bistro, BistroServer};
-use tokio::sync::oneshot;
 use tonic::{Request as GrpcRequest, Response, Status};
 
+use self::queries::Answer;
 use crate::host::orderer::code_status;
-use crate::host::worker::{Answer, Input, Query, WorkerHandle};
+use crate::host::worker::{View, WorkerHandle};
 
 /// One upload of a collection, as a replica reports it.
 #[derive(Clone, Debug)]
@@ -78,12 +79,12 @@ impl Orderer {
         Ok((Answer::of(&answer).map_err(Status::internal)?, epoch, index))
     }
 
-    async fn query<R>(&self, make: impl FnOnce(oneshot::Sender<R>) -> Query) -> Result<R, Status> {
-        let (tx, rx) = oneshot::channel();
-        if !self.worker().try_send(Input::Query(make(tx))) {
-            return Err(Status::resource_exhausted("the bistro worker's queue is full"));
-        }
-        rx.await.map_err(|_| Status::unavailable("the bistro worker stopped"))
+    /// Ask the host's worker a question of the bistro's (see [`queries`]).
+    pub async fn run<R: Send + 'static>(
+        &self,
+        question: impl FnOnce(&mut View<'_>) -> R + Send + 'static,
+    ) -> Result<R, Status> {
+        self.host.run(question).await
     }
 }
 
@@ -186,7 +187,11 @@ impl Bistro for BistroApi {
         request: GrpcRequest<proto::GetEventRequest>,
     ) -> Result<Response<proto::SignedReply>, Status> {
         let event = event_id(&request.into_inner().event)?;
-        let answer = self.orderer.query(|reply| Query::Event { event, reply }).await?.map_err(Status::internal)?;
+        let answer = self
+            .orderer
+            .run(move |view| queries::event(view, event))
+            .await?
+            .map_err(|e| Status::internal(e.to_string()))?;
         let Some((answer, epoch, index)) = answer else {
             return Err(Status::not_found(format!("no event {event}")));
         };
@@ -200,8 +205,11 @@ impl Bistro for BistroApi {
         let r = request.into_inner();
         let after = if r.after.is_empty() { None } else { Some(event_id(&r.after)?) };
         let max = (r.max as usize).clamp(1, 1000);
-        let events =
-            self.orderer.query(|reply| Query::Events { after, max, reply }).await?.map_err(Status::internal)?;
+        let events = self
+            .orderer
+            .run(move |view| queries::events(view, after, max))
+            .await?
+            .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(proto::ListEventsReply {
             events: events
                 .into_iter()
@@ -271,7 +279,8 @@ impl Bistro for BistroApi {
         &self,
         _: GrpcRequest<proto::ListRelaysRequest>,
     ) -> Result<Response<proto::ListRelaysReply>, Status> {
-        let relays = self.orderer.query(|reply| Query::Relays { reply }).await?.map_err(Status::internal)?;
+        let relays =
+            self.orderer.run(|view| queries::relays(view)).await?.map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(proto::ListRelaysReply {
             relays: relays
                 .into_iter()
@@ -327,7 +336,7 @@ impl Bistro for BistroApi {
         let number = r.number;
         let answer = self
             .orderer
-            .query(|reply| Query::CollectShares { event, number, reply })
+            .run(move |view| queries::collect_shares(view, event, number))
             .await?
             .map_err(|(code, message)| code_status(code, message))?;
         Ok(Response::new(proto::CollectSharesReply {

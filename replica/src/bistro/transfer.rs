@@ -16,11 +16,11 @@ use fides_bistro::commit::CommitHeader;
 use fides_bistro::records::{domain, ed_sign, Receipt, Request, StoredReport};
 use fides_relay::{BlobEntry, BlobStore, ClusterReporter, UploadKey};
 use futures::StreamExt;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use tonic::Status;
 
+use super::queries::{self, PendingUpload};
 use super::Orderer;
-use crate::host::worker::{Input, PendingUpload, Query};
 
 /// Uploads fetched at once.
 pub const PARALLEL: usize = 4;
@@ -116,11 +116,8 @@ impl Transfer {
     }
 
     async fn pending(&self) -> Result<Vec<PendingUpload>, String> {
-        let (tx, rx) = oneshot::channel();
-        if !self.orderer.worker().try_send(Input::Query(Query::Pending { max: 256, reply: tx })) {
-            return Err("the bistro worker's queue is full".into());
-        }
-        rx.await.map_err(|_| "the bistro worker stopped".to_string())?
+        let pending = self.orderer.run(|view| queries::pending(view, 256).map_err(|e| e.to_string()));
+        pending.await.map_err(|status| status.message().to_string())?
     }
 
     /// Fetch, keep, state and confirm one upload.
@@ -160,12 +157,10 @@ impl Transfer {
                 Err(error) => tracing::debug!(%address, %error, "cannot reach a relay to confirm"),
             }
         }
-        let (tx, rx) = oneshot::channel();
-        let query = Query::Fetched { event: upload.event, ticket: upload.ticket, hash: upload.hash, reply: tx };
-        if !self.orderer.worker().try_send(Input::Query(query)) {
-            return Err("the bistro worker's queue is full".into());
-        }
-        rx.await.map_err(|_| "the bistro worker stopped".to_string())??;
+        let (event, ticket, hash) = (upload.event, upload.ticket, upload.hash);
+        let fetched =
+            self.orderer.run(move |view| queries::fetched(view, event, ticket, hash).map_err(|e| e.to_string()));
+        fetched.await.map_err(|status| status.message().to_string())??;
         tracing::info!(%key, "upload transferred and kept");
         Ok(())
     }

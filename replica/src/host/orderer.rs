@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 use tonic::Status;
 
 use super::epochs::{Certified, HostAnswer};
-use crate::host::worker::{Input, WorkerHandle};
+use crate::host::worker::{Input, Query, View, WorkerHandle};
 use crate::node::{Command, NodeHandle, Ordered, SubmitError, Then};
 
 /// A host's answer with where its request was ordered: (answer, epoch, index).
@@ -190,6 +190,20 @@ impl Orderer {
     /// The host's worker.
     pub fn worker(&self) -> &WorkerHandle {
         &self.worker
+    }
+
+    /// Run `question` on the services' worker's thread, with its [`View`] of the store, and
+    /// return its answer.
+    pub async fn run<R: Send + 'static>(
+        &self,
+        question: impl FnOnce(&mut View<'_>) -> R + Send + 'static,
+    ) -> Result<R, Status> {
+        let (tx, rx) = oneshot::channel();
+        let run = Box::new(move |view: &mut View<'_>| drop(tx.send(question(view))));
+        if !self.worker.try_send(Input::Query(Query::Run(run))) {
+            return Err(Status::resource_exhausted("the services' worker queue is full"));
+        }
+        rx.await.map_err(|_| Status::unavailable("the services' worker stopped"))
     }
 
     /// Order `payload` as the replica itself.

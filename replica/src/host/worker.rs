@@ -25,9 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use blsttc::SIG_SIZE;
-use fides_bistro::proof::EpochProof;
-use fides_bistro::records::{domain, EventId};
-use fides_bistro::service::{view, Code, Outcome, Service};
+use fides_bistro::service::Service;
 use fides_crypto::ThresholdKeys;
 use fides_service::certificate::{self, Certificate, EpochSigner, Leaf, SignerConfig, Tree};
 use fides_service::{BatchOutcomes, Ordered, Registry, StoreError, Tables};
@@ -77,97 +75,8 @@ const QUEUE_MAX: usize = 65_536;
 pub use crate::host::epochs::{Certified, HostAnswer};
 use crate::host::orderer::Reply;
 
-/// The bistro's answer for an ordered request.
-#[derive(Clone, Debug)]
-pub struct Answer {
-    /// The outcome.
-    pub outcome: Outcome,
-    /// The proof, for a signed record.
-    pub proof: Option<EpochProof>,
-}
-
-impl Answer {
-    /// The bistro's answer in a host's answer (its first outcome: the bistro makes one per
-    /// request); `None` if the request went to another service.
-    pub fn of(host: &HostAnswer) -> Result<Answer, String> {
-        if host.service != <Service as fides_service::Service>::ID {
-            return Err(format!("the request ordered there is for service {}, not the bistro", host.service));
-        }
-        let Some((outcome, certified)) = host.outcomes.first() else {
-            return Err("the bistro made nothing of the request ordered there".into());
-        };
-        let leaf = certified.as_ref().map_or(0, |(inclusion, _)| inclusion.index);
-        let outcome = fides_bistro::service::answer(outcome, leaf).map_err(|e| e.to_string())?;
-        let proof =
-            certified.as_ref().map(|(inclusion, certificate)| EpochProof::certified(inclusion.clone(), certificate));
-        Ok(Answer { outcome, proof })
-    }
-}
-
-/// An upload this replica has yet to fetch.
-#[derive(Clone, Debug)]
-pub struct PendingUpload {
-    /// The event.
-    pub event: EventId,
-    /// The ticket.
-    pub ticket: u64,
-    /// The upload's hash.
-    pub hash: [u8; 32],
-    /// Its size.
-    pub size: u64,
-    /// Its capsule.
-    pub capsule: Vec<u8>,
-    /// Intermediaries holding it: their keys and, for relays, their addresses.
-    pub intermediaries: Vec<([u8; 32], Option<String>)>,
-    /// Replicas that stored it.
-    pub stored_by: Vec<u32>,
-}
-
-/// An answer with where its request was ordered: (answer, epoch, index).
-pub type Located = (Answer, u64, u32);
-
-/// A relay's key and state.
-pub type Relay = ([u8; 32], fides_bistro::service::RelayState);
-
-/// Read-only questions.
+/// What the services' adapters ask the worker, answered on its thread against the store.
 pub enum Query {
-    /// An event's signed record.
-    Event {
-        /// The event.
-        event: EventId,
-        /// The answer.
-        reply: oneshot::Sender<Result<Option<Located>, String>>,
-    },
-    /// Events after one, at most `max`.
-    Events {
-        /// Start after.
-        after: Option<EventId>,
-        /// At most.
-        max: usize,
-        /// The answer.
-        reply: oneshot::Sender<Result<Vec<view_types::EventSummary>, String>>,
-    },
-    /// Registered relays.
-    Relays {
-        /// The answer.
-        reply: oneshot::Sender<Result<Vec<Relay>, String>>,
-    },
-    /// This replica's shares of a collection.
-    CollectShares {
-        /// The event.
-        event: EventId,
-        /// The collection.
-        number: u64,
-        /// The answer.
-        reply: oneshot::Sender<Result<crate::bistro::CollectShares, (Code, String)>>,
-    },
-    /// Uploads still to fetch here whose event's deadline passed.
-    Pending {
-        /// At most.
-        max: usize,
-        /// The answer.
-        reply: oneshot::Sender<Result<Vec<PendingUpload>, String>>,
-    },
     /// A threshold RSA signature a service asked for (`Outcome::ThresholdSign`), by the id of its
     /// message: `None` if this replica has not combined it (yet).
     ThresholdSignature {
@@ -176,36 +85,44 @@ pub enum Query {
         /// The answer.
         reply: oneshot::Sender<Result<Option<Vec<u8>>, String>>,
     },
-    /// An upload is stored here now.
-    Fetched {
-        /// Its key.
-        event: EventId,
-        /// Ticket.
-        ticket: u64,
-        /// Hash.
-        hash: [u8; 32],
-        /// Done.
-        reply: oneshot::Sender<Result<(), String>>,
-    },
+    /// A service adapter's question (or a write of the replica's own, uncovered tables), run on
+    /// the worker's thread with a [`View`] of the store and the answers.
+    Run(Box<dyn FnOnce(&mut View<'_>) + Send>),
 }
 
-/// Small types of answers.
-pub mod view_types {
-    /// An event in a listing.
-    #[derive(Clone, Debug)]
-    pub struct EventSummary {
-        /// Id.
-        pub event: [u8; 16],
-        /// Description.
-        pub description: String,
-        /// Deadline.
-        pub deadline_ms: u64,
-        /// Created.
-        pub created_ms: u64,
-        /// Tickets issued.
-        pub tickets: u64,
-        /// Collections.
-        pub collections: u64,
+/// What a service's adapter sees of the worker, on its thread: the store (the services' tables
+/// and the replica's own), the answers of ordered requests, the agreed time, the setup (keys).
+pub struct View<'w> {
+    worker: &'w mut Worker,
+}
+
+impl View<'_> {
+    /// The services' store.
+    pub fn db(&self) -> &Database {
+        &self.worker.db
+    }
+
+    /// The worker's setup (the cluster id, our index and key shares).
+    pub fn setup(&self) -> &WorkerSetup {
+        &self.worker.setup
+    }
+
+    /// Service `S`'s tables, read-only.
+    pub fn read_tables<S: fides_service::Service>(&self) -> Result<ReadTables, StoreError> {
+        self.worker.db.begin_read().map(ReadTables::of::<S>).map_err(|e| StoreError::Store(e.to_string()))
+    }
+
+    /// The host's answer for the request ordered at (epoch, index), as a waiting handler gets it.
+    pub fn answer_at(&mut self, epoch: u64, index: u32) -> Result<HostAnswer, String> {
+        let read = self.worker.db.begin_read().map_err(|e| e.to_string())?;
+        let outcomes = read.open_table(tables::OUTCOMES).map_err(|e| e.to_string())?;
+        let stored = Worker::stored(&outcomes, epoch, index)?;
+        self.worker.answer(&read, epoch, index, stored)
+    }
+
+    /// The agreed time of the last applied epoch.
+    pub fn last_time(&self) -> anyhow::Result<u64> {
+        self.worker.last_time()
     }
 }
 
@@ -972,173 +889,14 @@ impl Worker {
     }
 
     /// The bistro's tables, read-only.
-    fn read_kv(&self) -> Result<ReadTables, StoreError> {
-        self.db.begin_read().map(ReadTables::of::<Service>).map_err(|e| StoreError::Store(e.to_string()))
-    }
-
     fn on_query(&mut self, query: Query) {
         match query {
-            Query::Event { event, reply } => {
-                let result = (|| -> anyhow::Result<Option<Located>> {
-                    let read = self.db.begin_read()?;
-                    let table = read.open_table(kv::RECORD_AT)?;
-                    let at = table.get(&event.0[..])?.map(|v| v.value().to_vec());
-                    let Some(at) = at else { return Ok(None) };
-                    let epoch = u64::from_be_bytes(at.get(..8).and_then(|b| b.try_into().ok()).unwrap_or([0; 8]));
-                    let index = u32::from_be_bytes(at.get(8..12).and_then(|b| b.try_into().ok()).unwrap_or([0; 4]));
-                    let outcomes = read.open_table(tables::OUTCOMES)?;
-                    let stored = Self::stored(&outcomes, epoch, index).map_err(anyhow::Error::msg)?;
-                    let answer = self.answer(&read, epoch, index, stored).map_err(anyhow::Error::msg)?;
-                    Ok(Some((Answer::of(&answer).map_err(anyhow::Error::msg)?, epoch, index)))
-                })();
-                let _ = reply.send(result.map_err(|e| e.to_string()));
-            }
-            Query::Events { after, max, reply } => {
-                let result = self.read_kv().and_then(|kv| view::events(&kv, after.as_ref(), max)).map(|events| {
-                    events
-                        .into_iter()
-                        .map(|e| view_types::EventSummary {
-                            event: e.record.event.0,
-                            description: e.record.terms.description.clone(),
-                            deadline_ms: e.record.terms.deadline_ms,
-                            created_ms: e.record.created_ms,
-                            tickets: e.tickets,
-                            collections: e.collections,
-                        })
-                        .collect()
-                });
-                let _ = reply.send(result.map_err(|e| e.to_string()));
-            }
-            Query::Relays { reply } => {
-                let result = self.read_kv().and_then(|kv| view::relays(&kv));
-                let _ = reply.send(result.map_err(|e| e.to_string()));
-            }
-            Query::CollectShares { event, number, reply } => {
-                let _ = reply.send(self.collect_shares(event, number));
-            }
-            Query::Pending { max, reply } => {
-                let _ = reply.send(self.pending(max).map_err(|e| e.to_string()));
-            }
             Query::ThresholdSignature { id, reply } => {
                 let result = self.db.begin_read().map_err(anyhow::Error::from).and_then(|r| threshold::lookup(&r, &id));
                 let _ = reply.send(result.map_err(|e| e.to_string()));
             }
-            Query::Fetched { event, ticket, hash, reply } => {
-                let result = (|| -> anyhow::Result<()> {
-                    let txn = self.db.begin_write()?;
-                    {
-                        let mut pending = txn.open_table(kv::PENDING)?;
-                        let key = [&event.0[..], &ticket.to_be_bytes(), &hash].concat();
-                        pending.remove(key.as_slice())?;
-                    }
-                    txn.commit()?;
-                    Ok(())
-                })();
-                let _ = reply.send(result.map_err(|e| e.to_string()));
-            }
+            Query::Run(run) => run(&mut View { worker: self }),
         }
-    }
-
-    fn collect_shares(&self, event: EventId, number: u64) -> Result<crate::bistro::CollectShares, (Code, String)> {
-        let internal = |e: StoreError| (Code::FailedPrecondition, format!("store: {e}"));
-        let kv = self.read_kv().map_err(internal)?;
-        let Some(collection) = view::collection(&kv, &event, number).map_err(internal)? else {
-            return Err((
-                Code::NotFound,
-                format!("no collection {number} of event {event} here (yet): it may not be applied here"),
-            ));
-        };
-        let cluster = self.setup.cluster;
-        let mut uploads = Vec::with_capacity(collection.uploads.len());
-        let mut shares = Vec::with_capacity(collection.uploads.len() * 48);
-        for (ticket, hash) in &collection.uploads {
-            let Some(upload) = view::upload(&kv, &event, *ticket, hash).map_err(internal)? else { continue };
-            let record = view::ticket(&kv, &event, *ticket).map_err(internal)?;
-            let capsule = fides_crypto::labeled::LabeledCapsule::from_bytes(&upload.capsule)
-                .map_err(|e| (Code::FailedPrecondition, format!("a recorded capsule does not parse: {e}")))?;
-            let share = if self.setup.wrong_shares {
-                // Fault injection: a valid point that is not our share of this capsule.
-                let other = fides_crypto::labeled::LabeledCapsule::encrypt(
-                    &self.setup.encryption.public().public_key(),
-                    b"wrong",
-                    &[0; 40],
-                    &mut rand::thread_rng(),
-                )
-                .map_err(|e| (Code::FailedPrecondition, e.to_string()))?;
-                self.setup.encryption.labeled_share(&other).to_bytes()
-            } else {
-                self.setup.encryption.labeled_share(&capsule).to_bytes()
-            };
-            shares.extend_from_slice(&share);
-            uploads.push(crate::bistro::UploadInfo {
-                ticket: *ticket,
-                hash: *hash,
-                size: upload.size,
-                capsule: upload.capsule.clone(),
-                stored_by: upload.stored_by.clone(),
-                ticket_record: record.map(|t| t.to_bytes()).unwrap_or_default(),
-            });
-        }
-        let replica = self.setup.our_index.0;
-        let associated = fides_crypto::tagged(
-            domain::SHARES_AD,
-            &[&cluster, &event.0, &number.to_le_bytes(), &replica.to_le_bytes()],
-        );
-        let sealed = fides_crypto::sealed::seal_to(&collection.recipient, &associated, &shares, &mut rand::rngs::OsRng)
-            .map_err(|e| (Code::InvalidArgument, format!("cannot seal to the recipient key: {e}")))?;
-        Ok(crate::bistro::CollectShares { replica, uploads, sealed })
-    }
-
-    fn pending(&self, max: usize) -> anyhow::Result<Vec<PendingUpload>> {
-        let kv = self.read_kv()?;
-        let read = self.db.begin_read()?;
-        let table = read.open_table(kv::PENDING)?;
-        let mut out = Vec::new();
-        let mut deadlines: HashMap<EventId, u64> = HashMap::new();
-        let now = self.last_time()?;
-        for entry in table.iter()? {
-            if out.len() >= max {
-                break;
-            }
-            let (key, _) = entry?;
-            let key = key.value();
-            let (Some(event), Some(ticket), Some(hash)) = (
-                key.get(..16).and_then(|b| <[u8; 16]>::try_from(b).ok()),
-                key.get(16..24).and_then(|b| <[u8; 8]>::try_from(b).ok()),
-                key.get(24..56).and_then(|b| <[u8; 32]>::try_from(b).ok()),
-            ) else {
-                continue;
-            };
-            let event = EventId(event);
-            let ticket = u64::from_be_bytes(ticket);
-            let deadline = match deadlines.get(&event) {
-                Some(d) => *d,
-                None => {
-                    let d = view::event(&kv, &event)?.map_or(u64::MAX, |e| e.record.terms.deadline_ms);
-                    deadlines.insert(event, d);
-                    d
-                }
-            };
-            if now <= deadline {
-                continue;
-            }
-            let Some(upload) = view::upload(&kv, &event, ticket, &hash)? else { continue };
-            let mut intermediaries = Vec::new();
-            for (key, _) in &upload.intermediaries {
-                let address = view::relay(&kv, key)?.map(|r| r.address);
-                intermediaries.push((*key, address));
-            }
-            out.push(PendingUpload {
-                event,
-                ticket,
-                hash,
-                size: upload.size,
-                capsule: upload.capsule,
-                intermediaries,
-                stored_by: upload.stored_by,
-            });
-        }
-        Ok(out)
     }
 
     /// The agreed time of the last applied epoch.

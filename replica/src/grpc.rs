@@ -1,9 +1,10 @@
 //! The client API over gRPC (tonic): `fides.v1.Ordering`, the standard health service and server
 //! reflection, so that off-the-shelf gRPC tools can list and call it.
 //!
-//! Bounds: each connection (client address) may have `per_connection_max` submissions in flight;
-//! past that, and when the driver's queues are full, the answer is `RESOURCE_EXHAUSTED` at once —
-//! nothing waits in an unbounded queue.
+//! Bounds: each connection (client address) may have `per_connection_max` submissions in flight,
+//! and as many lookups (a lookup of a request ordered in an epoch not certified yet waits for the
+//! certificate); past that, and when the driver's queues are full, the answer is
+//! `RESOURCE_EXHAUSTED` at once — nothing waits in an unbounded queue.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -29,9 +30,14 @@ pub struct OrderingService {
     worker: WorkerHandle,
     /// How long a submission may take, ordering and certificate together.
     wait: Duration,
-    in_flight: Arc<Mutex<HashMap<SocketAddr, usize>>>,
+    /// Submissions in flight, by connection.
+    in_flight: InFlightMap,
+    /// Lookups in flight, by connection.
+    lookups: InFlightMap,
     per_connection_max: usize,
 }
+
+type InFlightMap = Arc<Mutex<HashMap<SocketAddr, usize>>>;
 
 struct InFlight {
     map: Arc<Mutex<HashMap<SocketAddr, usize>>>,
@@ -55,7 +61,7 @@ impl OrderingService {
     /// A service in front of `node`; its answers are certified by `worker` (each submission
     /// takes at most `wait` in all).
     pub fn new(node: NodeHandle, worker: WorkerHandle, wait: Duration, per_connection_max: usize) -> Self {
-        OrderingService { node, worker, wait, in_flight: Arc::default(), per_connection_max }
+        OrderingService { node, worker, wait, in_flight: Arc::default(), lookups: Arc::default(), per_connection_max }
     }
 
     /// The tonic server of it.
@@ -63,18 +69,20 @@ impl OrderingService {
         OrderingServer::new(self)
     }
 
-    fn admit(&self, peer: Option<SocketAddr>) -> Result<Option<InFlight>, Status> {
+    /// Count one more call of `what` (submissions or lookups, in `table`) in flight from `peer`,
+    /// or refuse it past the bound.
+    fn admit(&self, table: &InFlightMap, what: &str, peer: Option<SocketAddr>) -> Result<Option<InFlight>, Status> {
         let Some(peer) = peer else { return Ok(None) };
-        let mut map = self.in_flight.lock().map_err(|_| Status::internal("in-flight table poisoned"))?;
+        let mut map = table.lock().map_err(|_| Status::internal("in-flight table poisoned"))?;
         let count = map.entry(peer).or_insert(0);
         if *count >= self.per_connection_max {
             return Err(Status::resource_exhausted(format!(
-                "this connection already has {} submissions in flight (the bound)",
+                "this connection already has {} {what} in flight (the bound)",
                 self.per_connection_max
             )));
         }
         *count += 1;
-        Ok(Some(InFlight { map: Arc::clone(&self.in_flight), peer }))
+        Ok(Some(InFlight { map: Arc::clone(table), peer }))
     }
 
     async fn ask<R>(&self, make: impl FnOnce(oneshot::Sender<R>) -> Command) -> Result<R, Status> {
@@ -132,7 +140,7 @@ fn to_proto(o: Ordered) -> proto::Ordered {
 #[tonic::async_trait]
 impl Ordering for OrderingService {
     async fn submit(&self, request: GrpcRequest<proto::SubmitRequest>) -> Result<Response<proto::Ordered>, Status> {
-        let _slot = self.admit(request.remote_addr())?;
+        let _slot = self.admit(&self.in_flight, "submissions", request.remote_addr())?;
         let proto::SubmitRequest { client, id, payload } = request.into_inner();
         let request = Request { client, id, payload };
         // One wait: once ordered, the driver hands the reply to the services' worker, which
@@ -145,6 +153,7 @@ impl Ordering for OrderingService {
     }
 
     async fn lookup(&self, request: GrpcRequest<proto::LookupRequest>) -> Result<Response<proto::LookupReply>, Status> {
+        let _slot = self.admit(&self.lookups, "lookups", request.remote_addr())?;
         let proto::LookupRequest { client, id, payload_digest } = request.into_inner();
         // `(client, id)` alone could name another payload ordered under the same id.
         let digest: [u8; 32] = payload_digest
@@ -222,5 +231,78 @@ impl Ordering for OrderingService {
             next_epoch,
             first_epoch,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use tonic::transport::server::TcpConnectInfo;
+
+    use super::*;
+
+    fn from(peer: SocketAddr, request: proto::LookupRequest) -> GrpcRequest<proto::LookupRequest> {
+        let mut request = GrpcRequest::new(request);
+        request.extensions_mut().insert(TcpConnectInfo { local_addr: None, remote_addr: Some(peer) });
+        request
+    }
+
+    /// Lookups of a request ordered in an epoch not certified yet wait for its certificate: one
+    /// connection may have only `per_connection_max` of them waiting, the next is refused at once
+    /// (and a lookup that ended frees its place). Without the bound, a flood of lookups piles up
+    /// waiters at the worker for as long as the epoch stays uncertified.
+    #[tokio::test]
+    async fn lookups_waiting_for_a_certificate_are_bounded_per_connection() {
+        let (node, mut commands) = NodeHandle::detached(64);
+        let (worker, inputs) = WorkerHandle::detached(64);
+        let service = OrderingService::new(node, worker, Duration::from_secs(600), 2);
+        // The driver: every request asked about is ordered (at epoch 4, index 0).
+        tokio::spawn(async move {
+            while let Some(command) = commands.recv().await {
+                if let Command::Lookup { key: (client, id, payload_digest), reply } = command {
+                    let ordered =
+                        Ordered { client, id, epoch: 4, index: 0, time_ms: 1, log_digest: [0; 32], payload_digest };
+                    let _ = reply.send(Lookup::Ordered(ordered));
+                }
+            }
+        });
+        let peer: SocketAddr = "127.0.0.1:40000".parse().expect("address");
+        let other: SocketAddr = "127.0.0.1:40001".parse().expect("address");
+        let ask = |peer, id| {
+            let service = service.clone();
+            let request = proto::LookupRequest { client: 1, id, payload_digest: vec![7; 32] };
+            tokio::spawn(async move { service.lookup(from(peer, request)).await })
+        };
+        let waiting = [ask(peer, 1), ask(peer, 2)];
+        // Both wait at the worker (which never certifies epoch 4 here).
+        let mut waiters = Vec::new();
+        while waiters.len() < 2 {
+            match inputs.try_recv() {
+                Ok(input) => waiters.push(input),
+                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+        let third = tokio::time::timeout(Duration::from_secs(30), ask(peer, 3)).await;
+        let status = third.expect("the third lookup is answered at once").expect("task").expect_err("over the bound");
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+        assert!(status.message().contains("2 lookups in flight"), "{}", status.message());
+        // Another connection has its own bound.
+        let elsewhere = ask(other, 4);
+        // One waiting lookup ends (its handler is dropped): the connection may ask again.
+        waiting[0].abort();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let again = ask(peer, 5);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if !again.is_finished() {
+                again.abort();
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the ended lookup's place was never freed");
+        }
+        assert!(!elsewhere.is_finished(), "a lookup from another connection was refused: {:?}", elsewhere.await);
+        elsewhere.abort();
+        drop(waiters);
     }
 }

@@ -28,5 +28,5 @@ pub use interface::{
     HOST_DECISION_NOTICE, RESERVED_IDS,
 };
 pub use registry::{BatchOutcomes, Decoded, ErasedService, Ordered, Registry, RegistryError, Route};
-pub use state::StateDigest;
+pub use state::{StateDigest, StateSize};
 pub use tables::{prefix_end, Entries, MemoryTables, Namespaced, Overlay, ReadOnly, StoreError, Tables};

@@ -13,6 +13,10 @@
 //!   removed.
 //! - The **commitment** the epoch certificate signs is
 //!   `SHA-256(tagged("fides/v1/state-digest", [lanes as 2,048 bytes little-endian]))`.
+//! - Beside the lanes the digest counts the state's **size** ([`StateSize`]): its entries and the
+//!   bytes of their keys and values. The state leaf carries it next to the commitment, so that a
+//!   replica fetching a snapshot knows from the certificate how much honest state there is, and
+//!   stops a peer that sends more at the first entry past it.
 //!
 //! Why not a plain sum of 256-bit hashes modulo 2²⁵⁶: with the generalized birthday attack
 //! (Wagner, 2002) a Byzantine peer could find a set of entries whose hashes sum to a given digest
@@ -25,18 +29,53 @@ use fides_crypto::{domain, sha256_tagged};
 
 /// Lanes of the state digest.
 pub const LANES: usize = 1024;
-/// Bytes of the state digest's lanes (what the services' store keeps).
+/// Bytes of the state digest's lanes.
 pub const LANES_BYTES: usize = 2 * LANES;
+/// Bytes of a stored state digest: the lanes, then the size's entries and bytes (u64 LE each).
+pub const DIGEST_BYTES: usize = LANES_BYTES + 16;
 
-/// The lattice hash of a multiset of entries.
+/// How much state there is: its entries, and the bytes of their keys and values (table names
+/// not counted).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct StateSize {
+    /// Entries.
+    pub entries: u64,
+    /// Bytes of keys and values.
+    pub bytes: u64,
+}
+
+impl StateSize {
+    /// What one entry adds.
+    pub fn of_entry(key: &[u8], value: &[u8]) -> StateSize {
+        StateSize { entries: 1, bytes: (key.len() + value.len()) as u64 }
+    }
+
+    /// Whether `self` fits within `bound` (each count at most the bound's).
+    pub fn within(&self, bound: &StateSize) -> bool {
+        self.entries <= bound.entries && self.bytes <= bound.bytes
+    }
+
+    fn add(&mut self, other: StateSize) {
+        self.entries = self.entries.wrapping_add(other.entries);
+        self.bytes = self.bytes.wrapping_add(other.bytes);
+    }
+
+    fn sub(&mut self, other: StateSize) {
+        self.entries = self.entries.wrapping_sub(other.entries);
+        self.bytes = self.bytes.wrapping_sub(other.bytes);
+    }
+}
+
+/// The lattice hash of a multiset of entries, with its size.
 #[derive(Clone, PartialEq, Eq)]
 pub struct StateDigest {
     lanes: Box<[u16; LANES]>,
+    size: StateSize,
 }
 
 impl std::fmt::Debug for StateDigest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "StateDigest({})", hex_prefix(&self.commitment()))
+        write!(f, "StateDigest({}, {:?})", hex_prefix(&self.commitment()), self.size)
     }
 }
 
@@ -46,7 +85,7 @@ fn hex_prefix(bytes: &[u8; 32]) -> String {
 
 impl Default for StateDigest {
     fn default() -> Self {
-        StateDigest { lanes: Box::new([0; LANES]) }
+        StateDigest { lanes: Box::new([0; LANES]), size: StateSize::default() }
     }
 }
 
@@ -80,6 +119,7 @@ impl StateDigest {
         for (lane, e) in self.lanes.iter_mut().zip(entry.iter()) {
             *lane = lane.wrapping_add(*e);
         }
+        self.size.add(StateSize::of_entry(key, value));
     }
 
     /// Remove the entry `(table, key, value)` (which must have been added).
@@ -88,28 +128,45 @@ impl StateDigest {
         for (lane, e) in self.lanes.iter_mut().zip(entry.iter()) {
             *lane = lane.wrapping_sub(*e);
         }
+        self.size.sub(StateSize::of_entry(key, value));
     }
 
-    /// The lanes as bytes, little-endian (what the store keeps).
-    pub fn to_bytes(&self) -> Vec<u8> {
+    /// The size of the state.
+    pub fn size(&self) -> StateSize {
+        self.size
+    }
+
+    /// The lanes as bytes, little-endian.
+    fn lanes_bytes(&self) -> Vec<u8> {
         self.lanes.iter().flat_map(|lane| lane.to_le_bytes()).collect()
     }
 
-    /// The lanes from [`StateDigest::to_bytes`]; `None` unless exactly [`LANES_BYTES`] long.
-    pub fn from_bytes(bytes: &[u8]) -> Option<StateDigest> {
-        if bytes.len() != LANES_BYTES {
-            return None;
-        }
-        let mut lanes = Box::new([0u16; LANES]);
-        for (lane, pair) in lanes.iter_mut().zip(bytes.chunks_exact(2)) {
-            *lane = u16::from_le_bytes([pair[0], pair[1]]);
-        }
-        Some(StateDigest { lanes })
+    /// The lanes, then the size (what the store keeps: [`DIGEST_BYTES`]).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = self.lanes_bytes();
+        out.extend_from_slice(&self.size.entries.to_le_bytes());
+        out.extend_from_slice(&self.size.bytes.to_le_bytes());
+        out
     }
 
-    /// What the epoch certificate signs of it (the state leaf's digest).
+    /// The digest from [`StateDigest::to_bytes`]; `None` unless exactly [`DIGEST_BYTES`] long.
+    pub fn from_bytes(bytes: &[u8]) -> Option<StateDigest> {
+        if bytes.len() != DIGEST_BYTES {
+            return None;
+        }
+        let (lanes_bytes, size) = bytes.split_at(LANES_BYTES);
+        let mut lanes = Box::new([0u16; LANES]);
+        for (lane, pair) in lanes.iter_mut().zip(lanes_bytes.chunks_exact(2)) {
+            *lane = u16::from_le_bytes([pair[0], pair[1]]);
+        }
+        let entries = u64::from_le_bytes(size[..8].try_into().ok()?);
+        let bytes = u64::from_le_bytes(size[8..].try_into().ok()?);
+        Some(StateDigest { lanes, size: StateSize { entries, bytes } })
+    }
+
+    /// What the epoch certificate signs of the lanes (the state leaf's digest).
     pub fn commitment(&self) -> [u8; 32] {
-        sha256_tagged(domain::STATE_DIGEST, &[&self.to_bytes()])
+        sha256_tagged(domain::STATE_DIGEST, &[&self.lanes_bytes()])
     }
 }
 
@@ -149,6 +206,8 @@ mod tests {
             }
             if step % 97 == 0 {
                 assert_eq!(digest, from_scratch(&state), "after step {step}");
+                let bytes = state.iter().map(|((_, k), v)| (k.len() + v.len()) as u64).sum();
+                assert_eq!(digest.size(), StateSize { entries: state.len() as u64, bytes }, "after step {step}");
             }
         }
         assert_eq!(digest.commitment(), from_scratch(&state).commitment());
@@ -182,5 +241,7 @@ mod tests {
         assert_eq!(StateDigest::from_bytes(&d.to_bytes()), Some(d.clone()));
         assert!(StateDigest::from_bytes(&d.to_bytes()[1..]).is_none());
         assert!(StateDigest::from_bytes(&[0; LANES_BYTES + 2]).is_none());
+        assert!(StateDigest::from_bytes(&d.to_bytes()[..LANES_BYTES]).is_none(), "lanes without a size");
+        assert_eq!(d.size(), StateSize { entries: 1, bytes: 2 });
     }
 }

@@ -230,9 +230,10 @@ impl WholeReplica {
             }
         };
         let mut made = epoch_leaves(ordered(), &outcomes);
-        let state = state_digest(&self.tables);
+        let digest = state_digest(&self.tables);
+        let state = digest.commitment();
         // The state leaf is the last, as the worker makes it: every epoch has a tree.
-        made.leaves.push(Leaf::State { epoch: batch.epoch, digest: state }.hash());
+        made.leaves.push(Leaf::state(batch.epoch, &digest).hash());
         let mut applied =
             Applied { epoch: batch.epoch, state, root: None, answers: Vec::new(), events: Vec::new(), tickets: 0 };
         {
@@ -275,14 +276,14 @@ impl WholeReplica {
 
 /// The state digest of every table (`fides_service::state`, as the replica's host keeps it, here
 /// recomputed from the in-memory tables).
-fn state_digest(tables: &MemoryTables) -> Digest {
+fn state_digest(tables: &MemoryTables) -> fides_service::StateDigest {
     let mut digest = fides_service::state::StateDigest::new();
     for (name, table) in tables.tables() {
         for (key, value) in table {
             digest.add(name, key, value);
         }
     }
-    digest.commitment()
+    digest
 }
 
 impl Protocol for WholeReplica {

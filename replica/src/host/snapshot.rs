@@ -2,8 +2,8 @@
 //! wire format of a fetch (asks and pages), and the checks a receiver runs on what a peer sends.
 //!
 //! A snapshot is the state after one epoch `S` that the peer applied and the cluster certified:
-//! the first page carries a [`Header`] — the state digest's commitment, the path of the state leaf
-//! (the last leaf of `S`'s tree) and `S`'s certificate — and every page carries entries in
+//! the first page carries a [`Header`] — the state digest's commitment and the state's size, the
+//! path of the state leaf (the last leaf of `S`'s tree) and `S`'s certificate — and every page carries entries in
 //! strictly increasing `(section, key)` order. Sections `0 .. k` are the covered tables (by their
 //! sorted names, the same list at every replica); section `k` holds epoch rows (agreed time,
 //! leaves, signature) that answers need, which the digest does not cover and which are checked
@@ -12,12 +12,14 @@
 //!
 //! The order makes duplicates impossible (a multiset with one entry twice has another digest than
 //! the table it would make), and the bounds ([`PAGE_BYTES_MAX`], [`PAGE_ENTRIES_MAX`],
-//! [`SNAPSHOT_BYTES_MAX`]) keep what a peer can make a receiver hold or stage.
+//! [`SNAPSHOT_BYTES_MAX`], and the certified size: covered entries past it are refused at once)
+//! keep what a peer can make a receiver hold or stage — a Byzantine server can make it stage at
+//! most as much as the honest state, not 4 GiB.
 
 use std::ops::Bound;
 
 use fides_service::certificate::{self, Certificate, EpochRoot, Inclusion, Leaf, Tree};
-use fides_service::{StateDigest, StoreError};
+use fides_service::{StateDigest, StateSize, StoreError};
 use fides_types::codec::{put_bytes, DecodeError, Reader, Wire};
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
@@ -94,6 +96,8 @@ impl Wire for Ask {
 pub struct Header {
     /// [`StateDigest::commitment`] of the state sent.
     pub digest: [u8; 32],
+    /// Its size ([`StateDigest::size`]): the covered entries the snapshot holds, and their bytes.
+    pub size: StateSize,
     /// The path of the state leaf (the last leaf of the epoch's tree).
     pub inclusion: Inclusion,
     /// The epoch's certificate.
@@ -134,6 +138,8 @@ impl Wire for Page {
             Some(header) => {
                 out.push(1);
                 out.extend_from_slice(&header.digest);
+                out.extend_from_slice(&header.size.entries.to_le_bytes());
+                out.extend_from_slice(&header.size.bytes.to_le_bytes());
                 header.inclusion.encode(out);
                 header.certificate.encode(out);
             }
@@ -160,6 +166,7 @@ impl Wire for Page {
         let header = if reader.bool()? {
             Some(Header {
                 digest: reader.array()?,
+                size: StateSize { entries: reader.u64()?, bytes: reader.u64()? },
                 inclusion: Inclusion::decode(reader)?,
                 certificate: Certificate::decode(reader)?,
             })
@@ -203,6 +210,8 @@ pub struct Receiving {
     pub epoch: u64,
     /// The certified commitment.
     pub certified: [u8; 32],
+    /// The certified size of the state.
+    pub certified_size: StateSize,
     /// The certificate of the snapshot's epoch.
     pub certificate: Certificate,
     digest: StateDigest,
@@ -222,6 +231,7 @@ impl Receiving {
             cluster.public,
             page.epoch,
             &header.digest,
+            header.size,
             &header.inclusion,
             &header.certificate,
         )
@@ -229,6 +239,7 @@ impl Receiving {
         Ok(Receiving {
             epoch: page.epoch,
             certified: header.digest,
+            certified_size: header.size,
             certificate: header.certificate,
             digest: StateDigest::new(),
             last: None,
@@ -256,7 +267,15 @@ impl Receiving {
                 return Err(format!("a page holds more than {PAGE_BYTES_MAX} bytes"));
             }
             match covered.get(entry.section as usize) {
-                Some(table) => self.digest.add(table, &entry.key, &entry.value),
+                Some(table) => {
+                    self.digest.add(table, &entry.key, &entry.value);
+                    if !self.digest.size().within(&self.certified_size) {
+                        return Err(format!(
+                            "the snapshot holds more than the certified state of epoch {} ({} entries, {} bytes)",
+                            self.epoch, self.certified_size.entries, self.certified_size.bytes
+                        ));
+                    }
+                }
                 None if entry.section == rows => self.check_row(&entry.key, &entry.value, cluster)?,
                 None => return Err(format!("no section {}", entry.section)),
             }
@@ -297,7 +316,7 @@ impl Receiving {
 
     /// After the last page: the digest of what came must be the certified one.
     pub fn finish(&self) -> Result<StateDigest, String> {
-        if self.digest.commitment() != self.certified {
+        if self.digest.commitment() != self.certified || self.digest.size() != self.certified_size {
             return Err(format!(
                 "the snapshot's entries do not hash to the certified state digest of epoch {}",
                 self.epoch
@@ -328,6 +347,8 @@ pub struct Served {
     pub inclusion: Inclusion,
     /// The state digest's commitment.
     pub digest: [u8; 32],
+    /// The state's size.
+    pub size: StateSize,
     txn: ReadTransaction,
 }
 
@@ -352,15 +373,16 @@ impl Served {
             let row = epochs.get(&epoch.to_be_bytes()[..]).map_err(store_error)?.map(|v| v.value().to_vec());
             let Some(row) = row else { return Ok(None) };
             let row = EpochRow::from_bytes(&row).map_err(|e| StoreError::Store(format!("an epoch row: {e}")))?;
-            (epoch, digest.commitment(), row)
+            (epoch, digest, row)
         };
-        if row.leaves.last() != Some(&Leaf::State { epoch, digest }.hash()) {
+        if row.leaves.last() != Some(&Leaf::state(epoch, &digest).hash()) {
             return Ok(None);
         }
+        let (size, digest) = (digest.size(), digest.commitment());
         let tree = Tree::new(row.leaves);
         let root = tree.epoch_root(epoch, row.time_ms);
         let Some(inclusion) = tree.inclusion(tree.len() - 1) else { return Ok(None) };
-        Ok(Some(Served { session, epoch, root, inclusion, digest, txn }))
+        Ok(Some(Served { session, epoch, root, inclusion, digest, size, txn }))
     }
 
     /// The page from `cursor`: entries of the covered tables `covered` (sections in that order),
@@ -518,12 +540,13 @@ mod tests {
         for e in certified {
             digest.add(&names[e.section as usize], &e.key, &e.value);
         }
-        let leaves = vec![[1; 32], [2; 32], Leaf::State { epoch: 9, digest: digest.commitment() }.hash()];
+        let leaves = vec![[1; 32], [2; 32], Leaf::state(9, &digest).hash()];
         let tree = Tree::new(leaves);
         let root = tree.epoch_root(9, 1_000);
         let signature = secret.sign_g2(root.point(&CLUSTER)).to_bytes();
         let header = Header {
             digest: digest.commitment(),
+            size: digest.size(),
             inclusion: tree.inclusion(2).expect("the last leaf"),
             certificate: Certificate { root, signature },
         };
@@ -582,6 +605,39 @@ mod tests {
         assert!(receive(&pages(&other, &good, &good), &public).is_err(), "another key's certificate");
     }
 
+    /// A Byzantine server's snapshot larger than the certified state is refused at the first
+    /// covered entry past the certified size, not after staging up to the global bound; and a
+    /// header that claims another size than the certified one does not verify.
+    #[test]
+    fn a_snapshot_past_the_certified_size_is_refused_at_once() {
+        let secret = blsttc::SecretKey::random();
+        let public = secret.public_key();
+        let cluster = Cluster { id: &CLUSTER, public: &public };
+        let good = sorted(entries());
+        // The certified state is the first 20 entries; the server sends all 40.
+        let certified = sorted(good[..20].to_vec());
+        let forged = pages(&secret, &good, &certified);
+        let mut receiving = Receiving::start(&forged[0], &cluster).expect("the header is the certified one");
+        let mut refused_at = None;
+        for (i, page) in forged.iter().enumerate() {
+            if let Err(error) = receiving.take(page, &tables(), &cluster) {
+                assert!(error.contains("more than the certified state"), "{error}");
+                refused_at = Some(i);
+                break;
+            }
+        }
+        let refused_at = refused_at.expect("a snapshot past the certified size is refused");
+        assert!(receiving.entries <= 20, "taken no more than the certified entries: {}", receiving.entries);
+        assert!(refused_at < forged.len() - 1, "refused before the last page");
+        // A header claiming a larger size to make room does not verify.
+        let mut first = forged[0].clone();
+        if let Some(header) = first.header.as_mut() {
+            header.size.entries += 20;
+            header.size.bytes *= 2;
+        }
+        assert!(Receiving::start(&first, &cluster).is_err(), "a size the certificate does not sign");
+    }
+
     /// A store's state served page by page from one read transaction — while the server writes
     /// on — staged and installed elsewhere, gives the same digest; the epoch row its answers need
     /// comes signed.
@@ -602,7 +658,7 @@ mod tests {
                 }
                 tables.put(OUTCOMES.name(), &outcome_key(epoch, 0), b"an answer").expect("put");
                 tables.store_digest(&txn).expect("digest");
-                let state = Leaf::State { epoch, digest: tables.digest().commitment() }.hash();
+                let state = Leaf::state(epoch, tables.digest()).hash();
                 let row = EpochRow { time_ms: 10, leaves: vec![[3; 32], state], signature: None };
                 let mut epochs = txn.open_table(EPOCHS).expect("epochs");
                 epochs.insert(&epoch.to_be_bytes()[..], row.to_bytes().as_slice()).expect("row");
@@ -626,7 +682,8 @@ mod tests {
         loop {
             let mut page = served.page(&covered, &cursor, signature).expect("a page");
             if pages == 0 {
-                page.header = Some(Header { digest: served.digest, inclusion: served.inclusion.clone(), certificate });
+                let (digest, size, inclusion) = (served.digest, served.size, served.inclusion.clone());
+                page.header = Some(Header { digest, size, inclusion, certificate });
                 receiving = Some(Receiving::start(&page, &cluster).expect("a certified state leaf"));
             }
             let page = Page::from_bytes(&page.to_bytes()).expect("decodes");

@@ -54,8 +54,9 @@ impl<'a> WriteTables<'a> {
             let meta = txn.open_table(META).map_err(store_error)?;
             let stored = meta.get(META_STATE_DIGEST).map_err(store_error)?.map(|v| v.value().to_vec());
             match stored {
-                Some(bytes) => StateDigest::from_bytes(&bytes)
-                    .ok_or_else(|| StoreError::Store("the stored state digest is not 2,048 bytes".into()))?,
+                Some(bytes) => StateDigest::from_bytes(&bytes).ok_or_else(|| {
+                    StoreError::Store("the stored state digest is not of this version's length".into())
+                })?,
                 None => StateDigest::new(),
             }
         };

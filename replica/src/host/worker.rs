@@ -62,11 +62,14 @@ const EPOCHS_PER_TXN: usize = 64;
 const RESEND_AFTER: Duration = Duration::from_secs(2);
 /// The store's format: 2 since the epoch certificate (leaves of every epoch are ordering and
 /// service leaves), 3 since the state digest (kept in the meta table; every epoch's last leaf is
-/// the state leaf). A store of format 1 (the bistro's own tree) is set aside and rebuilt from the
-/// log; one of format 2 gets its digest computed once (see [`ensure_digest`]).
-const STORE_FORMAT: u32 = 3;
+/// the state leaf), 4 since the state's size is in the digest and the state leaf. A store of
+/// format 1 (the bistro's own tree) is set aside and rebuilt from the log; one of format 2 or 3
+/// gets its digest computed once (see [`ensure_digest`]).
+const STORE_FORMAT: u32 = 4;
 /// The format before the state digest.
 const STORE_FORMAT_NO_DIGEST: u32 = 2;
+/// The format whose stored digest has no size.
+const STORE_FORMAT_NO_SIZE: u32 = 3;
 /// Trees kept in memory for answering paths.
 const TREES_MAX: usize = 64;
 /// The worker's queue (frames, batches, waiters, queries).
@@ -404,7 +407,7 @@ fn open_store(dir: &Path) -> anyhow::Result<Database> {
         format
     };
     match format {
-        None | Some(STORE_FORMAT) | Some(STORE_FORMAT_NO_DIGEST) => Ok(db),
+        None | Some(STORE_FORMAT) | Some(STORE_FORMAT_NO_DIGEST) | Some(STORE_FORMAT_NO_SIZE) => Ok(db),
         Some(1) => {
             drop(db);
             let aside = dir.join("bistro.format1.redb");
@@ -423,8 +426,10 @@ fn open_store(dir: &Path) -> anyhow::Result<Database> {
     }
 }
 
-/// A store of format 2 (before the state digest) gets its digest computed once from its covered
-/// tables, and is marked format 3. Its epochs applied before keep their trees without a state leaf.
+/// A store of format 2 (before the state digest) or 3 (a digest without the state's size) gets its
+/// digest computed once from its covered tables, and is marked format 4. Its epochs applied before
+/// keep their trees (without a state leaf, or with one without the size: a snapshot is served
+/// only of an epoch whose last leaf is the state leaf of this format).
 fn ensure_digest(db: &Database, covered: &[String]) -> anyhow::Result<()> {
     let format = {
         let read = db.begin_read()?;
@@ -432,7 +437,7 @@ fn ensure_digest(db: &Database, covered: &[String]) -> anyhow::Result<()> {
         let value = meta.get(&b"format"[..])?.map(|v| v.value().to_vec());
         value.and_then(|v| <[u8; 4]>::try_from(v.as_slice()).ok()).map(u32::from_le_bytes)
     };
-    if format != Some(STORE_FORMAT_NO_DIGEST) {
+    if format != Some(STORE_FORMAT_NO_DIGEST) && format != Some(STORE_FORMAT_NO_SIZE) {
         return Ok(());
     }
     let digest = tables::recompute_digest(db, covered)?;
@@ -443,7 +448,7 @@ fn ensure_digest(db: &Database, covered: &[String]) -> anyhow::Result<()> {
         meta.insert(&b"format"[..], &STORE_FORMAT.to_le_bytes()[..])?;
     }
     txn.commit()?;
-    tracing::info!("the services' store is of format 2: its state digest was computed, it is of format 3 now");
+    tracing::info!(?format, "the services' store's state digest was computed (with its size): it is of format 4 now");
     Ok(())
 }
 
@@ -468,7 +473,7 @@ fn epoch_leaves(batch: &Batch, outcomes: &BatchOutcomes) -> (Vec<[u8; 32]>, Vec<
 /// The last leaf of an epoch's tree: the state digest of the covered tables after the epoch
 /// (docs/certificate.md, state leaf).
 fn state_leaf(epoch: u64, kv: &WriteTables<'_>) -> [u8; 32] {
-    Leaf::State { epoch, digest: kv.digest().commitment() }.hash()
+    Leaf::state(epoch, kv.digest()).hash()
 }
 
 /// The tables the state digest covers, by their names in the store: every service's, the

@@ -36,6 +36,7 @@ use fides_types::codec::{DecodeError, Reader, Wire};
 
 use crate::interface::{Outcome, ServiceId};
 use crate::registry::{BatchOutcomes, Ordered};
+use crate::state::StateSize;
 
 /// A SHA-256 digest.
 pub type Digest = [u8; 32];
@@ -83,6 +84,8 @@ pub enum Leaf {
         epoch: u64,
         /// [`crate::StateDigest::commitment`] of the state after the epoch.
         digest: Digest,
+        /// The state's size after the epoch ([`crate::StateDigest::size`]).
+        size: StateSize,
     },
 }
 
@@ -101,10 +104,12 @@ impl Wire for Leaf {
                 out.extend_from_slice(&service.0);
                 fides_types::codec::put_bytes(out, record);
             }
-            Leaf::State { epoch, digest } => {
+            Leaf::State { epoch, digest, size } => {
                 out.push(KIND_STATE);
                 out.extend_from_slice(&epoch.to_le_bytes());
                 out.extend_from_slice(digest);
+                out.extend_from_slice(&size.entries.to_le_bytes());
+                out.extend_from_slice(&size.bytes.to_le_bytes());
             }
         }
     }
@@ -122,13 +127,22 @@ impl Wire for Leaf {
                 let record = reader.bytes(RECORD_LEN_MAX)?.to_vec();
                 Ok(Leaf::Service { service, record })
             }
-            KIND_STATE => Ok(Leaf::State { epoch: reader.u64()?, digest: reader.array()? }),
+            KIND_STATE => Ok(Leaf::State {
+                epoch: reader.u64()?,
+                digest: reader.array()?,
+                size: StateSize { entries: reader.u64()?, bytes: reader.u64()? },
+            }),
             other => Err(DecodeError::Invalid { what: "leaf kind", value: u64::from(other) }),
         }
     }
 }
 
 impl Leaf {
+    /// The state leaf of `epoch` for the state whose digest is `digest`.
+    pub fn state(epoch: u64, digest: &crate::StateDigest) -> Leaf {
+        Leaf::State { epoch, digest: digest.commitment(), size: digest.size() }
+    }
+
     /// The leaf's hash in the tree.
     pub fn hash(&self) -> Digest {
         leaf_hash(&self.to_bytes())
@@ -367,20 +381,21 @@ pub enum VerifyError {
     },
 }
 
-/// Verify that `digest` is the services' state after `epoch`: the state leaf of that epoch is the
-/// last leaf of the tree `certificate` signs, at `inclusion`.
+/// Verify that `digest` and `size` are the services' state's after `epoch`: the state leaf of that
+/// epoch is the last leaf of the tree `certificate` signs, at `inclusion`.
 pub fn verify_state(
     cluster: &Digest,
     public: &PublicKey,
     epoch: u64,
     digest: &Digest,
+    size: StateSize,
     inclusion: &Inclusion,
     certificate: &Certificate,
 ) -> Result<(), VerifyError> {
     if certificate.root.epoch != epoch || inclusion.index.checked_add(1) != Some(certificate.root.count) {
         return Err(VerifyError::NotTheStateLeaf { epoch });
     }
-    let leaf = Leaf::State { epoch, digest: *digest }.to_bytes();
+    let leaf = Leaf::State { epoch, digest: *digest, size }.to_bytes();
     verify(cluster, public, &leaf, inclusion, certificate)
 }
 

@@ -198,10 +198,13 @@ fn a_certificate_verifies_with_an_independent_bls_implementation() {
 #[test]
 fn the_state_leaf_verifies_only_as_the_last_leaf_of_its_epoch() {
     let digest = [9u8; 32];
-    let leaf = Leaf::State { epoch: 77, digest };
+    let size = StateSize { entries: 5, bytes: 300 };
+    let leaf = Leaf::State { epoch: 77, digest, size };
     let mut bytes = vec![3u8];
     bytes.extend_from_slice(&77u64.to_le_bytes());
     bytes.extend_from_slice(&digest);
+    bytes.extend_from_slice(&5u64.to_le_bytes());
+    bytes.extend_from_slice(&300u64.to_le_bytes());
     assert_eq!(leaf.to_bytes(), bytes, "the doc's bytes of a state leaf");
     assert_eq!(Leaf::from_bytes(&bytes), Ok(leaf.clone()));
     let (keys, set) = cluster(4, 1, 11);
@@ -212,9 +215,13 @@ fn the_state_leaf_verifies_only_as_the_last_leaf_of_its_epoch() {
     let tree = tree_of(&all);
     let certificate = run_signers(&keys, quorum, tree.epoch_root(77, 1_000));
     let last = tree.inclusion(5).expect("the last leaf");
-    assert_eq!(verify_state(&CLUSTER, &public, 77, &digest, &last, &certificate), Ok(()));
-    assert_eq!(verify_state(&CLUSTER, &public, 77, &[8; 32], &last, &certificate), Err(VerifyError::Root));
-    assert!(verify_state(&CLUSTER, &public, 78, &digest, &last, &certificate).is_err(), "another epoch");
+    assert_eq!(verify_state(&CLUSTER, &public, 77, &digest, size, &last, &certificate), Ok(()));
+    assert_eq!(verify_state(&CLUSTER, &public, 77, &[8; 32], size, &last, &certificate), Err(VerifyError::Root));
+    assert!(verify_state(&CLUSTER, &public, 78, &digest, size, &last, &certificate).is_err(), "another epoch");
+    // The size is certified with the digest: a smaller or larger one does not verify.
+    for other in [StateSize { entries: 5, bytes: 299 }, StateSize { entries: 6, bytes: 300 }] {
+        assert_eq!(verify_state(&CLUSTER, &public, 77, &digest, other, &last, &certificate), Err(VerifyError::Root));
+    }
     // The same leaf bytes placed elsewhere in a tree are not the state leaf.
     let mut early = all.clone();
     early.swap(0, 5);
@@ -222,7 +229,7 @@ fn the_state_leaf_verifies_only_as_the_last_leaf_of_its_epoch() {
     let certificate = run_signers(&keys, quorum, tree.epoch_root(77, 1_000));
     let first = tree.inclusion(0).expect("the first leaf");
     assert_eq!(
-        verify_state(&CLUSTER, &public, 77, &digest, &first, &certificate),
+        verify_state(&CLUSTER, &public, 77, &digest, size, &first, &certificate),
         Err(VerifyError::NotTheStateLeaf { epoch: 77 })
     );
 }

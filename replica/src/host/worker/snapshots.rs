@@ -230,6 +230,7 @@ impl Worker {
         };
         let header = (*cursor == Cursor::start()).then(|| Header {
             digest: serving.served.digest,
+            size: serving.served.size,
             inclusion: serving.served.inclusion.clone(),
             certificate,
         });

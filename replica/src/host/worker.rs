@@ -912,3 +912,61 @@ impl Worker {
         Ok(self.intake.time_of(self.next_epoch - 1)?.unwrap_or(0))
     }
 }
+
+#[cfg(test)]
+mod store_tests {
+    use fides_service::StateDigest;
+
+    use super::*;
+
+    fn format(db: &Database) -> Option<u32> {
+        let read = db.begin_read().expect("read");
+        let meta = read.open_table(tables::META).expect("meta");
+        let value = meta.get(&b"format"[..]).expect("get").map(|v| v.value().to_vec());
+        value.and_then(|v| <[u8; 4]>::try_from(v.as_slice()).ok()).map(u32::from_le_bytes)
+    }
+
+    /// A store of format 2 (no digest) or 3 (a digest of lanes only) gets the digest of its
+    /// covered tables, with their size, computed once and is marked format 4; one of format 4 is
+    /// left alone.
+    #[test]
+    fn an_older_store_gets_its_digest_with_the_size_computed_once() {
+        let covered = vec!["bistro_events".to_owned()];
+        for old in [STORE_FORMAT_NO_DIGEST, STORE_FORMAT_NO_SIZE] {
+            let dir = tempfile::tempdir().expect("temporary directory");
+            let db = Database::create(dir.path().join("s.redb")).expect("a store");
+            let txn = db.begin_write().expect("write");
+            {
+                let mut events = txn.open_table(tables::table("bistro_events")).expect("table");
+                for k in 0..10u8 {
+                    events.insert(&[k][..], &vec![k; usize::from(k)][..]).expect("insert");
+                }
+                let mut meta = txn.open_table(tables::META).expect("meta");
+                meta.insert(&b"format"[..], &old.to_le_bytes()[..]).expect("format");
+                if old == STORE_FORMAT_NO_SIZE {
+                    // What format 3 kept: the lanes alone.
+                    meta.insert(tables::META_STATE_DIGEST, &[7u8; fides_service::state::LANES_BYTES][..])
+                        .expect("lanes");
+                }
+            }
+            txn.commit().expect("commit");
+            ensure_digest(&db, &covered).expect("upgraded");
+            assert_eq!(format(&db), Some(STORE_FORMAT), "from format {old}");
+            let read = db.begin_read().expect("read");
+            let meta = read.open_table(tables::META).expect("meta");
+            let stored = meta.get(tables::META_STATE_DIGEST).expect("get").map(|v| v.value().to_vec());
+            let stored = StateDigest::from_bytes(&stored.expect("a digest")).expect("of this format");
+            let mut expected = StateDigest::new();
+            for k in 0..10u8 {
+                expected.add("bistro_events", &[k], &vec![k; usize::from(k)]);
+            }
+            assert_eq!(stored, expected, "from format {old}");
+            assert_eq!(stored.size().entries, 10);
+            assert_eq!(stored.size().bytes, 10 + 45);
+            drop(read);
+            // Format 4 now: a second start leaves it be.
+            ensure_digest(&db, &covered).expect("nothing to do");
+            assert_eq!(format(&db), Some(STORE_FORMAT));
+        }
+    }
+}

@@ -739,9 +739,14 @@ impl Worker {
         }
     }
 
+    /// Keep an epoch's signature in its row. The commit is not made durable on its own (no
+    /// fsync): the signature verifies by itself, so the waiters may have it at once, and the next
+    /// epoch's transaction (durable) makes it durable too. A signature lost in a crash before that
+    /// is combined again after the restart, as for any epoch without one.
     fn store_signature(&mut self, epoch: u64, signature: [u8; SIG_SIZE]) {
         let result = (|| -> anyhow::Result<()> {
-            let txn = self.db.begin_write()?;
+            let mut txn = self.db.begin_write()?;
+            txn.set_durability(redb::Durability::None)?;
             {
                 let mut epochs = txn.open_table(tables::EPOCHS)?;
                 let row = epochs.get(&epoch.to_be_bytes()[..])?.map(|v| EpochRow::from_bytes(v.value()));

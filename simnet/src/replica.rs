@@ -978,7 +978,8 @@ fn check_replicas(
                         // notices say.
                         if asked.get(instance) != Some(value) || decided.insert(*instance, *value).is_some() {
                             return Err(format!(
-                                "replica {index}: instance {instance:?} decided {value} in epoch {} (asked: {:?})",
+                                "replica {index}: instance {:02x?}… decided {value} in epoch {} (asked: {:?})",
+                                &instance.key[..4],
                                 applied.epoch,
                                 asked.get(instance)
                             ));

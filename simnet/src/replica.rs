@@ -15,7 +15,14 @@
 //!   instances take their asks and the ordered decision notices, the answers are written and the
 //!   epoch's leaves made, the state leaf last; the root goes to the [`EpochSigner`]; the votes of
 //!   the instances asked for go to the core (`Agree`) and our notice of each instance the core
-//!   decides is ordered as a request, as the worker does once the epoch is durable.
+//!   decides is ordered as a request, as the worker does once the epoch is durable;
+//! - the backfill's part: a replica whose core jumped to a checkpoint over batches its services
+//!   have not applied asks its peers for them (`BatchesAsk`, again with each delivery until they
+//!   come), takes an answer only if it follows what it applied and chains to the checkpoint's
+//!   signed log digest (one that does not is a fault of its sender), applies them, then the
+//!   batches delivered after the checkpoint. (The replica's backfill fetches the skipped batches
+//!   the same way when its services need them; a replica whose services lost their state takes
+//!   a snapshot instead, which is not here.)
 //!
 //! It reports each applied epoch (its state digest, root, every answer with its inclusion path,
 //! and the decisions applied) and each certificate.
@@ -34,17 +41,18 @@
 //! replica, and every answer (ordering leaf and signed record) verifying alone against its
 //! certificate under the cluster key; tickets actually issued.
 //!
-//! Not (yet) here: a replica that falls behind a checkpoint has no service state to go on from
-//! (service snapshots — `host/snapshot.rs` in the replica — are not in this harness), so no case
-//! makes a replica lag, nor restarts one from its log; the bistro's replica-side indexes (where
-//! each event's record was signed, uploads to fetch) and threshold RSA signing are the worker's
-//! alone; the driver's admission ledger (one message of each kind per peer) is not applied.
+//! Not (yet) here: service snapshots (`host/snapshot.rs` in the replica: a replica here never
+//! loses its services' state, and every peer keeps every batch, so the backfill always finds
+//! them), and restarts from the log (no replica restarts; the core's replay is tested in
+//! `fides-host` and the replica's driver tests); the bistro's replica-side indexes (where each
+//! event's record was signed, uploads to fetch) and threshold RSA signing are the worker's alone;
+//! the driver's admission ledger (one message of each kind per peer) is not applied.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use ed25519_dalek::SigningKey;
-use fides_atomic_broadcast::checkpoint::Digest;
+use fides_atomic_broadcast::checkpoint::{log_genesis, log_next, Digest};
 use fides_atomic_broadcast::epoch::{
     Admission, AtomicBroadcast, Batch, Config, Error as AbcError, Input, Keys, Output as AbcOutput, Request,
 };
@@ -59,8 +67,8 @@ use fides_host::epochs::StoredAnswer;
 use fides_host::event::Event;
 use fides_service::certificate::{self, Certificate, EpochSigner, Inclusion, Leaf, SignerConfig, Tree};
 use fides_service::{Decision, MemoryTables, Outcome, Registry, Service as _, ServiceId, StoreError, Tables};
-use fides_types::codec::{DecodeError, Reader, Wire};
-use fides_types::{FaultKind, NodeIndex, Outgoing, Protocol, Quorum, Step};
+use fides_types::codec::{get_seq, put_seq, DecodeError, Reader, Wire};
+use fides_types::{FaultKind, NodeIndex, Outgoing, Protocol, Quorum, Step, Target};
 use rand::seq::SliceRandom;
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -88,7 +96,20 @@ pub enum Message {
     Signer(certificate::Message),
     /// An agreement instance's message, encoded: decoded by the core.
     Instance(Vec<u8>),
+    /// The batches of epochs `from..=to`, asked by a replica that jumped to the checkpoint of
+    /// epoch `to` and whose services need them (the replica's backfill).
+    BatchesAsk {
+        /// The first epoch.
+        from: u64,
+        /// The last: a checkpoint's.
+        to: u64,
+    },
+    /// Delivered batches of consecutive epochs, answering a [`Message::BatchesAsk`].
+    Batches(Vec<Batch>),
 }
+
+/// Most batches a [`Message::Batches`] holds (a longer gap is not filled here).
+const BATCHES_ANSWER_MAX: usize = 256;
 
 impl Wire for Message {
     fn encode(&self, out: &mut Vec<u8>) {
@@ -105,6 +126,15 @@ impl Wire for Message {
                 out.push(2);
                 out.extend_from_slice(bytes);
             }
+            Message::BatchesAsk { from, to } => {
+                out.push(3);
+                out.extend_from_slice(&from.to_le_bytes());
+                out.extend_from_slice(&to.to_le_bytes());
+            }
+            Message::Batches(batches) => {
+                out.push(4);
+                put_seq(out, batches.iter(), |out, batch| batch.encode(out));
+            }
         }
     }
 
@@ -114,6 +144,8 @@ impl Wire for Message {
             0 => Ok(Message::Abc(reader.take(reader.remaining())?.to_vec())),
             1 => Ok(Message::Signer(certificate::Message::decode(reader)?)),
             2 => Ok(Message::Instance(reader.take(reader.remaining())?.to_vec())),
+            3 => Ok(Message::BatchesAsk { from: reader.u64()?, to: reader.u64()? }),
+            4 => Ok(Message::Batches(get_seq(reader, BATCHES_ANSWER_MAX, Batch::decode)?)),
             other => Err(DecodeError::Invalid { what: "whole-replica message tag", value: u64::from(other) }),
         }
     }
@@ -162,6 +194,14 @@ pub enum Output {
     Certified(Certificate),
     /// The core decided an agreement instance (the replica then orders its notice).
     Decided(Decided),
+    /// Batches a checkpoint jumped over came from a peer, chained to the checkpoint's log digest,
+    /// and are applied: epochs `from..=to`.
+    Backfilled {
+        /// The first epoch.
+        from: u64,
+        /// The last.
+        to: u64,
+    },
 }
 
 /// A replica: the replica's core (atomic broadcast and agreement instances, fed the events its
@@ -180,8 +220,18 @@ pub struct WholeReplica {
     identity: SigningKey,
     /// Certificates made here (the host's store, answering peers that ask for old epochs).
     certificates: BTreeMap<u64, Certificate>,
-    /// Whether it jumped to a checkpoint (its services then have no state to go on from).
-    installed: bool,
+    /// The log digest before the first epoch.
+    genesis: Digest,
+    /// Every batch delivered here, with the log digest after it (the driver's store of batches,
+    /// which serves peers whose services need them).
+    delivered: BTreeMap<u64, (Batch, Digest)>,
+    /// The first epoch the services have not applied.
+    next_apply: u64,
+    /// Batches delivered or fetched and not applied yet (after a gap a checkpoint jumped over).
+    waiting: BTreeMap<u64, Batch>,
+    /// The log digest of each checkpoint jumped to, by its epoch: what fetched batches must chain
+    /// to.
+    jumps: BTreeMap<u64, Digest>,
 }
 
 impl std::fmt::Debug for WholeReplica {
@@ -189,7 +239,7 @@ impl std::fmt::Debug for WholeReplica {
         f.debug_struct("WholeReplica")
             .field("our_index", &self.core.abc().our_index())
             .field("certified", &self.certificates.len())
-            .field("installed", &self.installed)
+            .field("next_apply", &self.next_apply)
             .finish_non_exhaustive()
     }
 }
@@ -199,8 +249,20 @@ impl WholeReplica {
     /// services asked for and our notices of the core's decisions go in as the next events, as
     /// the replica's worker hands them to its driver.
     fn handle_event(&mut self, event: Event, out: &mut Step<Message, Output>, rng: &mut dyn RngCore) -> Effects {
+        self.handle_event_then(event, VecDeque::new(), out, rng)
+    }
+
+    /// [`Self::handle_event`], with `then` queued after `event`.
+    fn handle_event_then(
+        &mut self,
+        event: Event,
+        then: VecDeque<Event>,
+        out: &mut Step<Message, Output>,
+        rng: &mut dyn RngCore,
+    ) -> Effects {
         let mut first = None;
         let mut queue = VecDeque::from([event]);
+        queue.extend(then);
         while let Some(event) = queue.pop_front() {
             let mut effects = Effects::default();
             self.core.apply(self.seq, &event, &mut effects);
@@ -228,23 +290,18 @@ impl WholeReplica {
         for m in effects.instance_outgoing.drain(..) {
             out.messages.push(Outgoing { target: m.target, message: Message::Instance(m.message.to_bytes()) });
         }
-        // A checkpoint installed in this step comes after the batches it covers; the services
-        // have no state for the batches after it.
-        let installed_at = effects.installs.iter().map(|c| c.epoch).min();
-        for (batch, _) in effects.batches.drain(..) {
-            if installed_at.is_some_and(|epoch| batch.epoch > epoch) {
-                self.installed = true;
-            }
-            if !self.installed {
-                self.apply(&batch, out, next, rng);
-            }
+        // Batches are applied in epoch order; those a checkpoint jumped over are fetched.
+        let fresh = !effects.batches.is_empty() || !effects.installs.is_empty();
+        for (batch, log) in effects.batches.drain(..) {
+            self.delivered.insert(batch.epoch, (batch.clone(), log));
+            self.waiting.insert(batch.epoch, batch.clone());
             out.outputs.push(Output::Abc(AbcOutput::Batch(batch)));
         }
         for checkpoint in effects.checkpoints.drain(..) {
             out.outputs.push(Output::Abc(AbcOutput::Checkpoint(checkpoint)));
         }
         for checkpoint in effects.installs.drain(..) {
-            self.installed = true;
+            self.jumps.insert(checkpoint.epoch, checkpoint.log);
             out.outputs.push(Output::Abc(AbcOutput::Install(checkpoint)));
         }
         for decided in effects.decided.drain(..) {
@@ -254,6 +311,82 @@ impl WholeReplica {
             let (client, id) = notice.request_key();
             next.push_back(Event::Submit(Request { client, id, payload: notice.to_payload() }));
             out.outputs.push(Output::Decided(decided));
+        }
+        self.apply_waiting(fresh, out, next, rng);
+    }
+
+    /// Apply the batches waiting, in order, up to the first one missing; if a checkpoint jumped
+    /// over it and `ask`, ask the peers for the batches up to that checkpoint (asked again with
+    /// each delivery while they have not come: a peer may have jumped too).
+    fn apply_waiting(
+        &mut self,
+        ask: bool,
+        out: &mut Step<Message, Output>,
+        next: &mut VecDeque<Event>,
+        rng: &mut dyn RngCore,
+    ) {
+        while let Some(batch) = self.waiting.remove(&self.next_apply) {
+            self.apply(&batch, out, next, rng);
+            self.next_apply += 1;
+        }
+        if !ask {
+            return;
+        }
+        if let Some((&to, _)) = self.jumps.range(self.next_apply..).next() {
+            let from = self.next_apply;
+            out.messages.push(Outgoing { target: Target::All, message: Message::BatchesAsk { from, to } });
+        }
+    }
+
+    /// A peer's batches for a gap: taken if they follow what we applied and chain to the log
+    /// digest of a checkpoint we jumped to (which the cluster signed); batches that do not chain
+    /// are a fault of the sender. An answer to an earlier ask, or for no gap, is ignored.
+    fn take_batches(
+        &mut self,
+        from: NodeIndex,
+        batches: Vec<Batch>,
+        out: &mut Step<Message, Output>,
+        next: &mut VecDeque<Event>,
+        rng: &mut dyn RngCore,
+    ) {
+        let (Some(first), Some(last)) = (batches.first(), batches.last()) else { return };
+        let Some(&checkpoint_log) = self.jumps.get(&last.epoch) else { return };
+        if first.epoch != self.next_apply {
+            return;
+        }
+        let before = match self.next_apply.checked_sub(1) {
+            None => self.genesis,
+            Some(epoch) => match self.delivered.get(&epoch) {
+                Some((_, log)) => *log,
+                // Applied here from an earlier fetch: its chain was checked then.
+                None => return,
+            },
+        };
+        let consecutive = batches.iter().zip(first.epoch..).all(|(batch, epoch)| batch.epoch == epoch);
+        let log = batches.iter().fold(before, |log, batch| log_next(&log, batch));
+        if !consecutive || log != checkpoint_log {
+            out.fault(from, FaultKind::InvalidCheckpoint);
+            return;
+        }
+        out.outputs.push(Output::Backfilled { from: first.epoch, to: last.epoch });
+        let mut log = before;
+        for batch in batches {
+            log = log_next(&log, &batch);
+            self.delivered.insert(batch.epoch, (batch.clone(), log));
+            self.waiting.insert(batch.epoch, batch);
+        }
+        self.apply_waiting(true, out, next, rng);
+    }
+
+    /// Answer a peer's ask for batches if every one of them was delivered here.
+    fn answer_batches(&self, to: NodeIndex, first: u64, last: u64, out: &mut Step<Message, Output>) {
+        let count = last.saturating_sub(first).saturating_add(1);
+        if first > last || count > BATCHES_ANSWER_MAX as u64 {
+            return;
+        }
+        let batches: Vec<Batch> = self.delivered.range(first..=last).map(|(_, (batch, _))| batch.clone()).collect();
+        if batches.len() as u64 == count {
+            out.messages.push(Outgoing { target: Target::Node(to), message: Message::Batches(batches) });
         }
     }
 
@@ -442,6 +575,14 @@ impl Protocol for WholeReplica {
             Message::Instance(bytes) => {
                 self.handle_event(Event::InstanceFrame { from, bytes }, &mut out, rng);
             }
+            Message::BatchesAsk { from: first, to: last } => self.answer_batches(from, first, last, &mut out),
+            Message::Batches(batches) => {
+                let mut next = VecDeque::new();
+                self.take_batches(from, batches, &mut out, &mut next, rng);
+                if let Some(event) = next.pop_front() {
+                    self.handle_event_then(event, next, &mut out, rng);
+                }
+            }
             Message::Signer(message) => {
                 let step = self.signer.handle_message(from, message, rng);
                 self.absorb_signer(step, &mut out, rng);
@@ -571,7 +712,11 @@ impl ReplicaScenario {
             tables: MemoryTables::default(),
             identity: self.identities[i].clone(),
             certificates: BTreeMap::new(),
-            installed: false,
+            genesis: log_genesis(session),
+            delivered: BTreeMap::new(),
+            next_apply: 0,
+            waiting: BTreeMap::new(),
+            jumps: BTreeMap::new(),
         }
     }
 }
@@ -608,7 +753,7 @@ impl Scenario for ReplicaScenario {
             count: rng.gen_range(1..9),
             root: [7; 32],
         };
-        match rng.gen_range(0..6) {
+        match rng.gen_range(0..8) {
             0 => Message::Signer(certificate::Message::Share { root, share: noise }).to_bytes(),
             1 => {
                 let share = self.keys.signing[0].sign_share(root.point(&CLUSTER)).to_bytes();
@@ -625,6 +770,12 @@ impl Scenario for ReplicaScenario {
                 let mut bytes = vec![0u8; rng.gen_range(0..120)];
                 rng.fill_bytes(&mut bytes);
                 Message::Instance(bytes).to_bytes()
+            }
+            5 => Message::BatchesAsk { from: rng.gen_range(0..12), to: rng.gen() }.to_bytes(),
+            6 => {
+                let epoch = rng.gen_range(0..12);
+                let request = Request { client: 9, id: rng.gen(), payload: b"BST1 forged".to_vec() };
+                Message::Batches(vec![Batch { epoch, time: rng.gen(), requests: vec![request] }]).to_bytes()
             }
             _ => {
                 let mut bytes = vec![0u8; rng.gen_range(0..120)];
@@ -670,6 +821,8 @@ pub struct ReplicaSummary {
     /// Byzantine decision notices (of the value not asked for, or forged) ordered (at the honest
     /// replica with the most): each was taken and counted for nothing, or ignored.
     pub byzantine_notices: usize,
+    /// Batches that honest replicas which jumped to a checkpoint fetched from peers and applied.
+    pub backfilled: usize,
     /// The run's trace hash: the same seed gives the same one.
     pub trace: String,
 }
@@ -847,14 +1000,41 @@ pub fn run_case(case: &ReplicaCase) -> Result<ReplicaSummary, String> {
     check::liveness(&report).map_err(context)?;
     if !report.done_early {
         return Err(context(format!(
-            "validity: run ended ({} deliveries) before every request was ordered and every epoch certified",
-            report.deliveries
+            "validity: run ended ({} deliveries) before every request was ordered, every epoch certified and \
+             every instance decided; {}",
+            report.deliveries,
+            progress(&report)
         )));
     }
     let lies: BTreeSet<Vec<u8>> = scenario.byzantine_requests.iter().flatten().map(|r| r.payload.clone()).collect();
     let mut summary = check_replicas(&report, &keys, case.events * case.tickets, &asked).map_err(context)?;
     summary.byzantine_notices = byzantine_notices_ordered(&report, &lies);
     Ok(summary)
+}
+
+/// Where each honest replica got to: epochs delivered and applied, certificates, decisions.
+fn progress(report: &crate::Report<Output>) -> String {
+    let of = |index: NodeIndex| {
+        let log = report.outputs[index.as_usize()].as_deref().unwrap_or_default();
+        let (mut delivered, mut applied, mut certified, mut decided, mut installed) = (None, None, 0, 0, false);
+        for produced in log {
+            match &produced.output {
+                Output::Abc(AbcOutput::Batch(batch)) => delivered = Some(batch.epoch),
+                Output::Abc(AbcOutput::Install(_)) => installed = true,
+                Output::Applied(a) => {
+                    applied = Some(a.epoch);
+                    decided += a.decided.len();
+                }
+                Output::Certified(_) => certified += 1,
+                _ => {}
+            }
+        }
+        format!(
+            "replica {index}: delivered to {delivered:?}, applied to {applied:?}{}, {certified} certified, {decided} decided",
+            if installed { " (installed a checkpoint)" } else { "" }
+        )
+    };
+    report.honest().map(of).collect::<Vec<_>>().join("; ")
 }
 
 /// How many of the Byzantine notices `lies` an honest replica ordered (the most at one).
@@ -954,6 +1134,7 @@ fn check_replicas(
         tickets: 0,
         decided: 0,
         byzantine_notices: 0,
+        backfilled: 0,
         trace: report.trace_hex(),
     };
     for index in report.honest() {
@@ -1035,6 +1216,7 @@ fn check_replicas(
                     }
                 }
                 Output::Abc(_) | Output::Decided(_) => {}
+                Output::Backfilled { from, to } => summary.backfilled += (to - from + 1) as usize,
             }
         }
         summary.certified = summary.certified.max(certificates.len());

@@ -38,7 +38,8 @@ pub mod admission;
 pub mod backfill;
 pub mod bistro;
 pub mod command;
-pub mod core;
+/// The deterministic core, shared with the simulator (`fides-host`).
+pub use fides_host::core;
 pub mod flood;
 pub mod grpc;
 pub mod host;

@@ -19,12 +19,13 @@
 use std::path::Path;
 
 use crate::backfill::Backfill;
-use fides_agreement::Vote;
 use fides_atomic_broadcast::checkpoint::{CatchUp, Checkpoint, Digest};
+use fides_atomic_broadcast::epoch::Batch;
 use fides_atomic_broadcast::epoch::Message;
-use fides_atomic_broadcast::epoch::{Batch, Request};
-use fides_atomic_broadcast::instances::{decode_vote, encode_vote, InstanceId};
 use fides_types::codec::{get_option, get_seq, put_bytes, put_option, put_seq, DecodeError, Reader, Wire};
+
+/// The events of the log and their encoding are the core's (`fides_host::event`).
+pub use fides_host::event::Event;
 use fides_types::{NodeIndex, Outgoing, Target};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
@@ -45,9 +46,6 @@ const KEY_BASE: &str = "base";
 const KEY_SNAPSHOT: &str = "snapshot";
 const KEY_FIRST_EPOCH: &str = "log_first_epoch";
 const KEY_BACKFILL: &str = "backfill";
-
-/// The longest frame the log accepts (a peer message as received).
-const FRAME_WIRE_MAX: usize = crate::transport::FRAME_LEN_MAX;
 
 /// A storage failure: local, never a peer's doing.
 #[derive(Debug, thiserror::Error)]
@@ -70,99 +68,6 @@ macro_rules! db_err {
     )*};
 }
 db_err!(redb::DatabaseError, redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);
-
-/// What the replica handled, in order.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Event {
-    /// A client's request.
-    Submit(Request),
-    /// The local clock, milliseconds since the Unix epoch.
-    Clock(u64),
-    /// A message from a peer, as it arrived (decoded again on replay).
-    Frame {
-        /// The sender, as the transport authenticated it.
-        from: NodeIndex,
-        /// The encoded message.
-        bytes: Vec<u8>,
-    },
-    /// The replica asked its peers for what it missed.
-    Recover,
-    /// A peer showed itself at `epoch` by a message too far ahead to keep; only that is logged
-    /// (see `AtomicBroadcast::admissible`).
-    Heard {
-        /// The peer, as the transport authenticated it.
-        from: NodeIndex,
-        /// The epoch.
-        epoch: u64,
-    },
-    /// The local service asked for agreement instance `instance` with our `vote` (logged before
-    /// any of its messages is sent, so that a restart votes the same).
-    Agree {
-        /// The instance.
-        instance: InstanceId,
-        /// Our vote, with its justification for 1.
-        vote: Vote,
-    },
-    /// A peer's message of an agreement instance, as it arrived (decoded again on replay).
-    InstanceFrame {
-        /// The sender, as the transport authenticated it.
-        from: NodeIndex,
-        /// The encoded message.
-        bytes: Vec<u8>,
-    },
-}
-
-impl Wire for Event {
-    fn encode(&self, out: &mut Vec<u8>) {
-        match self {
-            Event::Submit(request) => {
-                out.push(0);
-                request.encode(out);
-            }
-            Event::Clock(now) => {
-                out.push(1);
-                out.extend_from_slice(&now.to_le_bytes());
-            }
-            Event::Frame { from, bytes } => {
-                out.push(2);
-                out.extend_from_slice(&from.0.to_le_bytes());
-                put_bytes(out, bytes);
-            }
-            Event::Recover => out.push(3),
-            Event::Heard { from, epoch } => {
-                out.push(4);
-                out.extend_from_slice(&from.0.to_le_bytes());
-                out.extend_from_slice(&epoch.to_le_bytes());
-            }
-            Event::Agree { instance, vote } => {
-                out.push(5);
-                instance.encode(out);
-                encode_vote(vote, out);
-            }
-            Event::InstanceFrame { from, bytes } => {
-                out.push(6);
-                out.extend_from_slice(&from.0.to_le_bytes());
-                put_bytes(out, bytes);
-            }
-        }
-    }
-
-    fn decode(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        match reader.u8()? {
-            0 => Ok(Event::Submit(Request::decode(reader)?)),
-            1 => Ok(Event::Clock(reader.u64()?)),
-            2 => Ok(Event::Frame { from: NodeIndex(reader.u32()?), bytes: reader.bytes(FRAME_WIRE_MAX)?.to_vec() }),
-            3 => Ok(Event::Recover),
-            4 => Ok(Event::Heard { from: NodeIndex(reader.u32()?), epoch: reader.u64()? }),
-            5 => Ok(Event::Agree { instance: InstanceId::decode(reader)?, vote: decode_vote(reader)? }),
-            6 => Ok(Event::InstanceFrame {
-                from: NodeIndex(reader.u32()?),
-                bytes: reader.bytes(FRAME_WIRE_MAX)?.to_vec(),
-            }),
-            other => Err(DecodeError::Invalid { what: "event tag", value: u64::from(other) }),
-        }
-    }
-}
 
 /// A delivered batch with the log digest after it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -579,6 +484,9 @@ impl BatchReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fides_agreement::Vote;
+    use fides_atomic_broadcast::epoch::Request;
+    use fides_atomic_broadcast::instances::InstanceId;
 
     fn request(id: u64) -> Request {
         Request { client: 7, id, payload: vec![id as u8; 3] }

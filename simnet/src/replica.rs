@@ -1,45 +1,74 @@
-//! Whole replicas under the simulator: atomic broadcast, the service host and a real service (the
-//! bistro) over an in-memory store, with the epoch signer certifying every epoch — the pieces a
-//! replica process runs, composed as one sans-IO protocol so that services meet the Byzantine
+//! Whole replicas under the simulator: the replica's own deterministic core and service host —
+//! the pieces of `fides-host` that the replica process runs — with real services (the bistro, and
+//! a small service that asks for agreement) over an in-memory store, and the epoch signer
+//! certifying every epoch, composed as one sans-IO protocol so that services meet the Byzantine
 //! actors and schedulers, not only process tests.
 //!
-//! An honest [`WholeReplica`] does what the replica's services' worker does with each delivered
-//! batch: the registry applies it to the services' tables in order, the epoch's leaves are made
-//! with [`fides_service::certificate::epoch_leaves`] (the function the worker uses) followed by the
-//! state leaf, and the root goes to the [`EpochSigner`]; the ordering service's checkpoint digest is its log digest, as in
-//! the replica's core. It reports each applied epoch (its state digest, root, and every answer
-//! with its inclusion path) and each certificate.
+//! An honest [`WholeReplica`] is the replica process without its IO:
+//! - the driver's part: what it would log goes to the replica's [`Core`] as the same [`Event`]s,
+//!   numbered as in its write-ahead log (`Submit`, `Clock`, and each peer's frame as its bytes:
+//!   decoded with the epochs' bounds, passed through the core's cheap checks — `Frame` or
+//!   `Heard` — and decoded again by the core, so that a Byzantine replica's bytes meet the real
+//!   decoders); agreement instance messages go to the core as `InstanceFrame`s;
+//! - the worker's part: each delivered batch goes through [`apply_epoch`] — the function the
+//!   replica's worker calls — over tables in memory: the registry applies it, the agreement
+//!   instances take their asks and the ordered decision notices, the answers are written and the
+//!   epoch's leaves made, the state leaf last; the root goes to the [`EpochSigner`]; the votes of
+//!   the instances asked for go to the core (`Agree`) and our notice of each instance the core
+//!   decides is ordered as a request, as the worker does once the epoch is durable;
+//! - the backfill's part: a replica whose core jumped to a checkpoint over batches its services
+//!   have not applied asks its peers for them (`BatchesAsk`, again with each delivery until they
+//!   come), takes an answer only if it follows what it applied and chains to the checkpoint's
+//!   signed log digest (one that does not is a fault of its sender), applies them, then the
+//!   batches delivered after the checkpoint. (The replica's backfill fetches the skipped batches
+//!   the same way when its services need them; a replica whose services lost their state takes
+//!   a snapshot instead, which is not here.)
+//!
+//! It reports each applied epoch (its state digest, root, every answer with its inclusion path,
+//! and the decisions applied) and each certificate.
 //!
 //! Clients: owners create events; once an honest replica applied an event's creation, tickets for
 //! it are submitted to that replica; some requests are refused (a bad owner signature, an unknown
-//! event), some are for no service. The Byzantine replicas run the generic behaviours (silent,
-//! equivocating, garbage, replaying) against the whole protocol.
+//! event), some are for no service; some ask the test service ([`Asker`]) for an agreement
+//! instance. The Byzantine replicas run the generic behaviours (silent, equivocating, garbage,
+//! replaying) against the whole protocol; an equivocating one also proposes decision notices of
+//! the value not asked for, in its own name and forged in an honest replica's.
 //!
 //! A run is checked for: faults only against Byzantine replicas; liveness after the network heals;
 //! every request given to an honest replica ordered; honest replicas that applied an epoch hold
-//! the same service state and root after it; every epoch with leaves certified at every honest
+//! the same service state, root and decisions after it; every instance decided once at every
+//! honest replica, on the value asked for; every epoch with leaves certified at every honest
 //! replica, and every answer (ordering leaf and signed record) verifying alone against its
 //! certificate under the cluster key; tickets actually issued.
 //!
-//! Not (yet) here: a replica that falls behind a checkpoint has no service state to go on from
-//! (service snapshots are not in this harness), so no case makes a replica lag; agreement
-//! instances and threshold RSA signing are not composed.
+//! Not (yet) here: service snapshots (`host/snapshot.rs` in the replica: a replica here never
+//! loses its services' state, and every peer keeps every batch, so the backfill always finds
+//! them), and restarts from the log (no replica restarts; the core's replay is tested in
+//! `fides-host` and the replica's driver tests); the bistro's replica-side indexes (where each
+//! event's record was signed, uploads to fetch) and threshold RSA signing are the worker's alone;
+//! the driver's admission ledger (one message of each kind per peer) is not applied.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use ed25519_dalek::SigningKey;
 use fides_atomic_broadcast::checkpoint::{log_genesis, log_next, Digest};
 use fides_atomic_broadcast::epoch::{
-    AtomicBroadcast, Batch, Config, Error as AbcError, Input, Keys, Message as AbcMessage, Output as AbcOutput, Request,
+    Admission, AtomicBroadcast, Batch, Config, Error as AbcError, Input, Keys, Output as AbcOutput, Request,
 };
+use fides_atomic_broadcast::instances::{Config as InstancesConfig, Decided, InstanceId, Instances};
 use fides_bistro::records::{domain, ed_sign, EventId, EventTerms, Request as BistroRequest, Signed, TicketRequest};
 use fides_bistro::service::{Service as Bistro, ServiceConfig};
 use fides_bistro::stream::{Aead, HashAlg};
-use fides_service::certificate::{self, epoch_leaves, Certificate, EpochSigner, Inclusion, Leaf, SignerConfig, Tree};
-use fides_service::{MemoryTables, Ordered, Outcome, Registry};
-use fides_types::codec::{DecodeError, Reader, Wire};
-use fides_types::{NodeIndex, Outgoing, Protocol, Quorum, Step};
+use fides_host::apply::apply_epoch;
+use fides_host::core::{Core, Effects};
+use fides_host::decisions::{Agreements, Notice, RegistryValidator};
+use fides_host::epochs::StoredAnswer;
+use fides_host::event::Event;
+use fides_service::certificate::{self, Certificate, EpochSigner, Inclusion, Leaf, SignerConfig, Tree};
+use fides_service::{Decision, MemoryTables, Outcome, Registry, Service as _, ServiceId, StoreError, Tables};
+use fides_types::codec::{get_seq, put_seq, DecodeError, Reader, Wire};
+use fides_types::{FaultKind, NodeIndex, Outgoing, Protocol, Quorum, Step, Target};
 use rand::seq::SliceRandom;
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -56,33 +85,67 @@ const HEAL_AT_MAX: Micros = 6_000_000;
 /// How long after the network healed the honest replicas have (virtual µs).
 const LIVENESS_BOUND: Micros = 5_000_000;
 
-/// What whole replicas send each other.
+/// What whole replicas send each other: a replica's frames, as its transport carries them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {
-    /// Atomic broadcast's.
-    Abc(AbcMessage),
+    /// An atomic broadcast message, encoded: decoded by the core (with the epochs' bounds), as
+    /// the driver hands it a peer's frame, so that a Byzantine replica's bytes meet the real
+    /// decoder.
+    Abc(Vec<u8>),
     /// The epoch signer's.
     Signer(certificate::Message),
+    /// An agreement instance's message, encoded: decoded by the core.
+    Instance(Vec<u8>),
+    /// The batches of epochs `from..=to`, asked by a replica that jumped to the checkpoint of
+    /// epoch `to` and whose services need them (the replica's backfill).
+    BatchesAsk {
+        /// The first epoch.
+        from: u64,
+        /// The last: a checkpoint's.
+        to: u64,
+    },
+    /// Delivered batches of consecutive epochs, answering a [`Message::BatchesAsk`].
+    Batches(Vec<Batch>),
 }
+
+/// Most batches a [`Message::Batches`] holds (a longer gap is not filled here).
+const BATCHES_ANSWER_MAX: usize = 256;
 
 impl Wire for Message {
     fn encode(&self, out: &mut Vec<u8>) {
         match self {
-            Message::Abc(message) => {
+            Message::Abc(bytes) => {
                 out.push(0);
-                message.encode(out);
+                out.extend_from_slice(bytes);
             }
             Message::Signer(message) => {
                 out.push(1);
                 message.encode(out);
             }
+            Message::Instance(bytes) => {
+                out.push(2);
+                out.extend_from_slice(bytes);
+            }
+            Message::BatchesAsk { from, to } => {
+                out.push(3);
+                out.extend_from_slice(&from.to_le_bytes());
+                out.extend_from_slice(&to.to_le_bytes());
+            }
+            Message::Batches(batches) => {
+                out.push(4);
+                put_seq(out, batches.iter(), |out, batch| batch.encode(out));
+            }
         }
     }
 
     fn decode(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        // A frame's body is the rest of the frame.
         match reader.u8()? {
-            0 => Ok(Message::Abc(AbcMessage::decode(reader)?)),
+            0 => Ok(Message::Abc(reader.take(reader.remaining())?.to_vec())),
             1 => Ok(Message::Signer(certificate::Message::decode(reader)?)),
+            2 => Ok(Message::Instance(reader.take(reader.remaining())?.to_vec())),
+            3 => Ok(Message::BatchesAsk { from: reader.u64()?, to: reader.u64()? }),
+            4 => Ok(Message::Batches(get_seq(reader, BATCHES_ANSWER_MAX, Batch::decode)?)),
             other => Err(DecodeError::Invalid { what: "whole-replica message tag", value: u64::from(other) }),
         }
     }
@@ -106,12 +169,16 @@ pub struct Applied {
     pub state: Digest,
     /// The root of its tree (every epoch has one: the state leaf is always there).
     pub root: Option<Digest>,
-    /// Every answer: each request's ordering leaf, then each signed record.
+    /// Every answer: each request's ordering leaf, then each signed record (the services', then
+    /// the decisions').
     pub answers: Vec<Answer>,
     /// Events whose creation it signed.
     pub events: Vec<EventId>,
     /// Tickets it signed.
     pub tickets: usize,
+    /// The agreement instances decided in this epoch (by the notices it ordered), with their
+    /// value, in the order they were applied.
+    pub decided: Vec<(InstanceId, bool)>,
 }
 
 /// What a whole replica reports.
@@ -125,65 +192,201 @@ pub enum Output {
     HostError(String),
     /// An epoch is certified.
     Certified(Certificate),
+    /// The core decided an agreement instance (the replica then orders its notice).
+    Decided(Decided),
+    /// Batches a checkpoint jumped over came from a peer, chained to the checkpoint's log digest,
+    /// and are applied: epochs `from..=to`.
+    Backfilled {
+        /// The first epoch.
+        from: u64,
+        /// The last.
+        to: u64,
+    },
 }
 
-/// A replica: atomic broadcast, the services and the epoch signer.
+/// A replica: the replica's core (atomic broadcast and agreement instances, fed the events its
+/// driver would log), the host's per-epoch application over tables in memory, and the epoch
+/// signer.
 pub struct WholeReplica {
-    abc: AtomicBroadcast,
+    core: Core,
+    /// The sequence number of the next event (its place in the write-ahead log a replica keeps;
+    /// the core draws each event's randomness from it).
+    seq: u64,
     signer: EpochSigner,
-    registry: Arc<Registry>,
+    /// The services (in its registry) and the agreement instances' bookkeeping.
+    agreements: Agreements,
     tables: MemoryTables,
-    /// The log digest after the last delivered batch (the checkpoint's application digest).
-    log: Digest,
+    /// Our Ed25519 identity, which signs our decision notices.
+    identity: SigningKey,
     /// Certificates made here (the host's store, answering peers that ask for old epochs).
     certificates: BTreeMap<u64, Certificate>,
-    /// Whether it jumped to a checkpoint (its services then have no state to go on from).
-    installed: bool,
+    /// The log digest before the first epoch.
+    genesis: Digest,
+    /// Every batch delivered here, with the log digest after it (the driver's store of batches,
+    /// which serves peers whose services need them).
+    delivered: BTreeMap<u64, (Batch, Digest)>,
+    /// The first epoch the services have not applied.
+    next_apply: u64,
+    /// Batches delivered or fetched and not applied yet (after a gap a checkpoint jumped over).
+    waiting: BTreeMap<u64, Batch>,
+    /// The log digest of each checkpoint jumped to, by its epoch: what fetched batches must chain
+    /// to.
+    jumps: BTreeMap<u64, Digest>,
 }
 
 impl std::fmt::Debug for WholeReplica {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WholeReplica")
-            .field("our_index", &self.abc.our_index())
+            .field("our_index", &self.core.abc().our_index())
             .field("certified", &self.certificates.len())
-            .field("installed", &self.installed)
+            .field("next_apply", &self.next_apply)
             .finish_non_exhaustive()
     }
 }
 
 impl WholeReplica {
-    fn absorb_abc(
+    /// Log and handle `event`, and everything it leads to: the votes of the instances the
+    /// services asked for and our notices of the core's decisions go in as the next events, as
+    /// the replica's worker hands them to its driver.
+    fn handle_event(&mut self, event: Event, out: &mut Step<Message, Output>, rng: &mut dyn RngCore) -> Effects {
+        self.handle_event_then(event, VecDeque::new(), out, rng)
+    }
+
+    /// [`Self::handle_event`], with `then` queued after `event`.
+    fn handle_event_then(
         &mut self,
-        step: Step<AbcMessage, AbcOutput>,
+        event: Event,
+        then: VecDeque<Event>,
         out: &mut Step<Message, Output>,
         rng: &mut dyn RngCore,
-    ) {
-        let mut pending = vec![step];
-        while let Some(step) = pending.pop() {
-            out.faults.extend(step.faults);
-            out.messages.extend(
-                step.messages.into_iter().map(|m| Outgoing { target: m.target, message: Message::Abc(m.message) }),
-            );
-            for output in step.outputs {
-                if let AbcOutput::Batch(batch) = &output {
-                    self.log = log_next(&self.log, batch);
-                    if !self.installed {
-                        self.apply(batch, out, rng);
-                    }
-                    if (batch.epoch + 1).is_multiple_of(CHECKPOINT_INTERVAL) {
-                        let input = Input::ApplicationDigest { epoch: batch.epoch, digest: self.log };
-                        // ApplicationDigest never fails.
-                        if let Ok(step) = self.abc.handle_input(input, rng) {
-                            pending.push(step);
-                        }
-                    }
-                }
-                if let AbcOutput::Install(checkpoint) = &output {
-                    self.log = checkpoint.log;
-                    self.installed = true;
-                }
-                out.outputs.push(Output::Abc(output));
+    ) -> Effects {
+        let mut first = None;
+        let mut queue = VecDeque::from([event]);
+        queue.extend(then);
+        while let Some(event) = queue.pop_front() {
+            let mut effects = Effects::default();
+            self.core.apply(self.seq, &event, &mut effects);
+            self.seq += 1;
+            self.absorb(&mut effects, out, &mut queue, rng);
+            if first.is_none() {
+                first = Some(effects);
             }
+        }
+        first.unwrap_or_default()
+    }
+
+    /// What the driver and the worker do with the core's effects (`refused` is left in them).
+    fn absorb(
+        &mut self,
+        effects: &mut Effects,
+        out: &mut Step<Message, Output>,
+        next: &mut VecDeque<Event>,
+        rng: &mut dyn RngCore,
+    ) {
+        out.faults.append(&mut effects.faults);
+        for m in effects.outgoing.drain(..) {
+            out.messages.push(Outgoing { target: m.target, message: Message::Abc(m.message.to_bytes()) });
+        }
+        for m in effects.instance_outgoing.drain(..) {
+            out.messages.push(Outgoing { target: m.target, message: Message::Instance(m.message.to_bytes()) });
+        }
+        // Batches are applied in epoch order; those a checkpoint jumped over are fetched.
+        let fresh = !effects.batches.is_empty() || !effects.installs.is_empty();
+        for (batch, log) in effects.batches.drain(..) {
+            self.delivered.insert(batch.epoch, (batch.clone(), log));
+            self.waiting.insert(batch.epoch, batch.clone());
+            out.outputs.push(Output::Abc(AbcOutput::Batch(batch)));
+        }
+        for checkpoint in effects.checkpoints.drain(..) {
+            out.outputs.push(Output::Abc(AbcOutput::Checkpoint(checkpoint)));
+        }
+        for checkpoint in effects.installs.drain(..) {
+            self.jumps.insert(checkpoint.epoch, checkpoint.log);
+            out.outputs.push(Output::Abc(AbcOutput::Install(checkpoint)));
+        }
+        for decided in effects.decided.drain(..) {
+            // Our notice is a request like any other (the worker submits it to the driver).
+            let our_index = self.core.abc().our_index().0;
+            let notice = Notice::sign(&self.identity, &CLUSTER, our_index, &decided);
+            let (client, id) = notice.request_key();
+            next.push_back(Event::Submit(Request { client, id, payload: notice.to_payload() }));
+            out.outputs.push(Output::Decided(decided));
+        }
+        self.apply_waiting(fresh, out, next, rng);
+    }
+
+    /// Apply the batches waiting, in order, up to the first one missing; if a checkpoint jumped
+    /// over it and `ask`, ask the peers for the batches up to that checkpoint (asked again with
+    /// each delivery while they have not come: a peer may have jumped too).
+    fn apply_waiting(
+        &mut self,
+        ask: bool,
+        out: &mut Step<Message, Output>,
+        next: &mut VecDeque<Event>,
+        rng: &mut dyn RngCore,
+    ) {
+        while let Some(batch) = self.waiting.remove(&self.next_apply) {
+            self.apply(&batch, out, next, rng);
+            self.next_apply += 1;
+        }
+        if !ask {
+            return;
+        }
+        if let Some((&to, _)) = self.jumps.range(self.next_apply..).next() {
+            let from = self.next_apply;
+            out.messages.push(Outgoing { target: Target::All, message: Message::BatchesAsk { from, to } });
+        }
+    }
+
+    /// A peer's batches for a gap: taken if they follow what we applied and chain to the log
+    /// digest of a checkpoint we jumped to (which the cluster signed); batches that do not chain
+    /// are a fault of the sender. An answer to an earlier ask, or for no gap, is ignored.
+    fn take_batches(
+        &mut self,
+        from: NodeIndex,
+        batches: Vec<Batch>,
+        out: &mut Step<Message, Output>,
+        next: &mut VecDeque<Event>,
+        rng: &mut dyn RngCore,
+    ) {
+        let (Some(first), Some(last)) = (batches.first(), batches.last()) else { return };
+        let Some(&checkpoint_log) = self.jumps.get(&last.epoch) else { return };
+        if first.epoch != self.next_apply {
+            return;
+        }
+        let before = match self.next_apply.checked_sub(1) {
+            None => self.genesis,
+            Some(epoch) => match self.delivered.get(&epoch) {
+                Some((_, log)) => *log,
+                // Applied here from an earlier fetch: its chain was checked then.
+                None => return,
+            },
+        };
+        let consecutive = batches.iter().zip(first.epoch..).all(|(batch, epoch)| batch.epoch == epoch);
+        let log = batches.iter().fold(before, |log, batch| log_next(&log, batch));
+        if !consecutive || log != checkpoint_log {
+            out.fault(from, FaultKind::InvalidCheckpoint);
+            return;
+        }
+        out.outputs.push(Output::Backfilled { from: first.epoch, to: last.epoch });
+        let mut log = before;
+        for batch in batches {
+            log = log_next(&log, &batch);
+            self.delivered.insert(batch.epoch, (batch.clone(), log));
+            self.waiting.insert(batch.epoch, batch);
+        }
+        self.apply_waiting(true, out, next, rng);
+    }
+
+    /// Answer a peer's ask for batches if every one of them was delivered here.
+    fn answer_batches(&self, to: NodeIndex, first: u64, last: u64, out: &mut Step<Message, Output>) {
+        let count = last.saturating_sub(first).saturating_add(1);
+        if first > last || count > BATCHES_ANSWER_MAX as u64 {
+            return;
+        }
+        let batches: Vec<Batch> = self.delivered.range(first..=last).map(|(_, (batch, _))| batch.clone()).collect();
+        if batches.len() as u64 == count {
+            out.messages.push(Outgoing { target: Target::Node(to), message: Message::Batches(batches) });
         }
     }
 
@@ -218,72 +421,92 @@ impl WholeReplica {
         }
     }
 
-    /// What the services' worker does with a delivered batch.
-    fn apply(&mut self, batch: &Batch, out: &mut Step<Message, Output>, rng: &mut dyn RngCore) {
-        let ordered =
-            || batch.requests.iter().map(|r| Ordered { client: r.client, request: r.id, payload: &r.payload });
-        let outcomes = match self.registry.apply_batch(&mut self.tables, batch.epoch, batch.time, ordered()) {
-            Ok(outcomes) => outcomes,
+    /// What the services' worker does with a delivered batch: the host's per-epoch application
+    /// ([`apply_epoch`], the worker's) over the tables in memory, then the root to the signer
+    /// and the votes to the core. The replica's own indexes of the bistro's answers are not
+    /// kept here (nothing reads them).
+    fn apply(
+        &mut self,
+        batch: &Batch,
+        out: &mut Step<Message, Output>,
+        next: &mut VecDeque<Event>,
+        rng: &mut dyn RngCore,
+    ) {
+        let mut no_index =
+            |_: &mut dyn Tables, _: &Batch, _: &[(u32, StoredAnswer)]| -> Result<(), StoreError> { Ok(()) };
+        let epoch = match apply_epoch(&self.agreements, &mut self.tables, batch, &mut no_index) {
+            Ok(epoch) => epoch,
             Err(error) => {
                 out.outputs.push(Output::HostError(format!("epoch {}: {error}", batch.epoch)));
                 return;
             }
         };
-        let mut made = epoch_leaves(ordered(), &outcomes);
-        let digest = state_digest(&self.tables);
-        let state = digest.commitment();
-        // The state leaf is the last, as the worker makes it: every epoch has a tree.
-        made.leaves.push(Leaf::state(batch.epoch, &digest).hash());
-        let mut applied =
-            Applied { epoch: batch.epoch, state, root: None, answers: Vec::new(), events: Vec::new(), tickets: 0 };
-        {
-            let tree = Tree::new(made.leaves);
-            let root = tree.epoch_root(batch.epoch, batch.time);
-            applied.root = Some(root.root);
-            let mut answer = |leaf: Leaf, index: u64| {
-                if let Some(inclusion) = tree.inclusion(index) {
-                    applied.answers.push(Answer { leaf: leaf.to_bytes(), inclusion });
-                }
-            };
-            for (index, r) in batch.requests.iter().enumerate() {
-                let digest = fides_crypto::sha256(&r.payload);
-                answer(Leaf::Ordering { client: r.client, id: r.id, digest, index: index as u32 }, index as u64);
+        let mut applied = Applied {
+            epoch: batch.epoch,
+            state: epoch.state,
+            root: None,
+            answers: Vec::new(),
+            events: Vec::new(),
+            tickets: 0,
+            decided: Vec::new(),
+        };
+        let tree = Tree::new(epoch.leaves);
+        let root = tree.epoch_root(batch.epoch, batch.time);
+        applied.root = Some(root.root);
+        let mut answer = |leaf: Leaf, index: u64| {
+            if let Some(inclusion) = tree.inclusion(index) {
+                applied.answers.push(Answer { leaf: leaf.to_bytes(), inclusion });
             }
-            for (_, service, outcomes) in &made.answers {
-                for (outcome, leaf) in outcomes {
-                    if let Outcome::Sign(record) = outcome {
-                        answer(Leaf::Service { service: *service, record: record.clone() }, *leaf);
-                        match fides_bistro::service::answer(outcome, *leaf) {
-                            Ok(fides_bistro::service::Outcome::Signed { record: Signed::Event(event), .. }) => {
-                                applied.events.push(event.event)
-                            }
-                            Ok(fides_bistro::service::Outcome::Signed { record: Signed::Ticket(_), .. }) => {
-                                applied.tickets += 1
-                            }
-                            _ => {}
-                        }
+        };
+        for (index, r) in batch.requests.iter().enumerate() {
+            let digest = fides_crypto::sha256(&r.payload);
+            answer(Leaf::Ordering { client: r.client, id: r.id, digest, index: index as u32 }, index as u64);
+        }
+        let services = epoch.answers.iter().map(|(_, stored)| (stored.service, &stored.outcomes));
+        let decisions = epoch.agreed.decided.iter().map(|a| a.service).zip(&epoch.decided);
+        for (service, outcomes) in services.chain(decisions) {
+            for (outcome, leaf) in outcomes {
+                let Outcome::Sign(record) = outcome else { continue };
+                answer(Leaf::Service { service, record: record.clone() }, *leaf);
+                match fides_bistro::service::answer(outcome, *leaf) {
+                    Ok(fides_bistro::service::Outcome::Signed { record: Signed::Event(event), .. })
+                        if service == BISTRO =>
+                    {
+                        applied.events.push(event.event)
                     }
+                    Ok(fides_bistro::service::Outcome::Signed { record: Signed::Ticket(_), .. })
+                        if service == BISTRO =>
+                    {
+                        applied.tickets += 1
+                    }
+                    _ => {}
                 }
             }
-            match self.signer.handle_input(certificate::Input::Sign(root), rng) {
-                Ok(step) => self.absorb_signer(step, out, rng),
-                Err(error) => out.outputs.push(Output::HostError(format!("epoch {}: {error}", batch.epoch))),
-            }
+        }
+        applied.decided = epoch.agreed.decided.iter().filter_map(decision_of).collect();
+        // Durable (in memory): the votes go to the core, the root to the signer.
+        next.extend(epoch.agreed.votes.into_iter().map(|(instance, vote)| Event::Agree { instance, vote }));
+        match self.signer.handle_input(certificate::Input::Sign(root), rng) {
+            Ok(step) => self.absorb_signer(step, out, rng),
+            Err(error) => out.outputs.push(Output::HostError(format!("epoch {}: {error}", batch.epoch))),
         }
         out.outputs.push(Output::Applied(Box::new(applied)));
     }
 }
 
-/// The state digest of every table (`fides_service::state`, as the replica's host keeps it, here
-/// recomputed from the in-memory tables).
-fn state_digest(tables: &MemoryTables) -> fides_service::StateDigest {
-    let mut digest = fides_service::state::StateDigest::new();
-    for (name, table) in tables.tables() {
-        for (key, value) in table {
-            digest.add(name, key, value);
+/// The bistro's service id.
+const BISTRO: ServiceId = <Bistro as fides_service::Service>::ID;
+
+/// The instance and value of a decision applied, from what the service made of it: the test
+/// service records it as a signed `instance key ‖ value` (see [`Asker`]).
+fn decision_of(applied: &fides_host::decisions::Applied) -> Option<(InstanceId, bool)> {
+    applied.outcomes.iter().find_map(|outcome| match outcome {
+        Outcome::Sign(record) if applied.service == Asker::ID && record.len() == 33 => {
+            let key: [u8; 32] = record[..32].try_into().ok()?;
+            Some((InstanceId { service: applied.service.0, key }, record[32] == 1))
         }
-    }
-    digest
+        _ => None,
+    })
 }
 
 impl Protocol for WholeReplica {
@@ -293,22 +516,72 @@ impl Protocol for WholeReplica {
     type Error = AbcError;
 
     fn our_index(&self) -> NodeIndex {
-        self.abc.our_index()
+        self.core.abc().our_index()
     }
 
+    /// The inputs become the events the driver logs: a start is the clock, then each request.
     fn handle_input(&mut self, input: Input, rng: &mut dyn RngCore) -> Result<Step<Message, Output>, AbcError> {
-        let step = self.abc.handle_input(input, rng)?;
         let mut out = Step::default();
-        self.absorb_abc(step, &mut out, rng);
+        let events = match input {
+            Input::Submit(request) => vec![Event::Submit(request)],
+            Input::Clock(now) => vec![Event::Clock(now)],
+            Input::Start { clock, requests } => {
+                std::iter::once(Event::Clock(clock)).chain(requests.into_iter().map(Event::Submit)).collect()
+            }
+            Input::Recover => vec![Event::Recover],
+            // The core gives atomic broadcast the application digest itself.
+            Input::ApplicationDigest { .. } => Vec::new(),
+        };
+        let single = events.len() == 1;
+        for event in events {
+            let mut effects = self.handle_event(event, &mut out, rng);
+            if single {
+                if let Some((_, error)) = effects.refused.pop() {
+                    return Err(error);
+                }
+            }
+        }
         Ok(out)
     }
 
+    /// A frame as the driver takes it: an atomic broadcast message is decoded with the epochs'
+    /// bounds and passed through the core's cheap checks before it is logged and handled. Our
+    /// own copies of what we sent to all were handled when we sent them (the driver drops frames
+    /// from itself).
     fn handle_message(&mut self, from: NodeIndex, message: Message, rng: &mut dyn RngCore) -> Step<Message, Output> {
         let mut out = Step::default();
+        if from == self.our_index() {
+            return out;
+        }
         match message {
-            Message::Abc(message) => {
-                let step = self.abc.handle_message(from, message, rng);
-                self.absorb_abc(step, &mut out, rng);
+            Message::Abc(bytes) => {
+                let event = match self.core.abc().decode_message(&bytes) {
+                    Err(_) => {
+                        out.fault(from, FaultKind::Undecodable);
+                        return out;
+                    }
+                    Ok(message) => match self.core.abc().admissible(from, &message) {
+                        Admission::Handle => Event::Frame { from, bytes },
+                        Admission::Heard(epoch) => Event::Heard { from, epoch },
+                        Admission::Ignore => return out,
+                        Admission::Fault(kind) => {
+                            out.fault(from, kind);
+                            return out;
+                        }
+                    },
+                };
+                self.handle_event(event, &mut out, rng);
+            }
+            Message::Instance(bytes) => {
+                self.handle_event(Event::InstanceFrame { from, bytes }, &mut out, rng);
+            }
+            Message::BatchesAsk { from: first, to: last } => self.answer_batches(from, first, last, &mut out),
+            Message::Batches(batches) => {
+                let mut next = VecDeque::new();
+                self.take_batches(from, batches, &mut out, &mut next, rng);
+                if let Some(event) = next.pop_front() {
+                    self.handle_event_then(event, next, &mut out, rng);
+                }
             }
             Message::Signer(message) => {
                 let step = self.signer.handle_message(from, message, rng);
@@ -323,14 +596,78 @@ impl Protocol for WholeReplica {
     }
 }
 
+/// A small service that asks for agreement: `AGT1 ‖ key [32] ‖ vote u8` asks for instance `key`
+/// with that vote (for 1, the justification `yes ‖ key[0]`, the only one it accepts); a decision
+/// is recorded and signed as `key ‖ value`. Requests that ask for an instance ask alike at every
+/// replica, so the instances' votes differ only where the requests' do.
+pub struct Asker;
+
+impl Asker {
+    /// The justification of a vote for 1 in instance `key`.
+    fn justification(key: &[u8; 32]) -> Vec<u8> {
+        [&b"yes"[..], &key[..1]].concat()
+    }
+
+    /// The payload that asks for instance `key` with `vote`.
+    pub fn payload(key: [u8; 32], vote: bool) -> Vec<u8> {
+        [&Asker::ID.0[..], &key, &[u8::from(vote)]].concat()
+    }
+}
+
+impl fides_service::Service for Asker {
+    const ID: ServiceId = ServiceId(*b"AGT1");
+    const NAME: &'static str = "asker";
+    const TABLES: &'static [&'static str] = &["decided"];
+    const PAYLOAD_MAX: usize = 37;
+    type Request = ([u8; 32], bool);
+    type Query = ();
+    type View = ();
+
+    fn decode(&self, payload: &[u8]) -> Result<([u8; 32], bool), DecodeError> {
+        let mut reader = Reader::new(payload.get(4..).unwrap_or_default());
+        let request = (reader.array()?, reader.bool()?);
+        reader.finish()?;
+        Ok(request)
+    }
+
+    fn apply(
+        &self,
+        _: &mut dyn Tables,
+        _: &fides_service::Applied,
+        (key, vote): ([u8; 32], bool),
+    ) -> Result<Vec<Outcome>, StoreError> {
+        let justification = if vote { Asker::justification(&key) } else { Vec::new() };
+        Ok(vec![Outcome::Agree { instance: fides_service::InstanceId(key), vote, justification }])
+    }
+
+    fn validate(&self, instance: fides_service::InstanceId, justification: &[u8]) -> bool {
+        justification == Asker::justification(&instance.0)
+    }
+
+    fn decided(&self, tables: &mut dyn Tables, decision: &Decision) -> Result<Vec<Outcome>, StoreError> {
+        tables.put("decided", &decision.instance.0, &[u8::from(decision.value)])?;
+        Ok(vec![Outcome::Sign([&decision.instance.0[..], &[u8::from(decision.value)]].concat())])
+    }
+
+    fn query(&self, _: &dyn Tables, (): ()) -> Result<(), fides_service::QueryError> {
+        Ok(())
+    }
+}
+
 /// The scenario: keys, services, clocks and requests.
 pub struct ReplicaScenario {
     quorum: Quorum,
     keys: ClusterKeys,
+    /// Each replica's Ed25519 identity (signs its decision notices).
+    identities: Vec<SigningKey>,
+    /// Each replica's RNG seed (a replica draws it once, when its store is created).
+    seeds: Vec<[u8; 32]>,
     registry: Arc<Registry>,
     config: Config,
     clocks: Vec<u64>,
     requests: Vec<Vec<Request>>,
+    /// What an equivocating replica's second face proposes.
+    byzantine_requests: Vec<Vec<Request>>,
 }
 
 impl ReplicaScenario {
@@ -343,8 +680,21 @@ impl ReplicaScenario {
             encryption: Arc::clone(&self.keys.encryption[i]),
             signing: Arc::clone(&self.keys.signing[i]),
         };
+        let abc = AtomicBroadcast::new(self.quorum, index, config, keys);
+        // As the replica's: named under the cluster id, coins from the coin keys, the services'
+        // validity predicates.
+        let validator = Arc::new(RegistryValidator(Arc::clone(&self.registry)));
+        let instances = Instances::new(
+            self.quorum,
+            index,
+            Arc::clone(&self.keys.coin[i]),
+            InstancesConfig::new(cluster.to_vec()),
+            validator,
+        );
+        let core = Core::new(abc, self.seeds[i], index, session, CHECKPOINT_INTERVAL).with_instances(instances);
         WholeReplica {
-            abc: AtomicBroadcast::new(self.quorum, index, config, keys),
+            core,
+            seq: 0,
             signer: EpochSigner::new(
                 Arc::clone(&self.keys.signing[i]),
                 cluster,
@@ -353,11 +703,20 @@ impl ReplicaScenario {
                 SignerConfig::default(),
                 0,
             ),
-            registry: Arc::clone(&self.registry),
+            agreements: Agreements {
+                registry: Arc::clone(&self.registry),
+                cluster: CLUSTER,
+                quorum: self.quorum,
+                identities: self.identities.iter().map(|k| k.verifying_key().to_bytes()).collect(),
+            },
             tables: MemoryTables::default(),
-            log: log_genesis(session),
+            identity: self.identities[i].clone(),
             certificates: BTreeMap::new(),
-            installed: false,
+            genesis: log_genesis(session),
+            delivered: BTreeMap::new(),
+            next_apply: 0,
+            waiting: BTreeMap::new(),
+            jumps: BTreeMap::new(),
         }
     }
 }
@@ -376,7 +735,9 @@ impl Scenario for ReplicaScenario {
 
     fn input_other(&self, index: NodeIndex) -> Option<Input> {
         let request = Request { client: 1_000 + u64::from(index.0), id: 0, payload: b"BST1 byzantine".to_vec() };
-        Some(Input::Start { clock: u64::MAX / 2, requests: vec![request] })
+        let mut requests = vec![request];
+        requests.extend(self.byzantine_requests[index.as_usize()].iter().cloned());
+        Some(Input::Start { clock: u64::MAX / 2, requests })
     }
 
     fn other_instance(&self, index: NodeIndex) -> WholeReplica {
@@ -392,7 +753,7 @@ impl Scenario for ReplicaScenario {
             count: rng.gen_range(1..9),
             root: [7; 32],
         };
-        match rng.gen_range(0..5) {
+        match rng.gen_range(0..8) {
             0 => Message::Signer(certificate::Message::Share { root, share: noise }).to_bytes(),
             1 => {
                 let share = self.keys.signing[0].sign_share(root.point(&CLUSTER)).to_bytes();
@@ -404,6 +765,17 @@ impl Scenario for ReplicaScenario {
                 rng.fill_bytes(&mut bytes);
                 bytes.insert(0, 0);
                 bytes
+            }
+            4 => {
+                let mut bytes = vec![0u8; rng.gen_range(0..120)];
+                rng.fill_bytes(&mut bytes);
+                Message::Instance(bytes).to_bytes()
+            }
+            5 => Message::BatchesAsk { from: rng.gen_range(0..12), to: rng.gen() }.to_bytes(),
+            6 => {
+                let epoch = rng.gen_range(0..12);
+                let request = Request { client: 9, id: rng.gen(), payload: b"BST1 forged".to_vec() };
+                Message::Batches(vec![Batch { epoch, time: rng.gen(), requests: vec![request] }]).to_bytes()
             }
             _ => {
                 let mut bytes = vec![0u8; rng.gen_range(0..120)];
@@ -429,6 +801,8 @@ pub struct ReplicaCase {
     pub events: usize,
     /// Tickets asked per event.
     pub tickets: usize,
+    /// Agreement instances the test service ([`Asker`]) is asked for, one request each.
+    pub instances: usize,
     /// The seed.
     pub seed: u64,
 }
@@ -442,11 +816,19 @@ pub struct ReplicaSummary {
     pub answers_verified: usize,
     /// Tickets issued (at the honest replica with the most).
     pub tickets: usize,
+    /// Agreement instances decided (at the honest replica with the most).
+    pub decided: usize,
+    /// Byzantine decision notices (of the value not asked for, or forged) ordered (at the honest
+    /// replica with the most): each was taken and counted for nothing, or ignored.
+    pub byzantine_notices: usize,
+    /// Batches that honest replicas which jumped to a checkpoint fetched from peers and applied.
+    pub backfilled: usize,
     /// The run's trace hash: the same seed gives the same one.
     pub trace: String,
 }
 
-fn bistro_registry(quorum: Quorum, keys: &ClusterKeys, replicas: &[SigningKey]) -> Result<Registry, String> {
+/// The bistro and the test service that asks for agreement.
+fn registry(quorum: Quorum, keys: &ClusterKeys, replicas: &[SigningKey]) -> Result<Registry, String> {
     let service = Bistro::new(ServiceConfig {
         cluster: CLUSTER,
         t: quorum.t(),
@@ -455,6 +837,7 @@ fn bistro_registry(quorum: Quorum, keys: &ClusterKeys, replicas: &[SigningKey]) 
     });
     let mut registry = Registry::new();
     registry.register(service).map_err(|e| e.to_string())?;
+    registry.register(Asker).map_err(|e| e.to_string())?;
     Ok(registry)
 }
 
@@ -488,8 +871,9 @@ pub fn run_case(case: &ReplicaCase) -> Result<ReplicaSummary, String> {
     let mut rng = ChaCha8Rng::seed_from_u64(case.seed);
     let keys = ClusterKeys::random(quorum, &mut rng);
     let replica_keys: Vec<SigningKey> = quorum.nodes().map(|_| SigningKey::generate(&mut rng)).collect();
+    let seeds: Vec<[u8; 32]> = quorum.nodes().map(|_| rng.gen()).collect();
     let owner = SigningKey::generate(&mut rng);
-    let registry = Arc::new(bistro_registry(quorum, &keys, &replica_keys)?);
+    let registry = Arc::new(registry(quorum, &keys, &replica_keys)?);
     let crate::Placement { byzantine, honest, behaviours } = crate::place(quorum, &case.byzantine, &mut rng);
     let indices: Vec<NodeIndex> = quorum.nodes().collect();
     // Agreed time is in ms here (the bistro's unit); the deadlines are far ahead.
@@ -518,12 +902,47 @@ pub fn run_case(case: &ReplicaCase) -> Result<ReplicaSummary, String> {
     give(Request { client: 2, id: 0, payload: forged.to_payload() }, &mut rng);
     give(Request { client: 2, id: 1, payload: ticket(EventId([9; 16]), 0).to_payload() }, &mut rng);
     give(Request { client: 3, id: 0, payload: b"for no service".to_vec() }, &mut rng);
+    // Agreement instances, each asked for by one request with a vote drawn here; the Byzantine
+    // replicas' notices of the other value, and notices forged in the honest replicas' names, go
+    // into what an equivocating replica proposes.
+    let mut asked: BTreeMap<InstanceId, bool> = BTreeMap::new();
+    for k in 0..case.instances as u64 {
+        let key = fides_crypto::sha256(&[&b"simnet/whole-replica/instance"[..], &k.to_le_bytes()].concat());
+        let vote = rng.gen_bool(0.5);
+        asked.insert(InstanceId { service: Asker::ID.0, key }, vote);
+        give(Request { client: 5, id: k, payload: Asker::payload(key, vote) }, &mut rng);
+    }
+    let mut byzantine_requests: Vec<Vec<Request>> = vec![Vec::new(); quorum.n() as usize];
+    for b in &byzantine {
+        for (instance, vote) in &asked {
+            let lie = !*vote;
+            let justification = lie.then(|| Asker::justification(&instance.key));
+            let decided = Decided { instance: *instance, value: lie, justification };
+            let mut notices = vec![Notice::sign(&replica_keys[b.as_usize()], &CLUSTER, b.0, &decided)];
+            let victim = honest[0].0;
+            notices.push(Notice::sign(&replica_keys[b.as_usize()], &CLUSTER, victim, &decided));
+            for notice in notices {
+                let (client, id) = notice.request_key();
+                byzantine_requests[b.as_usize()].push(Request { client, id, payload: notice.to_payload() });
+            }
+        }
+    }
 
     let mut config = Config::new(b"simnet/whole-replica".to_vec());
     config.batch_size = 4 * quorum.n() as usize;
     config.checkpoint_interval = CHECKPOINT_INTERVAL;
     config.epochs_future_max = 8;
-    let scenario = ReplicaScenario { quorum, keys: keys.clone(), registry, config, clocks, requests };
+    let scenario = ReplicaScenario {
+        quorum,
+        keys: keys.clone(),
+        identities: replica_keys,
+        seeds,
+        registry,
+        config,
+        clocks,
+        requests,
+        byzantine_requests,
+    };
     let given: BTreeSet<(u64, u64, Vec<u8>)> = honest
         .iter()
         .flat_map(|i| scenario.requests[i.as_usize()].iter().map(|r| (r.client, r.id, r.payload.clone())))
@@ -558,6 +977,7 @@ pub fn run_case(case: &ReplicaCase) -> Result<ReplicaSummary, String> {
     let done = {
         let tickets_given = Arc::clone(&tickets_given);
         let wanted = case.events * case.tickets;
+        let instances = asked.len();
         move |outputs: &[Option<Vec<Produced<Output>>>]| {
             let Ok(tickets) = tickets_given.lock() else { return false };
             if tickets.len() < wanted {
@@ -565,7 +985,7 @@ pub fn run_case(case: &ReplicaCase) -> Result<ReplicaSummary, String> {
             }
             let mut all = given.clone();
             all.extend(tickets.iter().map(|r| (r.client, r.id, r.payload.clone())));
-            everything_ordered_and_certified(outputs, &all)
+            everything_ordered_and_certified(outputs, &all) && every_instance_decided(outputs, instances)
         }
     };
     let heal_at = rng.gen_range(0..HEAL_AT_MAX);
@@ -580,12 +1000,55 @@ pub fn run_case(case: &ReplicaCase) -> Result<ReplicaSummary, String> {
     check::liveness(&report).map_err(context)?;
     if !report.done_early {
         return Err(context(format!(
-            "validity: run ended ({} deliveries) before every request was ordered and every epoch certified",
-            report.deliveries
+            "validity: run ended ({} deliveries) before every request was ordered, every epoch certified and \
+             every instance decided; {}",
+            report.deliveries,
+            progress(&report)
         )));
     }
-    let summary = check_replicas(&report, &keys, case.events * case.tickets).map_err(context)?;
+    let lies: BTreeSet<Vec<u8>> = scenario.byzantine_requests.iter().flatten().map(|r| r.payload.clone()).collect();
+    let mut summary = check_replicas(&report, &keys, case.events * case.tickets, &asked).map_err(context)?;
+    summary.byzantine_notices = byzantine_notices_ordered(&report, &lies);
     Ok(summary)
+}
+
+/// Where each honest replica got to: epochs delivered and applied, certificates, decisions.
+fn progress(report: &crate::Report<Output>) -> String {
+    let of = |index: NodeIndex| {
+        let log = report.outputs[index.as_usize()].as_deref().unwrap_or_default();
+        let (mut delivered, mut applied, mut certified, mut decided, mut installed) = (None, None, 0, 0, false);
+        for produced in log {
+            match &produced.output {
+                Output::Abc(AbcOutput::Batch(batch)) => delivered = Some(batch.epoch),
+                Output::Abc(AbcOutput::Install(_)) => installed = true,
+                Output::Applied(a) => {
+                    applied = Some(a.epoch);
+                    decided += a.decided.len();
+                }
+                Output::Certified(_) => certified += 1,
+                _ => {}
+            }
+        }
+        format!(
+            "replica {index}: delivered to {delivered:?}, applied to {applied:?}{}, {certified} certified, {decided} decided",
+            if installed { " (installed a checkpoint)" } else { "" }
+        )
+    };
+    report.honest().map(of).collect::<Vec<_>>().join("; ")
+}
+
+/// How many of the Byzantine notices `lies` an honest replica ordered (the most at one).
+fn byzantine_notices_ordered(report: &crate::Report<Output>, lies: &BTreeSet<Vec<u8>>) -> usize {
+    let ordered = |log: &Vec<Produced<Output>>| {
+        log.iter()
+            .filter_map(|p| match &p.output {
+                Output::Abc(AbcOutput::Batch(batch)) => Some(batch),
+                _ => None,
+            })
+            .flat_map(|batch| batch.requests.iter().filter(|r| lies.contains(&r.payload)))
+            .count()
+    };
+    report.honest().filter_map(|i| report.outputs[i.as_usize()].as_ref()).map(ordered).max().unwrap_or(0)
 }
 
 /// Whether some honest replica ordered every request of `all`, and every honest replica
@@ -639,16 +1102,41 @@ fn everything_ordered_and_certified(
     })
 }
 
+/// Whether every honest replica applied the decisions of `instances` agreement instances.
+fn every_instance_decided(outputs: &[Option<Vec<Produced<Output>>>], instances: usize) -> bool {
+    outputs.iter().flatten().all(|log| {
+        let decided: usize = log
+            .iter()
+            .map(|p| match &p.output {
+                Output::Applied(a) => a.decided.len(),
+                _ => 0,
+            })
+            .sum();
+        decided >= instances
+    })
+}
+
 /// The checks on what the honest replicas applied and certified.
 fn check_replicas(
     report: &crate::Report<Output>,
     keys: &ClusterKeys,
     tickets_wanted: usize,
+    asked: &BTreeMap<InstanceId, bool>,
 ) -> Result<ReplicaSummary, String> {
     let public = keys.signing[0].public().public_key();
-    // Epoch → (state, root) as the first honest replica applied it, to compare the others'.
-    let mut agreed: BTreeMap<u64, (NodeIndex, Digest, Option<Digest>)> = BTreeMap::new();
-    let mut summary = ReplicaSummary { certified: 0, answers_verified: 0, tickets: 0, trace: report.trace_hex() };
+    // Epoch → (state, root, decisions) as the first honest replica applied it, to compare the
+    // others'.
+    type Seen<'a> = (NodeIndex, Digest, Option<Digest>, &'a [(InstanceId, bool)]);
+    let mut agreed: BTreeMap<u64, Seen<'_>> = BTreeMap::new();
+    let mut summary = ReplicaSummary {
+        certified: 0,
+        answers_verified: 0,
+        tickets: 0,
+        decided: 0,
+        byzantine_notices: 0,
+        backfilled: 0,
+        trace: report.trace_hex(),
+    };
     for index in report.honest() {
         let Some(log) = report.outputs[index.as_usize()].as_ref() else { continue };
         let certificates: BTreeMap<u64, Certificate> = log
@@ -659,19 +1147,42 @@ fn check_replicas(
             })
             .collect();
         let mut tickets = 0;
+        let mut decided = BTreeMap::new();
         for produced in log {
             match &produced.output {
                 Output::HostError(error) => return Err(format!("replica {index}: the host failed: {error}")),
                 Output::Applied(applied) => {
                     tickets += applied.tickets;
+                    for (instance, value) in &applied.decided {
+                        // Validity: every honest replica votes as the request asked (the service
+                        // is deterministic), so that is the decision, whatever the Byzantine
+                        // notices say.
+                        if asked.get(instance) != Some(value) || decided.insert(*instance, *value).is_some() {
+                            return Err(format!(
+                                "replica {index}: instance {:02x?}… decided {value} in epoch {} (asked: {:?})",
+                                &instance.key[..4],
+                                applied.epoch,
+                                asked.get(instance)
+                            ));
+                        }
+                    }
                     match agreed.get(&applied.epoch) {
                         None => {
-                            agreed.insert(applied.epoch, (index, applied.state, applied.root));
+                            agreed.insert(
+                                applied.epoch,
+                                (index, applied.state, applied.root, applied.decided.as_slice()),
+                            );
                         }
-                        Some((first, state, root)) => {
+                        Some((first, state, root, decisions)) => {
                             if (state, root) != (&applied.state, &applied.root) {
                                 return Err(format!(
                                     "replicas {first} and {index} hold different service states or roots after epoch {}",
+                                    applied.epoch
+                                ));
+                            }
+                            if *decisions != applied.decided.as_slice() {
+                                return Err(format!(
+                                    "replicas {first} and {index} applied different decisions in epoch {}",
                                     applied.epoch
                                 ));
                             }
@@ -704,11 +1215,13 @@ fn check_replicas(
                         ));
                     }
                 }
-                Output::Abc(_) => {}
+                Output::Abc(_) | Output::Decided(_) => {}
+                Output::Backfilled { from, to } => summary.backfilled += (to - from + 1) as usize,
             }
         }
         summary.certified = summary.certified.max(certificates.len());
         summary.tickets = summary.tickets.max(tickets);
+        summary.decided = summary.decided.max(decided.len());
     }
     if summary.tickets < tickets_wanted {
         return Err(format!("only {} of {tickets_wanted} tickets were issued", summary.tickets));

@@ -18,8 +18,6 @@
 //!
 //! `docs/service.md` ("The host") describes it.
 
-pub mod decisions;
-pub mod epochs;
 pub mod intake;
 pub mod orderer;
 pub mod snapshot;
@@ -29,5 +27,8 @@ pub mod threshold;
 mod threshold_worker_tests;
 pub mod worker;
 
+/// The decision notices and what an epoch holds are sans-IO, shared with the simulator
+/// (`fides-host`), as is the per-epoch application the worker runs (`fides_host::apply`).
+pub use fides_host::{decisions, epochs};
 pub use intake::{Intake, Lag};
 pub use orderer::Orderer;

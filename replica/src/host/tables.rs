@@ -22,7 +22,7 @@ pub fn table(name: &str) -> BytesTable<'_> {
 }
 
 /// (epoch ‖ index, big-endian) → the outcome's bytes.
-pub const OUTCOMES: BytesTable<'static> = TableDefinition::new("replica_outcomes");
+pub const OUTCOMES: BytesTable<'static> = TableDefinition::new(fides_host::apply::OUTCOMES);
 /// epoch (big-endian) → [`super::epochs::EpochRow`].
 pub const EPOCHS: BytesTable<'static> = TableDefinition::new("replica_epochs");
 /// name → value.
@@ -77,6 +77,13 @@ impl<'a> WriteTables<'a> {
         let mut meta = txn.open_table(META).map_err(store_error)?;
         meta.insert(META_STATE_DIGEST, self.digest.to_bytes().as_slice()).map_err(store_error)?;
         Ok(())
+    }
+}
+
+/// The state leaf of an epoch the worker applies commits to the digest kept in step.
+impl fides_host::apply::StateTables for WriteTables<'_> {
+    fn state_digest(&self) -> StateDigest {
+        self.digest.clone()
     }
 }
 

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fides_service::rsa_signer::{self, Input, Message, MessageId, Output, RsaSigner, RsaSignerConfig};
-use fides_service::{BatchOutcomes, Code, Outcome, SchemeId};
+use fides_service::{Code, Outcome, SchemeId};
 use fides_threshold_rsa::{PublicKey, SecretShare};
 use fides_types::codec::Wire;
 use fides_types::{NodeIndex, Protocol, Quorum, Step, Target};
@@ -40,8 +40,9 @@ pub const RSA_SIGNATURES: BytesTable<'static> = TableDefinition::new("replica_rs
 /// not signed yet. The index of an epoch start's outcome is [`EPOCH_START`].
 pub const RSA_PENDING: BytesTable<'static> = TableDefinition::new("replica_rsa_pending");
 /// The index under which an epoch start's outcomes are kept (no request has it: a batch holds
-/// far fewer requests).
-pub const EPOCH_START: u32 = u32::MAX;
+/// far fewer requests), and the `ThresholdSign` messages of an applied batch (made with the rest of
+/// the epoch by `fides_host::apply`).
+pub use fides_host::apply::{asks, EPOCH_START};
 /// A message whose signature is not in after this long is given to the signer again (it sends
 /// our share again: a frame may have been dropped, or a peer restarted).
 const RESEND_AFTER: Duration = Duration::from_secs(2);
@@ -79,20 +80,6 @@ pub struct ThresholdSigning {
     pending: BTreeMap<MessageId, Pending>,
     /// Requests that wait for signatures: (epoch, index) → the ids not signed yet.
     waiting: BTreeMap<(u64, u32), BTreeSet<MessageId>>,
-}
-
-/// The `ThresholdSign` messages of an applied batch: (index of the request, or [`EPOCH_START`];
-/// message). `SchemeId` has one scheme today.
-pub fn asks(outcomes: &BatchOutcomes) -> Vec<(u32, Vec<u8>)> {
-    let epoch = outcomes.epoch.iter().flat_map(|(_, made)| made.iter().map(|o| (EPOCH_START, o)));
-    let requests = outcomes.requests.iter().flat_map(|(index, _, made)| made.iter().map(move |o| (*index, o)));
-    epoch
-        .chain(requests)
-        .filter_map(|(index, outcome)| match outcome {
-            Outcome::ThresholdSign { scheme: SchemeId::ThresholdRsa, message } => Some((index, message.clone())),
-            _ => None,
-        })
-        .collect()
 }
 
 fn pending_key(epoch: u64, index: u32, id: &MessageId) -> Vec<u8> {
@@ -339,7 +326,7 @@ impl ThresholdSigning {
 pub(crate) mod tests {
     use std::sync::{Arc, Mutex, OnceLock};
 
-    use fides_service::ServiceId;
+    use fides_service::{BatchOutcomes, ServiceId};
     use fides_threshold_rsa::{deal, verify_signature, Dealt};
     use rand::SeedableRng;
 

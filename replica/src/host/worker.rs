@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use blsttc::SIG_SIZE;
 use fides_bistro::service::Service;
 use fides_crypto::ThresholdKeys;
-use fides_service::certificate::{self, Certificate, EpochSigner, Leaf, SignerConfig, Tree};
-use fides_service::{BatchOutcomes, Ordered, Registry, StoreError, Tables};
+use fides_service::certificate::{self, Certificate, EpochSigner, SignerConfig, Tree};
+use fides_service::{Registry, StoreError, Tables};
 use fides_types::codec::Wire;
 use fides_types::{NodeIndex, Protocol, Quorum, Step, Target};
 use redb::{Database, ReadableDatabase, ReadableTable, TableHandle};
@@ -36,7 +36,6 @@ use tokio::sync::oneshot;
 
 mod agreements;
 
-use self::agreements::decision_leaves;
 use crate::bistro::kv;
 use crate::host::decisions::{self, Agreements};
 pub use crate::host::epochs::EpochRow;
@@ -51,6 +50,7 @@ use crate::store::BatchReader;
 use fides_agreement::Vote;
 use fides_atomic_broadcast::epoch::Batch;
 use fides_atomic_broadcast::instances::{Decided, InstanceId as CoreInstance};
+use fides_host::apply::apply_epoch;
 
 /// The kind of a service frame that carries an [`EpochSigner`] message. (Kinds 1 and 2 were the
 /// bistro's own share exchange before the epoch certificate; they are ignored.)
@@ -269,9 +269,7 @@ impl Cached {
 
 struct Worker {
     setup: WorkerSetup,
-    /// The services, applied to every batch (the bistro alone, for now).
-    registry: Arc<Registry>,
-    /// Their tables' names in the store.
+    /// The services' tables' names in the store (the services are `agreements.registry`).
     store_tables: Vec<String>,
     db: Database,
     next_epoch: u64,
@@ -356,7 +354,6 @@ pub fn start(dir: &Path, mut setup: WorkerSetup) -> anyhow::Result<(WorkerHandle
     let mut worker = Worker {
         threshold,
         setup,
-        registry,
         store_tables,
         db,
         next_epoch,
@@ -450,30 +447,6 @@ fn ensure_digest(db: &Database, covered: &[String]) -> anyhow::Result<()> {
     txn.commit()?;
     tracing::info!(?format, "the services' store's state digest was computed (with its size): it is of format 4 now");
     Ok(())
-}
-
-/// The leaves of an epoch's certificate before its decisions and state leaf
-/// ([`fides_service::certificate::epoch_leaves`]: the ordering leaves, then the records the
-/// services sign), and each routed request's answer, with the leaf index of each signed record.
-fn epoch_leaves(batch: &Batch, outcomes: &BatchOutcomes) -> (Vec<[u8; 32]>, Vec<(u32, StoredAnswer)>) {
-    let requests = batch.requests.iter().map(|r| Ordered { client: r.client, request: r.id, payload: &r.payload });
-    let made = fides_service::certificate::epoch_leaves(requests, outcomes);
-    let answers = made
-        .answers
-        .into_iter()
-        .map(|(index, service, outcomes)| {
-            let mut answer = StoredAnswer::new(service);
-            answer.outcomes = outcomes;
-            (index, answer)
-        })
-        .collect();
-    (made.leaves, answers)
-}
-
-/// The last leaf of an epoch's tree: the state digest of the covered tables after the epoch
-/// (docs/certificate.md, state leaf).
-fn state_leaf(epoch: u64, kv: &WriteTables<'_>) -> [u8; 32] {
-    Leaf::state(epoch, kv.digest()).hash()
 }
 
 /// The tables the state digest covers, by their names in the store: every service's, the
@@ -620,7 +593,10 @@ impl Worker {
         self.intake.on_batch(self.next_epoch, batch);
     }
 
-    /// Apply every delivered batch from `next_epoch` on.
+    /// Apply every delivered batch from `next_epoch` on: each epoch with
+    /// [`fides_host::apply::apply_epoch`] over the covered tables of one transaction, then its row
+    /// and the threshold signatures it asked for; once durable, the votes go to the core and the
+    /// roots to the signer.
     fn advance(&mut self) -> Result<(), anyhow::Error> {
         if self.snapshots.fetching() {
             return Ok(()); // The state comes whole from a peer.
@@ -636,23 +612,17 @@ impl Worker {
             let mut votes = Vec::new();
             {
                 let mut kv = WriteTables::new(&txn, &self.store_tables)?;
+                // The bistro's replica-side indexes of the answers (covered: before the state leaf).
+                let mut index = |covered: &mut dyn Tables, batch: &Batch, answers: &[(u32, StoredAnswer)]| {
+                    kv::index(covered, &txn, batch, answers).map_err(|e| StoreError::Store(e.to_string()))
+                };
                 for batch in &batches {
-                    let requests =
-                        batch.requests.iter().map(|r| Ordered { client: r.client, request: r.id, payload: &r.payload });
-                    let outcomes = self.registry.apply_batch(&mut kv, batch.epoch, batch.time, requests)?;
-                    let payloads = batch.requests.iter().map(|r| r.payload.as_slice());
-                    let agreed = self.agreements.apply_epoch(&mut kv, batch.epoch, payloads, &outcomes)?;
-                    let (mut leaves, answers) = epoch_leaves(batch, &outcomes);
-                    let decided = decision_leaves(&mut leaves, &agreed);
-                    Self::write_answers(&mut kv, &txn, batch, &answers)?;
-                    Self::write_agreements(&mut kv, batch.epoch, &agreed, decided)?;
-                    leaves.push(state_leaf(batch.epoch, &kv));
-                    Self::write_epoch(&txn, batch, &leaves)?;
-                    let asks = threshold::asks(&outcomes);
-                    self.threshold.write_pending(&txn, batch.epoch, &asks)?;
-                    asked.push((batch.epoch, asks));
-                    votes.extend(agreed.votes);
-                    applied.push((batch.epoch, batch.time, leaves));
+                    let epoch = apply_epoch(&self.agreements, &mut kv, batch, &mut index)?;
+                    Self::write_epoch(&txn, batch, &epoch.leaves)?;
+                    self.threshold.write_pending(&txn, batch.epoch, &epoch.asks)?;
+                    asked.push((batch.epoch, epoch.asks));
+                    votes.extend(epoch.agreed.votes);
+                    applied.push((batch.epoch, batch.time, epoch.leaves));
                 }
                 kv.store_digest(&txn)?;
                 let next = batches.last().map_or(self.next_epoch, |b| b.epoch + 1);
@@ -679,20 +649,6 @@ impl Worker {
                 self.sign(root);
             }
         }
-    }
-
-    /// Each routed request's answer (covered by the state digest) and the bistro's indexes.
-    fn write_answers(
-        kv: &mut WriteTables<'_>,
-        txn: &redb::WriteTransaction,
-        batch: &Batch,
-        answers: &[(u32, StoredAnswer)],
-    ) -> Result<(), anyhow::Error> {
-        for (index, answer) in answers {
-            kv.put(tables::OUTCOMES.name(), &outcome_key(batch.epoch, *index), &answer.to_bytes())?;
-        }
-        kv::index(kv, txn, batch, answers)?;
-        Ok(())
     }
 
     /// The epoch's row: its agreed time and leaves (never empty: the state leaf is the last).

@@ -27,7 +27,7 @@ use std::time::Duration;
 use fides_types::NodeIndex;
 
 /// The longest frame: a catch-up answer with its batches is the largest message.
-pub const FRAME_LEN_MAX: usize = 64 * 1024 * 1024;
+pub const FRAME_LEN_MAX: usize = fides_host::event::FRAME_LEN_MAX;
 
 /// Bounds and timings of a transport.
 #[derive(Clone, Debug)]

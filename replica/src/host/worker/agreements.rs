@@ -1,80 +1,22 @@
 //! The worker's part in the agreement instances the services ask for: votes handed to the core
-//! once durable, decision notices ordered, the leaves and stored answers of decisions, and the
-//! waiters whose answer awaits a decision (`docs/agreement.md`, "The host's side"; the logic
-//! itself is `crate::host::decisions`).
+//! once durable, decision notices ordered, and the waiters whose answer awaits a decision
+//! (`docs/agreement.md`, "The host's side"; the logic itself is `crate::host::decisions`, and the
+//! leaves and stored answers of decisions are made with the rest of the epoch by
+//! `fides_host::apply`).
 
 use fides_atomic_broadcast::epoch::Request as AbcRequest;
 use fides_atomic_broadcast::instances::{Decided, InstanceId as CoreInstance};
-use fides_service::certificate::Leaf;
 use fides_types::codec::Wire;
-use redb::{ReadableDatabase, ReadableTable, TableHandle};
+use redb::{ReadableDatabase, ReadableTable};
 use tokio::sync::oneshot;
 
 use super::Worker;
-use crate::host::decisions::{self, EpochAgreements, Notice};
-use crate::host::epochs::{outcome_key, StoredAnswer};
+use crate::host::decisions::{self, Notice};
+use crate::host::epochs::StoredAnswer;
 use crate::host::tables;
 use crate::node::Command;
 
-/// The leaves of the decisions applied in an epoch, after its other leaves: each decision's
-/// `Sign` records as service leaves of the service that asked, in the order the decisions were
-/// applied. Returns, per decision, its outcomes with their leaf (0 for what is not signed).
-pub(super) fn decision_leaves(
-    leaves: &mut Vec<[u8; 32]>,
-    agreed: &EpochAgreements,
-) -> Vec<Vec<(fides_service::Outcome, u64)>> {
-    let mut out = Vec::with_capacity(agreed.decided.len());
-    for applied in &agreed.decided {
-        let mut made = Vec::with_capacity(applied.outcomes.len());
-        for outcome in &applied.outcomes {
-            let leaf = match outcome {
-                fides_service::Outcome::Sign(record) => {
-                    leaves.push(Leaf::Service { service: applied.service, record: record.clone() }.hash());
-                    leaves.len() as u64 - 1
-                }
-                _ => 0,
-            };
-            made.push((outcome.clone(), leaf));
-        }
-        out.push(made);
-    }
-    out
-}
-
 impl Worker {
-    /// The stored answers of the requests that asked for an instance in epoch `epoch` (one more
-    /// awaited) and of those whose instance was decided in it (one fewer, and its outcomes
-    /// certified by `epoch`), in the epoch's transaction.
-    pub(super) fn write_agreements(
-        kv: &mut dyn fides_service::Tables,
-        epoch: u64,
-        agreed: &EpochAgreements,
-        decided: Vec<Vec<(fides_service::Outcome, u64)>>,
-    ) -> Result<(), anyhow::Error> {
-        let outcomes = tables::OUTCOMES.name();
-        let mut update = |asker: (u64, u32), change: &mut dyn FnMut(&mut StoredAnswer)| -> anyhow::Result<()> {
-            let key = outcome_key(asker.0, asker.1);
-            let Some(bytes) = kv.get(outcomes, key.as_slice())? else { return Ok(()) };
-            let mut answer = StoredAnswer::from_bytes(&bytes)?;
-            change(&mut answer);
-            kv.put(outcomes, key.as_slice(), answer.to_bytes().as_slice())?;
-            Ok(())
-        };
-        for asker in &agreed.asked {
-            update(*asker, &mut |answer| answer.awaiting += 1)?;
-        }
-        for (applied, made) in agreed.decided.iter().zip(decided) {
-            let Some(asker) = applied.asker else { continue };
-            let mut made = Some(made);
-            update(asker, &mut |answer| {
-                answer.awaiting = answer.awaiting.saturating_sub(1);
-                let made = made.take().unwrap_or_default();
-                answer.decided.extend(made.into_iter().map(|(outcome, leaf)| (outcome, epoch, leaf)));
-            })?;
-        }
-        Ok(())
-    }
-
     /// After a restart: the votes of every instance still pending, for the core (it refuses a
     /// second start of an instance it runs or decided, harmlessly).
     pub(super) fn load_pending_votes(&mut self) -> anyhow::Result<()> {

@@ -1,6 +1,6 @@
 //! The replica's deterministic core: atomic broadcast, the RNG it draws from, and the bookkeeping
 //! of what was delivered. Given the same keys, seed and events it does the same thing, which is
-//! what makes replaying the write-ahead log a faithful restart (see `store.rs`).
+//! what makes replaying the write-ahead log a faithful restart (docs/replica.md).
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -13,7 +13,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use sha2::{Digest as _, Sha256};
 
-use crate::store::Event;
+use crate::event::Event;
 
 /// What handling events produced.
 #[derive(Debug, Default)]

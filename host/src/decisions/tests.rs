@@ -243,3 +243,40 @@ fn an_epoch_records_its_asks_and_applies_the_decision_its_notices_reach() {
     assert_eq!(applied.outcomes, vec![Outcome::Sign([&[8u8; 32][..], &[1]].concat())]);
     assert_eq!(s.host.get("asker_decided", &[8; 32]), Ok(Some(vec![1])), "decided wrote in its tables");
 }
+
+/// The same two epochs through the host's whole per-epoch application (`crate::apply`): the
+/// asking request's stored answer awaits the decision, then holds the decision's signed record
+/// with the later epoch and its leaf there, which comes after the ordering leaves and before the
+/// state leaf; the state leaf commits to the tables as written.
+#[test]
+fn the_epoch_application_stores_the_answer_of_a_request_whose_instance_is_decided_later() {
+    use crate::apply::{apply_epoch, StateTables, OUTCOMES};
+    use crate::epochs::{outcome_key, StoredAnswer};
+    use fides_atomic_broadcast::epoch::{Batch, Request};
+    use fides_service::certificate::Leaf;
+
+    let mut s = setup(4, 1);
+    let mut no_index = |_: &mut dyn Tables, _: &Batch, _: &[(u32, StoredAnswer)]| -> Result<(), StoreError> { Ok(()) };
+    let stored = |s: &Setup| {
+        let bytes = s.host.get(OUTCOMES, &outcome_key(3, 0)).expect("memory").expect("the asking request's answer");
+        StoredAnswer::from_bytes(&bytes).expect("a stored answer decodes")
+    };
+    let ask = Request { client: 1, id: 1, payload: [&b"AGT1"[..], &[8; 32], &[1]].concat() };
+    let batch = Batch { epoch: 3, time: 1_000, requests: vec![ask] };
+    let epoch = apply_epoch(&s.agreements, &mut s.host, &batch, &mut no_index).expect("memory");
+    assert_eq!(epoch.agreed.votes, vec![(instance(8), Vote::One(justification(&[8; 32])))]);
+    assert_eq!(epoch.leaves.len(), 2, "the ordering leaf, then the state leaf");
+    assert_eq!(stored(&s).awaiting, 1);
+
+    let notices = [notice(&s, 0, 8, true), notice(&s, 2, 8, true)];
+    let requests = notices.iter().map(|n| Request { client: 2, id: n.len() as u64, payload: n.clone() }).collect();
+    let batch = Batch { epoch: 5, time: 2_000, requests };
+    let epoch = apply_epoch(&s.agreements, &mut s.host, &batch, &mut no_index).expect("memory");
+    let record = [&[8u8; 32][..], &[1]].concat();
+    assert_eq!(epoch.decided, vec![vec![(Outcome::Sign(record.clone()), 2)]], "after the two ordering leaves");
+    assert_eq!(epoch.leaves[2], Leaf::Service { service: ServiceId(*b"AGT1"), record: record.clone() }.hash());
+    assert_eq!(epoch.leaves[3], Leaf::state(5, &s.host.state_digest()).hash());
+    assert_eq!(epoch.leaves.len(), 4);
+    let answer = stored(&s);
+    assert_eq!((answer.awaiting, answer.decided), (0, vec![(Outcome::Sign(record), 5, 2)]));
+}

@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod apply;
+pub mod asker;
 pub mod core;
 pub mod decisions;
 pub mod epochs;

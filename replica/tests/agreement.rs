@@ -13,6 +13,7 @@ use std::time::Duration;
 use fides_atomic_broadcast::epoch::{AtomicBroadcast, Config, Request};
 use fides_atomic_broadcast::instances::{Decided, InstanceId as CoreInstance};
 use fides_dealer::{default_addresses, generate, Cluster, Quorum};
+use fides_host::asker::Asker;
 use fides_replica::host::decisions::Notice;
 use fides_replica::host::orderer::Reply;
 use fides_replica::host::worker::{self, HostAnswer, Input, NoticeKeys, WorkerHandle, WorkerSetup};
@@ -21,64 +22,14 @@ use fides_replica::node::{Command, Limits, Node, NodeHandle, NodeSetup, Ordered,
 use fides_replica::run::{instances, keys};
 use fides_replica::transport::memory::MemoryNetwork;
 use fides_service::certificate::Leaf;
-use fides_service::{
-    Applied, Decision, InstanceId, Outcome, QueryError, Registry, Service, ServiceId, StoreError, Tables,
-};
-use fides_types::codec::{DecodeError, Reader, Wire};
+use fides_service::{Outcome, Registry, Service, ServiceId};
+use fides_types::codec::Wire;
 use fides_types::NodeIndex;
 use rand::SeedableRng;
 use tokio::sync::{oneshot, watch};
 
-/// `AGT1 ‖ key [32] ‖ vote u8`: asks for agreement instance `key` with that vote (for 1 the
-/// justification `yes ‖ key`), and answers from the decision with the signed record
-/// `key ‖ value`.
-struct Asker;
-
-const ASKER: ServiceId = ServiceId(*b"AGT1");
-
-fn justification(key: &[u8; 32]) -> Vec<u8> {
-    [&b"yes"[..], key].concat()
-}
-
-impl Service for Asker {
-    const ID: ServiceId = ASKER;
-    const NAME: &'static str = "asker";
-    const TABLES: &'static [&'static str] = &["decided"];
-    const PAYLOAD_MAX: usize = 37;
-    type Request = ([u8; 32], bool);
-    type Query = ();
-    type View = ();
-
-    fn decode(&self, payload: &[u8]) -> Result<([u8; 32], bool), DecodeError> {
-        let mut reader = Reader::new(payload.get(4..).unwrap_or_default());
-        let request = (reader.array()?, reader.bool()?);
-        reader.finish()?;
-        Ok(request)
-    }
-
-    fn apply(
-        &self,
-        _: &mut dyn Tables,
-        _: &Applied,
-        (key, vote): ([u8; 32], bool),
-    ) -> Result<Vec<Outcome>, StoreError> {
-        let justification = if vote { justification(&key) } else { Vec::new() };
-        Ok(vec![Outcome::Agree { instance: InstanceId(key), vote, justification }])
-    }
-
-    fn validate(&self, instance: InstanceId, justification: &[u8]) -> bool {
-        justification == self::justification(&instance.0)
-    }
-
-    fn decided(&self, tables: &mut dyn Tables, decision: &Decision) -> Result<Vec<Outcome>, StoreError> {
-        tables.put("decided", &decision.instance.0, &[u8::from(decision.value)])?;
-        Ok(vec![Outcome::Sign([&decision.instance.0[..], &[u8::from(decision.value)]].concat())])
-    }
-
-    fn query(&self, _: &dyn Tables, (): ()) -> Result<(), QueryError> {
-        Ok(())
-    }
-}
+/// The test service that asks for agreement (`fides_host::asker`).
+const ASKER: ServiceId = <Asker as Service>::ID;
 
 struct Running {
     node: NodeHandle,

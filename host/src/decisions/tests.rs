@@ -1,47 +1,11 @@
 //! The notice logic alone, over tables in memory: what decides an instance, and what never does.
 
 use super::*;
-use fides_service::{Applied as At, MemoryTables, Ordered, QueryError, Service};
-
-/// `AGT1 ‖ key [32] ‖ vote u8`: asks for instance `key` with that vote (for 1 the justification
-/// `yes ‖ key[0]`), and answers from the decision: it records the value and signs it.
-struct Asker;
-
-impl Service for Asker {
-    const ID: ServiceId = ServiceId(*b"AGT1");
-    const NAME: &'static str = "asker";
-    const TABLES: &'static [&'static str] = &["decided"];
-    const PAYLOAD_MAX: usize = 37;
-    type Request = ([u8; 32], bool);
-    type Query = ();
-    type View = ();
-
-    fn decode(&self, payload: &[u8]) -> Result<([u8; 32], bool), DecodeError> {
-        let mut reader = Reader::new(payload.get(4..).unwrap_or_default());
-        Ok((reader.array()?, reader.bool()?))
-    }
-
-    fn apply(&self, _: &mut dyn Tables, _: &At, (key, vote): ([u8; 32], bool)) -> Result<Vec<Outcome>, StoreError> {
-        let justification = if vote { justification(&key) } else { Vec::new() };
-        Ok(vec![Outcome::Agree { instance: InstanceId(key), vote, justification }])
-    }
-
-    fn validate(&self, instance: InstanceId, justification: &[u8]) -> bool {
-        justification == self::justification(&instance.0)
-    }
-
-    fn decided(&self, tables: &mut dyn Tables, decision: &Decision) -> Result<Vec<Outcome>, StoreError> {
-        tables.put("decided", &decision.instance.0, &[u8::from(decision.value)])?;
-        Ok(vec![Outcome::Sign([&decision.instance.0[..], &[u8::from(decision.value)]].concat())])
-    }
-
-    fn query(&self, _: &dyn Tables, (): ()) -> Result<(), QueryError> {
-        Ok(())
-    }
-}
+use crate::asker::Asker;
+use fides_service::{MemoryTables, Ordered};
 
 fn justification(key: &[u8; 32]) -> Vec<u8> {
-    [&b"yes"[..], &key[..1]].concat()
+    Asker::justification(key)
 }
 
 const CLUSTER: [u8; 32] = [42; 32];

@@ -39,11 +39,6 @@ pub const EPOCH_START: u32 = u32::MAX;
 pub trait StateTables: Tables {
     /// The state digest of the tables as written so far (with the state's size).
     fn state_digest(&self) -> fides_service::StateDigest;
-
-    /// Its commitment ([`fides_service::StateDigest::commitment`]).
-    fn state_commitment(&self) -> [u8; 32] {
-        self.state_digest().commitment()
-    }
 }
 
 /// Every table in memory is covered.

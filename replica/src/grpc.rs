@@ -17,7 +17,7 @@ use proto::ordering_server::{Ordering, OrderingServer};
 use tokio::sync::oneshot;
 use tonic::{Request as GrpcRequest, Response, Status};
 
-use crate::host::orderer::{submit_and_wait, Reply, ToHost, Wants};
+use crate::host::orderer::{submit_and_wait, wait_answer, Reply, ToHost, Waiting, Wants};
 use crate::host::worker::Certified;
 use crate::host::worker::{Input as WorkerInput, WorkerHandle};
 use crate::node::{Command, Lookup, NodeHandle, Ordered};
@@ -99,19 +99,18 @@ impl OrderingService {
     async fn certified(&self, ordered: Ordered, deadline: tokio::time::Instant) -> Result<proto::Ordered, Status> {
         let (epoch, index) = (ordered.epoch, ordered.index);
         let (tx, rx) = oneshot::channel();
-        if !self.worker.try_send(WorkerInput::Certified(Reply::new(ordered, tx))) {
+        if !self.worker.try_send(WorkerInput::Wait(Waiting::Certified(Reply::new(ordered, tx)))) {
             return Err(Status::resource_exhausted("the services' worker queue is full"));
         }
-        match tokio::time::timeout_at(deadline, rx).await {
-            Err(_) => Err(Status::deadline_exceeded(format!(
-                "ordered at epoch {epoch}, index {index}, but not certified within {:?} (ask again: the answer \
-                 will be the same)",
-                self.wait
-            ))),
-            Ok(Err(_)) => Err(Status::unavailable("the services' worker stopped")),
-            Ok(Ok(Err(failure))) => Err(failure.status()),
-            Ok(Ok(Ok((ordered, certified)))) => Ok(with_certificate(ordered, certified)),
-        }
+        let wait = self.wait;
+        let timed_out = || {
+            format!(
+                "ordered at epoch {epoch}, index {index}, but not certified within {wait:?} (ask again: the answer \
+                 will be the same)"
+            )
+        };
+        let (ordered, certified) = wait_answer(rx, deadline, timed_out, "the services' worker stopped").await?;
+        Ok(with_certificate(ordered, certified))
     }
 }
 

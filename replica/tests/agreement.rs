@@ -15,7 +15,7 @@ use fides_atomic_broadcast::instances::{Decided, InstanceId as CoreInstance};
 use fides_dealer::{default_addresses, generate, Cluster, Quorum};
 use fides_host::asker::Asker;
 use fides_replica::host::decisions::Notice;
-use fides_replica::host::orderer::Reply;
+use fides_replica::host::orderer::{Reply, Waiting};
 use fides_replica::host::worker::{self, HostAnswer, Input, NoticeKeys, WorkerHandle, WorkerSetup};
 use fides_replica::metrics::Metrics;
 use fides_replica::node::{Command, Limits, Node, NodeHandle, NodeSetup, Ordered, FRAME_INSTANCE};
@@ -126,7 +126,7 @@ async fn submit(node: &NodeHandle, request: Request) -> Ordered {
 /// certificate).
 async fn answer(worker: &WorkerHandle, ordered: &Ordered) -> HostAnswer {
     let (reply, answer) = oneshot::channel();
-    assert!(worker.try_send(Input::Outcome(Reply::new(ordered.clone(), reply))));
+    assert!(worker.try_send(Input::Wait(Waiting::Outcome(Reply::new(ordered.clone(), reply)))));
     let answer = tokio::time::timeout(Duration::from_secs(60), answer).await.expect("answered within 60 s");
     answer.expect("worker alive").expect("an answer").1
 }

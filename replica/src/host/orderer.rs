@@ -83,6 +83,45 @@ impl<T> Reply<T> {
         let Reply { ordered, tx } = self;
         let _ = tx.send(answer.map(|answer| (ordered, answer)).map_err(Failure::Host));
     }
+
+    /// Tell the handler the worker could not take its reply (its queue was full).
+    fn busy(self) {
+        let Reply { ordered, tx } = self;
+        let _ = tx.send(Err(Failure::Busy { ordered: Box::new(ordered) }));
+    }
+}
+
+/// A handler waiting at the services' worker for what its ordered request gets.
+pub enum Waiting {
+    /// The services' outcome.
+    Outcome(Reply<HostAnswer>),
+    /// The certificate of the ordering leaf alone.
+    Certified(Reply<Certified>),
+}
+
+impl Waiting {
+    /// The epoch the request was ordered in.
+    pub fn epoch(&self) -> u64 {
+        match self {
+            Waiting::Outcome(reply) => reply.epoch(),
+            Waiting::Certified(reply) => reply.epoch(),
+        }
+    }
+
+    /// The handler gave up.
+    pub fn is_closed(&self) -> bool {
+        match self {
+            Waiting::Outcome(reply) => reply.is_closed(),
+            Waiting::Certified(reply) => reply.is_closed(),
+        }
+    }
+
+    fn busy(self) {
+        match self {
+            Waiting::Outcome(reply) => reply.busy(),
+            Waiting::Certified(reply) => reply.busy(),
+        }
+    }
 }
 
 /// A submission the host answers: once the driver ordered the request it hands the handler's
@@ -117,27 +156,14 @@ impl Then for ToHost {
 
     fn ordered(self: Box<Self>, answer: Result<Ordered, SubmitError>) {
         let ToHost { worker, wants } = *self;
-        let ordered = match answer {
-            Ok(ordered) => ordered,
-            Err(error) => {
-                match wants {
-                    Wants::Outcome(tx) => drop(tx.send(Err(Failure::Submit(error)))),
-                    Wants::Certified(tx) => drop(tx.send(Err(Failure::Submit(error)))),
-                }
-                return;
-            }
+        let waiting = match (wants, answer) {
+            (Wants::Outcome(tx), Ok(ordered)) => Waiting::Outcome(Reply::new(ordered, tx)),
+            (Wants::Certified(tx), Ok(ordered)) => Waiting::Certified(Reply::new(ordered, tx)),
+            (Wants::Outcome(tx), Err(error)) => return drop(tx.send(Err(Failure::Submit(error)))),
+            (Wants::Certified(tx), Err(error)) => return drop(tx.send(Err(Failure::Submit(error)))),
         };
-        let input = match wants {
-            Wants::Outcome(tx) => Input::Outcome(Reply::new(ordered, tx)),
-            Wants::Certified(tx) => Input::Certified(Reply::new(ordered, tx)),
-        };
-        if let Err(input) = worker.offer(input) {
-            let busy = |reply_ordered: Ordered| Failure::Busy { ordered: Box::new(reply_ordered) };
-            match input {
-                Input::Outcome(Reply { ordered, tx }) => drop(tx.send(Err(busy(ordered)))),
-                Input::Certified(Reply { ordered, tx }) => drop(tx.send(Err(busy(ordered)))),
-                _ => {}
-            }
+        if let Err(Input::Wait(waiting)) = worker.offer(Input::Wait(waiting)) {
+            waiting.busy();
         }
     }
 }
@@ -171,11 +197,22 @@ pub async fn submit_and_wait<T>(
     if node.try_send(Command::Submit { request, reply: then }).is_err() {
         return Err(Status::resource_exhausted("the replica's command queue is full"));
     }
+    let timed_out =
+        || format!("not answered within {wait:?} (ask again: if it was ordered, the answer will be the same)");
+    wait_answer(rx, deadline, timed_out, "the replica is shutting down").await
+}
+
+/// Wait until `deadline` for the answer on `rx`; `timed_out` says why there is none then, `gone`
+/// why there is none when its sender is dropped.
+pub async fn wait_answer<T>(
+    rx: oneshot::Receiver<Result<(Ordered, T), Failure>>,
+    deadline: tokio::time::Instant,
+    timed_out: impl FnOnce() -> String,
+    gone: &str,
+) -> Result<(Ordered, T), Status> {
     match tokio::time::timeout_at(deadline, rx).await {
-        Err(_) => Err(Status::deadline_exceeded(format!(
-            "not answered within {wait:?} (ask again: if it was ordered, the answer will be the same)"
-        ))),
-        Ok(Err(_)) => Err(Status::unavailable("the replica is shutting down")),
+        Err(_) => Err(Status::deadline_exceeded(timed_out())),
+        Ok(Err(_)) => Err(Status::unavailable(gone)),
         Ok(Ok(Err(failure))) => Err(failure.status()),
         Ok(Ok(Ok(answer))) => Ok(answer),
     }
@@ -269,7 +306,7 @@ mod tests {
         assert_eq!(got.payload, b"payload");
         reply.ordered(Ok(ordered(3, 1)));
         // ... to the worker, which answers the handler directly.
-        let Ok(Input::Outcome(reply)) = inputs.try_recv() else { panic!("the worker got no waiter") };
+        let Ok(Input::Wait(Waiting::Outcome(reply))) = inputs.try_recv() else { panic!("the worker got no waiter") };
         assert_eq!((reply.epoch(), reply.index()), (3, 1));
         reply.send(Ok(answer()));
         let (at, answer) = handler.await.expect("handler ran").expect("answered");
@@ -310,7 +347,7 @@ mod tests {
     async fn a_full_worker_queue_answers_at_once_with_the_place() {
         let (worker, _inputs) = WorkerHandle::detached(1);
         let (filler, _) = oneshot::channel();
-        assert!(worker.try_send(Input::Outcome(Reply::new(ordered(0, 0), filler))));
+        assert!(worker.try_send(Input::Wait(Waiting::Outcome(Reply::new(ordered(0, 0), filler)))));
         let (tx, rx) = oneshot::channel();
         let then: Box<dyn Then> = ToHost::new(worker, Wants::Outcome(tx));
         assert!(!then.is_closed());

@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 use super::threshold::tests::{dealt, keys};
 use super::threshold::{RsaKeys, FRAME_KIND};
 use crate::host::epochs::HostAnswer;
-use crate::host::orderer::Reply;
+use crate::host::orderer::{Reply, Waiting};
 use crate::host::worker::{self, Input, Query, WorkerHandle, WorkerSetup};
 use crate::node::{Command, NodeHandle, Ordered, ServiceEvent, FRAME_SERVICE};
 
@@ -177,7 +177,7 @@ impl Cluster {
         // The worker reads only where the request was ordered.
         let ordered =
             Ordered { client: 0, id: 0, epoch, index, time_ms: 0, log_digest: [0; 32], payload_digest: [0; 32] };
-        assert!(self.worker(i).try_send(Input::Outcome(Reply::new(ordered, reply))));
+        assert!(self.worker(i).try_send(Input::Wait(Waiting::Outcome(Reply::new(ordered, reply)))));
         let started = Instant::now();
         loop {
             match rx.try_recv() {

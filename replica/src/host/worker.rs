@@ -76,7 +76,7 @@ const TREES_MAX: usize = 64;
 const QUEUE_MAX: usize = 65_536;
 
 pub use crate::host::epochs::{Certified, HostAnswer};
-use crate::host::orderer::Reply;
+use crate::host::orderer::{Reply, Waiting};
 
 /// What the services' adapters ask the worker, answered on its thread against the store.
 pub enum Query {
@@ -133,10 +133,9 @@ impl View<'_> {
 pub enum Input {
     /// From the driver.
     Service(ServiceEvent),
-    /// The outcome of an ordered request, once applied (and signed): for the handler waiting.
-    Outcome(Reply<HostAnswer>),
-    /// The certificate of an ordered request's ordering leaf, once its epoch is certified.
-    Certified(Reply<Certified>),
+    /// A handler waiting for what its ordered request gets: answered once the request is
+    /// applied (and its records and ordering leaf certified).
+    Wait(Waiting),
     /// A question.
     Query(Query),
     /// The core decided an agreement instance: order our decision notice.
@@ -160,7 +159,7 @@ impl std::fmt::Debug for WorkerHandle {
 impl WorkerHandle {
     /// Send without blocking; false if the worker is gone or its queue is full.
     pub fn try_send(&self, input: Input) -> bool {
-        self.tx.try_send(input).is_ok()
+        self.offer(input).is_ok()
     }
 
     /// A handle with no worker behind it, and the receiving end of its queue: tests of the
@@ -240,20 +239,6 @@ pub struct NoticeKeys {
     pub identities: Vec<[u8; 32]>,
 }
 
-enum Waiter {
-    Outcome(Reply<HostAnswer>),
-    Certified(Reply<Certified>),
-}
-
-impl Waiter {
-    fn is_closed(&self) -> bool {
-        match self {
-            Waiter::Outcome(reply) => reply.is_closed(),
-            Waiter::Certified(reply) => reply.is_closed(),
-        }
-    }
-}
-
 #[derive(Clone)]
 struct Cached {
     tree: Arc<Tree>,
@@ -282,7 +267,7 @@ struct Worker {
     signer: EpochSigner,
     /// Signs what services ask with `Outcome::ThresholdSign`.
     threshold: ThresholdSigning,
-    waiters: BTreeMap<u64, Vec<Waiter>>,
+    waiters: BTreeMap<u64, Vec<Waiting>>,
     /// Recent epochs' trees, agreed times and signatures, for answering paths.
     trees: HashMap<u64, Cached>,
     tree_order: std::collections::VecDeque<u64>,
@@ -301,8 +286,8 @@ pub fn start(dir: &Path, mut setup: WorkerSetup) -> anyhow::Result<(WorkerHandle
     let db = open_store(dir)?;
     let registry = std::mem::take(&mut setup.services);
     if registry.get::<Service>().is_none() {
-        // Its queries (events, relays, collections, uploads to fetch) are answered here.
-        anyhow::bail!("the services' worker answers the bistro's queries: register the bistro");
+        // The worker writes the bistro's replica-side indexes (`bistro::kv`) with every epoch.
+        anyhow::bail!("the services' worker keeps the bistro's indexes: register the bistro");
     }
     let store_tables = covered_tables(&registry);
     {
@@ -563,12 +548,7 @@ impl Worker {
                 match input {
                     Input::Service(ServiceEvent::Batch(batch)) => self.on_batch(batch),
                     Input::Service(ServiceEvent::Frame { from, bytes }) => self.on_frame(from, &bytes),
-                    Input::Outcome(reply) => {
-                        self.waiters.entry(reply.epoch()).or_default().push(Waiter::Outcome(reply))
-                    }
-                    Input::Certified(reply) => {
-                        self.waiters.entry(reply.epoch()).or_default().push(Waiter::Certified(reply))
-                    }
+                    Input::Wait(waiting) => self.waiters.entry(waiting.epoch()).or_default().push(waiting),
                     Input::Query(query) => queries.push(query),
                     Input::Decided(decided) => self.send_notice(&decided),
                 }
@@ -640,9 +620,6 @@ impl Worker {
                 self.threshold.sign(&self.db, epoch, asks);
             }
             for (epoch, time_ms, leaves) in applied {
-                if leaves.is_empty() {
-                    continue;
-                }
                 let tree = Arc::new(Tree::new(leaves));
                 let root = tree.epoch_root(epoch, time_ms);
                 self.remember_tree(epoch, Cached { tree, time_ms, signature: None });
@@ -768,10 +745,10 @@ impl Worker {
                     continue;
                 }
                 match waiter {
-                    Waiter::Outcome(reply) if self.threshold.waits(epoch, reply.index()) => {
-                        self.waiters.entry(epoch).or_default().push(Waiter::Outcome(reply));
+                    Waiting::Outcome(reply) if self.threshold.waits(epoch, reply.index()) => {
+                        self.waiters.entry(epoch).or_default().push(Waiting::Outcome(reply));
                     }
-                    Waiter::Outcome(reply) => match Self::stored(&outcomes, epoch, reply.index()) {
+                    Waiting::Outcome(reply) => match Self::stored(&outcomes, epoch, reply.index()) {
                         Ok(Some(stored)) if !self.settled(&stored) => self.deciding.push(reply),
                         Ok(stored) => {
                             let index = reply.index();
@@ -779,7 +756,7 @@ impl Worker {
                         }
                         Err(error) => reply.send(Err(error)),
                     },
-                    Waiter::Certified(reply) => {
+                    Waiting::Certified(reply) => {
                         let index = reply.index();
                         reply.send(self.certified(&read, epoch, u64::from(index)));
                     }

@@ -93,7 +93,7 @@ pub fn apply_epoch(
     let ordered = || batch.requests.iter().map(|r| Ordered { client: r.client, request: r.id, payload: &r.payload });
     let outcomes = agreements.registry.apply_batch(tables, batch.epoch, batch.time, ordered())?;
     let payloads = batch.requests.iter().map(|r| r.payload.as_slice());
-    let agreed = agreements.apply_epoch(tables, batch.epoch, payloads, &outcomes)?;
+    let agreed = agreements.apply_epoch(tables, (batch.epoch, batch.time), payloads, &outcomes)?;
     let made = fides_service::certificate::epoch_leaves(ordered(), &outcomes);
     let mut leaves = made.leaves;
     let answers: Vec<(u32, StoredAnswer)> = made

@@ -306,7 +306,13 @@ impl Agreements {
     }
 
     /// Take one ordered notice's payload, applied in epoch `epoch`.
-    pub fn take_notice(&self, host: &mut dyn Tables, epoch: u64, payload: &[u8]) -> Result<Taken, StoreError> {
+    pub fn take_notice(
+        &self,
+        host: &mut dyn Tables,
+        epoch: u64,
+        time_ms: u64,
+        payload: &[u8],
+    ) -> Result<Taken, StoreError> {
         let Ok(notice) = Notice::from_payload(payload) else { return Ok(Taken::Ignored(Ignored::Undecodable)) };
         let Some(identity) = self.identities.get(notice.replica as usize) else {
             return Ok(Taken::Ignored(Ignored::UnknownReplica));
@@ -339,7 +345,8 @@ impl Agreements {
         host.delete(PENDING, &key)?;
         let decided = [&[u8::from(notice.value)][..], &epoch.to_le_bytes()].concat();
         host.put(DECIDED, &key, &decided)?;
-        let decision = Decision { instance: InstanceId(notice.instance.key), value: notice.value, justification };
+        let decision =
+            Decision { instance: InstanceId(notice.instance.key), value: notice.value, justification, epoch, time_ms };
         Ok(Taken::Decided { service, asker: pending.asker, decision })
     }
 
@@ -351,7 +358,7 @@ impl Agreements {
     pub fn apply_epoch<'p>(
         &self,
         tables: &mut dyn Tables,
-        epoch: u64,
+        (epoch, time_ms): (u64, u64),
         payloads: impl IntoIterator<Item = &'p [u8]>,
         outcomes: &BatchOutcomes,
     ) -> Result<EpochAgreements, StoreError> {
@@ -368,7 +375,7 @@ impl Agreements {
             if !payload.starts_with(&HOST_DECISION_NOTICE.0) {
                 continue;
             }
-            match self.take_notice(tables, epoch, payload)? {
+            match self.take_notice(tables, epoch, time_ms, payload)? {
                 Taken::Decided { service, asker, decision } => {
                     let made = self.registry.decided(tables, service, &decision)?.unwrap_or_default();
                     self.ask_all(tables, service, asker, &made, &mut out)?;

@@ -71,6 +71,10 @@ pub struct Decision {
     /// The justification that came with the decided value (what a validated agreement checked),
     /// as the service gave it in its [`Outcome::Agree`] or a peer's vote carried it.
     pub justification: Vec<u8>,
+    /// The epoch in which the decision is applied.
+    pub epoch: u64,
+    /// That epoch's agreed time, in ms since the Unix epoch: the clock of [`Service::decided`].
+    pub time_ms: u64,
 }
 
 /// A signature scheme other than the epoch certificate's threshold BLS.
@@ -182,6 +186,14 @@ pub enum Outcome {
         /// The bytes to sign.
         message: Vec<u8>,
     },
+    /// From `apply` only: this request's answer waits for `instance`, which the service will ask
+    /// for later with an [`Outcome::Agree`] (from any of its callbacks, typically the `decided` of
+    /// the instance it queued behind). The host records this request as the instance's asker
+    /// without starting it; the decision's outcomes answer this request, whoever started it.
+    Await {
+        /// The instance reserved for this request.
+        instance: InstanceId,
+    },
 }
 
 /// Longest record, reply, justification or message an [`Outcome`] decodes (16 MiB): what the
@@ -192,7 +204,7 @@ pub const OUTCOME_BYTES_MAX: usize = 16 << 20;
 pub const REASON_MAX: usize = 4096;
 
 /// The host's encoding of an outcome (it stores each request's outcomes): a tag byte — `Sign` 1,
-/// `Reply` 2, `Refuse` 3, `Agree` 4, `ThresholdSign` 5 — then the fields, byte strings as a
+/// `Reply` 2, `Refuse` 3, `Agree` 4, `ThresholdSign` 5, `Await` 6 — then the fields, byte strings as a
 /// 4-byte little-endian length and the bytes.
 impl Wire for Outcome {
     fn encode(&self, out: &mut Vec<u8>) {
@@ -221,6 +233,10 @@ impl Wire for Outcome {
                 out.push(1);
                 put_bytes(out, message);
             }
+            Outcome::Await { instance } => {
+                out.push(6);
+                out.extend_from_slice(&instance.0);
+            }
         }
     }
 
@@ -247,6 +263,7 @@ impl Wire for Outcome {
                 },
                 other => return Err(DecodeError::Invalid { what: "signature scheme", value: other.into() }),
             },
+            6 => Outcome::Await { instance: InstanceId(reader.array()?) },
             other => return Err(DecodeError::Invalid { what: "outcome", value: other.into() }),
         })
     }
@@ -350,6 +367,7 @@ mod tests {
             Outcome::refuse(Code::FailedPrecondition, "the deadline passed"),
             Outcome::Agree { instance: InstanceId([7; 32]), vote: true, justification: vec![9; 70] },
             Outcome::ThresholdSign { scheme: SchemeId::ThresholdRsa, message: b"tbs".to_vec() },
+            Outcome::Await { instance: InstanceId([3; 32]) },
         ];
         for outcome in outcomes {
             let bytes = outcome.to_bytes();

@@ -48,7 +48,7 @@ impl Setup {
     }
 
     fn take(&mut self, payload: &[u8]) -> Taken {
-        self.agreements.take_notice(&mut self.host, 9, payload).expect("memory tables do not fail")
+        self.agreements.take_notice(&mut self.host, 9, 9_000, payload).expect("memory tables do not fail")
     }
 }
 
@@ -57,7 +57,7 @@ fn decided(value: bool, k: u8) -> Taken {
     Taken::Decided {
         service: ServiceId(*b"AGT1"),
         asker: Some((1, 0)),
-        decision: Decision { instance: InstanceId([k; 32]), value, justification },
+        decision: Decision { instance: InstanceId([k; 32]), value, justification, epoch: 9, time_ms: 9_000 },
     }
 }
 
@@ -189,7 +189,7 @@ fn an_epoch_records_its_asks_and_applies_the_decision_its_notices_reach() {
     let ask = [&b"AGT1"[..], &[8; 32], &[1]].concat();
     let batch = [Ordered { client: 1, request: 1, payload: &ask }];
     let outcomes = registry.apply_batch(&mut s.host, 3, 1_000, batch).expect("memory");
-    let agreed = s.agreements.apply_epoch(&mut s.host, 3, [ask.as_slice()], &outcomes).expect("mem");
+    let agreed = s.agreements.apply_epoch(&mut s.host, (3, 3_000), [ask.as_slice()], &outcomes).expect("mem");
     assert_eq!(agreed.votes, vec![(instance(8), Vote::One(justification(&[8; 32])))]);
     assert_eq!(agreed.asked, vec![(3, 0)]);
     assert!(agreed.decided.is_empty());
@@ -199,7 +199,7 @@ fn an_epoch_records_its_asks_and_applies_the_decision_its_notices_reach() {
         notices.iter().map(|n| Ordered { client: 2, request: n.len() as u64, payload: n }).collect();
     let outcomes = registry.apply_batch(&mut s.host, 5, 2_000, batch).expect("memory");
     let payloads = notices.iter().map(Vec::as_slice);
-    let agreed = s.agreements.apply_epoch(&mut s.host, 5, payloads, &outcomes).expect("memory");
+    let agreed = s.agreements.apply_epoch(&mut s.host, (5, 5_000), payloads, &outcomes).expect("memory");
     assert!(agreed.votes.is_empty() && agreed.asked.is_empty());
     assert_eq!(agreed.decided.len(), 1, "decided once, by the third notice; the fourth is ignored");
     let applied = &agreed.decided[0];

@@ -796,7 +796,7 @@ impl Worker {
             let certified = match outcome {
                 fides_service::Outcome::Sign(_) => self.certified(read, at, leaf).map(Some)?,
                 // The host's work, not an answer.
-                fides_service::Outcome::Agree { .. } => continue,
+                fides_service::Outcome::Agree { .. } | fides_service::Outcome::Await { .. } => continue,
                 _ => None,
             };
             outcomes.push((outcome, certified));

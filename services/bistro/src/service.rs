@@ -784,7 +784,7 @@ pub fn answer(outcome: &host::Outcome, leaf: u64) -> Result<Outcome, DecodeError
         host::Outcome::Reply(reply) => Outcome::from_bytes(reply)?,
         host::Outcome::Refuse(refusal) => Outcome::Refused { code: refusal.code, message: refusal.reason.clone() },
         // The bistro asks for neither agreements nor other signatures.
-        host::Outcome::Agree { .. } | host::Outcome::ThresholdSign { .. } => {
+        host::Outcome::Agree { .. } | host::Outcome::ThresholdSign { .. } | host::Outcome::Await { .. } => {
             return Err(DecodeError::Invalid { what: "bistro outcome", value: 0 })
         }
     })

@@ -11,6 +11,7 @@ use fides_types::{NodeIndex, Quorum};
 use rand::{CryptoRng, Rng};
 
 use crate::address::{check_addresses, check_client_addresses, derive_client_addresses, Address, ADDRESS_LIST};
+use crate::ca::CaSettings;
 use crate::protocol::ProtocolParameters;
 use crate::rsa_key::{deal_rsa, root_certificate, RsaOptions};
 use crate::shares::bad_shares;
@@ -107,6 +108,7 @@ pub struct ClusterFile {
     encryption: PublicKeySet,
     replicas: Vec<ReplicaInfo>,
     rsa: Option<RsaPublicKey>,
+    ca: Option<CaSettings>,
 }
 
 impl ClusterFile {
@@ -121,6 +123,7 @@ impl ClusterFile {
         encryption: PublicKeySet,
         replicas: Vec<ReplicaInfo>,
         rsa: Option<RsaPublicKey>,
+        ca: Option<CaSettings>,
     ) -> Result<ClusterFile, String> {
         if format == ClusterFormat::V1 && protocol != ProtocolParameters::V1 {
             return Err(format!("a {} file has the parameters {}", CLUSTER_FORMAT_V1, ProtocolParameters::V1));
@@ -165,15 +168,24 @@ impl ClusterFile {
                 ));
             }
         }
-        let id = cluster_id(format, quorum, &protocol, &signing, &coin, &encryption, &replicas, rsa.as_ref());
-        Ok(ClusterFile { id, format, quorum, protocol, signing, coin, encryption, replicas, rsa })
+        if let Some(ca) = &ca {
+            if rsa.is_none() {
+                return Err("a [ca] table, but no threshold RSA key (keys.rsa) for the certification authority".into());
+            }
+            ca.check().map_err(|reason| format!("ca: {reason}"))?;
+        }
+        let id =
+            cluster_id(format, quorum, &protocol, &signing, &coin, &encryption, &replicas, rsa.as_ref(), ca.as_ref());
+        Ok(ClusterFile { id, format, quorum, protocol, signing, coin, encryption, replicas, rsa, ca })
     }
 
     /// The cluster id: SHA-256 of `tagged(domain::CLUSTER_ID, [format, n, t, protocol, signing,
     /// coin, encryption, identity 0, …, identity n-1])`, `n` and `t` as 4 little-endian bytes,
     /// `protocol` as each parameter in 8 little-endian bytes (absent from a `fides-cluster-v1`
     /// file's id), key sets as their commitments, then the threshold RSA public key's encoding
-    /// as one more part if the cluster has one (so the id of a file without it is unchanged).
+    /// as one more part if the cluster has one (so the id of a file without it is unchanged),
+    /// then the certification authority's settings as one more part if the file has a `[ca]`
+    /// table (`CaSettings::id_bytes`; only with an RSA key, so the parts cannot be confused).
     /// Addresses (replica-to-replica and client) are not in it: they can change without a new
     /// deal.
     pub fn id(&self) -> ClusterId {
@@ -216,6 +228,18 @@ impl ClusterFile {
         self.rsa.as_ref()
     }
 
+    /// The certification authority's settings as written in the file's `[ca]` table, if it has
+    /// one (files dealt before it have none).
+    pub fn ca(&self) -> Option<&CaSettings> {
+        self.ca.as_ref()
+    }
+
+    /// The settings the certification authority runs with: the file's, or
+    /// [`CaSettings::DEFAULT`] for a file without a `[ca]` table.
+    pub fn ca_settings(&self) -> CaSettings {
+        self.ca.unwrap_or(CaSettings::DEFAULT)
+    }
+
     /// The public key set `key_set`.
     pub(crate) fn key_set(&self, key_set: KeySet) -> &PublicKeySet {
         match key_set {
@@ -246,6 +270,7 @@ fn cluster_id(
     encryption: &PublicKeySet,
     replicas: &[ReplicaInfo],
     rsa: Option<&RsaPublicKey>,
+    ca: Option<&CaSettings>,
 ) -> ClusterId {
     let n = quorum.n().to_le_bytes();
     let t = quorum.t().to_le_bytes();
@@ -260,6 +285,8 @@ fn cluster_id(
     parts.extend(identities.iter().map(|identity| identity.as_slice()));
     let rsa = rsa.map(RsaPublicKey::to_bytes);
     parts.extend(rsa.as_deref());
+    let ca = ca.map(CaSettings::id_bytes);
+    parts.extend(ca.as_deref());
     ClusterId(sha256(&tagged(domain::CLUSTER_ID, &parts)))
 }
 
@@ -495,7 +522,8 @@ pub fn generate_with_protocol<R: Rng + CryptoRng>(
 /// [`generate_with_protocol`], and with `rsa` also a threshold RSA key of threshold `t` (Shoup's;
 /// for the certification authority) and its self-signed root certificate (see
 /// [`Cluster::root_certificate`]). The RSA key is dealt last, after every check, so that a bad
-/// argument is refused before the slow search for safe primes.
+/// argument is refused before the slow search for safe primes. The cluster file has no `[ca]`
+/// table (see [`generate_with_ca`]).
 pub fn generate_with_rsa<R: Rng + CryptoRng>(
     quorum: Quorum,
     protocol: ProtocolParameters,
@@ -504,9 +532,29 @@ pub fn generate_with_rsa<R: Rng + CryptoRng>(
     rsa: Option<RsaOptions<'_>>,
     rng: &mut R,
 ) -> Result<Cluster, DealerError> {
+    generate_with_ca(quorum, protocol, addresses, client_addresses, rsa, None, rng)
+}
+
+/// [`generate_with_rsa`], and with `ca` the certification authority's settings in the cluster
+/// file (its `[ca]` table, covered by the id; what `dealer init` writes). `ca` needs `rsa`.
+pub fn generate_with_ca<R: Rng + CryptoRng>(
+    quorum: Quorum,
+    protocol: ProtocolParameters,
+    addresses: Vec<Address>,
+    client_addresses: Vec<Address>,
+    rsa: Option<RsaOptions<'_>>,
+    ca: Option<CaSettings>,
+    rng: &mut R,
+) -> Result<Cluster, DealerError> {
     check_addresses(&addresses, quorum, ADDRESS_LIST)?;
     check_client_addresses(&client_addresses, &addresses, quorum)?;
     protocol.check(quorum).map_err(DealerError::Protocol)?;
+    if let Some(ca) = &ca {
+        if rsa.is_none() {
+            return Err(DealerError::Ca("the certification authority's settings need a threshold RSA key".into()));
+        }
+        ca.check().map_err(DealerError::Ca)?;
+    }
     let t = quorum.t() as usize;
     let signing = SecretKeySet::random(t, rng);
     let coin = SecretKeySet::random(t, rng);
@@ -536,8 +584,9 @@ pub fn generate_with_rsa<R: Rng + CryptoRng>(
         encryption.public_keys(),
         replicas_public,
         rsa.as_ref().map(|dealt| dealt.public.clone()),
+        ca,
     )
-    .expect("freshly dealt key sets and identities are consistent, and the addresses were checked");
+    .expect("freshly dealt key sets and identities are consistent, and the addresses and settings were checked");
     let root_certificate = match (&rsa, not_before) {
         (Some(dealt), Some(not_before)) => Some(root_certificate(public.id, dealt, quorum, not_before)?),
         _ => None,

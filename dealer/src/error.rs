@@ -13,6 +13,9 @@ pub enum DealerError {
     /// Protocol parameters that cannot run the cluster (a wire bound, or no progress).
     #[error("protocol parameters: {0}")]
     Protocol(String),
+    /// Certification authority settings that cannot run it.
+    #[error("certification authority: {0}")]
+    Ca(String),
     /// An entry of an address list is not `HOST:PORT`.
     #[error("{list} entry {position} ({entry:?}): {reason}")]
     AddressMalformed {

@@ -11,6 +11,7 @@ use fides_types::{NodeIndex, Quorum};
 use serde::{Deserialize, Serialize};
 
 use crate::address::Address;
+use crate::ca::{CaMode, CaPolicy, CaSettings};
 use crate::cluster::{
     ClusterFile, ClusterFormat, ClusterId, ReplicaFile, ReplicaInfo, CLUSTER_FORMAT, CLUSTER_FORMAT_V1, REPLICA_FORMAT,
 };
@@ -38,7 +39,46 @@ struct ClusterToml {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     protocol: Option<ProtocolToml>,
     keys: KeySetsToml,
+    /// The certification authority's settings; absent from files dealt before them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ca: Option<CaToml>,
     replicas: Vec<ReplicaEntryToml>,
+}
+
+/// The `[ca]` table: every field is required but `admin`, which the token policy requires and
+/// the open policy refuses.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CaToml {
+    mode: String,
+    policy: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    admin: Option<String>,
+    validity_days: u32,
+}
+
+impl From<&CaSettings> for CaToml {
+    fn from(ca: &CaSettings) -> Self {
+        CaToml {
+            mode: ca.mode.name().to_string(),
+            policy: ca.policy.name().to_string(),
+            admin: ca.policy.admin().map(|admin| hex::encode(admin.as_bytes())),
+            validity_days: ca.validity_days,
+        }
+    }
+}
+
+impl TryFrom<CaToml> for CaSettings {
+    type Error = String;
+
+    fn try_from(ca: CaToml) -> Result<Self, String> {
+        let mode = CaMode::parse(&ca.mode).map_err(|reason| format!("ca.mode: {reason}"))?;
+        let policy =
+            CaPolicy::parse(&ca.policy, ca.admin.as_deref(), "ca.admin").map_err(|reason| format!("ca: {reason}"))?;
+        let settings = CaSettings { mode, policy, validity_days: ca.validity_days };
+        settings.check().map_err(|reason| format!("ca: {reason}"))?;
+        Ok(settings)
+    }
 }
 
 /// The `[protocol]` table: every parameter is required, so that no reader fills one in with a
@@ -151,6 +191,7 @@ impl ClusterFile {
                 encryption: hex::encode(self.encryption().to_bytes()),
                 rsa: self.rsa().map(|rsa| hex::encode(rsa.to_bytes())),
             },
+            ca: self.ca().map(CaToml::from),
             replicas: self
                 .replicas()
                 .iter()
@@ -287,7 +328,8 @@ fn decode_cluster(format: ClusterFormat, raw: ClusterToml) -> Result<ClusterFile
         .map(|(position, entry)| decode_replica_entry(position, entry))
         .collect::<Result<Vec<_>, _>>()?;
     let rsa = raw.keys.rsa.as_deref().map(decode_rsa_public_key).transpose()?;
-    let cluster = ClusterFile::new(format, quorum, protocol, signing, coin, encryption, replicas, rsa)?;
+    let ca = raw.ca.map(CaSettings::try_from).transpose()?;
+    let cluster = ClusterFile::new(format, quorum, protocol, signing, coin, encryption, replicas, rsa, ca)?;
     let stated = ClusterId(decode_hex::<32>("cluster_id", &raw.cluster_id)?);
     if stated != cluster.id() {
         return Err(format!(
@@ -556,6 +598,79 @@ mod tests {
         assert!(reason.contains("does not match"), "{reason}");
         let Err(reason) = parse(&text.replace(&ours, &ours[..ours.len() - 2])) else { panic!("a short key parsed") };
         assert!(reason.contains("keys.rsa: not a threshold RSA public key"), "{reason}");
+    }
+
+    /// A deal with a 512-bit RSA key and `ca` as its `[ca]` table.
+    fn dealt_with_ca(ca: Option<CaSettings>, seed: u64) -> crate::Cluster {
+        let quorum = Quorum::new(4, 1).expect("valid quorum");
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
+        let mut progress = |_| {};
+        let not_before = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+        let options = crate::RsaOptions { modulus_bits: 512, not_before, progress: &mut progress };
+        let (addresses, clients) = (default_addresses(quorum), crate::address::default_client_addresses(quorum));
+        crate::generate_with_ca(quorum, ProtocolParameters::DEFAULT, addresses, clients, Some(options), ca, &mut rng)
+            .expect("valid arguments")
+    }
+
+    const ADMIN: &str = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
+
+    fn token_settings() -> CaSettings {
+        let policy = CaPolicy::parse("token", Some(ADMIN), "admin").expect("a valid administrator key");
+        CaSettings { mode: CaMode::NameMajor, policy, validity_days: 30 }
+    }
+
+    #[test]
+    fn a_ca_table_round_trips_and_is_in_the_id_and_files_without_one_keep_theirs() {
+        let without = dealt_with_ca(None, 10);
+        assert_eq!(without.public().id(), dealt_with_rsa(true, 10).public().id(), "no [ca] table, yet another id");
+        assert!(!without.public().to_toml().contains("[ca]"));
+        assert_eq!(without.public().ca(), None);
+        assert_eq!(without.public().ca_settings(), CaSettings::DEFAULT);
+        let mut ids = vec![without.public().id()];
+        for settings in [CaSettings::DEFAULT, token_settings()] {
+            let with = dealt_with_ca(Some(settings), 10);
+            let text = with.public().to_toml();
+            assert!(text.contains("[ca]"), "{text}");
+            let Ok(Parsed::Cluster(public)) = parse(&text) else { panic!("a [ca] table does not parse back") };
+            assert_eq!(&public, with.public());
+            assert_eq!(public.ca(), Some(&settings));
+            assert_eq!(with.replicas()[1].cluster_id(), public.id());
+            ids.push(public.id());
+        }
+        assert!(ids[0] != ids[1] && ids[1] != ids[2] && ids[0] != ids[2], "the [ca] table is not in the id");
+        // A changed setting no longer matches the id.
+        let text = dealt_with_ca(Some(token_settings()), 10).public().to_toml();
+        let Err(reason) = parse(&text.replace("validity_days = 30", "validity_days = 31")) else {
+            panic!("a changed validity parsed")
+        };
+        assert!(reason.contains("does not match"), "{reason}");
+    }
+
+    #[test]
+    fn a_malformed_ca_table_is_refused_with_its_field() {
+        let text = dealt_with_ca(Some(token_settings()), 11).public().to_toml();
+        let open = dealt_with_ca(Some(CaSettings::DEFAULT), 11).public().to_toml();
+        let cases = [
+            (text.replace("mode = \"name-major\"", "mode = \"both\""), "ca.mode: \"both\" is not a binding mode"),
+            (text.replace("policy = \"token\"", "policy = \"closed\""), "\"closed\" is not a policy"),
+            (text.replace(&format!("admin = \"{ADMIN}\"\n"), ""), "the token policy needs the administrator"),
+            (text.replace(ADMIN, &ADMIN[2..]), "ca.admin: not 64 hex digits"),
+            (text.replace(ADMIN, &"00".repeat(32)), "ca.admin: a weak (small-order) Ed25519 key"),
+            (text.replace("validity_days = 30", "validity_days = 0"), "validity_days = 0 is not in 1 ..= 3660"),
+            (text.replace("validity_days = 30\n", ""), "missing field `validity_days`"),
+            (text.replace("validity_days = 30", "validity_days = 30\nserial = 1"), "unknown field `serial`"),
+            (open.replace("policy = \"open\"", &format!("policy = \"open\"\nadmin = \"{ADMIN}\"")), "policy is open"),
+        ];
+        for (bad, needle) in cases {
+            let Err(reason) = parse(&bad) else { panic!("parsed with {needle}") };
+            assert!(reason.contains(needle), "{needle}: {reason}");
+        }
+        // A [ca] table in a file without an RSA key.
+        let plain = dealt_with_rsa(false, 11).public().to_toml();
+        let ca_table = "[ca]\nmode = \"key-major\"\npolicy = \"open\"\nvalidity_days = 90\n\n";
+        let bad = plain.replacen("[[replicas]]", &format!("{ca_table}[[replicas]]"), 1);
+        let Err(reason) = parse(&bad) else { panic!("a [ca] table without RSA key parsed") };
+        assert!(reason.contains("no threshold RSA key"), "{reason}");
     }
 
     fn value_of(text: &str, key: &str) -> String {

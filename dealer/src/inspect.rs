@@ -54,6 +54,16 @@ fn summarise_cluster(path: &Path, cluster: &ClusterFile) -> String {
             let _ = writeln!(out, "  threshold RSA none (dealt before the certification authority's key)");
         }
     }
+    match (cluster.ca(), cluster.rsa()) {
+        (Some(ca), _) => {
+            let _ = writeln!(out, "  certification authority {ca}");
+        }
+        (None, Some(_)) => {
+            let _ =
+                writeln!(out, "  certification authority {} (no [ca] table: the defaults)", crate::CaSettings::DEFAULT);
+        }
+        (None, None) => {}
+    }
     let _ = writeln!(out, "  replicas (index, address, client address, Ed25519 identity):");
     for replica in cluster.replicas() {
         let identity = hex::encode(replica.identity.to_bytes());

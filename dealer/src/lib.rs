@@ -11,6 +11,8 @@
 //!   for the certification authority (`fides-threshold-rsa`; modulus from safe primes, 2048 bits
 //!   by default) and the cluster's self-signed root certificate, signed by `t + 1` of its shares.
 //!   The other `generate*` functions deal none, so that simulations and tests stay fast.
+//! - with [`generate_with_ca`], the certification authority's [`CaSettings`] (binding mode,
+//!   policy, validity): the `[ca]` table, covered by the cluster id.
 //! - the cluster's [`ProtocolParameters`]: every setting that decides what a replica accepts or
 //!   sends (batch size, checkpoint interval, …). They are in the cluster file and in the cluster
 //!   id, so replicas of one cluster cannot run with different ones.
@@ -40,6 +42,7 @@
 #![forbid(unsafe_code)]
 
 mod address;
+mod ca;
 mod cluster;
 mod error;
 mod format;
@@ -54,9 +57,10 @@ pub use address::{
     default_addresses, default_client_addresses, derive_client_addresses, parse_addresses, parse_client_addresses,
     Address, CLIENT_PORT_OFFSET, DEFAULT_CLIENT_PORT_FIRST, DEFAULT_PORT_FIRST,
 };
+pub use ca::{CaMode, CaPolicy, CaSettings, CA_VALIDITY_DAYS_DEFAULT, CA_VALIDITY_DAYS_LIMIT};
 pub use cluster::{
-    generate, generate_with_client_addresses, generate_with_protocol, generate_with_rsa, Cluster, ClusterFile,
-    ClusterFormat, ClusterId, ReplicaFile, ReplicaInfo, CLUSTER_FORMAT, CLUSTER_FORMAT_V1, REPLICA_FORMAT,
+    generate, generate_with_ca, generate_with_client_addresses, generate_with_protocol, generate_with_rsa, Cluster,
+    ClusterFile, ClusterFormat, ClusterId, ReplicaFile, ReplicaInfo, CLUSTER_FORMAT, CLUSTER_FORMAT_V1, REPLICA_FORMAT,
 };
 pub use error::DealerError;
 pub use fides_types::Quorum;

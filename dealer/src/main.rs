@@ -9,8 +9,9 @@ use std::time::SystemTime;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fides_dealer::{
-    check_writable, default_addresses, default_client_addresses, derive_client_addresses, generate_with_rsa, inspect,
-    parse_addresses, parse_client_addresses, verify_dir, write, ProtocolParameters, Quorum, RsaOptions,
+    check_writable, default_addresses, default_client_addresses, derive_client_addresses, generate_with_ca, inspect,
+    parse_addresses, parse_client_addresses, verify_dir, write, CaMode, CaPolicy, CaSettings, ProtocolParameters,
+    Quorum, RsaOptions,
 };
 use fides_threshold_rsa::SearchProgress;
 
@@ -22,6 +23,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per run: the size of `Init` does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Deal a cluster: a private replica-0.toml, replica-1.toml, … per replica and a public cluster.toml.
@@ -54,6 +57,8 @@ enum Command {
         rsa_bits: u64,
         #[command(flatten)]
         protocol: ProtocolArgs,
+        #[command(flatten)]
+        ca: CaArgs,
     },
     /// Print a summary of a cluster or replica file; never prints a secret.
     Inspect {
@@ -105,6 +110,36 @@ impl ProtocolArgs {
     }
 }
 
+/// The certification authority's settings, the same at every replica and covered by the
+/// cluster id.
+#[derive(clap::Args)]
+struct CaArgs {
+    /// Binding mode: key-major (one certificate per key) or name-major (one per name).
+    #[arg(long, default_value = "key-major")]
+    ca_mode: String,
+    /// Who may bind a name: open (anyone, a name not bound to another key) or token (a token for
+    /// the name signed by the administrator, --ca-admin).
+    #[arg(long, default_value = "open")]
+    ca_policy: String,
+    /// The administrator's Ed25519 public key (64 hex digits), for --ca-policy token.
+    #[arg(long)]
+    ca_admin: Option<String>,
+    /// Days a certificate is valid (1 to 3660).
+    #[arg(long, default_value_t = fides_dealer::CA_VALIDITY_DAYS_DEFAULT)]
+    ca_validity_days: u32,
+}
+
+impl CaArgs {
+    fn settings(&self) -> anyhow::Result<CaSettings> {
+        let mode = CaMode::parse(&self.ca_mode).map_err(|reason| anyhow::anyhow!("--ca-mode: {reason}"))?;
+        let policy = CaPolicy::parse(&self.ca_policy, self.ca_admin.as_deref(), "--ca-admin")
+            .map_err(|reason| anyhow::anyhow!("--ca-policy: {reason}"))?;
+        let settings = CaSettings { mode, policy, validity_days: self.ca_validity_days };
+        settings.check().map_err(|reason| anyhow::anyhow!("--ca-validity-days: {reason}"))?;
+        Ok(settings)
+    }
+}
+
 fn main() -> ExitCode {
     match fides_cli::parse::<Cli>("dealer") {
         Ok(cli) => fides_cli::finish("dealer", run(cli)),
@@ -124,9 +159,10 @@ fn progress_on_stderr(rsa_bits: u64) -> impl FnMut(SearchProgress) {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Init { n, t, out, addresses, client_addresses, force, rsa_bits, protocol } => {
+        Command::Init { n, t, out, addresses, client_addresses, force, rsa_bits, protocol, ca } => {
             let quorum = Quorum::new(n, t)?;
             let protocol = protocol.parameters();
+            let ca = ca.settings()?;
             let addresses = addresses.map(|list| parse_addresses(&list, quorum)).transpose()?;
             let client_addresses = match (client_addresses, &addresses) {
                 (Some(list), _) => parse_client_addresses(&list, quorum)?,
@@ -137,12 +173,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             check_writable(&out, force)?;
             let mut progress = progress_on_stderr(rsa_bits);
             let rsa = RsaOptions { modulus_bits: rsa_bits, not_before: SystemTime::now(), progress: &mut progress };
-            let cluster =
-                generate_with_rsa(quorum, protocol, addresses, client_addresses, Some(rsa), &mut rand::rngs::OsRng)?;
+            let cluster = generate_with_ca(
+                quorum,
+                protocol,
+                addresses,
+                client_addresses,
+                Some(rsa),
+                Some(ca),
+                &mut rand::rngs::OsRng,
+            )?;
             eprintln!();
             write(&out, &cluster, force)?;
             println!("dealt cluster {}: n = {n}, t = {t}", cluster.public().id());
             println!("  protocol: {protocol}");
+            println!("  certification authority: {ca}");
             println!("  {} (public)", out.join(fides_dealer::CLUSTER_FILE_NAME).display());
             println!(
                 "  {} (public: the certification authority's root, RSA-{rsa_bits} threshold key)",

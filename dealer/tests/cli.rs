@@ -566,3 +566,33 @@ fn rsa_sizes_that_are_not_a_multiple_of_16_bits_in_range_are_refused_before_deal
     }
     assert!(!dir.join("cluster.toml").exists());
 }
+
+#[test]
+fn init_writes_the_ca_settings_given_and_refuses_bad_ones() {
+    let (_root, dir) = out_dir();
+    let output = init_with(&dir, &[]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = fs::read_to_string(dir.join("cluster.toml")).expect("cluster file readable");
+    assert!(text.contains("[ca]\nmode = \"key-major\"\npolicy = \"open\"\nvalidity_days = 90\n"), "{text}");
+    assert!(stdout(&dealer(&["inspect", path_str(&dir.join("cluster.toml"))])).contains("policy = open"));
+    let admin = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
+    let flags = ["--ca-mode", "name-major", "--ca-policy", "token", "--ca-admin", admin, "--ca-validity-days", "7"];
+    let output = init_with(&dir, &[&flags[..], &["--force"]].concat());
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = fs::read_to_string(dir.join("cluster.toml")).expect("cluster file readable");
+    let table = format!("[ca]\nmode = \"name-major\"\npolicy = \"token\"\nadmin = \"{admin}\"\nvalidity_days = 7\n");
+    assert!(text.contains(&table), "{text}");
+    assert!(verify(&dir).status.success());
+    let refused = [
+        (vec!["--ca-policy", "token"], "--ca-policy: the token policy needs the administrator's Ed25519 key"),
+        (vec!["--ca-admin", admin], "--ca-admin is given but the policy is open"),
+        (vec!["--ca-mode", "key"], "--ca-mode: \"key\" is not a binding mode"),
+        (vec!["--ca-validity-days", "0"], "validity_days = 0 is not in 1 ..= 3660"),
+        (vec!["--ca-policy", "token", "--ca-admin", "zz"], "--ca-admin: not 64 hex digits"),
+    ];
+    for (extra, needle) in refused {
+        let (_root, dir) = out_dir();
+        assert_refused(&init_with(&dir, &extra), needle);
+        assert!(!dir.join("cluster.toml").exists(), "written despite {needle}");
+    }
+}

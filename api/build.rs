@@ -6,7 +6,13 @@ use std::path::PathBuf;
 use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/fides/v1/ordering.proto", "proto/fides/v1/bistro.proto"];
+    let files = [
+        "proto/fides/v1/ordering.proto",
+        "proto/fides/v1/bistro.proto",
+        "proto/fides/v1/ca.proto",
+        "proto/google/rpc/status.proto",
+        "proto/google/rpc/error_details.proto",
+    ];
     for file in &files {
         println!("cargo:rerun-if-changed={file}");
     }

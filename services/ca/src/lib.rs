@@ -25,6 +25,10 @@
 //!   [`CsrError`], [`RootError`]), never a panic. DER is encoded and decoded by the RustCrypto
 //!   `der`/`x509-cert` crates only.
 //!
+//! - [`service`]: the CA as a service of the host — requests, key confirmation, one agreement
+//!   per request, binding modes, revocation, CRLs and signed status (`docs/ca.md`, "The
+//!   service").
+//!
 //! Deviations from the paper (MAFTIA D5 §3.4): the paper's certificates were in a proprietary
 //! format, with X.509 named as a future extension; these are X.509 v3, so that `openssl verify`
 //! and TLS stacks accept them. The CRL is not in the paper (it removes revoked certificates from
@@ -39,6 +43,7 @@ mod error;
 mod key;
 mod name;
 mod root;
+pub mod service;
 mod value;
 
 pub use certificate::{certificate_tbs, CertificateParams, IssuedCertificate, UnsignedCertificate};

@@ -21,6 +21,7 @@
 pub use fides_api::proto;
 
 pub mod bistro;
+pub mod ca;
 pub mod certified;
 pub mod engine;
 pub mod relay;

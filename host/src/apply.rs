@@ -14,7 +14,8 @@
 //!    each decision reached handed to its service ([`Agreements::apply_epoch`]);
 //! 3. the leaves: one ordering leaf per request, the records the services sign
 //!    ([`fides_service::certificate::epoch_leaves`]), then the records the decisions made sign;
-//! 4. each routed request's answer is written to [`OUTCOMES`], then the host's own indexes of
+//! 4. each routed request's answer is written to [`OUTCOMES`] (an `Agree` there without this
+//!    replica's vote), then the host's own indexes of
 //!    them (the caller's `index`: the replica's bistro record index), then the answers of the
 //!    requests whose instance was asked for or decided are updated;
 //! 5. the state leaf: the state digest of the covered tables after all that.
@@ -101,7 +102,7 @@ pub fn apply_epoch(
         .into_iter()
         .map(|(index, service, outcomes)| {
             let mut answer = StoredAnswer::new(service);
-            answer.outcomes = outcomes;
+            answer.outcomes = outcomes.into_iter().map(|(outcome, leaf)| (without_vote(outcome), leaf)).collect();
             (index, answer)
         })
         .collect();
@@ -116,6 +117,16 @@ pub fn apply_epoch(
     leaves.push(Leaf::state(batch.epoch, &digest).hash());
     let asks = asks(&outcomes);
     Ok(EpochApplied { outcomes, answers, agreed, decided, asks, leaves, state })
+}
+
+/// An outcome as a stored answer keeps it: an `Agree` without its vote and justification, which are
+/// this replica's own (they may differ from the other replicas', and stored answers are covered by
+/// the state digest, equal at every replica).
+fn without_vote(outcome: Outcome) -> Outcome {
+    match outcome {
+        Outcome::Agree { instance, .. } => Outcome::Agree { instance, vote: false, justification: Vec::new() },
+        other => other,
+    }
 }
 
 /// The `ThresholdSign` messages of an applied batch: (index of the request, or [`EPOCH_START`];

@@ -3,12 +3,18 @@
 //!
 //! Rules (`docs/agreement.md`, "Decisions applied at an ordered point"):
 //! - A service's `Outcome::Agree { instance, vote, justification }`, made while the host applies
-//!   request `r`, is recorded in the host's table of pending instances (with `r` and the vote) in
-//!   the epoch's transaction; once that is durable the vote goes to the core
-//!   (`Command::Agree`), which logs it before any message carries it. A restart hands the core
-//!   the votes of every pending instance again; the core refuses a second start of one instance
-//!   harmlessly. A second `Agree` for an instance asked for before (pending or decided) is
-//!   ignored: a service asks for an instance once.
+//!   request `r`, is recorded in the host's table of pending instances (with `r`) in the epoch's
+//!   transaction. The vote is **not** in that table: the vote is this replica's own (a service may
+//!   vote on what this replica alone checked, as the certification authority votes on its own
+//!   key-confirmation challenge), while the table is covered by the state digest, equal at every
+//!   replica. The caller keeps the votes ([`EpochAgreements::votes`]) in a table of its own, and
+//!   once the epoch is durable hands them to the core (`Command::Agree`), which logs each before
+//!   any message carries it; a restart hands the core the votes of every pending instance again,
+//!   and the core refuses a second start of one instance harmlessly. A second `Agree` for an
+//!   instance started before (pending or decided) is ignored: a service asks for an instance once.
+//! - A service's `Outcome::Await { instance }` reserves the instance for request `r` without
+//!   starting it (`r` awaits it); a later `Agree` for it (from any callback of the service)
+//!   starts it, and its decision answers `r`. A notice for an instance not started is ignored.
 //! - When the core decides an instance, the replica orders a **decision notice**: the payload
 //!   `HDC1 ‖ replica u32 ‖ service [4] ‖ key [32] ‖ value u8 ‖ len u32 ‖ justification ‖
 //!   signature [64]`, the signature its Ed25519 identity's over
@@ -169,8 +175,9 @@ impl Notice {
 pub struct Pending {
     /// The request that asked: (epoch, index); `None` when a service's epoch start asked.
     pub asker: Option<(u64, u32)>,
-    /// Our vote (handed to the core again after a restart).
-    pub vote: Vote,
+    /// Whether the instance is started: false while it is only reserved by an
+    /// [`Outcome::Await`], until the service asks for it.
+    pub started: bool,
     /// The notices taken, in log order: (replica, value, justification). At most one per replica.
     pub notices: Vec<(u32, bool, Vec<u8>)>,
 }
@@ -188,13 +195,7 @@ impl Wire for Pending {
             }
             None => out.push(0),
         }
-        match &self.vote {
-            Vote::Zero => out.push(0),
-            Vote::One(justification) => {
-                out.push(1);
-                put_bytes(out, justification);
-            }
-        }
+        out.push(u8::from(self.started));
         out.extend_from_slice(&(self.notices.len() as u32).to_le_bytes());
         for (replica, value, justification) in &self.notices {
             out.extend_from_slice(&replica.to_le_bytes());
@@ -205,7 +206,7 @@ impl Wire for Pending {
 
     fn decode(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let asker = if reader.bool()? { Some((reader.u64()?, reader.u32()?)) } else { None };
-        let vote = if reader.bool()? { Vote::One(reader.bytes(JUSTIFICATION_MAX)?.to_vec()) } else { Vote::Zero };
+        let started = reader.bool()?;
         let count = reader.u32()?;
         if count > NOTICES_MAX {
             return Err(DecodeError::TooLong { len: u64::from(count), max: u64::from(NOTICES_MAX) });
@@ -213,7 +214,25 @@ impl Wire for Pending {
         let notices = (0..count)
             .map(|_| Ok((reader.u32()?, reader.bool()?, reader.bytes(JUSTIFICATION_MAX)?.to_vec())))
             .collect::<Result<_, DecodeError>>()?;
-        Ok(Pending { asker, vote, notices })
+        Ok(Pending { asker, started, notices })
+    }
+}
+
+/// A vote as the caller keeps it (in a table of its own, not covered): `0`, or `1 ‖ justification`.
+pub fn vote_to_bytes(vote: &Vote) -> Vec<u8> {
+    match vote {
+        Vote::Zero => vec![0],
+        Vote::One(justification) => [&[1u8][..], justification].concat(),
+    }
+}
+
+/// The vote [`vote_to_bytes`] encoded.
+pub fn vote_from_bytes(bytes: &[u8]) -> Result<Vote, DecodeError> {
+    match bytes.split_first() {
+        Some((0, [])) => Ok(Vote::Zero),
+        Some((1, justification)) if justification.len() <= JUSTIFICATION_MAX => Ok(Vote::One(justification.to_vec())),
+        Some((tag, _)) => Err(DecodeError::Invalid { what: "vote", value: (*tag).into() }),
+        None => Err(DecodeError::Invalid { what: "vote", value: 0 }),
     }
 }
 
@@ -228,6 +247,9 @@ pub enum Ignored {
     BadSignature,
     /// Its instance is not pending here: never asked for, or decided already.
     NotPending,
+    /// Its instance is reserved for a request but not started yet (no honest core can have
+    /// decided it).
+    NotStarted,
     /// The replica's notice for this instance was taken already.
     Again,
     /// It says 1 with a justification the service refuses.
@@ -252,6 +274,17 @@ pub enum Taken {
     },
 }
 
+/// What asking for an instance did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Asked {
+    /// A new instance, asked for by the asker given.
+    New,
+    /// An instance an [`Outcome::Await`] reserved, started now (for the request that reserved it).
+    Reserved,
+    /// Started or decided before: nothing changed.
+    Again,
+}
+
 /// A decision applied in an epoch: what the service made of it, for the request that asked.
 #[derive(Debug)]
 pub struct Applied {
@@ -259,6 +292,8 @@ pub struct Applied {
     pub service: ServiceId,
     /// The request that asked, if a request did.
     pub asker: Option<(u64, u32)>,
+    /// The instance decided.
+    pub instance: CoreInstance,
     /// What [`fides_service::Service::decided`] made (its `Agree`s are recorded already).
     pub outcomes: Vec<Outcome>,
 }
@@ -266,7 +301,9 @@ pub struct Applied {
 /// What an epoch did to the agreement instances.
 #[derive(Debug, Default)]
 pub struct EpochAgreements {
-    /// Votes for instances asked for in this epoch, for the core once the epoch is durable.
+    /// Votes for instances started in this epoch, for the core once the epoch is durable. Not in
+    /// the covered tables: a replica's vote may differ from the others' (a service votes on what
+    /// this replica alone checked), so the caller keeps them where it keeps what is its own.
     pub votes: Vec<(CoreInstance, Vote)>,
     /// Requests that asked for an instance in this epoch (once per instance), in order.
     pub asked: Vec<(u64, u32)>,
@@ -288,20 +325,46 @@ pub struct Agreements {
 }
 
 impl Agreements {
-    /// Record that `asker` asked for `instance` with `vote`. False (and nothing written) if the
-    /// instance was asked for before, pending or decided.
+    /// Record that `asker` asked for `instance`: [`Asked::New`], or [`Asked::Reserved`] when an
+    /// [`Outcome::Await`] reserved it (its asker is the reserving request's, not `asker`), or
+    /// [`Asked::Again`] (nothing written) if it was started or decided before.
     pub fn ask(
         &self,
         host: &mut dyn Tables,
         instance: CoreInstance,
         asker: Option<(u64, u32)>,
-        vote: Vote,
+    ) -> Result<Asked, StoreError> {
+        let key = instance_key(&instance);
+        if host.get(DECIDED, &key)?.is_some() {
+            return Ok(Asked::Again);
+        }
+        if let Some(bytes) = host.get(PENDING, &key)? {
+            let mut pending = Pending::from_bytes(&bytes)
+                .map_err(|e| StoreError::Store(format!("a pending agreement instance does not decode: {e}")))?;
+            if pending.started {
+                return Ok(Asked::Again);
+            }
+            pending.started = true;
+            host.put(PENDING, &key, &pending.to_bytes())?;
+            return Ok(Asked::Reserved);
+        }
+        host.put(PENDING, &key, &Pending { asker, started: true, notices: Vec::new() }.to_bytes())?;
+        Ok(Asked::New)
+    }
+
+    /// Reserve `instance` for `asker` without starting it ([`Outcome::Await`]). False (and
+    /// nothing written) if it was reserved, started or decided before.
+    pub fn reserve(
+        &self,
+        host: &mut dyn Tables,
+        instance: CoreInstance,
+        asker: Option<(u64, u32)>,
     ) -> Result<bool, StoreError> {
         let key = instance_key(&instance);
         if host.get(PENDING, &key)?.is_some() || host.get(DECIDED, &key)?.is_some() {
             return Ok(false);
         }
-        host.put(PENDING, &key, &Pending { asker, vote, notices: Vec::new() }.to_bytes())?;
+        host.put(PENDING, &key, &Pending { asker, started: false, notices: Vec::new() }.to_bytes())?;
         Ok(true)
     }
 
@@ -324,6 +387,9 @@ impl Agreements {
         let Some(bytes) = host.get(PENDING, &key)? else { return Ok(Taken::Ignored(Ignored::NotPending)) };
         let mut pending = Pending::from_bytes(&bytes)
             .map_err(|e| StoreError::Store(format!("a pending agreement instance does not decode: {e}")))?;
+        if !pending.started {
+            return Ok(Taken::Ignored(Ignored::NotStarted));
+        }
         if pending.notices.iter().any(|(replica, _, _)| *replica == notice.replica) {
             return Ok(Taken::Ignored(Ignored::Again));
         }
@@ -377,10 +443,11 @@ impl Agreements {
             }
             match self.take_notice(tables, epoch, time_ms, payload)? {
                 Taken::Decided { service, asker, decision } => {
+                    let instance = CoreInstance { service: service.0, key: decision.instance.0 };
                     let made = self.registry.decided(tables, service, &decision)?.unwrap_or_default();
                     self.ask_all(tables, service, asker, &made, &mut out)?;
                     let outcomes = made.into_iter().filter(|o| !matches!(o, Outcome::Agree { .. })).collect();
-                    out.decided.push(Applied { service, asker, outcomes });
+                    out.decided.push(Applied { service, asker, instance, outcomes });
                 }
                 Taken::Counted => {}
                 Taken::Ignored(why) => tracing::debug!(epoch, ?why, "a decision notice was ignored"),
@@ -398,35 +465,34 @@ impl Agreements {
         out: &mut EpochAgreements,
     ) -> Result<(), StoreError> {
         for outcome in made {
-            let Outcome::Agree { instance, vote, justification } = outcome else { continue };
-            let instance = CoreInstance { service: service.0, key: instance.0 };
-            let vote = if *vote { Vote::One(justification.clone()) } else { Vote::Zero };
-            if self.ask(host, instance, asker, vote.clone())? {
-                out.votes.push((instance, vote));
-                out.asked.extend(asker);
-            } else {
-                tracing::warn!(?instance, "a service asked again for an agreement instance; ignored");
+            match outcome {
+                Outcome::Agree { instance, vote, justification } => {
+                    let instance = CoreInstance { service: service.0, key: instance.0 };
+                    let vote = if *vote { Vote::One(justification.clone()) } else { Vote::Zero };
+                    match self.ask(host, instance, asker)? {
+                        Asked::New => {
+                            out.votes.push((instance, vote));
+                            out.asked.extend(asker);
+                        }
+                        // Its request was counted as awaiting when it reserved the instance.
+                        Asked::Reserved => out.votes.push((instance, vote)),
+                        Asked::Again => {
+                            tracing::warn!(?instance, "a service asked again for an agreement instance; ignored")
+                        }
+                    }
+                }
+                Outcome::Await { instance } => {
+                    let instance = CoreInstance { service: service.0, key: instance.0 };
+                    if self.reserve(host, instance, asker)? {
+                        out.asked.extend(asker);
+                    } else {
+                        tracing::warn!(?instance, "a service reserved an agreement instance asked for before; ignored");
+                    }
+                }
+                _ => {}
             }
         }
         Ok(())
-    }
-}
-
-/// Every pending instance's vote, in key order (handed to the core again after a restart).
-pub fn pending_votes(host: &dyn Tables) -> Result<Vec<(CoreInstance, Vote)>, StoreError> {
-    let mut out = Vec::new();
-    let mut from = Vec::new();
-    loop {
-        let page = host.range(PENDING, &from, &[0xff; 37], 1024)?;
-        let Some((last, _)) = page.last() else { return Ok(out) };
-        from = [last.as_slice(), &[0]].concat();
-        for (key, value) in &page {
-            let instance = CoreInstance::from_bytes(key)
-                .map_err(|e| StoreError::Store(format!("a pending instance's key does not decode: {e}")))?;
-            let pending = Pending::from_bytes(value)
-                .map_err(|e| StoreError::Store(format!("a pending agreement instance does not decode: {e}")))?;
-            out.push((instance, pending.vote));
-        }
     }
 }
 

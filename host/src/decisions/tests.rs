@@ -43,8 +43,8 @@ fn notice(setup: &Setup, replica: u32, k: u8, value: bool) -> Vec<u8> {
 
 impl Setup {
     fn ask(&mut self, k: u8) {
-        let asked = self.agreements.ask(&mut self.host, instance(k), Some((1, 0)), Vote::One(justification(&[k; 32])));
-        assert_eq!(asked, Ok(true));
+        let asked = self.agreements.ask(&mut self.host, instance(k), Some((1, 0)));
+        assert_eq!(asked, Ok(Asked::New));
     }
 
     fn take(&mut self, payload: &[u8]) -> Taken {
@@ -151,14 +151,14 @@ fn notices_for_instances_nobody_asked_for_are_ignored_and_an_instance_is_asked_f
     assert_eq!(s.take(&payload), Taken::Ignored(Ignored::NotPending));
     assert_eq!(s.host.get(PENDING, &instance(5).to_bytes()), Ok(None), "nothing kept for it");
     s.ask(5);
-    assert_eq!(s.agreements.ask(&mut s.host, instance(5), Some((2, 0)), Vote::Zero), Ok(false), "pending");
-    assert_eq!(pending_votes(&s.host), Ok(vec![(instance(5), Vote::One(justification(&[5; 32])))]));
+    assert_eq!(s.agreements.ask(&mut s.host, instance(5), Some((2, 0))), Ok(Asked::Again), "pending");
+    assert_eq!(s.agreements.reserve(&mut s.host, instance(5), Some((2, 0))), Ok(false), "pending");
     for replica in [0, 1] {
         let payload = notice(&s, replica, 5, true);
         s.take(&payload);
     }
-    assert_eq!(s.agreements.ask(&mut s.host, instance(5), Some((2, 0)), Vote::Zero), Ok(false), "decided");
-    assert_eq!(pending_votes(&s.host), Ok(Vec::new()));
+    assert_eq!(s.agreements.ask(&mut s.host, instance(5), Some((2, 0))), Ok(Asked::Again), "decided");
+    assert_eq!(s.agreements.reserve(&mut s.host, instance(5), Some((2, 0))), Ok(false), "decided");
 }
 
 #[test]
@@ -243,4 +243,83 @@ fn the_epoch_application_stores_the_answer_of_a_request_whose_instance_is_decide
     assert_eq!(epoch.leaves.len(), 4);
     let answer = stored(&s);
     assert_eq!((answer.awaiting, answer.decided), (0, vec![(Outcome::Sign(record), 5, 2)]));
+}
+
+/// An instance reserved by one request (`Await`) and started by a later one: notices before the
+/// start change nothing, the start hands over a vote without counting the second request as
+/// awaiting, and the decision answers the request that reserved it.
+#[test]
+fn a_reserved_instance_is_started_by_a_later_ask_and_answers_the_request_that_reserved_it() {
+    use crate::apply::{apply_epoch, OUTCOMES};
+    use crate::epochs::{outcome_key, StoredAnswer};
+    use fides_atomic_broadcast::epoch::{Batch, Request};
+
+    let mut s = setup(4, 1);
+    let mut no_index = |_: &mut dyn Tables, _: &Batch, _: &[(u32, StoredAnswer)]| -> Result<(), StoreError> { Ok(()) };
+    let stored = |s: &Setup, epoch: u64| {
+        let bytes = s.host.get(OUTCOMES, &outcome_key(epoch, 0)).expect("memory").expect("a stored answer");
+        StoredAnswer::from_bytes(&bytes).expect("a stored answer decodes")
+    };
+    let reserve = Request { client: 1, id: 1, payload: Asker::reserve_payload([7; 32]) };
+    let epoch = apply_epoch(
+        &s.agreements,
+        &mut s.host,
+        &Batch { epoch: 3, time: 1_000, requests: vec![reserve] },
+        &mut no_index,
+    )
+    .expect("memory");
+    assert!(epoch.agreed.votes.is_empty(), "reserved, not started");
+    assert_eq!(epoch.agreed.asked, vec![(3, 0)]);
+    assert_eq!(stored(&s, 3).awaiting, 1);
+    // A (Byzantine) notice for the reserved instance: no honest core can have decided it.
+    let early = notice(&s, 0, 7, true);
+    assert_eq!(s.take(&early), Taken::Ignored(Ignored::NotStarted));
+
+    let start = Request { client: 1, id: 2, payload: Asker::payload([7; 32], true) };
+    let epoch =
+        apply_epoch(&s.agreements, &mut s.host, &Batch { epoch: 4, time: 1_500, requests: vec![start] }, &mut no_index)
+            .expect("memory");
+    assert_eq!(epoch.agreed.votes, vec![(instance(7), Vote::One(justification(&[7; 32])))], "started now");
+    assert!(epoch.agreed.asked.is_empty(), "the starting request does not await it");
+    assert_eq!(stored(&s, 4).awaiting, 0);
+
+    let notices = [notice(&s, 0, 7, true), notice(&s, 1, 7, true)];
+    let requests = notices.iter().map(|n| Request { client: 2, id: n.len() as u64, payload: n.clone() }).collect();
+    let epoch = apply_epoch(&s.agreements, &mut s.host, &Batch { epoch: 6, time: 2_000, requests }, &mut no_index)
+        .expect("memory");
+    assert_eq!(epoch.agreed.decided.len(), 1);
+    assert_eq!(epoch.agreed.decided[0].asker, Some((3, 0)), "the reserving request");
+    let answer = stored(&s, 3);
+    assert_eq!(answer.awaiting, 0);
+    assert_eq!(answer.decided.len(), 1);
+    assert!(stored(&s, 4).decided.is_empty());
+}
+
+/// Two replicas that vote differently on the same request hold the same state: the vote is the
+/// replica's own and stays out of the covered tables (stored answers, pending instances).
+#[test]
+fn replicas_voting_differently_hold_the_same_state() {
+    use crate::apply::{apply_epoch, StateTables};
+    use crate::epochs::StoredAnswer;
+    use fides_atomic_broadcast::epoch::{Batch, Request};
+
+    let mut no_index = |_: &mut dyn Tables, _: &Batch, _: &[(u32, StoredAnswer)]| -> Result<(), StoreError> { Ok(()) };
+    let mut states = Vec::new();
+    for vote in [false, true] {
+        let mut s = setup(4, 1);
+        // The request as this replica's service would answer it with its own vote (the payload
+        // stands in for what only the replica knows, so the ordering leaves differ; nothing else may).
+        let ask = Request { client: 1, id: 1, payload: Asker::payload([9; 32], vote) };
+        let epoch = apply_epoch(
+            &s.agreements,
+            &mut s.host,
+            &Batch { epoch: 3, time: 1_000, requests: vec![ask] },
+            &mut no_index,
+        )
+        .expect("memory");
+        let expected = if vote { Vote::One(justification(&[9; 32])) } else { Vote::Zero };
+        assert_eq!(epoch.agreed.votes, vec![(instance(9), expected)]);
+        states.push((s.host.state_digest().commitment(), epoch.leaves.last().copied()));
+    }
+    assert_eq!(states[0], states[1], "the votes differ, the state and the state leaf do not");
 }

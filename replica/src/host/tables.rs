@@ -25,6 +25,9 @@ pub fn table(name: &str) -> BytesTable<'_> {
 pub const OUTCOMES: BytesTable<'static> = TableDefinition::new(fides_host::apply::OUTCOMES);
 /// epoch (big-endian) → [`super::epochs::EpochRow`].
 pub const EPOCHS: BytesTable<'static> = TableDefinition::new("replica_epochs");
+/// This replica's votes in the agreement instances pending (instance → `decisions::vote_to_bytes`):
+/// its own, so not covered by the state digest (docs/service.md, "Agreement instances").
+pub const VOTES: BytesTable<'static> = TableDefinition::new("replica_votes");
 /// name → value.
 pub const META: BytesTable<'static> = TableDefinition::new("replica_meta");
 /// The key in [`META`] of the state digest's lanes ([`StateDigest::to_bytes`]).

@@ -295,7 +295,7 @@ pub fn start(dir: &Path, mut setup: WorkerSetup) -> anyhow::Result<(WorkerHandle
         for name in &store_tables {
             txn.open_table(tables::table(name))?;
         }
-        for t in [tables::OUTCOMES, tables::EPOCHS, kv::RECORD_AT, kv::PENDING, tables::META] {
+        for t in [tables::OUTCOMES, tables::EPOCHS, kv::RECORD_AT, kv::PENDING, tables::META, tables::VOTES] {
             txn.open_table(t)?;
         }
         ThresholdSigning::open_tables(&txn)?;
@@ -601,6 +601,7 @@ impl Worker {
                     Self::write_epoch(&txn, batch, &epoch.leaves)?;
                     self.threshold.write_pending(&txn, batch.epoch, &epoch.asks)?;
                     asked.push((batch.epoch, epoch.asks));
+                    Self::write_votes(&txn, &epoch.agreed)?;
                     votes.extend(epoch.agreed.votes);
                     applied.push((batch.epoch, batch.time, epoch.leaves));
                 }

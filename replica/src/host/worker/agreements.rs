@@ -17,16 +17,28 @@ use crate::host::tables;
 use crate::node::Command;
 
 impl Worker {
-    /// After a restart: the votes of every instance still pending, for the core (it refuses a
+    /// After a restart: our votes in every instance still pending, for the core (it refuses a
     /// second start of an instance it runs or decided, harmlessly).
     pub(super) fn load_pending_votes(&mut self) -> anyhow::Result<()> {
         let read = self.db.begin_read()?;
-        let table = read.open_table(tables::table(decisions::PENDING))?;
+        let table = read.open_table(tables::VOTES)?;
         for entry in table.iter()? {
             let (key, value) = entry?;
             let instance = CoreInstance::from_bytes(key.value())?;
-            let pending = decisions::Pending::from_bytes(value.value())?;
-            self.votes_unsent.push_back((instance, pending.vote));
+            self.votes_unsent.push_back((instance, decisions::vote_from_bytes(value.value())?));
+        }
+        Ok(())
+    }
+
+    /// Keep an epoch's votes (ours, not covered) and drop those of the instances it decided, in
+    /// the epoch's transaction.
+    pub(super) fn write_votes(txn: &redb::WriteTransaction, agreed: &decisions::EpochAgreements) -> anyhow::Result<()> {
+        let mut votes = txn.open_table(tables::VOTES)?;
+        for (instance, vote) in &agreed.votes {
+            votes.insert(instance.to_bytes().as_slice(), decisions::vote_to_bytes(vote).as_slice())?;
+        }
+        for applied in &agreed.decided {
+            votes.remove(applied.instance.to_bytes().as_slice())?;
         }
         Ok(())
     }

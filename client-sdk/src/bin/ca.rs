@@ -308,7 +308,7 @@ fn read_der(path: &Path) -> anyhow::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-async fn bind(client: &CaClient, args: &BindArgs, update: bool) -> anyhow::Result<()> {
+async fn bind(cluster: &ClusterFile, args: &BindArgs, update: bool) -> anyhow::Result<()> {
     let secret = read_key(&args.key)?;
     let subject = match (&args.csr, subject_name(&args.name)?) {
         (Some(csr), None) if args.dns.is_empty() && args.email.is_empty() => Subject::Csr(read_bounded(csr)?),
@@ -322,6 +322,7 @@ async fn bind(client: &CaClient, args: &BindArgs, update: bool) -> anyhow::Resul
         (None, None) => bail!("give --name (or --csr)"),
     };
     let token = args.token.as_deref().map(read_token).transpose()?;
+    let client = ca_client(cluster)?;
     let issued = if update {
         client.update(&secret, &subject, token.as_ref()).await?
     } else {
@@ -371,6 +372,10 @@ fn reason(text: &str) -> anyhow::Result<RevocationReason> {
         "privilege-withdrawn" => RevocationReason::PrivilegeWithdrawn,
         other => bail!("unknown reason {other:?}"),
     })
+}
+
+fn ca_client(cluster: &ClusterFile) -> anyhow::Result<CaClient> {
+    Ok(CaClient::new(cluster, CaOptions::default())?)
 }
 
 fn now_ms() -> u64 {
@@ -434,15 +439,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         out!("{}", hex::encode(bytes));
         return Ok(());
     }
-    let client = CaClient::new(&cluster, CaOptions::default())?;
     match &cli.command {
         Command::Keygen { .. } | Command::Token { .. } => Ok(()),
-        Command::Issue(args) => bind(&client, args, false).await,
-        Command::Update(args) => bind(&client, args, true).await,
+        Command::Issue(args) => bind(&cluster, args, false).await,
+        Command::Update(args) => bind(&cluster, args, true).await,
         Command::Revoke { key, name, reason: why } => {
             let secret = read_key(key)?;
             let name = subject_name(name)?;
-            let revoked = client.revoke(&secret, name.as_ref(), reason(why)?).await?;
+            let reason = reason(why)?;
+            let revoked = ca_client(&cluster)?.revoke(&secret, name.as_ref(), reason).await?;
             for record in revoked {
                 if let Record::Revoked(revoked) = &record.record {
                     out!(
@@ -461,7 +466,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if key.is_none() && name.is_none() {
                 bail!("give --key or --name");
             }
-            for der in client.retrieve(key.as_ref(), name.as_ref()).await? {
+            for der in ca_client(&cluster)?.retrieve(key.as_ref(), name.as_ref()).await? {
                 out!("{}", pem("CERTIFICATE", &der)?.trim_end());
             }
             Ok(())
@@ -469,7 +474,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status { serial } => {
             let bytes = hex::decode(serial).map_err(|_| anyhow!("the serial is not hex"))?;
             let serial = Serial::from_be_bytes(&bytes).map_err(|e| anyhow!("the serial: {e}"))?;
-            let (status, record) = client.status(&serial).await?;
+            let (status, record) = ca_client(&cluster)?.status(&serial).await?;
             let state = match status.status {
                 fides_ca::service::CertificateStatus::Good => "good".to_string(),
                 fides_ca::service::CertificateStatus::Revoked { at_ms, reason } => {
@@ -486,7 +491,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Crl { out } => {
-            let crl = client.crl().await?;
+            let crl = ca_client(&cluster)?.crl().await?;
             let text = pem("X509 CRL", &crl.der)?;
             match out {
                 Some(path) => {
@@ -502,7 +507,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(root) => root.clone(),
                 None => path.parent().unwrap_or(Path::new(".")).join(fides_dealer::ROOT_CERTIFICATE_FILE_NAME),
             };
-            verify(&cluster, &client, cert, &root).await
+            verify(&cluster, &ca_client(&cluster)?, cert, &root).await
         }
     }
 }

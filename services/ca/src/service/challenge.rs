@@ -109,6 +109,14 @@ impl Challenger {
     }
 }
 
+/// Whether an X25519 key is of low order (its shared secret with any key is all zero): such a
+/// key can be confirmed by anyone, so it is refused.
+pub fn low_order(key: &[u8; 32]) -> bool {
+    // Clamped scalars are multiples of the cofactor 8, so one exchange tells.
+    let probe = x25519_dalek::StaticSecret::from([1; 32]);
+    !probe.diffie_hellman(&x25519_dalek::PublicKey::from(*key)).was_contributory()
+}
+
 fn pad(shared: &[u8; 32], ephemeral_public: &[u8; 32], key: &[u8; 32], index: u32, digest: &[u8; 32]) -> [u8; 32] {
     sha256_tagged(domain::CHALLENGE_PAD, &[shared, ephemeral_public, key, &index.to_le_bytes(), digest])
 }

@@ -404,7 +404,7 @@ impl Request {
     }
 }
 
-fn put_key(out: &mut Vec<u8>, key: &SubjectKey) {
+pub(crate) fn put_key(out: &mut Vec<u8>, key: &SubjectKey) {
     out.push(match key {
         SubjectKey::Ed25519(_) => 1,
         SubjectKey::P256(_) => 2,
@@ -413,7 +413,7 @@ fn put_key(out: &mut Vec<u8>, key: &SubjectKey) {
     put_bytes(out, key.public_key_bytes());
 }
 
-fn get_key(reader: &mut Reader<'_>) -> Result<SubjectKey, RequestError> {
+pub(crate) fn get_key(reader: &mut Reader<'_>) -> Result<SubjectKey, RequestError> {
     let kind = reader.u8()?;
     let bytes = reader.bytes(65)?;
     Ok(match kind {

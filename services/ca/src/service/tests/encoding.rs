@@ -1,11 +1,11 @@
-//! The service's unit tests: encodings (round trips, truncations, canonical form, bounds) and
+//! Encodings (round trips, truncations, canonical form, bounds) and
 //! key confirmation for each key type.
 
 use der::Encode;
 use ed25519_dalek::SigningKey;
 use fides_types::codec::Wire;
 
-use super::*;
+use crate::service::*;
 use crate::{AltNames, AttributeKind, CsrError, InputError, RevocationReason, Serial, SubjectKey, SubjectName};
 
 const CLUSTER: [u8; 32] = [0xc1; 32];
@@ -220,7 +220,7 @@ fn bad_inputs_are_refused_with_what_is_wrong() {
 fn records_round_trip_and_every_truncation_is_refused() {
     let tbs = {
         // Any strict-DER TBSCertificate will do: one from the crate's test root.
-        let root = crate::Root::from_pem(include_bytes!("../../tests/data/ca-root.pem")).expect("the test root");
+        let root = crate::Root::from_pem(include_bytes!("../../../tests/data/ca-root.pem")).expect("the test root");
         let params = crate::CertificateParams {
             serial: Serial::from_u64(5).expect("positive"),
             not_before: crate::UnixTime(1_750_000_000),

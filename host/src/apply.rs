@@ -115,7 +115,14 @@ pub fn apply_epoch(
     let digest = tables.state_digest();
     let state = digest.commitment();
     leaves.push(Leaf::state(batch.epoch, &digest).hash());
-    let asks = asks(&outcomes);
+    let mut asks = asks(&outcomes);
+    // A decision's `ThresholdSign`s (the CA's certificate TBS) are signed like an epoch start's:
+    // stored by message id, with no waiter of this epoch (the request that asked was ordered
+    // before; its adapter finds the signature by message id).
+    asks.extend(agreed.decided.iter().flat_map(|applied| &applied.outcomes).filter_map(|outcome| match outcome {
+        Outcome::ThresholdSign { scheme: SchemeId::ThresholdRsa, message } => Some((EPOCH_START, message.clone())),
+        _ => None,
+    }));
     Ok(EpochApplied { outcomes, answers, agreed, decided, asks, leaves, state })
 }
 

@@ -17,6 +17,7 @@
 //!
 //! The gRPC adapters (wire types from `fides-api`):
 //! - [`grpc`]: the client API (`fides.v1.Ordering`), health and reflection;
+//! - [`ca`]: `fides.v1.CertificationAuthorityService`, over the CA service of the host;
 //! - [`bistro`] (its `mod.rs`): `fides.v1.Bistro`; the `fides.v1.Intermediary` service and blob
 //!   store are `fides-relay`'s.
 //!
@@ -37,6 +38,7 @@
 pub mod admission;
 pub mod backfill;
 pub mod bistro;
+pub mod ca;
 pub mod command;
 /// The deterministic core, shared with the simulator (`fides-host`).
 pub use fides_host::core;

@@ -151,6 +151,36 @@ pub fn rsa_keys(replica: &ReplicaFile, cluster: &ClusterFile) -> Option<crate::h
     Some(crate::host::threshold::RsaKeys { public: Arc::new(public.clone()), secret: Arc::new(secret.clone()) })
 }
 
+/// The CA service's configuration for `cluster` (read from `cluster_path`), if the cluster has a
+/// threshold RSA key: the cluster file's `[ca]` settings (or the defaults for a file without
+/// them) and the root certificate `ca-root.pem` next to the cluster file, which must be the
+/// root of the cluster's RSA key.
+pub fn ca_config(cluster: &ClusterFile, cluster_path: &Path) -> anyhow::Result<Option<fides_ca::service::CaConfig>> {
+    let Some(rsa) = cluster.rsa() else { return Ok(None) };
+    let root_path = cluster_path.parent().unwrap_or(Path::new(".")).join(fides_dealer::ROOT_CERTIFICATE_FILE_NAME);
+    let pem = std::fs::read(&root_path).with_context(|| {
+        format!("reading the root certificate {} (the cluster has a threshold RSA key)", root_path.display())
+    })?;
+    let root = fides_ca::Root::from_pem(&pem).with_context(|| format!("reading {}", root_path.display()))?;
+    root.check_key(rsa).with_context(|| format!("{} is not the root of the cluster's RSA key", root_path.display()))?;
+    let settings = cluster.ca_settings();
+    Ok(Some(fides_ca::service::CaConfig {
+        cluster: cluster.id().0,
+        identities: cluster.replicas().iter().map(|r| r.identity.to_bytes()).collect(),
+        root,
+        mode: match settings.mode {
+            fides_dealer::CaMode::KeyMajor => fides_ca::service::Mode::KeyMajor,
+            fides_dealer::CaMode::NameMajor => fides_ca::service::Mode::NameMajor,
+        },
+        policy: match settings.policy {
+            fides_dealer::CaPolicy::Open => fides_ca::service::Policy::Open,
+            fides_dealer::CaPolicy::Token { admin } => fides_ca::service::Policy::Token { admin: admin.to_bytes() },
+        },
+        validity_secs: settings.validity_secs(),
+        checkpoint_interval: cluster.protocol().checkpoint_interval,
+    }))
+}
+
 /// The threshold keys of replica `replica` of `cluster`.
 pub fn keys(replica: &ReplicaFile, cluster: &ClusterFile) -> anyhow::Result<Keys> {
     let coin = replica.coin_keys(cluster)?;
@@ -250,7 +280,14 @@ pub async fn run(config: RunConfig, exit_on_stdin_close: bool) -> anyhow::Result
         replicas: cluster.replicas().iter().map(|r| r.identity.to_bytes()).collect(),
         encryption: cluster.encryption().clone(),
     }))?;
+    // The certification authority, when the cluster has a threshold RSA key to sign with.
+    let ca = ca_config(&cluster, cluster_path)?;
+    if let Some(config) = ca.clone() {
+        let own = fides_ca::service::Own { index: index.0, identity: replica.identity().clone() };
+        services.register(fides_ca::service::Service::new(config, Some(own)))?;
+    }
     let services = Arc::new(services);
+    let ca_services = Arc::clone(&services);
     // The core hosts the services' agreement instances from before the log's replay on.
     let instances = instances(quorum, index, &threshold_keys, &cluster, &services);
     let (mut node, handle) = Node::start_hosting(setup, Some(instances), data, transport, Arc::clone(&metrics))
@@ -282,6 +319,10 @@ pub async fn run(config: RunConfig, exit_on_stdin_close: bool) -> anyhow::Result
         worker.clone(),
         Duration::from_secs(config.submit_wait_s.unwrap_or(30).max(1)),
     );
+    let ca = ca.map(|_| {
+        crate::ca::CaApi::new(host.clone(), ca_services, cluster.id().0, quorum.n(), index.0, replica.identity())
+            .into_server()
+    });
     let orderer = crate::bistro::Orderer::new(host);
     let (shutdown_tx, shutdown) = watch::channel(false);
 
@@ -314,6 +355,7 @@ pub async fn run(config: RunConfig, exit_on_stdin_close: bool) -> anyhow::Result
         config.per_connection_max.unwrap_or(1024),
     );
     let bistro = crate::bistro::BistroApi::new(orderer.clone(), cluster.id().0);
+
     let blobs = fides_relay::BlobStore::open(&data.join("uploads"))
         .with_context(|| format!("opening the upload store in {}", data.display()))?;
     let intermediary = fides_relay::IntermediaryService::new(
@@ -343,6 +385,7 @@ pub async fn run(config: RunConfig, exit_on_stdin_close: bool) -> anyhow::Result
         .add_service(service.into_server())
         .add_service(bistro.into_server())
         .add_service(intermediary.into_server())
+        .add_optional_service(ca)
         .serve_with_shutdown(client_listen, async move {
             let _ = grpc_shutdown.changed().await;
         });

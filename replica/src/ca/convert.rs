@@ -1,0 +1,195 @@
+//! From the gRPC messages to the CA service's requests and back: every field checked, a bad one
+//! refused as `INVALID_ARGUMENT` with a `google.rpc.BadRequest` naming it.
+
+use fides_api::proto;
+use fides_ca::service::{Answer, Binding, CertificateStatus, Csr, Mutation, Query, StatusRecord, Token};
+use fides_ca::{AltNames, AttributeKind, RevocationReason, Serial, SubjectKey, SubjectName};
+use tonic::Status;
+
+use super::x509::timestamp_ms;
+
+/// The domain of the CA's `google.rpc.ErrorInfo`s.
+pub const ERROR_DOMAIN: &str = "ca.fides";
+
+/// `INVALID_ARGUMENT` for `field` (a path in the request, empty for the whole request).
+pub fn invalid(field: &str, description: &str) -> Status {
+    let message = if field.is_empty() { description.to_string() } else { format!("{field}: {description}") };
+    fides_api::status_with_details(
+        tonic::Code::InvalidArgument,
+        message,
+        &[(field, description)],
+        Some(("INVALID_FIELD", ERROR_DOMAIN)),
+    )
+}
+
+/// A subject's key.
+pub fn key_of(key: Option<&proto::SubjectPublicKey>, field: &str) -> Result<SubjectKey, Status> {
+    let Some(key) = key else { return Err(invalid(field, "missing")) };
+    let made = match proto::KeyType::try_from(key.r#type) {
+        Ok(proto::KeyType::Ed25519) => SubjectKey::ed25519(&key.key),
+        Ok(proto::KeyType::P256) => SubjectKey::p256(&key.key),
+        Ok(proto::KeyType::X25519) => SubjectKey::x25519(&key.key),
+        _ => return Err(invalid(&format!("{field}.type"), &format!("unknown key type {}", key.r#type))),
+    };
+    made.map_err(|e| invalid(&format!("{field}.key"), &e.to_string()))
+}
+
+/// A subject name.
+pub fn name_of(name: &proto::DistinguishedName, field: &str) -> Result<SubjectName, Status> {
+    let mut attributes = Vec::with_capacity(name.attributes.len().min(fides_ca::ATTRIBUTES_MAX + 1));
+    for (position, attribute) in name.attributes.iter().enumerate() {
+        if position > fides_ca::ATTRIBUTES_MAX {
+            break; // SubjectName::new refuses the count.
+        }
+        let kind = AttributeKind::from_short_name(&attribute.r#type)
+            .map_err(|e| invalid(&format!("{field}.attributes[{position}].type"), &e.to_string()))?;
+        attributes.push((kind, attribute.value.as_str()));
+    }
+    SubjectName::new(&name.common_name, &attributes).map_err(|e| invalid(field, &e.to_string()))
+}
+
+/// Update's binding as Issue's (the same fields).
+pub fn update_binding(binding: proto::update_request::Binding) -> proto::issue_request::Binding {
+    match binding {
+        proto::update_request::Binding::Fields(fields) => proto::issue_request::Binding::Fields(fields),
+        proto::update_request::Binding::Csr(csr) => proto::issue_request::Binding::Csr(csr),
+    }
+}
+
+fn binding_of(binding: Option<proto::issue_request::Binding>) -> Result<Binding, Status> {
+    match binding {
+        Some(proto::issue_request::Binding::Fields(fields)) => {
+            let key = key_of(fields.key.as_ref(), "fields.key")?;
+            let Some(name) = &fields.name else { return Err(invalid("fields.name", "missing")) };
+            let name = name_of(name, "fields.name")?;
+            let dns: Vec<&str> = fields.dns_names.iter().map(String::as_str).collect();
+            let email: Vec<&str> = fields.email_addresses.iter().map(String::as_str).collect();
+            let alt_names = AltNames::new(&dns, &email).map_err(|e| invalid("fields", &e.to_string()))?;
+            Ok(Binding::Fields { key, name, alt_names })
+        }
+        Some(proto::issue_request::Binding::Csr(bytes)) => {
+            Csr::new(&bytes).map(Binding::Csr).map_err(|e| invalid("csr", &e.to_string()))
+        }
+        None => Err(invalid("binding", "neither fields nor a CSR")),
+    }
+}
+
+/// A token: `name hash [32] ‖ not-after ms u64 LE ‖ signature [64]`, or none when empty.
+pub fn token_of(bytes: &[u8]) -> Result<Option<Token>, Status> {
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    if bytes.len() != 104 {
+        return Err(invalid("token", &format!("{} bytes, a token has 104", bytes.len())));
+    }
+    let mut name_hash = [0; 32];
+    name_hash.copy_from_slice(&bytes[..32]);
+    let mut not_after = [0; 8];
+    not_after.copy_from_slice(&bytes[32..40]);
+    let mut signature = [0; 64];
+    signature.copy_from_slice(&bytes[40..]);
+    Ok(Some(Token { name_hash, not_after_ms: u64::from_le_bytes(not_after), signature }))
+}
+
+/// An issue (`issue`) or update.
+pub fn mutation_of(
+    issue: bool,
+    binding: Option<proto::issue_request::Binding>,
+    token: &[u8],
+) -> Result<Mutation, Status> {
+    let binding = binding_of(binding)?;
+    let token = token_of(token)?;
+    Ok(if issue { Mutation::Issue { binding, token } } else { Mutation::Update { binding, token } })
+}
+
+/// A revocation reason (RFC 5280's numbers).
+pub fn reason_of(code: i32) -> Result<RevocationReason, Status> {
+    Ok(match proto::RevocationReason::try_from(code) {
+        Ok(proto::RevocationReason::Unspecified) => RevocationReason::Unspecified,
+        Ok(proto::RevocationReason::KeyCompromise) => RevocationReason::KeyCompromise,
+        Ok(proto::RevocationReason::AffiliationChanged) => RevocationReason::AffiliationChanged,
+        Ok(proto::RevocationReason::Superseded) => RevocationReason::Superseded,
+        Ok(proto::RevocationReason::CessationOfOperation) => RevocationReason::CessationOfOperation,
+        Ok(proto::RevocationReason::PrivilegeWithdrawn) => RevocationReason::PrivilegeWithdrawn,
+        Err(_) => return Err(invalid("reason", &format!("unknown revocation reason {code}"))),
+    })
+}
+
+/// The proto's number of a revocation reason.
+pub fn reason_code(reason: RevocationReason) -> proto::RevocationReason {
+    match reason {
+        RevocationReason::Unspecified => proto::RevocationReason::Unspecified,
+        RevocationReason::KeyCompromise => proto::RevocationReason::KeyCompromise,
+        RevocationReason::AffiliationChanged => proto::RevocationReason::AffiliationChanged,
+        RevocationReason::Superseded => proto::RevocationReason::Superseded,
+        RevocationReason::CessationOfOperation => proto::RevocationReason::CessationOfOperation,
+        RevocationReason::PrivilegeWithdrawn => proto::RevocationReason::PrivilegeWithdrawn,
+    }
+}
+
+/// A revocation.
+pub fn revoke_mutation(r: &proto::RevokeRequest) -> Result<Mutation, Status> {
+    let key = key_of(r.key.as_ref(), "key")?;
+    let name = r.name.as_ref().map(|name| name_of(name, "name")).transpose()?;
+    Ok(Mutation::Revoke { key, name, reason: reason_of(r.reason)? })
+}
+
+/// The answers, each replica of the cluster at most once, in increasing order of replica.
+pub fn sorted_answers(answers: &[proto::ChallengeAnswer], n: u32) -> Result<Vec<Answer>, Status> {
+    if answers.len() > n as usize {
+        return Err(invalid("answers", &format!("{} answers, the cluster has {n} replicas", answers.len())));
+    }
+    let mut sorted: Vec<Answer> = Vec::with_capacity(answers.len());
+    for (position, answer) in answers.iter().enumerate() {
+        let field = format!("answers[{position}]");
+        if answer.replica >= n {
+            return Err(invalid(&field, &format!("replica {} is not below n = {n}", answer.replica)));
+        }
+        if answer.answer.len() > fides_ca::service::ANSWER_BYTES_MAX {
+            let max = fides_ca::service::ANSWER_BYTES_MAX;
+            return Err(invalid(&field, &format!("{} bytes, above the bound of {max}", answer.answer.len())));
+        }
+        sorted.push(Answer { replica: answer.replica, bytes: answer.answer.clone() });
+    }
+    sorted.sort_by_key(|answer| answer.replica);
+    if sorted.windows(2).any(|pair| pair[0].replica == pair[1].replica) {
+        return Err(invalid("answers", "two answers of one replica"));
+    }
+    Ok(sorted)
+}
+
+/// A serial: big-endian, 1 to 20 octets, positive, without leading zeros.
+pub fn serial_of(bytes: &[u8], field: &str) -> Result<Serial, Status> {
+    if bytes.first() == Some(&0) {
+        return Err(invalid(field, "leading zero octets"));
+    }
+    Serial::from_be_bytes(bytes).map_err(|e| invalid(field, &e.to_string()))
+}
+
+/// A retrieval by key, name or both.
+pub fn retrieve_query(r: proto::RetrieveRequest) -> Result<Query, Status> {
+    let key = r.key.as_ref().map(|key| key_of(Some(key), "key")).transpose()?;
+    let name = r.name.as_ref().map(|name| name_of(name, "name")).transpose()?;
+    if key.is_none() && name.is_none() {
+        return Err(invalid("", "give a key, a name or both"));
+    }
+    Ok(Query::Retrieve { key, name })
+}
+
+/// A status record, decoded next to its bytes.
+pub fn status_response(status: &StatusRecord, record: proto::CertifiedRecord) -> proto::GetStatusResponse {
+    let (state, revocation_time, reason) = match status.status {
+        CertificateStatus::Good => (proto::CertificateState::Good, None, proto::RevocationReason::Unspecified),
+        CertificateStatus::Revoked { at_ms, reason } => {
+            (proto::CertificateState::Revoked, Some(timestamp_ms(at_ms)), reason_code(reason))
+        }
+        CertificateStatus::Unknown => (proto::CertificateState::Unknown, None, proto::RevocationReason::Unspecified),
+    };
+    proto::GetStatusResponse {
+        status: Some(record),
+        state: state.into(),
+        checked_time: Some(timestamp_ms(status.time_ms)),
+        revocation_time,
+        reason: reason.into(),
+    }
+}

@@ -1,0 +1,184 @@
+//! The certification authority over real processes on 127.0.0.1: four replicas with a 1024-bit
+//! threshold RSA key, the client SDK, and the system's `openssl` as an independent verifier.
+//!
+//! The test deals its own cluster into a temporary directory on free ports, bounds its run time,
+//! and stops every process it started when it ends, passing or not.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime};
+
+use common::*;
+use fides_ca::service::{CertificateStatus, KeySecret, Record};
+use fides_ca::{AltNames, AttributeKind, RevocationReason, SubjectName};
+use fides_client_sdk::ca::{certificate_serial, crl_serials, CaClient, CaOptions, Subject};
+use fides_dealer::{
+    derive_client_addresses, generate_with_ca, parse_addresses, write, CaSettings, ProtocolParameters, Quorum,
+    RsaOptions,
+};
+use fides_replica::launcher::{LocalCluster, ReplicaOptions};
+use rand::SeedableRng;
+
+const UP: Duration = Duration::from_secs(60);
+
+/// A 4-replica cluster with a 1024-bit threshold RSA key (the smallest the system's openssl
+/// accepts; dealt from a fixed seed, so the safe-prime search takes a fraction of a second) and
+/// the CA's default settings, in `dir`, on free ports.
+fn deal(dir: &Path) -> LocalCluster {
+    let quorum = Quorum::new(4, 1).expect("valid quorum");
+    let base = free_port_base(4);
+    let list = (0..4).map(|i| format!("127.0.0.1:{}", u32::from(base) + i)).collect::<Vec<_>>().join(",");
+    let addresses = parse_addresses(&list, quorum).expect("addresses");
+    let clients = derive_client_addresses(&addresses).expect("client addresses");
+    let mut progress = |_| {};
+    let not_before = SystemTime::now() - Duration::from_secs(3600);
+    let rsa = RsaOptions { modulus_bits: 1024, not_before, progress: &mut progress };
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(13);
+    let protocol = ProtocolParameters { checkpoint_interval: 8, ..ProtocolParameters::DEFAULT };
+    let cluster =
+        generate_with_ca(quorum, protocol, addresses, clients, Some(rsa), Some(CaSettings::DEFAULT), &mut rng)
+            .expect("dealing");
+    write(dir, &cluster, true).expect("writing the cluster");
+    let options = ReplicaOptions { metrics_port_first: None, extra_args: Vec::new() };
+    LocalCluster::new(dir, Path::new(env!("CARGO_BIN_EXE_replica")), options).expect("launcher")
+}
+
+fn openssl_present() -> bool {
+    Command::new("openssl").arg("version").output().is_ok_and(|output| output.status.success())
+}
+
+/// `openssl verify` of `cert` against the cluster's root, with `extra` arguments: (success, output).
+fn openssl_verify(dir: &Path, cert: &Path, extra: &[&str]) -> (bool, String) {
+    let output = Command::new("openssl")
+        .arg("verify")
+        .args(["-CAfile", &dir.join("ca-root.pem").display().to_string()])
+        .args(extra)
+        .arg(cert)
+        .output()
+        .expect("openssl runs");
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), text)
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    der::pem::encode_string(label, der::pem::LineEnding::LF, der).expect("PEM")
+}
+
+fn name(common_name: &str) -> SubjectName {
+    SubjectName::new(common_name, &[(AttributeKind::Organization, "Example")]).expect("a valid name")
+}
+
+#[test]
+fn certificates_are_issued_updated_revoked_and_checked_by_openssl_over_four_replica_processes() {
+    let _one = one_at_a_time();
+    let root = tempfile::tempdir().expect("temporary directory");
+    let dir = root.path().join("cluster");
+    let mut local = deal(&dir);
+    let _logs = LogsOnFailure::new(&dir, 4);
+    let openssl = openssl_present();
+    if !openssl {
+        eprintln!("note: no openssl on this machine; the certificates are checked by the SDK only");
+    }
+    runtime_test(
+        async {
+            let probe = client(&dir, Duration::from_secs(10));
+            local.start_all().expect("start");
+            for i in 0..4 {
+                wait_up(&probe, &mut local, i, UP).await;
+            }
+            let cluster = fides_dealer::read_cluster(&dir.join("cluster.toml")).expect("cluster file");
+            let ca =
+                CaClient::new(&cluster, CaOptions { attempt_timeout: Duration::from_secs(20), ..CaOptions::default() })
+                    .expect("CA client");
+            let secret = KeySecret::Ed25519(ed25519_dalek::SigningKey::from_bytes(&[7; 32]));
+            let key = secret.public();
+
+            // Issue.
+            let alt_names = AltNames::new(&["alice.example.org"], &[]).expect("valid names");
+            let subject = Subject::Fields { name: name("alice"), alt_names: alt_names.clone() };
+            let first = ca.issue(&secret, &subject, None).await.expect("issued");
+            let first_path = dir.join("first.pem");
+            std::fs::write(&first_path, pem("CERTIFICATE", &first.der)).expect("write");
+            if openssl {
+                let (ok, text) = openssl_verify(&dir, &first_path, &[]);
+                assert!(ok, "openssl refused the issued certificate: {text}");
+            }
+            // A second issue for the same key is refused: it has a certificate (key-major).
+            let again = ca.issue(&secret, &subject, None).await;
+            assert!(
+                matches!(&again, Err(fides_client_sdk::ClientError::Status { code: tonic::Code::AlreadyExists, .. })),
+                "{again:?}"
+            );
+
+            // Update: a new name; the first certificate is superseded.
+            let renamed = Subject::Fields { name: name("alice2"), alt_names };
+            let second = ca.update(&secret, &renamed, None).await.expect("updated");
+            assert_ne!(second.serial, first.serial);
+            let superseded: Vec<_> = second
+                .revoked
+                .iter()
+                .filter_map(|r| if let Record::Revoked(r) = &r.record { Some(r.serial.clone()) } else { None })
+                .collect();
+            assert_eq!(superseded, vec![first.serial.clone()], "the update did not revoke the first certificate");
+            let second_path = dir.join("second.pem");
+            std::fs::write(&second_path, pem("CERTIFICATE", &second.der)).expect("write");
+
+            // Retrieve: 2t + 1 replicas agree on the current certificate.
+            let current = ca.retrieve(Some(&key), None).await.expect("retrieved");
+            assert_eq!(current, vec![second.der.clone()]);
+
+            // Status: the first is revoked (superseded), the second good.
+            let (status, _) = ca.status(&first.serial).await.expect("status");
+            assert!(
+                matches!(status.status, CertificateStatus::Revoked { reason: RevocationReason::Superseded, .. }),
+                "{status:?}"
+            );
+            let (status, _) = ca.status(&second.serial).await.expect("status");
+            assert_eq!(status.status, CertificateStatus::Good);
+
+            // Revoke the second.
+            let revoked = ca.revoke(&secret, None, RevocationReason::KeyCompromise).await.expect("revoked");
+            assert_eq!(revoked.len(), 1);
+            let (status, _) = ca.status(&second.serial).await.expect("status");
+            assert!(matches!(status.status, CertificateStatus::Revoked { .. }), "{status:?}");
+            assert_eq!(ca.retrieve(Some(&key), None).await.expect("retrieved"), Vec::<Vec<u8>>::new());
+
+            // The CRL lists both within an epoch or so (each status request orders one).
+            let serial = certificate_serial(&second.der).expect("a certificate");
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let crl = loop {
+                let crl = ca.crl().await.expect("a CRL");
+                let serials = crl_serials(&crl.der).expect("a CRL");
+                if serials.contains(&serial) {
+                    assert!(serials.contains(&first.serial.as_be_bytes().to_vec()), "the superseded one is missing");
+                    break crl;
+                }
+                assert!(Instant::now() < deadline, "the CRL does not list the revoked certificate");
+                let _ = ca.status(&second.serial).await;
+            };
+            if openssl {
+                let crl_path = dir.join("crl.pem");
+                std::fs::write(&crl_path, pem("X509 CRL", &crl.der)).expect("write");
+                let crl_arg = crl_path.display().to_string();
+                let (ok, text) = openssl_verify(&dir, &second_path, &["-crl_check", "-CRLfile", &crl_arg]);
+                assert!(!ok && text.contains("certificate revoked"), "openssl accepted a revoked certificate: {text}");
+                let (ok, text) = openssl_verify(&dir, &first_path, &["-crl_check", "-CRLfile", &crl_arg]);
+                assert!(
+                    !ok && text.contains("certificate revoked"),
+                    "openssl accepted a superseded certificate: {text}"
+                );
+                let (ok, text) = openssl_verify(&dir, &second_path, &[]);
+                assert!(ok, "without the CRL the certificate verifies: {text}");
+            }
+            // The log lists both issues and both revocations.
+            let (entries, _) = ca.list_issued(0, 100).await.expect("the log");
+            let issued = entries.iter().filter(|(_, r)| matches!(r, Record::Issued(_))).count();
+            let revocations = entries.iter().filter(|(_, r)| matches!(r, Record::Revoked(_))).count();
+            assert_eq!((issued, revocations), (2, 2), "{entries:?}");
+        },
+        Duration::from_secs(240),
+    );
+    local.stop_all(Duration::from_secs(5));
+}

@@ -27,6 +27,11 @@ const UP: Duration = Duration::from_secs(60);
 /// accepts; dealt from a fixed seed, so the safe-prime search takes a fraction of a second) and
 /// the CA's default settings, in `dir`, on free ports.
 fn deal(dir: &Path) -> LocalCluster {
+    deal_with(dir, CaSettings::DEFAULT)
+}
+
+/// [`deal`] with these CA settings.
+fn deal_with(dir: &Path, settings: CaSettings) -> LocalCluster {
     let quorum = Quorum::new(4, 1).expect("valid quorum");
     let base = free_port_base(4);
     let list = (0..4).map(|i| format!("127.0.0.1:{}", u32::from(base) + i)).collect::<Vec<_>>().join(",");
@@ -38,8 +43,7 @@ fn deal(dir: &Path) -> LocalCluster {
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(13);
     let protocol = ProtocolParameters { checkpoint_interval: 8, ..ProtocolParameters::DEFAULT };
     let cluster =
-        generate_with_ca(quorum, protocol, addresses, clients, Some(rsa), Some(CaSettings::DEFAULT), &mut rng)
-            .expect("dealing");
+        generate_with_ca(quorum, protocol, addresses, clients, Some(rsa), Some(settings), &mut rng).expect("dealing");
     write(dir, &cluster, true).expect("writing the cluster");
     let options = ReplicaOptions { metrics_port_first: None, extra_args: Vec::new() };
     LocalCluster::new(dir, Path::new(env!("CARGO_BIN_EXE_replica")), options).expect("launcher")
@@ -177,6 +181,101 @@ fn certificates_are_issued_updated_revoked_and_checked_by_openssl_over_four_repl
             let issued = entries.iter().filter(|(_, r)| matches!(r, Record::Issued(_))).count();
             let revocations = entries.iter().filter(|(_, r)| matches!(r, Record::Revoked(_))).count();
             assert_eq!((issued, revocations), (2, 2), "{entries:?}");
+        },
+        Duration::from_secs(240),
+    );
+    local.stop_all(Duration::from_secs(5));
+}
+
+/// Run the `ca` program against the cluster in `dir`.
+fn ca_cli(dir: &Path, args: &[&str]) -> (bool, String) {
+    let output = Command::new(workspace_binary("ca"))
+        .arg("--cluster")
+        .arg(dir.join("cluster.toml"))
+        .args(args)
+        .output()
+        .expect("the ca program runs");
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), text)
+}
+
+/// The value of `key=` in the first line of `text` that has it.
+fn field<'t>(text: &'t str, key: &str) -> &'t str {
+    let start = text.find(&format!("{key}=")).unwrap_or_else(|| panic!("no {key}= in {text}")) + key.len() + 1;
+    text[start..].split_whitespace().next().expect("a value")
+}
+
+#[test]
+fn the_ca_program_binds_names_with_tokens_in_name_major_mode_and_verify_sees_the_revocation() {
+    let _one = one_at_a_time();
+    let root = tempfile::tempdir().expect("temporary directory");
+    let dir = root.path().join("cluster");
+    let admin = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+    let settings = CaSettings {
+        mode: fides_dealer::CaMode::NameMajor,
+        policy: fides_dealer::CaPolicy::Token { admin: admin.verifying_key() },
+        validity_days: 30,
+    };
+    let mut local = deal_with(&dir, settings);
+    let _logs = LogsOnFailure::new(&dir, 4);
+    let admin_key = root.path().join("admin.key");
+    std::fs::write(&admin_key, format!("ed25519 {}\n", hex::encode(admin.to_bytes()))).expect("admin key");
+    runtime_test(
+        async {
+            let probe = client(&dir, Duration::from_secs(10));
+            local.start_all().expect("start");
+            for i in 0..4 {
+                wait_up(&probe, &mut local, i, UP).await;
+            }
+            let work = |name: &str| root.path().join(name).display().to_string();
+            let (alice_key, bob_key) = (work("alice.key"), work("bob.key"));
+            assert!(ca_cli(&dir, &["keygen", "--type", "p256", "--out", &alice_key]).0);
+            assert!(ca_cli(&dir, &["keygen", "--type", "x25519", "--out", &bob_key]).0);
+            // Without a token the policy refuses.
+            let (ok, text) = ca_cli(&dir, &["issue", "--key", &alice_key, "--name", "alice", "--dns", "alice.example"]);
+            assert!(!ok && text.contains("PermissionDenied"), "{text}");
+            // With the administrator's token for the name.
+            let (ok, token) =
+                ca_cli(&dir, &["token", "--admin-key", &admin_key.display().to_string(), "--name", "alice"]);
+            assert!(ok, "{token}");
+            let token = token.trim().to_string();
+            let alice_pem = work("alice.pem");
+            let args = ["issue", "--key", &alice_key, "--name", "alice", "--dns", "alice.example"];
+            let (ok, text) = ca_cli(&dir, &[&args[..], &["--token", &token, "--out", &alice_pem]].concat());
+            assert!(ok, "{text}");
+            let alice_serial = field(&text, "serial").to_string();
+            let (ok, text) = ca_cli(&dir, &["verify", &alice_pem]);
+            assert!(ok && text.contains("inclusion ok") && text.contains("not revoked"), "{text}");
+            if openssl_present() {
+                let (ok, text) = openssl_verify(&dir, Path::new(&alice_pem), &[]);
+                assert!(ok, "openssl refused a P-256 certificate: {text}");
+            }
+            // Name-major: the name is bound, another key gets it by an update only.
+            let bob_pem = work("bob.pem");
+            let (ok, text) = ca_cli(&dir, &["issue", "--key", &bob_key, "--name", "alice", "--token", &token]);
+            assert!(!ok && text.contains("AlreadyExists"), "{text}");
+            let args = ["update", "--key", &bob_key, "--name", "alice", "--token", &token, "--out", &bob_pem];
+            let (ok, text) = ca_cli(&dir, &args);
+            assert!(ok && text.contains(&format!("superseded serial={alice_serial}")), "{text}");
+            let bob_serial = field(&text, "serial").to_string();
+            let (ok, text) = ca_cli(&dir, &["get", "--name", "alice"]);
+            assert!(ok && text.matches("BEGIN CERTIFICATE").count() == 1, "{text}");
+            let (ok, text) = ca_cli(&dir, &["verify", &alice_pem]);
+            assert!(!ok && text.contains("revoked"), "the superseded certificate verified: {text}");
+            // Revoke bob's; `verify` sees it once the CRL lists it.
+            let (ok, text) = ca_cli(&dir, &["revoke", "--key", &bob_key, "--reason", "key-compromise"]);
+            assert!(ok && text.contains(&format!("revoked serial={bob_serial}")), "{text}");
+            let (ok, text) = ca_cli(&dir, &["status", &bob_serial]);
+            assert!(ok && text.contains("revoked"), "{text}");
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let (ok, text) = ca_cli(&dir, &["verify", &bob_pem]);
+                if !ok && text.contains("revoked") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "verify never saw the revocation: {text}");
+                let _ = ca_cli(&dir, &["status", &bob_serial]);
+            }
         },
         Duration::from_secs(240),
     );

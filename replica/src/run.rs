@@ -507,6 +507,64 @@ mod tests {
         assert_eq!((abc.payload_len_max, abc.dedup_window_epochs), (4_096, 77));
     }
 
+    /// A cluster with a 512-bit (test-only) RSA key and `ca` settings, written to `dir`.
+    fn dealt_with_ca(dir: &Path, seed: u64, ca: Option<fides_dealer::CaSettings>) -> ClusterFile {
+        let quorum = Quorum::new(4, 1).expect("valid quorum");
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
+        let mut progress = |_| {};
+        let rsa = fides_dealer::RsaOptions {
+            modulus_bits: 512,
+            not_before: std::time::SystemTime::now(),
+            progress: &mut progress,
+        };
+        let (addresses, clients) = (default_addresses(quorum), default_client_addresses(quorum));
+        let dealt = fides_dealer::generate_with_ca(
+            quorum,
+            ProtocolParameters::DEFAULT,
+            addresses,
+            clients,
+            Some(rsa),
+            ca,
+            &mut rng,
+        )
+        .expect("valid arguments");
+        fides_dealer::write(dir, &dealt, true).expect("written");
+        dealt.public().clone()
+    }
+
+    #[test]
+    fn the_ca_runs_with_the_cluster_files_settings_and_the_root_of_its_rsa_key() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let settings = fides_dealer::CaSettings {
+            mode: fides_dealer::CaMode::NameMajor,
+            policy: fides_dealer::CaPolicy::Open,
+            validity_days: 7,
+        };
+        let cluster = dealt_with_ca(dir.path(), 21, Some(settings));
+        let path = dir.path().join("cluster.toml");
+        let config = ca_config(&cluster, &path).expect("readable").expect("the cluster has an RSA key");
+        assert_eq!(config.mode, fides_ca::service::Mode::NameMajor);
+        assert_eq!(config.validity_secs, 7 * 86_400);
+        assert_eq!(config.cluster, cluster.id().0);
+        assert_eq!(config.identities.len(), 4);
+        // Another cluster's root is refused, and so is none.
+        let other = tempfile::tempdir().expect("temporary directory");
+        dealt_with_ca(other.path(), 22, None);
+        std::fs::copy(other.path().join("ca-root.pem"), dir.path().join("ca-root.pem")).expect("copied");
+        let error = ca_config(&cluster, &path).expect_err("another cluster's root");
+        assert!(format!("{error:#}").contains("is not the root of the cluster's RSA key"), "{error:#}");
+        std::fs::remove_file(dir.path().join("ca-root.pem")).expect("removed");
+        let error = ca_config(&cluster, &path).expect_err("no root");
+        assert!(format!("{error:#}").contains("reading the root certificate"), "{error:#}");
+        // Without an RSA key, no CA.
+        let plain = cluster_without_rsa();
+        assert!(ca_config(&plain, &path).expect("no CA").is_none());
+    }
+
+    fn cluster_without_rsa() -> ClusterFile {
+        cluster(ProtocolParameters::DEFAULT)
+    }
+
     #[test]
     fn the_dealers_limits_are_the_decoders_bounds() {
         use fides_atomic_broadcast::{checkpoint::WINDOW_ENTRIES_MAX, epoch};

@@ -193,3 +193,68 @@ pub fn status_response(status: &StatusRecord, record: proto::CertifiedRecord) ->
         reason: reason.into(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The field the refusal's `google.rpc.BadRequest` names.
+    fn refused_field(status: Status) -> String {
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status}");
+        let details = fides_api::status_details(&status).expect("google.rpc details");
+        let bad = <fides_api::rpc::BadRequest as prost::Message>::decode(details.details[0].value.as_slice())
+            .expect("a BadRequest");
+        bad.field_violations[0].field.clone()
+    }
+
+    fn key(kind: proto::KeyType, bytes: Vec<u8>) -> proto::SubjectPublicKey {
+        proto::SubjectPublicKey { r#type: kind.into(), key: bytes }
+    }
+
+    #[test]
+    fn bad_fields_are_invalid_arguments_naming_the_field() {
+        let ed = ed25519_dalek::SigningKey::from_bytes(&[3; 32]).verifying_key().to_bytes().to_vec();
+        assert!(key_of(Some(&key(proto::KeyType::Ed25519, ed.clone())), "key").is_ok());
+        let cases = [
+            (key_of(None, "fields.key").err(), "fields.key"),
+            (key_of(Some(&key(proto::KeyType::Unspecified, ed.clone())), "key").err(), "key.type"),
+            (key_of(Some(&key(proto::KeyType::Ed25519, vec![1; 31])), "key").err(), "key.key"),
+            (key_of(Some(&key(proto::KeyType::P256, vec![4; 65])), "key").err(), "key.key"),
+            (token_of(&[0; 103]).err(), "token"),
+            (serial_of(&[0, 1], "serial").err(), "serial"),
+            (serial_of(&[1; 21], "serial").err(), "serial"),
+            (mutation_of(true, None, &[]).err(), "binding"),
+            (reason_of(2).err(), "reason"),
+        ];
+        for (refused, field) in cases {
+            assert_eq!(refused_field(refused.expect("refused")), field);
+        }
+        let name = |common_name: &str, kind: &str| proto::DistinguishedName {
+            common_name: common_name.into(),
+            attributes: vec![proto::NameAttribute { r#type: kind.into(), value: "x".into() }],
+        };
+        assert!(name_of(&name("alice", "O"), "name").is_ok());
+        assert_eq!(
+            refused_field(name_of(&name("alice", "XX"), "name").expect_err("unknown")),
+            "name.attributes[0].type"
+        );
+        assert_eq!(refused_field(name_of(&name(&"a".repeat(65), "O"), "name").expect_err("too long")), "name");
+        assert_eq!(refused_field(name_of(&name("", "O"), "name").expect_err("empty")), "name");
+    }
+
+    #[test]
+    fn answers_are_sorted_and_each_replica_answers_once_within_bounds() {
+        let answer = |replica: u32, len: usize| proto::ChallengeAnswer { replica, answer: vec![7; len] };
+        let sorted = sorted_answers(&[answer(3, 64), answer(0, 64), answer(2, 32)], 4).expect("valid");
+        assert_eq!(sorted.iter().map(|a| a.replica).collect::<Vec<_>>(), [0, 2, 3]);
+        let cases = [
+            (vec![answer(0, 64); 5], "answers"),
+            (vec![answer(4, 64)], "answers[0]"),
+            (vec![answer(1, 64), answer(1, 64)], "answers"),
+            (vec![answer(0, 64), answer(1, 129)], "answers[1]"),
+        ];
+        for (answers, field) in cases {
+            assert_eq!(refused_field(sorted_answers(&answers, 4).expect_err("refused")), field);
+        }
+    }
+}

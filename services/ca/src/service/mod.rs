@@ -93,6 +93,15 @@ impl Service {
     pub fn challenger(&self) -> Option<&Challenger> {
         self.challenger.as_ref()
     }
+
+    /// This replica's identity, if it may vote 1: its key must be the one the configuration
+    /// names for its index, or the others' `validate` would refuse its justifications (then it
+    /// votes 0 on everything, like a replica without identity).
+    fn voter(&self) -> Option<&Own> {
+        self.own.as_ref().filter(|own| {
+            self.config.identities.get(own.index as usize) == Some(&own.identity.verifying_key().to_bytes())
+        })
+    }
 }
 
 impl fides_service::Service for Service {

@@ -334,22 +334,15 @@ pub enum RequestError {
 impl Request {
     /// The whole payload, `CA01` first.
     pub fn to_payload(&self) -> Vec<u8> {
-        let mut out = SERVICE_ID.to_vec();
         match self {
-            Request::Mutation { mutation, answers } => {
-                out.push(mutation.kind().code());
-                out.extend_from_slice(&mutation.body());
-                put_seq(&mut out, answers.iter(), |out, answer| {
-                    out.extend_from_slice(&answer.replica.to_le_bytes());
-                    put_bytes(out, &answer.bytes);
-                });
-            }
+            Request::Mutation { mutation, answers } => mutation_payload(mutation, answers),
             Request::Status { serial } => {
+                let mut out = SERVICE_ID.to_vec();
                 out.push(Kind::Status.code());
                 put_serial(&mut out, serial);
+                out
             }
         }
-        out
     }
 
     /// Decode a whole payload. Every field is checked (names and alternative names as
@@ -402,6 +395,18 @@ impl Request {
         }
         Ok(Request::Mutation { mutation, answers })
     }
+}
+
+/// The payload of a mutation with its answers (what [`Request::to_payload`] writes).
+pub(crate) fn mutation_payload(mutation: &Mutation, answers: &[Answer]) -> Vec<u8> {
+    let mut out = SERVICE_ID.to_vec();
+    out.push(mutation.kind().code());
+    out.extend_from_slice(&mutation.body());
+    put_seq(&mut out, answers.iter(), |out, answer| {
+        out.extend_from_slice(&answer.replica.to_le_bytes());
+        put_bytes(out, &answer.bytes);
+    });
+    out
 }
 
 pub(crate) fn put_key(out: &mut Vec<u8>, key: &SubjectKey) {

@@ -259,6 +259,22 @@ impl Mutation {
         out
     }
 
+    /// Decode a mutation's body without answers (what [`Self::body`] writes), as the client sends
+    /// it to ask for challenges; checked and canonical as in [`Request::from_payload`].
+    pub fn from_body(kind: Kind, body: &[u8]) -> Result<Mutation, RequestError> {
+        if kind == Kind::Status {
+            return Err(RequestError::Kind(kind.code()));
+        }
+        let mut payload = SERVICE_ID.to_vec();
+        payload.push(kind.code());
+        payload.extend_from_slice(body);
+        payload.extend_from_slice(&0u32.to_le_bytes()); // no answers
+        match Request::from_payload(&payload)? {
+            Request::Mutation { mutation, .. } => Ok(mutation),
+            Request::Status { .. } => Err(RequestError::Kind(kind.code())),
+        }
+    }
+
     /// The digest each replica's challenge binds for this request of `client` with id `request`
     /// in cluster `cluster` ([`request_digest`]).
     pub fn digest(&self, cluster: &[u8; 32], client: u64, request: u64) -> [u8; 32] {

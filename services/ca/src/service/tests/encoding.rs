@@ -105,6 +105,9 @@ fn every_request_round_trips_and_every_truncation_is_refused() {
                 payload.len()
             );
         }
+        if let Request::Mutation { mutation, .. } = &request {
+            assert_eq!(Mutation::from_body(mutation.kind(), &mutation.body()).as_ref(), Ok(mutation));
+        }
         let mut longer = payload.clone();
         longer.push(0);
         assert!(Request::from_payload(&longer).is_err(), "a trailing byte");

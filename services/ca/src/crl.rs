@@ -33,6 +33,33 @@ pub enum RevocationReason {
 }
 
 impl RevocationReason {
+    /// Every reason, in the order of their codes.
+    pub const ALL: [RevocationReason; 6] = [
+        RevocationReason::Unspecified,
+        RevocationReason::KeyCompromise,
+        RevocationReason::AffiliationChanged,
+        RevocationReason::Superseded,
+        RevocationReason::CessationOfOperation,
+        RevocationReason::PrivilegeWithdrawn,
+    ];
+
+    /// Its `CRLReason` number (RFC 5280 §5.3.1): what requests and records carry.
+    pub fn code(self) -> u8 {
+        match self {
+            RevocationReason::Unspecified => 0,
+            RevocationReason::KeyCompromise => 1,
+            RevocationReason::AffiliationChanged => 3,
+            RevocationReason::Superseded => 4,
+            RevocationReason::CessationOfOperation => 5,
+            RevocationReason::PrivilegeWithdrawn => 9,
+        }
+    }
+
+    /// The reason numbered `code`, if it is one this CA uses.
+    pub fn from_code(code: u8) -> Option<RevocationReason> {
+        RevocationReason::ALL.into_iter().find(|reason| reason.code() == code)
+    }
+
     fn to_x509(self) -> CrlReason {
         match self {
             RevocationReason::Unspecified => CrlReason::Unspecified,
@@ -143,6 +170,15 @@ impl UnsignedCrl {
         };
         Ok(IssuedCrl { der: list.to_der()? })
     }
+}
+
+/// The CRL made of a TBSCertList's DER as the service made it and the combined threshold
+/// signature over it (as long as `root`'s modulus). The TBS must decode as strict DER; the
+/// signature is not checked here.
+pub fn crl_from_tbs(root: &Root, tbs_der: &[u8], signature: &[u8]) -> Result<IssuedCrl, InputError> {
+    use der::Decode;
+    let tbs = TbsCertList::from_der(tbs_der)?;
+    UnsignedCrl { tbs, tbs_der: tbs_der.to_vec(), signature_len: root.signature_len() }.with_signature(signature)
 }
 
 impl IssuedCrl {

@@ -25,6 +25,10 @@
 //!   [`CsrError`], [`RootError`]), never a panic. DER is encoded and decoded by the RustCrypto
 //!   `der`/`x509-cert` crates only.
 //!
+//! - [`service`]: the CA as a service of the host — requests, key confirmation, one agreement
+//!   per request, binding modes, revocation, CRLs and signed status (`docs/ca.md`, "The
+//!   service").
+//!
 //! Deviations from the paper (MAFTIA D5 §3.4): the paper's certificates were in a proprietary
 //! format, with X.509 named as a future extension; these are X.509 v3, so that `openssl verify`
 //! and TLS stacks accept them. The CRL is not in the paper (it removes revoked certificates from
@@ -39,10 +43,13 @@ mod error;
 mod key;
 mod name;
 mod root;
+pub mod service;
 mod value;
 
-pub use certificate::{certificate_tbs, CertificateParams, IssuedCertificate, UnsignedCertificate};
-pub use crl::{crl_tbs, CrlParams, IssuedCrl, RevocationReason, Revoked, UnsignedCrl, REVOKED_MAX};
+pub use certificate::{
+    certificate_from_tbs, certificate_tbs, CertificateParams, IssuedCertificate, UnsignedCertificate,
+};
+pub use crl::{crl_from_tbs, crl_tbs, CrlParams, IssuedCrl, RevocationReason, Revoked, UnsignedCrl, REVOKED_MAX};
 pub use csr::{parse_csr, CertificationRequest, CSR_BYTES_MAX, CSR_EXTENSIONS_MAX};
 pub use error::{CsrError, InputError, RootError};
 pub use key::{KeyKind, SubjectKey};

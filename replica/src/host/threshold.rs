@@ -67,8 +67,8 @@ pub const RESEND_AFTER: Duration = Duration::from_secs(2);
 const RESEND_MAX: usize = 64;
 
 /// Where the host's commands to the driver go (frames to peers, faults): the driver's handle in
-/// the replica, a queue in tests. Never blocks (a full queue drops the command: a share is sent
-/// again after [`RESEND_AFTER`]).
+/// the replica, a queue in tests. Never blocks (a full queue drops the command: the message is
+/// retried after [`RETRY_AFTER`], which sends our share again and asks the peers).
 pub type Outbox = Box<dyn Fn(Command) + Send>;
 /// How often the worker polls while a share is being made (a share takes about 5 ms for
 /// RSA-2048). The share thread does not wake the worker: holding a sender of the worker's own

@@ -2,30 +2,35 @@
 //! schedulers, and one call that runs and checks a case.
 //!
 //! Each honest replica is given the messages to sign one after another at times of its own (as
-//! its host would, applying the requests that asked), and must end with the signature of every
-//! one, the same bytes at every replica, that verifies against the public key. The `t` Byzantine
-//! replicas all run one [`RsaAttack`]:
+//! its host would, applying the requests that asked), then a `Retry` of each every
+//! [`RETRY_EVERY`] from [`RETRY_FIRST`] on (the host's timeout, given whether or not the message
+//! is signed by then), and must end with the signature of every one, the same bytes at every
+//! replica, that verifies against the public key. The first message always has a Byzantine
+//! replica among its designated signers. The `t` Byzantine replicas all run one [`RsaAttack`]:
 //!
-//! - `Silent`: sends nothing;
-//! - `WrongShare`: for every message, its own share of another message, under the right id (a
-//!   share that decodes, whose proof fails);
+//! - `Silent`: sends nothing (a silent designated signer: the others sign after the retry);
+//! - `WrongShare`: for every message, its own share of another message, under the right id, as a
+//!   value and as a share with its proof (a bad share from a designated signer: the values do not
+//!   combine, proofs are asked for, and it must be named);
 //! - `OtherMessages`: shares for messages nobody asked for, far more than the early bound, and for
 //!   each real message two different shares (an equivocation);
 //! - `Garbage`: random bytes, truncations, shares that do not decode, bad signatures (the generic
 //!   garbage actor, fed by this scenario);
-//! - `Replayer`: signs honestly, and sends again what it received (other replicas' shares, now
-//!   under its own name) and its own shares, after the messages were signed.
+//! - `Replayer`: signs honestly (its value and its share), and sends again what it received
+//!   (other replicas' messages, now under its own name) and its own shares, after the messages
+//!   were signed.
 //!
 //! Schedulers: random delays with partitions that heal; one where the Byzantine replicas' messages
-//! arrive first (every honest replica meets their shares in its first combination, and must name
-//! them). A case may take an honest replica down until the others signed (its messages lost): it
-//! must finish from the signatures its peers answer, some from their host's store.
+//! arrive first (the first honest replica to sign meets their shares in its first combination;
+//! each Byzantine signer must be named by an honest one). A case may take an honest replica down
+//! until the others signed (its messages lost): it must finish from the signatures its peers
+//! answer, some from their host's store. The hosts make the shares their signers ask for at once.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use fides_service::rsa_signer::{Input, Message, MessageId, Output, RsaSigner, RsaSignerConfig};
-use fides_threshold_rsa::{deal, sign_share, verify_signature, Dealt};
+use fides_service::rsa_signer::{designated, Input, Message, MessageId, Output, RsaSigner, RsaSignerConfig};
+use fides_threshold_rsa::{deal, sign_share, sign_share_value, verify_signature, Dealt};
 use fides_types::codec::Wire;
 use fides_types::{FaultKind, NodeIndex, Quorum, Target};
 use rand::{Rng, RngCore, SeedableRng};
@@ -38,7 +43,7 @@ use crate::{check, Behaviour, Byzantine, ByzantineSend, Micros, Network, RandomS
 pub enum RsaAttack {
     /// Send nothing.
     Silent,
-    /// Shares whose proofs fail, under the right id.
+    /// Values and shares of another message, under the right id.
     WrongShare,
     /// Shares for messages nobody asked for, and two shares per real message.
     OtherMessages,
@@ -110,6 +115,10 @@ const DOWN_UNTIL: Micros = 1_500_000;
 pub const LIVENESS_BOUND: Micros = 1_000_000;
 /// Shares the `OtherMessages` attacker sends for messages nobody asked for.
 const OTHER_MESSAGES: u32 = 40;
+/// When an honest replica first retries a message, after it was given it (virtual µs).
+pub const RETRY_FIRST: Micros = 300_000;
+/// How often it retries after that (virtual µs).
+pub const RETRY_EVERY: Micros = 500_000;
 
 /// A 512-bit key (a test-only size) for `n` replicas with `t = ⌊(n − 1)/3⌋`, dealt once per `n`
 /// from a fixed seed: dealing is the slow part, and the key is not what the seeds vary.
@@ -144,9 +153,15 @@ impl RsaScenario {
             .unwrap_or_default()
     }
 
+    fn value(&self, index: NodeIndex, message: &[u8]) -> Vec<u8> {
+        let dealt = &self.dealt;
+        sign_share_value(&dealt.public, &dealt.shares[index.as_usize()], message)
+            .map(|value| value.to_bytes(&dealt.public))
+            .unwrap_or_default()
+    }
+
     fn signer(&self, index: NodeIndex) -> RsaSigner {
-        let secret = Arc::new(self.dealt.shares[index.as_usize()].clone());
-        RsaSigner::new(Arc::new(self.dealt.public.clone()), secret, self.quorum, index, self.config)
+        RsaSigner::new(Arc::new(self.dealt.public.clone()), self.quorum, index, self.config)
     }
 }
 
@@ -181,8 +196,8 @@ impl Scenario for RsaScenario {
             1 => Message::Share { id, share: self.share(NodeIndex(0), message) }.to_bytes(),
             // A signature that is not one.
             2 => Message::Signature { id, signature: noise }.to_bytes(),
-            // A share for an id nobody asked for.
-            3 => Message::ShareReply { id: MessageId(rng.gen()), share: noise }.to_bytes(),
+            // A value for an id nobody asked for.
+            3 => Message::Value { id: MessageId(rng.gen()), value: noise }.to_bytes(),
             // An unknown tag.
             4 => {
                 let mut bytes = Message::Share { id, share: noise }.to_bytes();
@@ -204,7 +219,16 @@ impl Scenario for RsaScenario {
             shares: self
                 .messages
                 .iter()
-                .map(|m| (MessageId::of(m), self.share(index, m), self.share(index, &[m.as_slice(), b"!"].concat())))
+                .map(|m| {
+                    let other = [m.as_slice(), b"!"].concat();
+                    Shares {
+                        id: MessageId::of(m),
+                        right: self.share(index, m),
+                        wrong: self.share(index, &other),
+                        right_value: self.value(index, m),
+                        wrong_value: self.value(index, &other),
+                    }
+                })
                 .collect(),
             seen: Vec::new(),
             sent: 0,
@@ -217,11 +241,20 @@ struct Attacker {
     index: NodeIndex,
     quorum: Quorum,
     attack: RsaAttack,
-    /// Per message: its id, our share of it, our share of another message.
-    shares: Vec<(MessageId, Vec<u8>, Vec<u8>)>,
+    /// Per message: our shares of it and of another message.
+    shares: Vec<Shares>,
     /// Messages received, for replaying.
     seen: Vec<Vec<u8>>,
     sent: u32,
+}
+
+/// A Byzantine signer's shares of one message, and of another message under its id.
+struct Shares {
+    id: MessageId,
+    right: Vec<u8>,
+    wrong: Vec<u8>,
+    right_value: Vec<u8>,
+    wrong_value: Vec<u8>,
 }
 
 const ATTACKER_SENDS_MAX: u32 = 300;
@@ -233,17 +266,29 @@ impl Byzantine<RsaSigner> for Attacker {
         let all = |message: Message| ByzantineSend::new(Target::All, message.to_bytes());
         match self.attack {
             RsaAttack::WrongShare => {
-                for (id, _, wrong) in &self.shares {
-                    sends.push(all(Message::Share { id: *id, share: wrong.clone() }));
+                for shares in &self.shares {
+                    sends.push(all(Message::Value { id: shares.id, value: shares.wrong_value.clone() }));
+                    sends.push(all(Message::Share { id: shares.id, share: shares.wrong.clone() }));
                 }
             }
             RsaAttack::OtherMessages => {
-                for (id, right, wrong) in &self.shares {
+                for shares in &self.shares {
                     for to in self.quorum.nodes().filter(|to| *to != self.index) {
-                        let (first, second) = if rng.gen_bool(0.5) { (right, wrong) } else { (wrong, right) };
-                        for share in [first, second] {
-                            let message = Message::Share { id: *id, share: share.clone() };
-                            sends.push(ByzantineSend::new(Target::Node(to), message.to_bytes()));
+                        let pairs = [
+                            (
+                                Message::Value { id: shares.id, value: shares.right_value.clone() },
+                                Message::Value { id: shares.id, value: shares.wrong_value.clone() },
+                            ),
+                            (
+                                Message::Share { id: shares.id, share: shares.right.clone() },
+                                Message::Share { id: shares.id, share: shares.wrong.clone() },
+                            ),
+                        ];
+                        for (right, wrong) in pairs {
+                            let (first, second) = if rng.gen_bool(0.5) { (right, wrong) } else { (wrong, right) };
+                            for message in [first, second] {
+                                sends.push(ByzantineSend::new(Target::Node(to), message.to_bytes()));
+                            }
                         }
                     }
                 }
@@ -255,8 +300,9 @@ impl Byzantine<RsaSigner> for Attacker {
                 }
             }
             RsaAttack::Replayer => {
-                for (id, right, _) in &self.shares {
-                    sends.push(all(Message::Share { id: *id, share: right.clone() }));
+                for shares in &self.shares {
+                    sends.push(all(Message::Value { id: shares.id, value: shares.right_value.clone() }));
+                    sends.push(all(Message::Share { id: shares.id, share: shares.right.clone() }));
                 }
             }
             RsaAttack::Silent | RsaAttack::Garbage => {}
@@ -283,8 +329,8 @@ impl Byzantine<RsaSigner> for Attacker {
                 self.seen[rng.gen_range(0..self.seen.len())].clone()
             } else {
                 // Our own share again.
-                let (id, share, _) = &self.shares[rng.gen_range(0..self.shares.len())];
-                Message::Share { id: *id, share: share.clone() }.to_bytes()
+                let shares = &self.shares[rng.gen_range(0..self.shares.len())];
+                Message::Share { id: shares.id, share: shares.right.clone() }.to_bytes()
             };
             sends.push(ByzantineSend::new(to, bytes));
         }
@@ -325,11 +371,16 @@ pub fn run_case(case: &RsaCase) -> Result<RsaSummary, String> {
         _ => Behaviour::Adaptive,
     };
     let crate::Placement { byzantine, honest, behaviours } = crate::place(quorum, &kind, &mut rng);
+    let t = quorum.t();
     let messages: Vec<Vec<u8>> = (0..case.messages)
-        .map(|_| {
+        .map(|i| loop {
             let mut message = vec![0u8; rng.gen_range(1..300)];
             rng.fill_bytes(&mut message);
-            message
+            // The first message has a Byzantine designated signer.
+            let id = MessageId::of(&message);
+            if i > 0 || designated(&id, quorum.n(), t).any(|d| byzantine.contains(&d)) {
+                break message;
+            }
         })
         .collect();
     // Small bounds, so that the runs reach them: two signatures remembered (older ones come from
@@ -345,10 +396,12 @@ pub fn run_case(case: &RsaCase) -> Result<RsaSummary, String> {
     let run = RunConfig { seed: case.seed, deliveries_max: 1_000_000, cpu: None };
     let mut network = Network::new(quorum, &scenario, &behaviours, scheduler, run);
     let mut inputs_end = 0;
+    let mut given = Vec::new();
     for &node in &honest {
         let mut at = if Some(node) == down { DOWN_UNTIL } else { rng.gen_range(1_000..SIGN_GAP_MAX) };
         for message in &messages {
             network = network.with_input_at(at, node, Input::Sign(message.clone()));
+            given.push((at, node, message.clone()));
             inputs_end = inputs_end.max(at);
             at += rng.gen_range(0..SIGN_GAP_MAX);
         }
@@ -358,9 +411,23 @@ pub fn run_case(case: &RsaCase) -> Result<RsaSummary, String> {
     }
     let heal_at = rng.gen_range(inputs_end..inputs_end + 2_000_000);
     network = network.with_liveness(heal_at, LIVENESS_BOUND);
-    // The host's part: it stores each signature and answers a peer's question from the store.
+    // The host's timeout: retries until the end of the liveness phase.
+    for (at, node, message) in given {
+        let mut retry_at = at + RETRY_FIRST;
+        while retry_at <= heal_at + LIVENESS_BOUND {
+            network = network.with_input_at(retry_at, node, Input::Retry(message.clone()));
+            retry_at += RETRY_EVERY;
+        }
+    }
+    // The host's part: it makes our shares, stores each signature and answers a peer's question
+    // from the store.
     let mut stores: BTreeMap<(NodeIndex, MessageId), Vec<u8>> = BTreeMap::new();
+    let keys = Arc::clone(&dealt);
     network = network.with_reaction(Box::new(move |node, output| match output {
+        Output::Compute(compute) => {
+            let computed = compute.run(&keys.public, &keys.shares[node.as_usize()]).ok()?;
+            Some(Input::Computed(computed))
+        }
         Output::Signed { id, signature } => {
             stores.insert((node, *id), signature.clone());
             None
@@ -375,10 +442,16 @@ pub fn run_case(case: &RsaCase) -> Result<RsaSummary, String> {
     let (report, _) = network.run_until(
         |_| None,
         |outputs| {
-            outputs
-                .iter()
-                .flatten()
-                .all(|o| o.iter().filter(|p| matches!(p.output, Output::Signed { .. })).count() >= count)
+            outputs.iter().flatten().all(|o| {
+                let signed: std::collections::BTreeSet<MessageId> = o
+                    .iter()
+                    .filter_map(|p| match &p.output {
+                        Output::Signed { id, .. } => Some(*id),
+                        _ => None,
+                    })
+                    .collect();
+                signed.len() >= count
+            })
         },
     );
     let context = |e: String| {
@@ -397,9 +470,10 @@ pub fn run_case(case: &RsaCase) -> Result<RsaSummary, String> {
         let outputs = report.outputs[node.as_usize()].as_ref().ok_or("an honest replica has outputs")?;
         let mut signed: BTreeMap<MessageId, Vec<u8>> = BTreeMap::new();
         for produced in outputs {
+            // A retry after the signature gives it again (the host stores it again): the same bytes.
             if let Output::Signed { id, signature } = &produced.output {
-                if signed.insert(*id, signature.clone()).is_some() {
-                    return Err(context(format!("replica {node} signed {id:?} twice")));
+                if signed.insert(*id, signature.clone()).is_some_and(|earlier| earlier != *signature) {
+                    return Err(context(format!("replica {node} signed {id:?} twice, differently")));
                 }
             }
         }
@@ -421,21 +495,20 @@ pub fn run_case(case: &RsaCase) -> Result<RsaSummary, String> {
     for (_, fault) in &report.faults {
         *faults.entry(fault.kind.clone()).or_default() += 1;
     }
-    // Under the Byzantine-first schedule every honest replica that was up meets the bad shares in
-    // its first combination: each must name each Byzantine signer.
+    // Under the Byzantine-first schedule the first honest replica to sign meets the bad shares in
+    // its first combination: each Byzantine signer must be named by an honest replica. (Replicas
+    // that take the signature from a peer check no share.)
     if case.schedule == RsaSchedule::ByzantineFirst {
         let named: &[FaultKind] = match case.attack {
             RsaAttack::WrongShare => &[FaultKind::InvalidProof],
             RsaAttack::OtherMessages => &[FaultKind::InvalidProof, FaultKind::Equivocation],
             _ => &[],
         };
-        for reporter in honest.iter().filter(|h| Some(**h) != down && !named.is_empty()) {
-            for bad in &byzantine {
-                let found =
-                    report.faults.iter().any(|(r, f)| r == reporter && f.node == *bad && named.contains(&f.kind));
-                if !found {
-                    return Err(context(format!("replica {reporter} did not name Byzantine signer {bad}")));
-                }
+        for bad in byzantine.iter().filter(|_| !named.is_empty()) {
+            let found =
+                report.faults.iter().any(|(r, f)| honest.contains(r) && f.node == *bad && named.contains(&f.kind));
+            if !found {
+                return Err(context(format!("no honest replica named Byzantine signer {bad}")));
             }
         }
     }

@@ -1,10 +1,11 @@
 //! Combining signature shares, optimistically.
 
-use num_bigint::{BigInt, BigUint};
+use crypto_bigint::modular::BoxedMontyForm;
+use num_bigint::{BigInt, BigUint, Sign};
 use num_integer::Integer;
 use num_traits::One;
 
-use crate::arith::{delta, is_residue, lagrange_times_delta, pow_signed, to_fixed_fitting};
+use crate::arith::{delta, inverses, is_residue, lagrange_times_delta, to_fixed_fitting, Montgomery};
 use crate::emsa;
 use crate::key::{PublicKey, PUBLIC_EXPONENT};
 use crate::share::{verify_share, ShareValue, SignatureShare};
@@ -125,23 +126,25 @@ pub fn combine(public: &PublicKey, message: &[u8], shares: &[SignatureShare]) ->
         return Err(CombineError::NotEnoughShares { usable: candidates.len(), needed, faults });
     }
     let x = emsa::encode(message, public.modulus_len());
-    if let Some(signature) = combine_checked(public, &x, &candidates[..needed]) {
-        return Ok(Combined { signature, faults });
-    }
+    let candidates = match combine_first(public, &x, needed, candidates.clone(), &mut faults) {
+        Ok(Some(signature)) => return Ok(Combined { signature, faults }),
+        Ok(None) | Err(_) => candidates,
+    };
     let mut good = Vec::with_capacity(candidates.len());
     for share in candidates {
+        if faults.iter().any(|f| f.index == share.index && f.kind == ShareFaultKind::NotAResidue) {
+            continue;
+        }
         if verify_share(public, message, share) {
             good.push(share);
         } else {
             faults.push(ShareFault { index: share.index, kind: ShareFaultKind::InvalidProof });
         }
     }
-    if good.len() < needed {
-        return Err(CombineError::NotEnoughShares { usable: good.len(), needed, faults });
-    }
-    match combine_checked(public, &x, &good[..needed]) {
-        Some(signature) => Ok(Combined { signature, faults }),
-        None => Err(CombineError::ProvenSharesDisagree { needed, faults }),
+    match combine_first(public, &x, needed, good, &mut faults) {
+        Ok(Some(signature)) => Ok(Combined { signature, faults }),
+        Ok(None) => Err(CombineError::ProvenSharesDisagree { needed, faults }),
+        Err(usable) => Err(CombineError::NotEnoughShares { usable, needed, faults }),
     }
 }
 
@@ -155,14 +158,17 @@ pub fn combine_values(public: &PublicKey, message: &[u8], values: &[ShareValue])
     if candidates.len() < needed {
         return Err(CombineError::NotEnoughShares { usable: candidates.len(), needed, faults });
     }
+    let mut faults = faults;
     let x = emsa::encode(message, public.modulus_len());
-    match combine_checked(public, &x, &candidates[..needed]) {
-        Some(signature) => Ok(Combined { signature, faults }),
-        None => Err(CombineError::ValuesDisagree { needed, faults }),
+    match combine_first(public, &x, needed, candidates, &mut faults) {
+        Ok(Some(signature)) => Ok(Combined { signature, faults }),
+        Ok(None) => Err(CombineError::ValuesDisagree { needed, faults }),
+        Err(usable) => Err(CombineError::NotEnoughShares { usable, needed, faults }),
     }
 }
 
-/// The shares that may be combined, each index once, and the faults of the others.
+/// The shares that may be combined, each index once, and the faults of the others. Whether a
+/// value is invertible mod `N` is checked when it is combined ([`Checked::NotInvertible`]).
 fn usable<'a, S: Share>(public: &PublicKey, shares: &'a [S]) -> (Vec<&'a S>, Vec<ShareFault>) {
     let mut candidates: Vec<&S> = Vec::with_capacity(shares.len());
     let mut faults = Vec::new();
@@ -174,7 +180,7 @@ fn usable<'a, S: Share>(public: &PublicKey, shares: &'a [S]) -> (Vec<&'a S>, Vec
             if *earlier != share {
                 faults.push(fault(ShareFaultKind::Duplicate));
             }
-        } else if !is_residue(share.value(), &public.modulus) || !share.value().gcd(&public.modulus).is_one() {
+        } else if !is_residue(share.value(), &public.modulus) {
             faults.push(fault(ShareFaultKind::NotAResidue));
         } else {
             candidates.push(share);
@@ -183,26 +189,106 @@ fn usable<'a, S: Share>(public: &PublicKey, shares: &'a [S]) -> (Vec<&'a S>, Vec
     (candidates, faults)
 }
 
+/// Drop the candidates that have no inverse mod `N` (sharing a factor with it), as faults: the
+/// slow check (a gcd each), made only once a combination found a value without an inverse.
+fn drop_not_invertible<'a, S: Share>(
+    public: &PublicKey,
+    candidates: Vec<&'a S>,
+    faults: &mut Vec<ShareFault>,
+) -> Vec<&'a S> {
+    let (kept, dropped): (Vec<&S>, Vec<&S>) =
+        candidates.into_iter().partition(|share| share.value().gcd(&public.modulus).is_one());
+    faults.extend(dropped.iter().map(|share| ShareFault { index: share.index(), kind: ShareFaultKind::NotAResidue }));
+    kept
+}
+
+/// What combining `t + 1` shares gave.
+enum Checked {
+    /// The signature, which verifies.
+    Signature(Vec<u8>),
+    /// A signature that does not verify: a share is wrong.
+    Wrong,
+    /// A value (or the message's representative) has no inverse mod `N`.
+    NotInvertible,
+}
+
+/// Combine the first `needed` candidates; a value without an inverse is dropped as a fault and
+/// the combination tried again.
+fn combine_first<S: Share>(
+    public: &PublicKey,
+    x: &BigUint,
+    needed: usize,
+    candidates: Vec<&S>,
+    faults: &mut Vec<ShareFault>,
+) -> Result<Option<Vec<u8>>, usize> {
+    if candidates.len() < needed {
+        return Err(candidates.len());
+    }
+    match combine_checked(public, x, &candidates[..needed]) {
+        Checked::Signature(signature) => Ok(Some(signature)),
+        Checked::Wrong => Ok(None),
+        Checked::NotInvertible => {
+            let candidates = drop_not_invertible(public, candidates, faults);
+            if candidates.len() < needed {
+                return Err(candidates.len());
+            }
+            match combine_checked(public, x, &candidates[..needed]) {
+                Checked::Signature(signature) => Ok(Some(signature)),
+                Checked::Wrong | Checked::NotInvertible => Ok(None),
+            }
+        }
+    }
+}
+
 /// Combine exactly `t + 1` shares of distinct indices, and return the signature if it verifies:
 /// `w = Π x_j^{2λ_j}` (`λ_j = Δ·λ_{0,j}`), `w^e = x^{4Δ²}`, and with `4Δ²a + eb = 1`,
-/// `y = w^a x^b`.
-fn combine_checked<S: Share>(public: &PublicKey, x: &BigUint, shares: &[&S]) -> Option<Vec<u8>> {
+/// `y = w^a x^b`. `a` is taken non-negative, so `b` is negative; the inverses of `x` and of the
+/// values with a negative `λ_j` are made with one inversion. The exponents are public and short
+/// (a few bits for `λ_j`, 17 for `a`, `e`): Montgomery arithmetic with the modulus prepared once.
+fn combine_checked<S: Share>(public: &PublicKey, x: &BigUint, shares: &[&S]) -> Checked {
     let n = &public.modulus;
     let delta = delta(public.parties());
     let indices: Vec<u32> = shares.iter().map(|share| share.index()).collect();
-    let mut w = BigUint::one();
-    for share in shares {
-        let lambda = lagrange_times_delta(&delta, &indices, share.index());
-        w = w * pow_signed(share.value(), &(lambda << 1), n)? % n;
-    }
+    let exponents: Vec<BigInt> =
+        shares.iter().map(|share| lagrange_times_delta(&delta, &indices, share.index()) << 1).collect();
+    let e = BigInt::from(PUBLIC_EXPONENT);
     let e_prime: BigInt = BigInt::from(&delta * &delta) << 2u32;
-    let bezout = e_prime.extended_gcd(&BigInt::from(PUBLIC_EXPONENT));
+    let bezout = e_prime.extended_gcd(&e);
     if !bezout.gcd.is_one() {
-        return None;
+        return Checked::Wrong;
     }
-    let y = pow_signed(&w, &bezout.x, n)? * pow_signed(x, &bezout.y, n)? % n;
-    let signature = to_fixed_fitting(&y, public.modulus_len());
-    (y.modpow(&BigUint::from(PUBLIC_EXPONENT), n) == *x).then_some(signature)
+    let (mut a, mut b) = (bezout.x, bezout.y);
+    while a.sign() == Sign::Minus {
+        a += &e;
+        b -= &e_prime;
+    }
+    // 4Δ²a + eb = 1 with a ≥ 0 makes b negative.
+    assert!(b.sign() == Sign::Minus, "a non-negative a makes b negative");
+    // Every value is inverted (which also checks that each has an inverse: the batch costs three
+    // multiplications a value), and x.
+    let mut to_invert: Vec<&BigUint> = shares.iter().map(|share| share.value()).collect();
+    to_invert.push(x);
+    let Some(mut inverted) = inverses(&to_invert, n) else { return Checked::NotInvertible };
+    let x_inverse = inverted.pop().expect("x was inverted last");
+    let montgomery = Montgomery::cached(n);
+    let mut w: Option<BoxedMontyForm> = None;
+    for ((share, exponent), inverse) in shares.iter().zip(&exponents).zip(inverted) {
+        let base = if exponent.sign() == Sign::Minus { inverse } else { share.value().clone() };
+        let power = montgomery.pow_public(&montgomery.form(&base), exponent.magnitude());
+        w = Some(match w {
+            Some(w) => w * power,
+            None => power,
+        });
+    }
+    let Some(w) = w else { return Checked::Wrong };
+    let y =
+        montgomery.pow_public(&w, a.magnitude()) * montgomery.pow_public(&montgomery.form(&x_inverse), b.magnitude());
+    let check = montgomery.pow_public(&y, &BigUint::from(PUBLIC_EXPONENT));
+    let y = Montgomery::value(&y);
+    if Montgomery::value(&check) != *x {
+        return Checked::Wrong;
+    }
+    Checked::Signature(to_fixed_fitting(&y, public.modulus_len()))
 }
 
 /// Whether `signature` is a valid RSASSA-PKCS1-v1_5 SHA-256 signature of `message` under the
@@ -215,5 +301,7 @@ pub fn verify_signature(public: &PublicKey, message: &[u8], signature: &[u8]) ->
     if y >= public.modulus {
         return false;
     }
-    y.modpow(&BigUint::from(PUBLIC_EXPONENT), &public.modulus) == emsa::encode(message, public.modulus_len())
+    let montgomery = Montgomery::cached(&public.modulus);
+    let power = montgomery.pow_public(&montgomery.form(&y), &BigUint::from(PUBLIC_EXPONENT));
+    Montgomery::value(&power) == emsa::encode(message, public.modulus_len())
 }

@@ -87,7 +87,7 @@ pub(crate) fn response_len(modulus_len: usize) -> usize {
 pub fn sign_share(public: &PublicKey, share: &SecretShare, message: &[u8]) -> Result<SignatureShare, SignError> {
     let verification_key = check_share(public, share)?;
     let n = &public.modulus;
-    let montgomery = Montgomery::new(n);
+    let montgomery = Montgomery::cached(n);
     let x = emsa::encode(message, public.modulus_len());
     let two_delta: BigUint = delta(public.parties()) << 1u32;
     let value = share_value(public, &montgomery, share, &x);
@@ -106,7 +106,7 @@ pub fn sign_share(public: &PublicKey, share: &SecretShare, message: &[u8]) -> Re
 /// (constant time), the same value [`sign_share`] gives.
 pub fn sign_share_value(public: &PublicKey, share: &SecretShare, message: &[u8]) -> Result<ShareValue, SignError> {
     check_share(public, share)?;
-    let montgomery = Montgomery::new(&public.modulus);
+    let montgomery = Montgomery::cached(&public.modulus);
     let x = emsa::encode(message, public.modulus_len());
     Ok(ShareValue { index: share.index, value: share_value(public, &montgomery, share, &x) })
 }

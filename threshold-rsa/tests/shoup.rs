@@ -364,3 +364,36 @@ fn corrupted_encodings_never_panic_and_corrupted_shares_are_named() {
         }
     }
 }
+
+#[test]
+fn a_value_sharing_a_factor_with_the_modulus_is_named_when_it_is_combined() {
+    use fides_threshold_rsa::{deal_with_primes, safe_prime};
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(21);
+    let p = safe_prime(256, &mut rng, 1, &mut |_| {});
+    let q = loop {
+        let q = safe_prime(256, &mut rng, 2, &mut |_| {});
+        if q != p {
+            break q;
+        }
+    };
+    let dealt = deal_with_primes(&p, &q, 4, 1, &mut rng).expect("two safe primes make a key");
+    let public = &dealt.public;
+    let values: Vec<ShareValue> =
+        dealt.shares.iter().map(|share| sign_share_value(public, share, MESSAGE).expect("own share")).collect();
+    // Party 1's value replaced by p: in [1, N), but without an inverse mod N.
+    let mut bytes = values[1].to_bytes(public);
+    let k = public.modulus_len();
+    let factor = p.to_bytes_be();
+    bytes[8..8 + k].fill(0);
+    bytes[8 + k - factor.len()..8 + k].copy_from_slice(&factor);
+    let bad = ShareValue::from_bytes(public, &bytes).expect("a residue decodes");
+    let not_a_residue = ShareFault { index: 1, kind: ShareFaultKind::NotAResidue };
+    let combined =
+        combine_values(public, MESSAGE, &[bad.clone(), values[0].clone(), values[2].clone()]).expect("two good values");
+    assert_eq!(combined.faults, vec![not_a_residue]);
+    assert!(verify_signature(public, MESSAGE, &combined.signature));
+    match combine_values(public, MESSAGE, &[values[3].clone(), bad]) {
+        Err(CombineError::NotEnoughShares { usable: 1, needed: 2, faults }) => assert_eq!(faults, vec![not_a_residue]),
+        other => panic!("combined without t + 1 invertible values: {other:?}"),
+    }
+}

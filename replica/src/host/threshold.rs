@@ -11,17 +11,29 @@
 //! public key, and they arrive at different moments at different replicas (so they cannot be
 //! part of what checkpoints sign). They live in the host's tables, next to the services' own.
 //!
+//! Our shares (the exponentiations with our secret share: 5 ms for RSA-2048, three times that
+//! with a proof) are made on a thread of their own, not on the services' worker thread, so that
+//! epochs keep being applied meanwhile: the signer asks ([`Output::Compute`]), the thread makes
+//! the share, and [`ThresholdSigning::poll`] (which the worker calls every [`MADE_POLL`] while a
+//! share is being made) gives it back to the signer.
+//!
+//! Only the message's `t + 1` designated replicas sign at once; a message whose signature is not
+//! in after [`RETRY_AFTER`] is given to the signer again as a retry (then every
+//! [`RESEND_AFTER`]), and the others sign too.
+//!
 //! Durability, as for the epoch certificate: the messages still to sign are written in the
 //! epoch's transaction ([`RSA_PENDING`], keyed by the request that asked), and a restart gives
-//! them to the signer again (shares are deterministic, so sending one again contradicts
-//! nothing). A cluster without an RSA key (files dealt before the dealer dealt one) refuses
-//! them: the request gets `FAILED_PRECONDITION`, not a hang.
+//! them to the signer again, at once as retries (shares are deterministic, so sending one again
+//! contradicts nothing). A cluster without an RSA key (files dealt before the dealer dealt one)
+//! refuses them: the request gets `FAILED_PRECONDITION`, not a hang.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use fides_service::rsa_signer::{self, Input, Message, MessageId, Output, RsaSigner, RsaSignerConfig};
+use fides_service::rsa_signer::{
+    self, Compute, Computed, Input, Message, MessageId, Output, RsaSigner, RsaSignerConfig,
+};
 use fides_service::{Code, Outcome, SchemeId};
 use fides_threshold_rsa::{PublicKey, SecretShare};
 use fides_types::codec::Wire;
@@ -43,16 +55,25 @@ pub const RSA_PENDING: BytesTable<'static> = TableDefinition::new("replica_rsa_p
 /// far fewer requests), and the `ThresholdSign` messages of an applied batch (made with the rest of
 /// the epoch by `fides_host::apply`).
 pub use fides_host::apply::{asks, EPOCH_START};
-/// A message whose signature is not in after this long is given to the signer again (it sends
-/// our share again: a frame may have been dropped, or a peer restarted).
-const RESEND_AFTER: Duration = Duration::from_secs(2);
+/// A message whose signature is not in after this long is given to the signer as a retry: it
+/// asks the peers, and signs even if it is not one of the message's designated signers (one of
+/// them may be down). Long next to a signature's usual time (tens of milliseconds), so that a
+/// loaded cluster does not make shares it does not need.
+pub const RETRY_AFTER: Duration = Duration::from_millis(500);
+/// After the first retry, a message is retried this often (a frame may have been dropped, or a
+/// peer restarted).
+pub const RESEND_AFTER: Duration = Duration::from_secs(2);
 /// Messages given again per turn at most.
 const RESEND_MAX: usize = 64;
 
 /// Where the host's commands to the driver go (frames to peers, faults): the driver's handle in
-/// the replica, a queue in tests. Never blocks (a full queue drops the command: a share is sent
-/// again after [`RESEND_AFTER`]).
+/// the replica, a queue in tests. Never blocks (a full queue drops the command: the message is
+/// retried after [`RETRY_AFTER`], which sends our share again and asks the peers).
 pub type Outbox = Box<dyn Fn(Command) + Send>;
+/// How often the worker polls while a share is being made (a share takes about 5 ms for
+/// RSA-2048). The share thread does not wake the worker: holding a sender of the worker's own
+/// queue would keep the worker from seeing its queue closed.
+pub const MADE_POLL: Duration = Duration::from_millis(2);
 
 /// This replica's threshold RSA key: the cluster's public key and our secret share.
 #[derive(Clone, Debug)]
@@ -70,12 +91,41 @@ struct Pending {
     askers: BTreeSet<(u64, u32)>,
     /// When it was last given to the signer.
     given: Instant,
+    /// Whether it was given as a retry already.
+    retried: bool,
+}
+
+/// The thread that makes our shares: jobs in, shares out.
+struct ShareMaker {
+    jobs: mpsc::Sender<Compute>,
+    made: mpsc::Receiver<Result<Computed, rsa_signer::Error>>,
+    /// Jobs sent and not taken back yet.
+    outstanding: usize,
+}
+
+impl ShareMaker {
+    fn start(keys: &RsaKeys) -> anyhow::Result<ShareMaker> {
+        let (jobs, jobs_rx) = mpsc::channel::<Compute>();
+        let (made_tx, made) = mpsc::channel();
+        let (public, secret) = (Arc::clone(&keys.public), Arc::clone(&keys.secret));
+        // Ends when the jobs' sender is dropped (with the worker).
+        std::thread::Builder::new().name("rsa-shares".into()).spawn(move || {
+            while let Ok(job) = jobs_rx.recv() {
+                if made_tx.send(job.run(&public, &secret)).is_err() {
+                    return;
+                }
+            }
+        })?;
+        Ok(ShareMaker { jobs, made, outstanding: 0 })
+    }
 }
 
 /// The host's threshold signing: the signer, what it signs, and who waits.
 pub struct ThresholdSigning {
     /// `None`: the cluster has no RSA key.
     signer: Option<RsaSigner>,
+    /// Makes our shares (present with the signer).
+    maker: Option<ShareMaker>,
     outbox: Outbox,
     pending: BTreeMap<MessageId, Pending>,
     /// Requests that wait for signatures: (epoch, index) → the ids not signed yet.
@@ -98,10 +148,11 @@ pub fn lookup(read: &ReadTransaction, id: &MessageId) -> anyhow::Result<Option<V
 
 impl ThresholdSigning {
     /// The host's signing for replica `our_index`; `keys` is `None` if the cluster has no RSA key.
-    pub fn new(keys: Option<RsaKeys>, quorum: Quorum, our_index: NodeIndex, outbox: Outbox) -> Self {
-        let signer =
-            keys.map(|keys| RsaSigner::new(keys.public, keys.secret, quorum, our_index, RsaSignerConfig::default()));
-        ThresholdSigning { signer, outbox, pending: BTreeMap::new(), waiting: BTreeMap::new() }
+    /// With a key, starts the thread that makes our shares.
+    pub fn new(keys: Option<RsaKeys>, quorum: Quorum, our_index: NodeIndex, outbox: Outbox) -> anyhow::Result<Self> {
+        let maker = keys.as_ref().map(ShareMaker::start).transpose()?;
+        let signer = keys.map(|keys| RsaSigner::new(keys.public, quorum, our_index, RsaSignerConfig::default()));
+        Ok(ThresholdSigning { signer, maker, outbox, pending: BTreeMap::new(), waiting: BTreeMap::new() })
     }
 
     /// Create the tables.
@@ -150,6 +201,11 @@ impl ThresholdSigning {
         for (epoch, asks) in asks {
             self.sign(db, epoch, asks);
         }
+        // What peers sent while we were down is lost: ask them at once.
+        let ids: Vec<MessageId> = self.pending.keys().copied().collect();
+        for id in ids {
+            self.give(db, id, true);
+        }
         Ok(())
     }
 
@@ -168,6 +224,7 @@ impl ThresholdSigning {
                 message,
                 askers: BTreeSet::new(),
                 given: Instant::now(),
+                retried: false,
             });
             pending.askers.insert((epoch, index));
             let stored = db.begin_read().map_err(anyhow::Error::from).and_then(|read| lookup(&read, &id));
@@ -175,33 +232,82 @@ impl ThresholdSigning {
                 // Signed already (the same message asked for before): nothing to exchange.
                 self.store(db, id, signature);
             } else if new {
-                self.give(db, id);
+                self.give(db, id, false);
             }
         }
     }
 
-    /// Give `id`'s message to the signer (again: it then sends our share again).
-    fn give(&mut self, db: &Database, id: MessageId) {
+    /// Give `id`'s message to the signer, or a retry of it.
+    fn give(&mut self, db: &Database, id: MessageId, retry: bool) {
         let (Some(signer), Some(pending)) = (self.signer.as_mut(), self.pending.get_mut(&id)) else { return };
         pending.given = Instant::now();
-        match signer.handle_input(Input::Sign(pending.message.clone()), &mut rand::thread_rng()) {
+        pending.retried |= retry;
+        let message = pending.message.clone();
+        let input = if retry { Input::Retry(message) } else { Input::Sign(message) };
+        match signer.handle_input(input, &mut rand::thread_rng()) {
             Ok(step) => self.on_step(db, step),
             Err(error) => tracing::error!(%error, "the threshold RSA signer cannot sign"),
         }
     }
 
-    /// Give the signer again the messages whose signature is not in after [`RESEND_AFTER`].
-    pub fn resend(&mut self, db: &Database) {
-        let now = Instant::now();
+    /// Whether a share is being made (the worker then polls every [`MADE_POLL`]).
+    pub fn making(&self) -> bool {
+        self.maker.as_ref().is_some_and(|m| m.outstanding > 0)
+    }
+
+    /// Once per turn of the worker: give the signer the shares the thread made, and retry the
+    /// messages whose signature is late ([`RETRY_AFTER`], then [`RESEND_AFTER`]).
+    pub fn poll(&mut self, db: &Database) {
+        self.poll_at(db, Instant::now());
+    }
+
+    /// [`ThresholdSigning::poll`] as if it were `now`.
+    fn poll_at(&mut self, db: &Database, now: Instant) {
+        self.take_made(db, false);
         let due: Vec<MessageId> = self
             .pending
             .iter()
-            .filter(|(_, p)| now.duration_since(p.given) > RESEND_AFTER)
+            .filter(|(_, p)| {
+                now.saturating_duration_since(p.given) > if p.retried { RESEND_AFTER } else { RETRY_AFTER }
+            })
             .map(|(id, _)| *id)
             .take(RESEND_MAX)
             .collect();
         for id in due {
-            self.give(db, id);
+            self.give(db, id, true);
+        }
+    }
+
+    /// Give the signer the shares made; `wait`: until every share asked for is made.
+    fn take_made(&mut self, db: &Database, wait: bool) {
+        loop {
+            let Some(maker) = self.maker.as_mut().filter(|m| m.outstanding > 0) else { return };
+            let made = if wait {
+                maker.made.recv().map_err(|_| mpsc::TryRecvError::Disconnected)
+            } else {
+                maker.made.try_recv()
+            };
+            let computed = match made {
+                Ok(computed) => computed,
+                Err(mpsc::TryRecvError::Empty) => return,
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    tracing::error!("the thread that makes threshold RSA shares stopped");
+                    maker.outstanding = 0;
+                    return;
+                }
+            };
+            maker.outstanding -= 1;
+            let step = match computed {
+                Ok(computed) => {
+                    self.signer.as_mut().map(|s| s.handle_input(Input::Computed(computed), &mut rand::thread_rng()))
+                }
+                Err(error) => Some(Err(error)),
+            };
+            match step {
+                Some(Ok(step)) => self.on_step(db, step),
+                Some(Err(error)) => tracing::error!(%error, "the threshold RSA signer cannot sign"),
+                None => {}
+            }
         }
     }
 
@@ -233,6 +339,14 @@ impl ThresholdSigning {
         for output in step.outputs {
             match output {
                 Output::Signed { id, signature } => self.store(db, id, signature),
+                Output::Compute(compute) => {
+                    let Some(maker) = self.maker.as_mut() else { continue };
+                    if maker.jobs.send(compute).is_ok() {
+                        maker.outstanding += 1;
+                    } else {
+                        tracing::error!("the thread that makes threshold RSA shares stopped");
+                    }
+                }
                 Output::SignatureAsked { peer, id } => {
                     let stored = db.begin_read().map_err(anyhow::Error::from).and_then(|read| lookup(&read, &id));
                     let (Ok(Some(signature)), Some(signer)) = (stored, self.signer.as_mut()) else { continue };
@@ -374,7 +488,8 @@ pub(crate) mod tests {
                 quorum,
                 NodeIndex(index),
                 Box::new(move |command| outbox.lock().expect("not poisoned").push(command)),
-            );
+            )
+            .expect("the share thread starts");
             (signing, sent)
         }
 
@@ -405,11 +520,14 @@ pub(crate) mod tests {
         }
     }
 
-    /// Deliver the frames the hosts send until none is left; a host that is down loses what is
-    /// sent to it and what it sends. The faults reported.
+    /// Deliver the frames the hosts send until none is left and no share is being made; a host
+    /// that is down loses what is sent to it and what it sends. The faults reported.
     fn route(hosts: &mut [Host], down: &[u32]) -> Vec<(NodeIndex, fides_types::FaultKind)> {
         let mut faults = Vec::new();
         for _ in 0..100 {
+            for host in hosts.iter_mut() {
+                host.signing.take_made(&host.db, true);
+            }
             let mut frames = Vec::new();
             for host in hosts.iter() {
                 for command in std::mem::take(&mut *host.sent.lock().expect("not poisoned")) {
@@ -465,7 +583,14 @@ pub(crate) mod tests {
             assert!(host.signing.waits(7, 3), "the request waits for its signature");
             assert!(!host.signing.waits(7, EPOCH_START));
         }
-        // Replica 3 is down: the others still sign, and it restarts with what it had to sign.
+        // Replica 3 is down: the others still sign (after a retry if it was a designated signer),
+        // and it restarts with what it had to sign.
+        let faults = route(&mut hosts, &[3]);
+        assert!(faults.is_empty(), "{faults:?}");
+        let later = Instant::now() + RETRY_AFTER * 2;
+        for host in &mut hosts[..3] {
+            host.signing.poll_at(&host.db, later);
+        }
         let faults = route(&mut hosts, &[3]);
         assert!(faults.is_empty(), "{faults:?}");
         let dealt = dealt();
@@ -498,6 +623,26 @@ pub(crate) mod tests {
         hosts[0].apply(9, &[(0, tbs.clone())]);
         assert!(!hosts[0].signing.waits(9, 0));
         assert!(hosts[0].sent.lock().expect("not poisoned").is_empty());
+    }
+
+    #[test]
+    fn shares_are_made_off_the_callers_thread_by_the_designated_hosts_only() {
+        let dir = tempfile::tempdir().expect("a directory");
+        let mut hosts: Vec<Host> = (0..4).map(|i| Host::new(&dir, i, Some(keys(i as usize)))).collect();
+        let message = b"tbs bytes".to_vec();
+        let chosen: Vec<u32> = rsa_signer::designated(&MessageId::of(&message), 4, 1).map(|i| i.0).collect();
+        for host in &mut hosts {
+            host.apply(2, &[(0, message.clone())]);
+            // Applying returns before the share is made: nothing is sent yet, a share is asked.
+            assert!(host.sent.lock().expect("not poisoned").is_empty(), "no share made on the caller's thread");
+            assert_eq!(host.signing.making(), chosen.contains(&host.index.0), "host {}", host.index.0);
+        }
+        let faults = route(&mut hosts, &[]);
+        assert!(faults.is_empty(), "{faults:?}");
+        for host in &hosts {
+            assert!(!host.signing.waits(2, 0));
+            assert!(verify_signature(&dealt().public, &message, &signature_of(host, &message).expect("stored")));
+        }
     }
 
     #[test]

@@ -329,7 +329,7 @@ pub fn start(dir: &Path, mut setup: WorkerSetup) -> anyhow::Result<(WorkerHandle
     );
     let node = setup.node.clone();
     let outbox = Box::new(move |command| drop(node.try_send(command)));
-    let threshold = ThresholdSigning::new(setup.rsa.take(), setup.quorum, setup.our_index, outbox);
+    let threshold = ThresholdSigning::new(setup.rsa.take(), setup.quorum, setup.our_index, outbox)?;
     let agreements = Agreements {
         registry: Arc::clone(&registry),
         cluster: setup.cluster,
@@ -531,7 +531,9 @@ impl Worker {
 
     fn run(mut self, rx: Receiver<Input>) {
         loop {
-            let input = match rx.recv_timeout(Duration::from_millis(50)) {
+            // While a threshold RSA share is being made off this thread, look for it soon.
+            let wait = if self.threshold.making() { threshold::MADE_POLL } else { Duration::from_millis(50) };
+            let input = match rx.recv_timeout(wait) {
                 Ok(input) => Some(input),
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => return,
@@ -559,7 +561,7 @@ impl Worker {
             }
             self.poll_snapshots();
             self.resend_shares();
-            self.threshold.resend(&self.db);
+            self.threshold.poll(&self.db);
             self.send_votes();
             self.answer_waiters();
             self.answer_deciding();

@@ -27,10 +27,15 @@
 //! It reports each applied epoch (its state digest, root, every answer with its inclusion path,
 //! and the decisions applied) and each certificate.
 //!
+//! The certification authority is there too, each replica's with its own identity (its own
+//! challenges and votes); a Byzantine replica's votes yes on everything. Threshold RSA is not
+//! simulated: the CA's `ThresholdSign` asks are ignored, as all are here (the `ca` submodule).
+//!
 //! Clients: owners create events; once an honest replica applied an event's creation, tickets for
 //! it are submitted to that replica; some requests are refused (a bad owner signature, an unknown
 //! event), some are for no service; some ask the test service ([`Asker`]) for an agreement
-//! instance. The Byzantine replicas run the generic behaviours (silent, equivocating, garbage,
+//! instance; the CA's clients issue with their keys, name keys they do not hold, and update one
+//! key twice at once. The Byzantine replicas run the generic behaviours (silent, equivocating, garbage,
 //! replaying) against the whole protocol; an equivocating one also proposes decision notices of
 //! the value not asked for, in its own name and forged in an honest replica's.
 //!
@@ -39,7 +44,9 @@
 //! the same service state, root and decisions after it; every instance decided once at every
 //! honest replica, on the value asked for; every epoch with leaves certified at every honest
 //! replica, and every answer (ordering leaf and signed record) verifying alone against its
-//! certificate under the cluster key; tickets actually issued.
+//! certificate under the cluster key; tickets actually issued; each CA instance decided once, no
+//! certificate for a key its requester does not hold, one for every holder, and the two updates
+//! of one key run one after the other.
 //!
 //! Not (yet) here: service snapshots (`host/snapshot.rs` in the replica: a replica here never
 //! loses its services' state, and every peer keeps every batch, so the backfill always finds

@@ -6,7 +6,8 @@
 //! every epoch, every answer certified): each CA instance decided once; no client without the key
 //! gets a certificate; every holder gets one; the two updates run one after the other, in log
 //! order, the second replacing the first's certificate. By default two seeds of the yes voter
-//! and one each of an equivocating and a garbage-sending replica, at n = 4 (about 4 s on two
+//! and one each of an equivocating and a garbage-sending replica, at n = 4, and one seed run twice
+//! for its trace hash (about 6 s on two
 //! cores); every kind at n ∈ {4, 7}, 10 seeds, in the `slow_` test.
 
 use simnet::replica::{run_case, ReplicaCase};
@@ -49,6 +50,17 @@ fn a_byzantine_replica_that_votes_yes_on_everything_changes_nothing_in_the_ca() 
 #[test]
 fn the_ca_confirms_keys_and_orders_updates_with_an_equivocating_or_garbage_sending_replica() {
     suite(&[Behaviour::Equivocator, Behaviour::Garbage], 4, 1);
+}
+
+/// The CA's clients draw their keys from the seed too: a failing seed replays alone.
+#[test]
+fn a_seed_replays_the_same_run_with_the_ca() {
+    let case =
+        ReplicaCase { n: 4, byzantine: Behaviour::Adaptive, events: 0, tickets: 0, instances: 0, ca: 1, seed: 7 };
+    let first = run_case(&case).unwrap_or_else(|e| panic!("{e}"));
+    let second = run_case(&case).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(first.trace, second.trace);
+    assert_eq!(first.certificates, 4, "one holder, the updated key's issue and its two updates: {first:?}");
 }
 
 #[test]

@@ -7,8 +7,8 @@
 //! gets a certificate; every holder gets one; the two updates run one after the other, in log
 //! order, the second replacing the first's certificate. By default two seeds of the yes voter
 //! and one each of an equivocating and a garbage-sending replica, at n = 4, and one seed run twice
-//! for its trace hash (about 6 s on two
-//! cores); every kind at n ∈ {4, 7}, 10 seeds, in the `slow_` test.
+//! for its trace hash (about 6 s on two cores); every kind at n ∈ {4, 7}, 10 seeds, in the
+//! `slow_` test (about 7 minutes).
 
 use simnet::replica::{run_case, ReplicaCase};
 use simnet::seeds::run_seeds;

@@ -27,10 +27,15 @@
 //! It reports each applied epoch (its state digest, root, every answer with its inclusion path,
 //! and the decisions applied) and each certificate.
 //!
+//! The certification authority is there too, each replica's with its own identity (its own
+//! challenges and votes); a Byzantine replica's votes yes on everything. Threshold RSA is not
+//! simulated: the CA's `ThresholdSign` asks are ignored, as all are here (the `ca` submodule).
+//!
 //! Clients: owners create events; once an honest replica applied an event's creation, tickets for
 //! it are submitted to that replica; some requests are refused (a bad owner signature, an unknown
 //! event), some are for no service; some ask the test service ([`Asker`]) for an agreement
-//! instance. The Byzantine replicas run the generic behaviours (silent, equivocating, garbage,
+//! instance; the CA's clients issue with their keys, name keys they do not hold, and update one
+//! key twice at once. The Byzantine replicas run the generic behaviours (silent, equivocating, garbage,
 //! replaying) against the whole protocol; an equivocating one also proposes decision notices of
 //! the value not asked for, in its own name and forged in an honest replica's.
 //!
@@ -39,7 +44,9 @@
 //! the same service state, root and decisions after it; every instance decided once at every
 //! honest replica, on the value asked for; every epoch with leaves certified at every honest
 //! replica, and every answer (ordering leaf and signed record) verifying alone against its
-//! certificate under the cluster key; tickets actually issued.
+//! certificate under the cluster key; tickets actually issued; each CA instance decided once, no
+//! certificate for a key its requester does not hold, one for every holder, and the two updates
+//! of one key run one after the other.
 //!
 //! Not (yet) here: service snapshots (`host/snapshot.rs` in the replica: a replica here never
 //! loses its services' state, and every peer keeps every batch, so the backfill always finds
@@ -75,6 +82,8 @@ use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::abc::ClusterKeys;
+
+mod ca;
 use crate::{check, Behaviour, Byzantine, Micros, Network, Produced, RandomScheduler, RunConfig, Scenario};
 
 /// The cluster id the replicas sign under.
@@ -180,6 +189,12 @@ pub struct Applied {
     /// The agreement instances decided in this epoch (by the notices it ordered), with their
     /// value, in the order they were applied.
     pub decided: Vec<(InstanceId, bool)>,
+    /// The certification authority's instances decided in this epoch, in the order they were
+    /// applied: each instance's key and what the CA made of its decision.
+    pub ca: Vec<([u8; 32], Vec<Outcome>)>,
+    /// The certification authority's instances started by this epoch's requests themselves
+    /// (not by a decision: after the epoch's requests).
+    pub ca_started: Vec<[u8; 32]>,
 }
 
 /// What a whole replica reports.
@@ -450,6 +465,8 @@ impl WholeReplica {
             events: Vec::new(),
             tickets: 0,
             decided: Vec::new(),
+            ca: Vec::new(),
+            ca_started: Vec::new(),
         };
         let tree = Tree::new(epoch.leaves);
         let root = tree.epoch_root(batch.epoch, batch.time);
@@ -485,6 +502,24 @@ impl WholeReplica {
             }
         }
         applied.decided = epoch.agreed.decided.iter().filter_map(decision_of).collect();
+        applied.ca = epoch
+            .agreed
+            .decided
+            .iter()
+            .filter(|a| a.service == ca::CA)
+            .map(|a| (a.instance.key, a.outcomes.clone()))
+            .collect();
+        applied.ca_started = epoch
+            .outcomes
+            .requests
+            .iter()
+            .filter(|(_, service, _)| *service == Some(ca::CA))
+            .flat_map(|(_, _, outcomes)| outcomes)
+            .filter_map(|outcome| match outcome {
+                Outcome::Agree { instance, .. } => Some(instance.0),
+                _ => None,
+            })
+            .collect();
         // Durable (in memory): the votes go to the core, the root to the signer.
         next.extend(epoch.agreed.votes.into_iter().map(|(instance, vote)| Event::Agree { instance, vote }));
         match self.signer.handle_input(certificate::Input::Sign(root), rng) {
@@ -605,7 +640,8 @@ pub struct ReplicaScenario {
     identities: Vec<SigningKey>,
     /// Each replica's RNG seed (a replica draws it once, when its store is created).
     seeds: Vec<[u8; 32]>,
-    registry: Arc<Registry>,
+    /// Each replica's services (the certification authority's vote is its own).
+    registries: Vec<Arc<Registry>>,
     config: Config,
     clocks: Vec<u64>,
     requests: Vec<Vec<Request>>,
@@ -626,7 +662,8 @@ impl ReplicaScenario {
         let abc = AtomicBroadcast::new(self.quorum, index, config, keys);
         // As the replica's: named under the cluster id, coins from the coin keys, the services'
         // validity predicates.
-        let validator = Arc::new(RegistryValidator(Arc::clone(&self.registry)));
+        let registry = &self.registries[i];
+        let validator = Arc::new(RegistryValidator(Arc::clone(registry)));
         let instances = Instances::new(
             self.quorum,
             index,
@@ -647,7 +684,7 @@ impl ReplicaScenario {
                 0,
             ),
             agreements: Agreements {
-                registry: Arc::clone(&self.registry),
+                registry: Arc::clone(registry),
                 cluster: CLUSTER,
                 quorum: self.quorum,
                 identities: self.identities.iter().map(|k| k.verifying_key().to_bytes()).collect(),
@@ -728,8 +765,11 @@ impl Scenario for ReplicaScenario {
         }
     }
 
+    /// Here the adaptive attacker is a replica that follows the protocol, but whose
+    /// certification authority votes yes on everything (as every Byzantine replica's does; see
+    /// [`run_case`]): the sharpest test of key confirmation, since its votes are all there is.
     fn adaptive(&self, index: NodeIndex) -> Box<dyn Byzantine<WholeReplica>> {
-        crate::actors::make(&Behaviour::Equivocator, index, self, self.quorum)
+        crate::actors::make(&Behaviour::Crash { after: u32::MAX }, index, self, self.quorum)
     }
 }
 
@@ -746,6 +786,10 @@ pub struct ReplicaCase {
     pub tickets: usize,
     /// Agreement instances the test service ([`Asker`]) is asked for, one request each.
     pub instances: usize,
+    /// Clients of the certification authority of each kind: this many issue with keys they hold
+    /// and as many name keys they do not hold; if not 0, one more holder then updates its key
+    /// twice, the two updates sent together.
+    pub ca: usize,
     /// The seed.
     pub seed: u64,
 }
@@ -766,12 +810,22 @@ pub struct ReplicaSummary {
     pub byzantine_notices: usize,
     /// Batches that honest replicas which jumped to a checkpoint fetched from peers and applied.
     pub backfilled: usize,
+    /// Certificates the certification authority issued (at the honest replica with the most).
+    pub certificates: usize,
     /// The run's trace hash: the same seed gives the same one.
     pub trace: String,
 }
 
-/// The bistro and the test service that asks for agreement.
-fn registry(quorum: Quorum, keys: &ClusterKeys, replicas: &[SigningKey]) -> Result<Registry, String> {
+/// Replica `index`'s services: the bistro, the test service that asks for agreement, and the
+/// certification authority with the replica's own identity (so its own challenges and votes),
+/// which votes yes on everything if `lies`.
+fn registry(
+    quorum: Quorum,
+    keys: &ClusterKeys,
+    replicas: &[SigningKey],
+    index: NodeIndex,
+    lies: bool,
+) -> Result<Registry, String> {
     let service = Bistro::new(ServiceConfig {
         cluster: CLUSTER,
         t: quorum.t(),
@@ -781,6 +835,14 @@ fn registry(quorum: Quorum, keys: &ClusterKeys, replicas: &[SigningKey]) -> Resu
     let mut registry = Registry::new();
     registry.register(service).map_err(|e| e.to_string())?;
     registry.register(Asker).map_err(|e| e.to_string())?;
+    let config = ca::config(replicas, CHECKPOINT_INTERVAL)?;
+    let identity = &replicas[index.as_usize()];
+    let registered = if lies {
+        registry.register(ca::YesCa::new(config, index.0, identity))
+    } else {
+        registry.register(ca::honest(config, index.0, identity))
+    };
+    registered.map_err(|e| e.to_string())?;
     Ok(registry)
 }
 
@@ -816,8 +878,15 @@ pub fn run_case(case: &ReplicaCase) -> Result<ReplicaSummary, String> {
     let replica_keys: Vec<SigningKey> = quorum.nodes().map(|_| SigningKey::generate(&mut rng)).collect();
     let seeds: Vec<[u8; 32]> = quorum.nodes().map(|_| rng.gen()).collect();
     let owner = SigningKey::generate(&mut rng);
-    let registry = Arc::new(registry(quorum, &keys, &replica_keys)?);
     let crate::Placement { byzantine, honest, behaviours } = crate::place(quorum, &case.byzantine, &mut rng);
+    // Every Byzantine replica's certification authority votes yes on everything.
+    let registries = quorum
+        .nodes()
+        .map(|i| registry(quorum, &keys, &replica_keys, i, byzantine.contains(&i)).map(Arc::new))
+        .collect::<Result<Vec<_>, String>>()?;
+    // The CA's clients draw their keys from a generator of their own, so that the other draws
+    // stay as they were.
+    let ca_clients = ca::clients(case.ca, &replica_keys, &mut ChaCha8Rng::seed_from_u64(case.seed ^ 0xca))?;
     let indices: Vec<NodeIndex> = quorum.nodes().collect();
     // Agreed time is in ms here (the bistro's unit); the deadlines are far ahead.
     let clocks: Vec<u64> = quorum.nodes().map(|_| 1_000_000 + rng.gen_range(0..5_000)).collect();
@@ -855,6 +924,9 @@ pub fn run_case(case: &ReplicaCase) -> Result<ReplicaSummary, String> {
         asked.insert(InstanceId { service: Asker::ID.0, key }, vote);
         give(Request { client: 5, id: k, payload: Asker::payload(key, vote) }, &mut rng);
     }
+    for r in ca_clients.initial() {
+        give(Request { client: r.client, id: r.id, payload: r.payload.clone() }, &mut rng);
+    }
     let mut byzantine_requests: Vec<Vec<Request>> = vec![Vec::new(); quorum.n() as usize];
     for b in &byzantine {
         for (instance, vote) in &asked {
@@ -880,7 +952,7 @@ pub fn run_case(case: &ReplicaCase) -> Result<ReplicaSummary, String> {
         keys: keys.clone(),
         identities: replica_keys,
         seeds,
-        registry,
+        registries,
         config,
         clocks,
         requests,
@@ -890,13 +962,20 @@ pub fn run_case(case: &ReplicaCase) -> Result<ReplicaSummary, String> {
         .iter()
         .flat_map(|i| scenario.requests[i.as_usize()].iter().map(|r| (r.client, r.id, r.payload.clone())))
         .collect();
-    // Tickets are asked of the first honest replica that applied an event's creation, once.
+    // Tickets are asked of the first honest replica that applied an event's creation, once; so
+    // are the two updates of the CA's updated key, once its issue is applied, one right after
+    // the other (the first first).
     let ticketed: Arc<Mutex<BTreeSet<EventId>>> = Arc::default();
     let tickets_given: Arc<Mutex<Vec<Request>>> = Arc::default();
     let per_event = case.tickets as u64;
+    let updates: Option<([u8; 32], Vec<Request>)> = ca_clients.updated.as_ref().map(|(issue, updates)| {
+        let requests = updates.iter().rev().map(|r| Request { client: r.client, id: r.id, payload: r.payload.clone() });
+        (issue.instance, requests.collect())
+    });
     let reaction = {
         let (ticketed, tickets_given) = (Arc::clone(&ticketed), Arc::clone(&tickets_given));
         let pending: Arc<Mutex<BTreeMap<NodeIndex, Vec<Request>>>> = Arc::default();
+        let mut updates = updates.clone();
         Box::new(move |index: NodeIndex, output: &Output| -> Option<Input> {
             let mut pending = pending.lock().ok()?;
             if let Output::Applied(applied) = output {
@@ -910,6 +989,13 @@ pub fn run_case(case: &ReplicaCase) -> Result<ReplicaSummary, String> {
                         }
                     }
                 }
+                let issued = |issue: &[u8; 32]| {
+                    applied.ca.iter().any(|(instance, outcomes)| instance == issue && ca::issued(outcomes).is_some())
+                };
+                if updates.as_ref().is_some_and(|(issue, _)| issued(issue)) {
+                    let (_, requests) = updates.take()?;
+                    pending.entry(index).or_default().extend(requests);
+                }
             }
             // One request per output: the reaction gives one input at a time.
             let request = pending.get_mut(&index)?.pop()?;
@@ -919,8 +1005,9 @@ pub fn run_case(case: &ReplicaCase) -> Result<ReplicaSummary, String> {
     };
     let done = {
         let tickets_given = Arc::clone(&tickets_given);
-        let wanted = case.events * case.tickets;
+        let wanted = case.events * case.tickets + updates.as_ref().map_or(0, |(_, requests)| requests.len());
         let instances = asked.len();
+        let ca_instances: BTreeSet<[u8; 32]> = ca_clients.all().map(|r| r.instance).collect();
         move |outputs: &[Option<Vec<Produced<Output>>>]| {
             let Ok(tickets) = tickets_given.lock() else { return false };
             if tickets.len() < wanted {
@@ -928,7 +1015,9 @@ pub fn run_case(case: &ReplicaCase) -> Result<ReplicaSummary, String> {
             }
             let mut all = given.clone();
             all.extend(tickets.iter().map(|r| (r.client, r.id, r.payload.clone())));
-            everything_ordered_and_certified(outputs, &all) && every_instance_decided(outputs, instances)
+            everything_ordered_and_certified(outputs, &all)
+                && every_instance_decided(outputs, instances)
+                && every_ca_instance_decided(outputs, &ca_instances)
         }
     };
     let heal_at = rng.gen_range(0..HEAL_AT_MAX);
@@ -942,9 +1031,12 @@ pub fn run_case(case: &ReplicaCase) -> Result<ReplicaSummary, String> {
     check::faults_only_against(&report, &byzantine).map_err(context)?;
     check::liveness(&report).map_err(context)?;
     if !report.done_early {
+        // The certification authority's checks say why, if it is theirs (a holder without its
+        // certificate is why the updates were never sent).
+        let ca = check_ca(&report, &ca_clients).err().map(|e| format!("; {e}")).unwrap_or_default();
         return Err(context(format!(
             "validity: run ended ({} deliveries) before every request was ordered, every epoch certified and \
-             every instance decided; {}",
+             every instance decided; {}{ca}",
             report.deliveries,
             progress(&report)
         )));
@@ -952,7 +1044,66 @@ pub fn run_case(case: &ReplicaCase) -> Result<ReplicaSummary, String> {
     let lies: BTreeSet<Vec<u8>> = scenario.byzantine_requests.iter().flatten().map(|r| r.payload.clone()).collect();
     let mut summary = check_replicas(&report, &keys, case.events * case.tickets, &asked).map_err(context)?;
     summary.byzantine_notices = byzantine_notices_ordered(&report, &lies);
+    summary.certificates = check_ca(&report, &ca_clients).map_err(context)?;
     Ok(summary)
+}
+
+/// The certification authority's checks at every honest replica ([`ca::check`]); the updates'
+/// order is their order in the log. The certificates issued, at the replica with the most.
+fn check_ca(report: &crate::Report<Output>, clients: &ca::CaClients) -> Result<usize, String> {
+    let mut ordered: Vec<[u8; 32]> = Vec::new();
+    if let Some((_, updates)) = &clients.updated {
+        let log = report.honest().filter_map(|i| report.outputs[i.as_usize()].as_ref()).next();
+        let requests = log.into_iter().flatten().flat_map(|p| match &p.output {
+            Output::Abc(AbcOutput::Batch(batch)) => batch.requests.as_slice(),
+            _ => &[],
+        });
+        for r in requests {
+            let update = updates.iter().find(|u| (u.client, u.id) == (r.client, r.id));
+            if let Some(update) = update.filter(|u| !ordered.contains(&u.instance)) {
+                ordered.push(update.instance);
+            }
+        }
+    }
+    let mut issued = 0;
+    for index in report.honest() {
+        let Some(log) = report.outputs[index.as_usize()].as_ref() else { continue };
+        let started: Vec<(u64, [u8; 32])> = log
+            .iter()
+            .filter_map(|p| match &p.output {
+                Output::Applied(a) => Some(a.ca_started.iter().map(|instance| (a.epoch, *instance))),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        let decided: Vec<(u64, [u8; 32], &[Outcome])> = log
+            .iter()
+            .filter_map(|p| match &p.output {
+                Output::Applied(a) => {
+                    Some(a.ca.iter().map(|(instance, outcomes)| (a.epoch, *instance, outcomes.as_slice())))
+                }
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        issued = issued.max(ca::check(index, &decided, &started, clients, &ordered)?);
+    }
+    Ok(issued)
+}
+
+/// Whether every honest replica applied the decisions of the CA's `instances`.
+fn every_ca_instance_decided(outputs: &[Option<Vec<Produced<Output>>>], instances: &BTreeSet<[u8; 32]>) -> bool {
+    outputs.iter().flatten().all(|log| {
+        let decided: BTreeSet<&[u8; 32]> = log
+            .iter()
+            .flat_map(|p| match &p.output {
+                Output::Applied(a) => a.ca.as_slice(),
+                _ => &[],
+            })
+            .map(|(instance, _)| instance)
+            .collect();
+        instances.iter().all(|instance| decided.contains(instance))
+    })
 }
 
 /// Where each honest replica got to: epochs delivered and applied, certificates, decisions.
@@ -1078,6 +1229,7 @@ fn check_replicas(
         decided: 0,
         byzantine_notices: 0,
         backfilled: 0,
+        certificates: 0,
         trace: report.trace_hex(),
     };
     for index in report.honest() {

@@ -27,7 +27,15 @@ fn suite(sizes: &[u32], seeds: u64) {
         for &n in sizes {
             let started = std::time::Instant::now();
             let runs = run_seeds(env!("CARGO_CRATE_NAME"), seeds, |seed| {
-                run_case(&ReplicaCase { n, byzantine: byzantine.clone(), events: 3, tickets: 4, instances: 3, seed })
+                run_case(&ReplicaCase {
+                    n,
+                    byzantine: byzantine.clone(),
+                    events: 3,
+                    tickets: 4,
+                    instances: 3,
+                    ca: 0,
+                    seed,
+                })
             });
             let verified: usize = runs.iter().map(|r| r.answers_verified).sum();
             let certified: usize = runs.iter().map(|r| r.certified).sum();
@@ -64,7 +72,8 @@ fn slow_whole_replicas_agree_on_service_state_and_certify_every_answer() {
 
 #[test]
 fn a_seed_replays_the_same_run() {
-    let case = ReplicaCase { n: 4, byzantine: Behaviour::Replayer, events: 2, tickets: 2, instances: 1, seed: 5 };
+    let case =
+        ReplicaCase { n: 4, byzantine: Behaviour::Replayer, events: 2, tickets: 2, instances: 1, ca: 0, seed: 5 };
     let first = run_case(&case).expect("the run passes");
     let second = run_case(&case).expect("the run passes");
     assert_eq!(first.trace, second.trace);
@@ -75,7 +84,8 @@ fn a_seed_replays_the_same_run() {
 /// checks them against the checkpoint's log digest, applies them, and goes on like the others.
 #[test]
 fn a_replica_that_jumped_to_a_checkpoint_fetches_the_batches_its_services_need() {
-    let case = ReplicaCase { n: 4, byzantine: Behaviour::Equivocator, events: 3, tickets: 4, instances: 3, seed: 6 };
+    let case =
+        ReplicaCase { n: 4, byzantine: Behaviour::Equivocator, events: 3, tickets: 4, instances: 3, ca: 0, seed: 6 };
     let summary = run_case(&case).unwrap_or_else(|e| panic!("{e}"));
     println!("{} batches backfilled", summary.backfilled);
     assert!(summary.backfilled > 0, "no replica jumped in {case:?}: the schedule changed, pick another seed");

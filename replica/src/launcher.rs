@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use fides_dealer::{
-    derive_client_addresses, generate_with_protocol, parse_addresses, read_cluster, write, ClusterFile,
-    ProtocolParameters, Quorum, PROPOSAL_BYTES_LIMIT, WINDOW_IDS_LIMIT,
+    derive_client_addresses, generate_with_rsa, parse_addresses, read_cluster, write, ClusterFile, ProtocolParameters,
+    Quorum, RsaOptions, PROPOSAL_BYTES_LIMIT, WINDOW_IDS_LIMIT,
 };
 use fides_types::NodeIndex;
 use nix::sys::signal::{kill, Signal};
@@ -65,6 +65,20 @@ pub fn deal_if_missing_with(
     port_first: u16,
     protocol: ProtocolParameters,
 ) -> anyhow::Result<bool> {
+    deal_if_missing_with_rsa(dir, n, t, port_first, protocol, None)
+}
+
+/// [`deal_if_missing_with`], and with `rsa_bits` also a threshold RSA key of that size and the
+/// certification authority's root certificate (safe primes: seconds for 2048 bits, progress on
+/// stderr).
+pub fn deal_if_missing_with_rsa(
+    dir: &Path,
+    n: u32,
+    t: u32,
+    port_first: u16,
+    protocol: ProtocolParameters,
+    rsa_bits: Option<u64>,
+) -> anyhow::Result<bool> {
     if dir.join(fides_dealer::CLUSTER_FILE_NAME).exists() {
         return Ok(false);
     }
@@ -72,7 +86,18 @@ pub fn deal_if_missing_with(
     let list = (0..n).map(|i| format!("127.0.0.1:{}", u32::from(port_first) + i)).collect::<Vec<_>>().join(",");
     let addresses = parse_addresses(&list, quorum)?;
     let client_addresses = derive_client_addresses(&addresses)?;
-    let cluster = generate_with_protocol(quorum, protocol, addresses, client_addresses, &mut rand::rngs::OsRng)?;
+    let mut progress = |p: fides_threshold_rsa::SearchProgress| {
+        eprint!("\rthreshold RSA: looking for safe prime {} of 2, {} candidates tested", p.prime, p.tested);
+    };
+    let rsa = rsa_bits.map(|modulus_bits| RsaOptions {
+        modulus_bits,
+        not_before: std::time::SystemTime::now(),
+        progress: &mut progress,
+    });
+    let cluster = generate_with_rsa(quorum, protocol, addresses, client_addresses, rsa, &mut rand::rngs::OsRng)?;
+    if rsa_bits.is_some() {
+        eprintln!();
+    }
     write(dir, &cluster, true)?;
     Ok(true)
 }

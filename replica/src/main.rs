@@ -12,8 +12,9 @@ use clap::{Parser, Subcommand};
 use fides_api::proto::ordering_client::OrderingClient;
 use fides_api::proto::{StatusReply, StatusRequest};
 use fides_cli::Logging;
+use fides_dealer::ProtocolParameters;
 use fides_replica::command::RunArgs;
-use fides_replica::launcher::{deal_if_missing, LocalCluster, ReplicaOptions};
+use fides_replica::launcher::{deal_if_missing_with_rsa, LocalCluster, ReplicaOptions};
 use tonic::transport::Channel;
 
 /// A replica of a Fides cluster.
@@ -22,6 +23,36 @@ use tonic::transport::Channel;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// The `cluster` subcommand's settings.
+#[derive(clap::Args)]
+struct ClusterArgs {
+    /// The cluster directory.
+    #[arg(long, default_value = "cluster-configs/local-4")]
+    dir: PathBuf,
+    /// Replicas, if it must be dealt.
+    #[arg(short = 'n', default_value_t = 4)]
+    n: u32,
+    /// Byzantine replicas tolerated, if it must be dealt.
+    #[arg(short = 't', default_value_t = 1)]
+    t: u32,
+    /// Remove every replica's data before starting.
+    #[arg(long)]
+    fresh: bool,
+    /// Clients ordering requests once the cluster is up (0: none).
+    #[arg(long, default_value_t = 3)]
+    clients: u32,
+    /// Requests per client.
+    #[arg(long, default_value_t = 10)]
+    requests: u32,
+    /// Stop after this many seconds instead of waiting for Ctrl-C.
+    #[arg(long)]
+    seconds: Option<u64>,
+    /// The size of the certification authority's threshold RSA key, if it must be dealt
+    /// (0: no key, and no certification authority).
+    #[arg(long, default_value_t = fides_dealer::RSA_BITS_DEFAULT)]
+    rsa_bits: u64,
 }
 
 // Parsed once per process: the size of the `run` settings does not matter.
@@ -33,29 +64,7 @@ enum Command {
     /// Run a local cluster on 127.0.0.1 (dealing it first if DIR has no cluster file), order
     /// requests from clients (`fides submit`, which must be next to this program), and show it
     /// working until Ctrl-C.
-    Cluster {
-        /// The cluster directory.
-        #[arg(long, default_value = "cluster-configs/local-4")]
-        dir: PathBuf,
-        /// Replicas, if it must be dealt.
-        #[arg(short = 'n', default_value_t = 4)]
-        n: u32,
-        /// Byzantine replicas tolerated, if it must be dealt.
-        #[arg(short = 't', default_value_t = 1)]
-        t: u32,
-        /// Remove every replica's data before starting.
-        #[arg(long)]
-        fresh: bool,
-        /// Clients ordering requests once the cluster is up (0: none).
-        #[arg(long, default_value_t = 3)]
-        clients: u32,
-        /// Requests per client.
-        #[arg(long, default_value_t = 10)]
-        requests: u32,
-        /// Stop after this many seconds instead of waiting for Ctrl-C.
-        #[arg(long)]
-        seconds: Option<u64>,
-    },
+    Cluster(ClusterArgs),
 }
 
 fn main() -> ExitCode {
@@ -65,7 +74,7 @@ fn main() -> ExitCode {
     };
     let logging = match &cli.command {
         Command::Run(args) => args.logging(),
-        Command::Cluster { .. } => Logging::Text(fides_cli::SERVER_LOG),
+        Command::Cluster(_) => Logging::Text(fides_cli::SERVER_LOG),
     };
     fides_cli::main_with("replica", logging, dispatch(cli))
 }
@@ -73,9 +82,7 @@ fn main() -> ExitCode {
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => args.run().await,
-        Command::Cluster { dir, n, t, fresh, clients, requests, seconds } => {
-            cluster(dir, n, t, fresh, clients, requests, seconds).await
-        }
+        Command::Cluster(args) => cluster(args).await,
     }
 }
 
@@ -83,18 +90,12 @@ fn short_hex(bytes: &[u8]) -> String {
     bytes.iter().take(6).map(|b| format!("{b:02x}")).collect()
 }
 
-async fn cluster(
-    dir: PathBuf,
-    n: u32,
-    t: u32,
-    fresh: bool,
-    clients: u32,
-    requests: u32,
-    seconds: Option<u64>,
-) -> anyhow::Result<()> {
+async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
+    let ClusterArgs { dir, n, t, fresh, clients, requests, seconds, rsa_bits } = args;
     // Found before anything starts, so that a missing client fails at once.
     let client = if clients > 0 { Some(client_program()?) } else { None };
-    if deal_if_missing(&dir, n, t, 7100)? {
+    let rsa_bits = (rsa_bits > 0).then_some(rsa_bits);
+    if deal_if_missing_with_rsa(&dir, n, t, 7100, ProtocolParameters::DEFAULT, rsa_bits)? {
         println!("== dealt a new cluster of {n} replicas (t = {t}) into {}", dir.display());
     }
     let binary = std::env::current_exe().context("finding the replica executable")?;

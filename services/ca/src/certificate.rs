@@ -155,6 +155,16 @@ impl UnsignedCertificate {
     }
 }
 
+/// The certificate made of a TBSCertificate's DER as the service recorded it (an issued
+/// record's TBS) and the combined threshold signature over it (as long as `root`'s modulus).
+/// The TBS must decode as strict DER; the signature is not checked here.
+pub fn certificate_from_tbs(root: &Root, tbs_der: &[u8], signature: &[u8]) -> Result<IssuedCertificate, InputError> {
+    use der::Decode;
+    let tbs = TbsCertificate::from_der(tbs_der)?;
+    UnsignedCertificate { tbs, tbs_der: tbs_der.to_vec(), signature_len: root.signature_len() }
+        .with_signature(signature)
+}
+
 impl IssuedCertificate {
     /// The certificate's DER.
     pub fn der(&self) -> &[u8] {

@@ -172,6 +172,15 @@ impl UnsignedCrl {
     }
 }
 
+/// The CRL made of a TBSCertList's DER as the service made it and the combined threshold
+/// signature over it (as long as `root`'s modulus). The TBS must decode as strict DER; the
+/// signature is not checked here.
+pub fn crl_from_tbs(root: &Root, tbs_der: &[u8], signature: &[u8]) -> Result<IssuedCrl, InputError> {
+    use der::Decode;
+    let tbs = TbsCertList::from_der(tbs_der)?;
+    UnsignedCrl { tbs, tbs_der: tbs_der.to_vec(), signature_len: root.signature_len() }.with_signature(signature)
+}
+
 impl IssuedCrl {
     /// The CRL's DER.
     pub fn der(&self) -> &[u8] {

@@ -46,8 +46,10 @@ mod root;
 pub mod service;
 mod value;
 
-pub use certificate::{certificate_tbs, CertificateParams, IssuedCertificate, UnsignedCertificate};
-pub use crl::{crl_tbs, CrlParams, IssuedCrl, RevocationReason, Revoked, UnsignedCrl, REVOKED_MAX};
+pub use certificate::{
+    certificate_from_tbs, certificate_tbs, CertificateParams, IssuedCertificate, UnsignedCertificate,
+};
+pub use crl::{crl_from_tbs, crl_tbs, CrlParams, IssuedCrl, RevocationReason, Revoked, UnsignedCrl, REVOKED_MAX};
 pub use csr::{parse_csr, CertificationRequest, CSR_BYTES_MAX, CSR_EXTENSIONS_MAX};
 pub use error::{CsrError, InputError, RootError};
 pub use key::{KeyKind, SubjectKey};

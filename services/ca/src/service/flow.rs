@@ -10,7 +10,7 @@ use super::challenge::low_order;
 use super::config::Mode;
 use super::policy::{self, encoded_name, Failure};
 use super::record::{CertificateStatus, IssuedRecord, Record, RevokedRecord, StatusRecord};
-use super::request::{instance_of, Answer, Mutation, Request};
+use super::request::{instance_of, mutation_payload, Answer, Mutation, Request};
 use super::store::{
     counter, delete, get, get_row, key_hash, put, scan, set_counter, CertRow, CrlMeta, Place, RequestRow, RequestState,
     Table, CRL_META,
@@ -124,7 +124,6 @@ impl Service {
         }
         let place = Place { epoch: at.epoch, index: at.index };
         put(tables, Table::Transit, &transit_key(&subject, place), &instance.0)?;
-        let request = Request::Mutation { mutation, answers };
         let mut row = RequestRow {
             place,
             client: at.client,
@@ -133,11 +132,10 @@ impl Service {
             subject,
             state: RequestState::Queued,
             refusal: None,
-            payload: Some(request.to_payload()),
+            payload: Some(mutation_payload(&mutation, &answers)),
         };
         let outcome = if queue.is_empty() {
-            let Request::Mutation { mutation, answers } = &request else { unreachable!("built as a mutation above") };
-            self.start(tables, instance, &mut row, mutation, answers, at.time_ms)?
+            self.start(tables, instance, &mut row, &mutation, &answers, at.time_ms)?
         } else {
             Outcome::Await { instance }
         };
@@ -165,7 +163,7 @@ impl Service {
         row.refusal = refusal;
         // The vote is the one thing that differs between replicas: it depends on this replica's
         // own challenge.
-        let justification = match (&self.own, vote) {
+        let justification = match (self.voter(), vote) {
             (Some(own), true) => {
                 let signature = own.identity.sign(&confirmed_message(&self.config.cluster, &instance));
                 [&own.index.to_le_bytes()[..], &signature.to_bytes()].concat()
@@ -177,7 +175,7 @@ impl Service {
 
     /// Whether this replica's challenge for `mutation` was answered right.
     fn confirmed(&self, mutation: &Mutation, answers: &[Answer], client: u64, request: u64) -> bool {
-        let Some(challenger) = &self.challenger else { return false };
+        let (Some(challenger), Some(_)) = (&self.challenger, self.voter()) else { return false };
         let Some(answer) = answers.iter().find(|answer| answer.replica == challenger.index()) else { return false };
         let digest = mutation.digest(&self.config.cluster, client, request);
         challenger.check(mutation.key(), &digest, &answer.bytes)

@@ -1,6 +1,27 @@
 //! The certification authority as a service of the host (MAFTIA D5 §3): requests to issue,
-//! update and revoke certificates and to sign a serial's status, each confirmed by the holder of
-//! the key, decided by one validated binary agreement per request, and threshold-signed.
+//! update and revoke certificates and to sign a serial's status, each mutation confirmed by the
+//! holder of the key, decided by one validated binary agreement, and threshold-signed.
+//!
+//! Rules (`docs/ca.md`, "The service", has the bytes):
+//! - before ordering, the client fetches each replica's challenge for its request's digest
+//!   ([`request_digest`]) and puts its answers in the payload;
+//! - upon an ordered mutation: refuse a reused (client, request id); queue it on its subject (its
+//!   key in key-major mode, its name in name-major mode); if it is the head, start it, else
+//!   `Await` its instance ([`instance_of`]);
+//! - upon starting: check the policy at the agreed time; vote 1 iff the policy accepts and this
+//!   replica's own challenge was answered right, with a signed justification ([`validate`] checks
+//!   it); ask for the agreement (`Agree`);
+//! - upon a decided 1: check the policy again; issue (serial, TBS, `Sign` of the issued record,
+//!   `ThresholdSign` of the TBS), replacing the subject's certificates for an update, or revoke;
+//!   upon a 0: refuse with the stored policy refusal or "not confirmed"; then start the next
+//!   request queued on the subject;
+//! - upon an epoch's start: publish a CRL if one is due, at a checkpoint, or if none exists.
+//!
+//! Deviations from the paper: challenges are fetched before ordering and answered in the
+//! payload; the policy is checked again at the decision; retrieval is answered from committed
+//! state; a revocation is confirmed by the key's holder.
+//!
+//! [`validate`]: fides_service::Service::validate
 //!
 //! - [`request`]: the payloads (`CA01 ‖ kind ‖ body`), the digest a challenge binds and the
 //!   agreement instance of a request.
@@ -8,8 +29,7 @@
 //! - [`record`]: the signed records (issued, revoked, status), leaves of the epoch's certificate.
 //! - [`config`]: what every replica has alike (cluster, identities, root, mode, policy) and what
 //!   is its own (index, identity key).
-//!
-//! See `docs/ca.md`, "The service", for the protocol and the exact bytes.
+//! - [`store`]: the tables and their rows; [`query`]: the questions and their answers.
 
 pub mod challenge;
 pub mod config;
@@ -72,6 +92,15 @@ impl Service {
     /// This replica's challenger (for the adapter's `GetChallenge`), if it has an identity.
     pub fn challenger(&self) -> Option<&Challenger> {
         self.challenger.as_ref()
+    }
+
+    /// This replica's identity, if it may vote 1: its key must be the one the configuration
+    /// names for its index, or the others' `validate` would refuse its justifications (then it
+    /// votes 0 on everything, like a replica without identity).
+    fn voter(&self) -> Option<&Own> {
+        self.own.as_ref().filter(|own| {
+            self.config.identities.get(own.index as usize) == Some(&own.identity.verifying_key().to_bytes())
+        })
     }
 }
 

@@ -259,6 +259,22 @@ impl Mutation {
         out
     }
 
+    /// Decode a mutation's body without answers (what [`Self::body`] writes), as the client sends
+    /// it to ask for challenges; checked and canonical as in [`Request::from_payload`].
+    pub fn from_body(kind: Kind, body: &[u8]) -> Result<Mutation, RequestError> {
+        if kind == Kind::Status {
+            return Err(RequestError::Kind(kind.code()));
+        }
+        let mut payload = SERVICE_ID.to_vec();
+        payload.push(kind.code());
+        payload.extend_from_slice(body);
+        payload.extend_from_slice(&0u32.to_le_bytes()); // no answers
+        match Request::from_payload(&payload)? {
+            Request::Mutation { mutation, .. } => Ok(mutation),
+            Request::Status { .. } => Err(RequestError::Kind(kind.code())),
+        }
+    }
+
     /// The digest each replica's challenge binds for this request of `client` with id `request`
     /// in cluster `cluster` ([`request_digest`]).
     pub fn digest(&self, cluster: &[u8; 32], client: u64, request: u64) -> [u8; 32] {
@@ -334,22 +350,15 @@ pub enum RequestError {
 impl Request {
     /// The whole payload, `CA01` first.
     pub fn to_payload(&self) -> Vec<u8> {
-        let mut out = SERVICE_ID.to_vec();
         match self {
-            Request::Mutation { mutation, answers } => {
-                out.push(mutation.kind().code());
-                out.extend_from_slice(&mutation.body());
-                put_seq(&mut out, answers.iter(), |out, answer| {
-                    out.extend_from_slice(&answer.replica.to_le_bytes());
-                    put_bytes(out, &answer.bytes);
-                });
-            }
+            Request::Mutation { mutation, answers } => mutation_payload(mutation, answers),
             Request::Status { serial } => {
+                let mut out = SERVICE_ID.to_vec();
                 out.push(Kind::Status.code());
                 put_serial(&mut out, serial);
+                out
             }
         }
-        out
     }
 
     /// Decode a whole payload. Every field is checked (names and alternative names as
@@ -402,6 +411,18 @@ impl Request {
         }
         Ok(Request::Mutation { mutation, answers })
     }
+}
+
+/// The payload of a mutation with its answers (what [`Request::to_payload`] writes).
+pub(crate) fn mutation_payload(mutation: &Mutation, answers: &[Answer]) -> Vec<u8> {
+    let mut out = SERVICE_ID.to_vec();
+    out.push(mutation.kind().code());
+    out.extend_from_slice(&mutation.body());
+    put_seq(&mut out, answers.iter(), |out, answer| {
+        out.extend_from_slice(&answer.replica.to_le_bytes());
+        put_bytes(out, &answer.bytes);
+    });
+    out
 }
 
 pub(crate) fn put_key(out: &mut Vec<u8>, key: &SubjectKey) {

@@ -15,6 +15,10 @@ fn name(common_name: &str) -> SubjectName {
         .expect("a valid name")
 }
 
+fn ed25519(seed: u8) -> KeySecret {
+    KeySecret::Ed25519(SigningKey::from_bytes(&[seed; 32]))
+}
+
 fn secrets() -> [KeySecret; 3] {
     [
         KeySecret::Ed25519(SigningKey::from_bytes(&[1; 32])),
@@ -100,6 +104,9 @@ fn every_request_round_trips_and_every_truncation_is_refused() {
                 "{cut} of {} bytes of {request:?} decode",
                 payload.len()
             );
+        }
+        if let Request::Mutation { mutation, .. } = &request {
+            assert_eq!(Mutation::from_body(mutation.kind(), &mutation.body()).as_ref(), Ok(mutation));
         }
         let mut longer = payload.clone();
         longer.push(0);
@@ -322,4 +329,72 @@ fn a_token_verifies_under_its_administrator_and_cluster_only() {
     let mut later = token.clone();
     later.not_after_ms += 1;
     assert!(!later.verify(&admin.verifying_key().to_bytes(), &CLUSTER));
+}
+
+#[test]
+fn changed_or_random_bytes_never_panic_and_what_decodes_is_canonical() {
+    use rand::{Rng, SeedableRng};
+    for request in every_request() {
+        let payload = request.to_payload();
+        for at in 0..payload.len() {
+            for flip in [0x01, 0x80] {
+                let mut changed = payload.clone();
+                changed[at] ^= flip;
+                if let Ok(decoded) = Request::from_payload(&changed) {
+                    assert_eq!(decoded.to_payload(), changed, "one encoding per request");
+                }
+            }
+        }
+    }
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(13);
+    for _ in 0..2000 {
+        let len = rng.gen_range(0..96);
+        let mut bytes = b"CA01".to_vec();
+        bytes.push(rng.gen_range(1..=4));
+        bytes.extend((0..len).map(|_| rng.gen::<u8>()));
+        if let Ok(decoded) = Request::from_payload(&bytes) {
+            assert_eq!(decoded.to_payload(), bytes);
+        }
+        let _ = Record::from_bytes(&bytes[4..]);
+    }
+}
+
+#[test]
+fn a_replica_whose_key_is_not_its_configured_identity_never_votes_yes() {
+    let root = crate::Root::from_pem(include_bytes!("../../../tests/data/ca-root.pem")).expect("the test root");
+    let identity = SigningKey::from_bytes(&[11; 32]);
+    let config = CaConfig {
+        cluster: CLUSTER,
+        identities: vec![[0; 32], identity.verifying_key().to_bytes()],
+        root,
+        mode: Mode::KeyMajor,
+        policy: Policy::Open,
+        validity_secs: DEFAULT_VALIDITY_SECS,
+        checkpoint_interval: 0,
+    };
+    let secret = ed25519(1);
+    let mutation = Mutation::Issue { binding: fields(secret.public(), "alice"), token: None };
+    let digest = mutation.digest(&CLUSTER, 1, 1);
+    // Answers to the challenges this identity makes as replica 0 and as replica 1.
+    let answers = (0..2)
+        .map(|index| {
+            let challenge =
+                Challenger::new(CLUSTER, index, &identity).challenge(mutation.key(), &digest).expect("a challenge");
+            Answer { replica: index, bytes: answer(&secret, &challenge, &CLUSTER, index, &digest).expect("an answer") }
+        })
+        .collect();
+    let payload = Request::Mutation { mutation, answers }.to_payload();
+    let vote = |own: Own| {
+        let mut registry = fides_service::Registry::new();
+        registry.register(Service::new(config.clone(), Some(own))).expect("registers");
+        let mut store = fides_service::MemoryTables::default();
+        let ordered = fides_service::Ordered { client: 1, request: 1, payload: &payload };
+        let batch = registry.apply_batch(&mut store, 1, 1_750_000_000_000, [ordered]).expect("the store works");
+        match batch.requests[0].2.as_slice() {
+            [fides_service::Outcome::Agree { vote, .. }] => *vote,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert!(vote(Own { index: 1, identity: identity.clone() }), "the configured identity confirms");
+    assert!(!vote(Own { index: 0, identity }), "another index's key does not vote yes");
 }

@@ -357,34 +357,19 @@ fn a_crl_is_made_at_the_first_epoch_at_checkpoints_and_within_an_epoch_of_a_revo
 
 #[test]
 fn an_issued_certificate_verifies_with_openssl_and_fails_once_revoked() {
-    use der::{Decode, Encode};
     let mut h = Harness::new(config(Mode::NameMajor, Policy::Open));
     let alice = p256(1);
     let outcomes =
         h.run(1, 1, payload(Mutation::Issue { binding: fields(&alice, "alice"), token: None }, &alice, 1, 1));
     let (record, _) = issued(&outcomes);
-    let signature = threshold_sign(&record.tbs);
-    let certificate = x509_cert::Certificate {
-        tbs_certificate: x509_cert::TbsCertificate::from_der(&record.tbs).expect("the TBS decodes"),
-        signature_algorithm: spki::AlgorithmIdentifierOwned {
-            oid: const_oid::db::rfc5912::SHA_256_WITH_RSA_ENCRYPTION,
-            parameters: Some(der::asn1::Null.into()),
-        },
-        signature: der::asn1::BitString::from_bytes(&signature).expect("a bit string"),
-    };
-    let pem = der::pem::encode_string("CERTIFICATE", der::pem::LineEnding::LF, &certificate.to_der().expect("encodes"))
-        .expect("PEM");
+    let root = &dealt().root;
+    let pem =
+        crate::certificate_from_tbs(root, &record.tbs, &threshold_sign(&record.tbs)).expect("a certificate").pem();
     let revoke = Mutation::Revoke { key: alice.public(), name: None, reason: RevocationReason::KeyCompromise };
     h.run(1, 2, payload(revoke, &alice, 1, 2));
     h.order(&[]);
     let (_, crl_tbs) = h.crls.last().expect("a CRL").clone();
-    let crl = x509_cert::crl::CertificateList {
-        tbs_cert_list: x509_cert::crl::TbsCertList::from_der(&crl_tbs).expect("the CRL's TBS decodes"),
-        signature_algorithm: certificate.signature_algorithm.clone(),
-        signature: der::asn1::BitString::from_bytes(&threshold_sign(&crl_tbs)).expect("a bit string"),
-    };
-    let crl_pem =
-        der::pem::encode_string("X509 CRL", der::pem::LineEnding::LF, &crl.to_der().expect("encodes")).expect("PEM");
+    let crl_pem = crate::crl_from_tbs(root, &crl_tbs, &threshold_sign(&crl_tbs)).expect("a CRL").pem();
     let present = std::process::Command::new("openssl").arg("version").output().is_ok_and(|out| out.status.success());
     if !present {
         eprintln!("note: no openssl on this machine; the openssl check is skipped");

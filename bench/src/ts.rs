@@ -36,7 +36,6 @@ use fides_types::NodeIndex;
 use proto::bistro_client::BistroClient as BistroGrpc;
 use crate::load::{drive, ServerProcess, log_tail, milliseconds, print_reasons, stopped, thousands, Load, Measured, RemoveDir};
 use proto::bistro_server::{Bistro, BistroServer};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};

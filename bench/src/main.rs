@@ -3,6 +3,7 @@
 //! ```text
 //! fides-bench e2e         replica processes and a load generator: ordered requests per second
 //! fides-bench ts-surge    the timestamping bistro under a surge, against one Ed25519 server
+//! fides-bench ca          the certification authority, against one CA process with one RSA key
 //! ```
 //!
 //! The replicas of a bench run as this binary (its hidden `run` command is `replica run`), so
@@ -10,7 +11,9 @@
 
 #![forbid(unsafe_code)]
 
+mod ca;
 mod e2e;
+mod load;
 mod restart;
 mod ts;
 
@@ -43,6 +46,12 @@ enum Command {
     /// The one-server baseline of `ts-surge` (started by it).
     #[command(hide = true)]
     TsBaselineServer(ts::BaselineServerArgs),
+    /// The certification authority: certificates per second and issue latency of the cluster
+    /// (threshold RSA, one agreement per request), against one CA process with one RSA key.
+    Ca(ca::CaArgs),
+    /// The one-server baseline of `ca` (started by it).
+    #[command(hide = true)]
+    CaBaselineServer(ca::CaBaselineServerArgs),
     /// Kill -9 under load after a long history: time to serve again, events replayed; and the
     /// time for a wiped replica to rejoin.
     Restart(restart::RestartArgs),
@@ -69,6 +78,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::TsSurge(args) => ts::run(args).await,
         Command::TsBaselineServer(args) => ts::baseline_server(args).await,
         Command::Restart(args) => restart::run(args).await,
+        Command::Ca(args) => ca::run(args).await,
+        Command::CaBaselineServer(args) => ca::baseline_server(args).await,
         Command::Run(args) => args.run().await,
     }
 }

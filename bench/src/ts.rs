@@ -16,7 +16,6 @@
 //! up for [`WARM_UP`], then counts the verified tickets that complete within `--seconds`. Prints
 //! both parts' verified tickets per second and p50/p99 latency, and the ratio cluster / baseline.
 
-use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,10 +34,8 @@ use fides_replica::launcher::{deal_if_missing_with, protocol_with_batch_size, rs
 use fides_types::codec::Wire;
 use fides_types::NodeIndex;
 use proto::bistro_client::BistroClient as BistroGrpc;
+use crate::load::{drive, ServerProcess, log_tail, milliseconds, print_reasons, stopped, thousands, Load, Measured, RemoveDir};
 use proto::bistro_server::{Bistro, BistroServer};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
-use tokio::sync::watch;
-use tokio::task::JoinSet;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
@@ -50,8 +47,6 @@ const PORT_FIRST: u16 = 7650;
 const WARM_UP: Duration = Duration::from_secs(3);
 /// How long one attempt at one server may take.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
-/// Pause of a client task after a failed request (so that a failing server is not spun on).
-const ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// What the baseline server signs: `tagged(BASELINE_TAG, [canonical Signed::Ticket bytes])`.
 const BASELINE_TAG: &[u8] = b"fides/v1/bench-baseline-ticket";
 /// The first line the baseline server prints: `BANNER ADDRESS KEY-HEX`.
@@ -62,8 +57,6 @@ const CONTACT: &str = "bench@example.org";
 const TARGET_RATE: f64 = 30_000.0;
 const TARGET_P99_MS: f64 = 500.0;
 const TARGET_RATIO: f64 = 0.5;
-/// Distinct error messages kept per part (the rest are counted as "other").
-const ERROR_KINDS_MAX: usize = 16;
 
 /// Settings of the run.
 #[derive(Clone, Debug, clap::Args)]
@@ -128,6 +121,22 @@ struct Figures {
     rss: Vec<Option<u64>>,
 }
 
+impl Figures {
+    fn of(m: Measured) -> Figures {
+        Figures {
+            rate: m.rate,
+            p50: m.p50,
+            p99: m.p99,
+            errors: m.errors,
+            reasons: m.reasons,
+            window_roots: m.epochs,
+            tickets: m.count,
+            roots_verified: 0,
+            rss: Vec::new(),
+        }
+    }
+}
+
 /// Run the benchmark.
 pub async fn run(args: SurgeArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.n >= 1, "-n must be at least 1");
@@ -141,15 +150,6 @@ pub async fn run(args: SurgeArgs) -> anyhow::Result<()> {
     tokio::select! {
         result = surge(&args, &dir, &binary) => result,
         _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted (the replicas and the baseline server were stopped)")),
-    }
-}
-
-/// Removes a directory when dropped.
-struct RemoveDir(PathBuf);
-
-impl Drop for RemoveDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -176,7 +176,7 @@ async fn surge(args: &SurgeArgs, dir: &Path, binary: &Path) -> anyhow::Result<()
                 f.roots_verified,
                 rss.join("/"),
             );
-            print_reasons(f);
+            print_reasons(&f.reasons);
         }
         Err(error) => println!("  cluster : FAILED: {error:#}"),
     }
@@ -185,7 +185,7 @@ async fn surge(args: &SurgeArgs, dir: &Path, binary: &Path) -> anyhow::Result<()
         Ok(f) => {
             let rss = f.rss.first().copied().flatten().map_or("?".into(), |k| (k / 1024).to_string());
             println!("  baseline: {}  RSS {rss} MiB", figures_line(f));
-            print_reasons(f);
+            print_reasons(&f.reasons);
         }
         Err(error) => println!("  baseline: FAILED: {error:#}"),
     }
@@ -225,38 +225,6 @@ fn figures_line(f: &Figures) -> String {
     )
 }
 
-fn print_reasons(f: &Figures) {
-    for (reason, count) in f.reasons.iter().take(3) {
-        println!("            {count} × {reason}");
-    }
-}
-
-/// A rate with thousands separators.
-fn thousands(x: f64) -> String {
-    if !x.is_finite() {
-        return "?".into();
-    }
-    let digits = format!("{:.0}", x.max(0.0));
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-/// Milliseconds: a decimal below 10 ms, none above.
-fn milliseconds(x: f64) -> String {
-    if !x.is_finite() {
-        "?".into()
-    } else if x < 10.0 {
-        format!("{x:.1}")
-    } else {
-        format!("{x:.0}")
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // The cluster
@@ -285,13 +253,6 @@ async fn cluster_part(args: &SurgeArgs, dir: &Path, binary: &Path) -> anyhow::Re
     }
     local.stop_all(Duration::from_secs(10));
     result
-}
-
-/// The last `count` lines of a log file (none if it cannot be read).
-fn log_tail(path: &Path, count: usize) -> Vec<String> {
-    let Ok(text) = std::fs::read_to_string(path) else { return Vec::new() };
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(count)..].iter().map(|l| l.to_string()).collect()
 }
 
 async fn cluster_load(local: &mut LocalCluster, args: &SurgeArgs) -> anyhow::Result<Figures> {
@@ -332,7 +293,7 @@ async fn cluster_load(local: &mut LocalCluster, args: &SurgeArgs) -> anyhow::Res
 
     let cache = Arc::new(RootCache::new());
     let target = Arc::new(Target::Cluster { clients, cache: Arc::clone(&cache), event });
-    let mut figures = drive(target, args).await?;
+    let mut figures = Figures::of(drive(target, args.clients, WARM_UP, Duration::from_secs(args.seconds)).await?);
     figures.rss = local.pids().iter().map(|pid| pid.and_then(rss_kib)).collect();
     figures.roots_verified = cache.len();
     Ok(figures)
@@ -361,7 +322,7 @@ fn ticket_request(event: EventId) -> TicketRequest {
     }
 }
 
-impl Target {
+impl Load for Target {
     /// Ask one ticket for client task `task` and verify it. Returns the ticket's epoch, if it has one.
     async fn one(&self, task: usize) -> Result<Option<u64>, String> {
         match self {
@@ -415,157 +376,11 @@ fn verify_baseline(key: &VerifyingKey, request: &TicketRequest, reply: &proto::S
     Ok(())
 }
 
-/// One client task's counts.
-#[derive(Default)]
-struct Tally {
-    latencies: Vec<Duration>,
-    errors: u64,
-    reasons: HashMap<String, u64>,
-    roots: HashSet<u64>,
-}
-
-impl Tally {
-    fn error(&mut self, reason: String) {
-        self.errors += 1;
-        if self.reasons.len() < ERROR_KINDS_MAX || self.reasons.contains_key(&reason) {
-            *self.reasons.entry(reason).or_default() += 1;
-        } else {
-            *self.reasons.entry("other errors".into()).or_default() += 1;
-        }
-    }
-
-    fn merge(&mut self, other: Tally) {
-        self.latencies.extend(other.latencies);
-        self.errors += other.errors;
-        for (reason, count) in other.reasons {
-            *self.reasons.entry(reason).or_default() += count;
-        }
-        self.roots.extend(other.roots);
-    }
-}
-
-/// Run `--clients` tasks against `target`; after the warm-up, count what completes within the
-/// window. Requests still in flight when it closes are dropped.
-async fn drive(target: Arc<Target>, args: &SurgeArgs) -> anyhow::Result<Figures> {
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let (measure_tx, measure_rx) = watch::channel(false);
-    // Dropping the set (on an early return) aborts the tasks.
-    let mut tasks = JoinSet::new();
-    for task in 0..args.clients as usize {
-        let target = Arc::clone(&target);
-        let mut stop = stop_rx.clone();
-        let measuring = measure_rx.clone();
-        tasks.spawn(async move {
-            let mut tally = Tally::default();
-            loop {
-                let started = Instant::now();
-                let answer = tokio::select! {
-                    answer = target.one(task) => answer,
-                    _ = stop.wait_for(|stopped| *stopped) => break,
-                };
-                let counted = *measuring.borrow() && !*stop.borrow();
-                match answer {
-                    Ok(root) if counted => {
-                        tally.latencies.push(started.elapsed());
-                        tally.roots.extend(root);
-                    }
-                    Ok(_) => {}
-                    Err(reason) => {
-                        if counted {
-                            tally.error(reason);
-                        }
-                        tokio::time::sleep(ERROR_PAUSE).await;
-                    }
-                }
-            }
-            tally
-        });
-    }
-    tokio::time::sleep(WARM_UP).await;
-    let _ = measure_tx.send(true);
-    let started = Instant::now();
-    tokio::time::sleep(Duration::from_secs(args.seconds)).await;
-    let _ = stop_tx.send(true);
-    let elapsed = started.elapsed();
-    let mut all = Tally::default();
-    while let Some(joined) = tasks.join_next().await {
-        all.merge(joined.context("a client task panicked")?);
-    }
-    let mut latencies = all.latencies;
-    latencies.sort_unstable();
-    let quantile = |q: f64| -> f64 {
-        if latencies.is_empty() {
-            return f64::NAN;
-        }
-        let i = ((latencies.len() as f64 - 1.0) * q).round() as usize;
-        latencies[i].as_secs_f64() * 1000.0
-    };
-    let mut reasons: Vec<(String, u64)> = all.reasons.into_iter().collect();
-    reasons.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    Ok(Figures {
-        rate: latencies.len() as f64 / elapsed.as_secs_f64(),
-        p50: quantile(0.5),
-        p99: quantile(0.99),
-        errors: all.errors,
-        reasons,
-        window_roots: all.roots.len(),
-        tickets: latencies.len() as u64,
-        roots_verified: 0,
-        rss: Vec::new(),
-    })
-}
-
 // ---------------------------------------------------------------------------------------------
 // The baseline
 // ---------------------------------------------------------------------------------------------
 
-/// The baseline server process, killed if dropped.
-struct BaselineProcess {
-    child: tokio::process::Child,
-    address: SocketAddr,
-    key: VerifyingKey,
-}
-
-impl BaselineProcess {
-    /// Start `binary ts-baseline-server` and read where it listens and its key.
-    async fn start(binary: &Path) -> anyhow::Result<BaselineProcess> {
-        let mut child = tokio::process::Command::new(binary)
-            .args(["ts-baseline-server", "--listen", "127.0.0.1:0", "--exit-on-stdin-close"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit())
-            // The bench drops the requests in flight when the window closes, and h2 warns about so
-            // many reset streams; that is expected here, not worth a line on the terminal.
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn,h2=error".into()))
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {} ts-baseline-server", binary.display()))?;
-        let stdout = child.stdout.take().context("the baseline server's standard output is not a pipe")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
-            .await
-            .context("the baseline server did not say where it listens within 10 s")?
-            .context("reading the baseline server's standard output")?
-            .context("the baseline server exited before saying where it listens")?;
-        let (address, key) = parse_banner(&line)
-            .with_context(|| format!("the baseline server's first line is not `{BANNER} ADDRESS KEY`: {line:?}"))?;
-        Ok(BaselineProcess { child, address, key })
-    }
-
-    /// Its resident memory, KiB.
-    fn rss_kib(&self) -> Option<u64> {
-        self.child.id().and_then(rss_kib)
-    }
-
-    /// Close its standard input (it then stops); kill it if it is not gone within 5 s.
-    async fn stop(mut self) {
-        drop(self.child.stdin.take());
-        if tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await.is_err() {
-            let _ = self.child.kill().await;
-        }
-    }
-}
-
+/// Where the baseline server listens and its key, from the first line of its standard output.
 fn parse_banner(line: &str) -> Option<(SocketAddr, VerifyingKey)> {
     let rest = line.strip_prefix(BANNER)?;
     let mut words = rest.split_whitespace();
@@ -576,8 +391,10 @@ fn parse_banner(line: &str) -> Option<(SocketAddr, VerifyingKey)> {
 
 /// Start the baseline server, load it like the cluster, stop it.
 async fn baseline_part(args: &SurgeArgs, binary: &Path) -> anyhow::Result<Figures> {
-    let server = BaselineProcess::start(binary).await?;
-    let address = server.address.to_string();
+    let server = ServerProcess::start_with(binary, "ts-baseline-server", &[]).await?;
+    let (address, key) = parse_banner(&server.banner)
+        .with_context(|| format!("the baseline server's first line is not `{BANNER} ADDRESS KEY`: {:?}", server.banner))?;
+    let address = address.to_string();
     let stubs = (0..args.connections * args.n)
         .map(|_| {
             // As every client makes its channels.
@@ -586,14 +403,14 @@ async fn baseline_part(args: &SurgeArgs, binary: &Path) -> anyhow::Result<Figure
         })
         .collect::<Result<Vec<_>, String>>()
         .map_err(|reason| anyhow!("making channels to {address}: {reason}"))?;
-    let target = Target::Baseline { stubs, key: server.key, event: EventId(rand::random()), ids: AtomicU64::new(0) };
+    let target = Target::Baseline { stubs, key, event: EventId(rand::random()), ids: AtomicU64::new(0) };
     // One request first, so that a server that does not work fails clearly.
     target.one(0).await.map_err(|reason| anyhow!("the baseline server's first ticket failed: {reason}"))?;
     let target = Arc::new(target);
-    let result = drive(target, args).await;
+    let result = drive(target, args.clients, WARM_UP, Duration::from_secs(args.seconds)).await;
     let rss = server.rss_kib();
     server.stop().await;
-    let mut figures = result?;
+    let mut figures = Figures::of(result?);
     figures.rss = vec![rss];
     Ok(figures)
 }
@@ -721,48 +538,9 @@ pub async fn baseline_server(args: BaselineServerArgs) -> anyhow::Result<()> {
         .context("serving the baseline")
 }
 
-/// Resolves on SIGTERM, Ctrl-C, or the end of standard input if `on_stdin_close`.
-async fn stopped(on_stdin_close: bool) {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    let stdin_closed = async {
-        if !on_stdin_close {
-            return std::future::pending::<()>().await;
-        }
-        let mut stdin = tokio::io::stdin();
-        let mut buffer = [0u8; 64];
-        loop {
-            match stdin.read(&mut buffer).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    };
-    tokio::select! {
-        _ = terminate => {}
-        _ = tokio::signal::ctrl_c() => {}
-        _ = stdin_closed => {}
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rates_get_thousands_separators() {
-        assert_eq!(thousands(0.0), "0");
-        assert_eq!(thousands(999.4), "999");
-        assert_eq!(thousands(12_345.0), "12,345");
-        assert_eq!(thousands(1_234_567.0), "1,234,567");
-        assert_eq!(thousands(f64::NAN), "?");
-    }
 
     #[test]
     fn baseline_tickets_verify_only_unchanged() {

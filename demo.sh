@@ -7,7 +7,10 @@
 #      upload their encrypted files: two through the relay, one directly to a replica;
 #   3. a fourth submitter comes after the deadline and is refused;
 #   4. the replicas pull the uploads from the relay and from each other;
-#   5. the owner collects, decrypts and verifies every file, and a ticket is checked offline.
+#   5. the owner collects, decrypts and verifies every file, and a ticket is checked offline;
+#   and, while the bistro's deadline runs, the certification authority: a key confirmed by every
+#   replica gets a threshold-RSA-signed X.509 certificate, which is updated, retrieved from 2t + 1
+#   replicas, revoked and listed in the signed CRL (checked with openssl, if installed).
 #
 # Everything it makes is in cluster-configs/local-4/story/ (made anew each run). Every process it
 # starts is stopped when it ends, also on Ctrl-C. `./demo.sh --keep` leaves the cluster running
@@ -34,6 +37,12 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 step() { printf '\n== %s\n' "$*"; }
+
+if [[ -f $dir/cluster.toml ]] && ! grep -q '^rsa = ' "$dir/cluster.toml"; then
+    # Dealt before the certification authority existed: deal it anew (its files are local ones).
+    echo "== $dir was dealt without a threshold RSA key: dealing it anew"
+    rm -rf "$dir/cluster.toml" "$dir"/replica-*.toml "$dir/data" "$dir/ca-root.pem"
+fi
 
 step "starting 4 replicas (replica cluster --dir $dir); their output is in $story/cluster.out"
 "$bin/replica" cluster --dir "$dir" --clients 0 >"$story/cluster.out" 2>&1 &
@@ -75,6 +84,53 @@ step "bob submits through the relay"
 submit bob "-via 127.0.0.1:7500"
 step "carol submits directly to replica 2"
 submit carol "-via $(awk -F'"' '/client_address/{print $2}' "$dir/cluster.toml" | sed -n 3p)"
+
+step "the certification authority: a key confirmed by every replica's challenge, one agreement, an RSA certificate no replica signs alone"
+export FIDES_CLUSTER=$dir/cluster.toml
+"$bin/ca" keygen --out "$story/www.key"
+"$bin/ca" issue --key "$story/www.key" --name www.example.org --attr O=Example --dns www.example.org \
+    --out "$story/www.pem"
+have_openssl=0
+if command -v openssl >/dev/null; then have_openssl=1; fi
+if [[ $have_openssl == 1 ]]; then
+    openssl x509 -in "$story/www.pem" -noout -subject -issuer -serial -ext subjectAltName
+    openssl verify -CAfile "$dir/ca-root.pem" "$story/www.pem"
+else
+    echo "(openssl is not installed: the certificate is checked by ca verify alone)"
+fi
+"$bin/ca" verify "$story/www.pem"
+
+step "update: the key's name changes; the old certificate is superseded"
+"$bin/ca" update --key "$story/www.key" --name www.example.org --attr "O=Example Ltd" --dns www.example.org \
+    --dns example.org --out "$story/www2.pem"
+
+step "retrieve: the key's current certificate, as 2t + 1 replicas give it"
+"$bin/ca" get --key "$story/www.key" | grep -c "BEGIN CERTIFICATE" | sed 's/$/ certificate(s)/'
+
+step "revoke, the signed status, and the CRL the replicas threshold-sign"
+"$bin/ca" revoke --key "$story/www.key" --reason key-compromise | tee "$story/revoked.txt"
+serial=$(grep -o "serial=[0-9a-f]*" "$story/revoked.txt" | head -1 | cut -d= -f2)
+"$bin/ca" status "$serial"
+# The CRL lists the superseded and the revoked certificate within an epoch of the revocation.
+for _ in $(seq 1 100); do
+    "$bin/ca" crl --out "$story/crl.pem" >"$story/crl.txt"
+    listed=$(grep -o "revoked=[0-9]*" "$story/crl.txt" | cut -d= -f2)
+    if [[ ${listed:-0} -ge 2 ]]; then break; fi
+    sleep 0.2
+done
+cat "$story/crl.txt"
+if [[ $have_openssl == 1 ]]; then
+    if openssl verify -crl_check -CAfile "$dir/ca-root.pem" -CRLfile "$story/crl.pem" "$story/www2.pem"; then
+        echo "openssl accepted a revoked certificate" >&2
+        exit 1
+    fi
+    echo "(openssl refuses the revoked certificate, as it should)"
+fi
+if "$bin/ca" verify "$story/www2.pem"; then
+    echo "ca verify accepted a revoked certificate" >&2
+    exit 1
+fi
+echo "(ca verify refuses it too)"
 
 step "waiting for the deadline"
 deadline=$(awk '/^deadline /{print $2; exit}' "$story/event.out")

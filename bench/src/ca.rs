@@ -28,9 +28,7 @@ use ed25519_dalek::SigningKey;
 use fides_api::proto;
 use fides_ca::service::challenge::{answer, Challenger, KeySecret};
 use fides_ca::service::request::{Binding, Mutation};
-use fides_ca::{
-    certificate_tbs, AltNames, CertificateParams, Root, Serial, SubjectKey, SubjectName, UnixTime,
-};
+use fides_ca::{certificate_tbs, AltNames, CertificateParams, Root, Serial, SubjectKey, SubjectName, UnixTime};
 use fides_client_sdk::ca::{key_proto, name_proto, CaClient, CaOptions, Subject};
 use fides_client_sdk::{Client, ClientOptions};
 use fides_dealer::ProtocolParameters;
@@ -47,7 +45,9 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use crate::load::{drive, log_tail, milliseconds, print_reasons, stopped, thousands, Load, Measured, RemoveDir, ServerProcess};
+use crate::load::{
+    drive, log_tail, milliseconds, print_reasons, stopped, thousands, Load, Measured, RemoveDir, ServerProcess,
+};
 
 /// First peer port of the bench cluster (replica `i`: `PORT_FIRST + i`, its clients `+ 100`).
 /// Clear of `replica cluster` (7100…), `e2e` (7600…), `ts-surge` (7650…) and `restart` (7700…).
@@ -115,10 +115,7 @@ pub async fn run(args: CaArgs) -> anyhow::Result<()> {
 
 async fn both(args: &CaArgs, dir: &Path, binary: &Path) -> anyhow::Result<()> {
     let t = (args.n - 1) / 3;
-    println!(
-        "ca: {} replicas (t = {t}), RSA-{}, {} clients, {} s",
-        args.n, args.rsa_bits, args.clients, args.seconds
-    );
+    println!("ca: {} replicas (t = {t}), RSA-{}, {} clients, {} s", args.n, args.rsa_bits, args.clients, args.seconds);
     let cluster = cluster_part(args, dir, binary).await;
     let line = |m: &Measured| {
         format!(
@@ -227,9 +224,8 @@ async fn cluster_load(local: &mut LocalCluster, args: &CaArgs) -> anyhow::Result
         }
     }
     // A few clients (each with its channels to every replica) shared by the tasks.
-    let clients: Vec<CaClient> = (0..4)
-        .map(|_| CaClient::new(local.cluster(), CaOptions::default()))
-        .collect::<Result<_, _>>()?;
+    let clients: Vec<CaClient> =
+        (0..4).map(|_| CaClient::new(local.cluster(), CaOptions::default())).collect::<Result<_, _>>()?;
     let target = ClusterTarget { clients };
     target.one(0).await.map_err(|reason| anyhow!("the cluster's first certificate failed: {reason}"))?;
     let measured = drive(Arc::new(target), args.clients, WARM_UP, Duration::from_secs(args.seconds)).await?;
@@ -271,9 +267,8 @@ impl Load for BaselineTarget {
             answers: Vec::new(),
         };
         let mut stub = self.stubs[task % self.stubs.len()].clone();
-        let asked = proto::GetChallengeRequest {
-            request: Some(proto::get_challenge_request::Request::Issue(request.clone())),
-        };
+        let asked =
+            proto::GetChallengeRequest { request: Some(proto::get_challenge_request::Request::Issue(request.clone())) };
         let challenge = stub.get_challenge(asked).await.map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
         let challenge = challenge.into_inner();
         let alt_names = AltNames::new(&[], &[]).map_err(|e| e.to_string())?;
@@ -299,10 +294,11 @@ fn verify_baseline(key: &RsaVerifyingKey<Sha256>, der: &[u8]) -> Result<(), Stri
 }
 
 async fn baseline_part(args: &CaArgs, binary: &Path) -> anyhow::Result<(Measured, Option<u64>)> {
-    let server = ServerProcess::start_with(binary, "ca-baseline-server", &["--rsa-bits", &args.rsa_bits.to_string()])
-        .await?;
-    let (address, root) = parse_banner(&server.banner)
-        .with_context(|| format!("the baseline server's first line is not `{BANNER} ADDRESS ROOT`: {:?}", server.banner))?;
+    let server =
+        ServerProcess::start_with(binary, "ca-baseline-server", &["--rsa-bits", &args.rsa_bits.to_string()]).await?;
+    let (address, root) = parse_banner(&server.banner).with_context(|| {
+        format!("the baseline server's first line is not `{BANNER} ADDRESS ROOT`: {:?}", server.banner)
+    })?;
     let key = root_key(&root)?;
     let address = address.to_string();
     let stubs = (0..4 * args.n)
@@ -379,10 +375,8 @@ impl CertificationAuthorityService for BaselineCa {
         };
         let mutation = baseline_mutation(&issue)?;
         let digest = mutation.digest(&BASELINE_CLUSTER, issue.client, issue.request_id);
-        let challenge = self
-            .challenger
-            .challenge(mutation.key(), &digest)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let challenge =
+            self.challenger.challenge(mutation.key(), &digest).map_err(|e| Status::invalid_argument(e.to_string()))?;
         Ok(Response::new(proto::GetChallengeResponse { replica: 0, challenge }))
     }
 

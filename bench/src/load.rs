@@ -74,7 +74,12 @@ impl Tally {
 
 /// Run `clients` tasks against `target`; after `warm_up`, count what completes within `window`.
 /// Requests still in flight when it closes are dropped.
-pub async fn drive<T: Load>(target: Arc<T>, clients: u32, warm_up: Duration, window: Duration) -> anyhow::Result<Measured> {
+pub async fn drive<T: Load>(
+    target: Arc<T>,
+    clients: u32,
+    warm_up: Duration,
+    window: Duration,
+) -> anyhow::Result<Measured> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let (measure_tx, measure_rx) = watch::channel(false);
     // Dropping the set (on an early return) aborts the tasks.

@@ -22,6 +22,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::load::{
+    drive, log_tail, milliseconds, print_reasons, stopped, thousands, Load, Measured, RemoveDir, ServerProcess,
+};
 use anyhow::{anyhow, bail, Context};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use fides_api::proto;
@@ -34,7 +37,6 @@ use fides_replica::launcher::{deal_if_missing_with, protocol_with_batch_size, rs
 use fides_types::codec::Wire;
 use fides_types::NodeIndex;
 use proto::bistro_client::BistroClient as BistroGrpc;
-use crate::load::{drive, ServerProcess, log_tail, milliseconds, print_reasons, stopped, thousands, Load, Measured, RemoveDir};
 use proto::bistro_server::{Bistro, BistroServer};
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Channel;
@@ -225,7 +227,6 @@ fn figures_line(f: &Figures) -> String {
     )
 }
 
-
 // ---------------------------------------------------------------------------------------------
 // The cluster
 // ---------------------------------------------------------------------------------------------
@@ -392,8 +393,9 @@ fn parse_banner(line: &str) -> Option<(SocketAddr, VerifyingKey)> {
 /// Start the baseline server, load it like the cluster, stop it.
 async fn baseline_part(args: &SurgeArgs, binary: &Path) -> anyhow::Result<Figures> {
     let server = ServerProcess::start_with(binary, "ts-baseline-server", &[]).await?;
-    let (address, key) = parse_banner(&server.banner)
-        .with_context(|| format!("the baseline server's first line is not `{BANNER} ADDRESS KEY`: {:?}", server.banner))?;
+    let (address, key) = parse_banner(&server.banner).with_context(|| {
+        format!("the baseline server's first line is not `{BANNER} ADDRESS KEY`: {:?}", server.banner)
+    })?;
     let address = address.to_string();
     let stubs = (0..args.connections * args.n)
         .map(|_| {

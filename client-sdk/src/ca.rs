@@ -39,6 +39,10 @@ use crate::engine::{Engine, EngineOptions, MESSAGE_MAX};
 use crate::proto::certification_authority_service_client::CertificationAuthorityServiceClient as CaGrpc;
 use crate::ClientError;
 
+/// How long the challenges of the last `t` replicas are waited for once `n − t` replied: a silent
+/// (crashed or Byzantine) replica must not hold every request for a whole attempt.
+const CHALLENGE_GRACE: Duration = Duration::from_secs(1);
+
 /// How a [`CaClient`] behaves.
 #[derive(Clone, Debug)]
 pub struct CaOptions {
@@ -554,7 +558,21 @@ impl CaClient {
             .collect();
         let mut answers = Vec::new();
         let mut last = String::from("no replica answered");
-        while let Some((index, reply)) = calls.next().await {
+        // Every replica's answer is a vote, so all are waited for — but once n − t replied (all
+        // the honest ones may be among them), a silent replica gets only CHALLENGE_GRACE more.
+        let enough = self.engine.n() - self.engine.quorum().t();
+        let mut replied = 0;
+        loop {
+            let next = if replied >= enough {
+                match tokio::time::timeout(CHALLENGE_GRACE, calls.next()).await {
+                    Ok(next) => next,
+                    Err(_) => break,
+                }
+            } else {
+                calls.next().await
+            };
+            let Some((index, reply)) = next else { break };
+            replied += 1;
             match reply {
                 Ok(reply) if reply.replica == index => {
                     match answer_challenge(secret, &reply.challenge, &self.cluster, index, &digest) {

@@ -19,6 +19,8 @@ use fides_dealer::{
     RsaOptions,
 };
 use fides_replica::launcher::{LocalCluster, ReplicaOptions};
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
 use rand::SeedableRng;
 
 const UP: Duration = Duration::from_secs(60);
@@ -116,9 +118,16 @@ fn certificates_are_issued_updated_revoked_and_checked_by_openssl_over_four_repl
                 "{again:?}"
             );
 
-            // Update: a new name; the first certificate is superseded.
+            // Update while replica 3 lags: stopped (SIGSTOP) while the others order, agree on and
+            // sign the update (the client takes its challenges from the three), resumed before the
+            // retrieval below, which its stale store answers with the first certificate until it
+            // catches up: the client must take what 2t + 1 replicas agree on.
+            let lagging = local.pids()[3].expect("replica 3 runs");
+            signal(lagging, Signal::SIGSTOP);
             let renamed = Subject::Fields { name: name("alice2"), alt_names };
-            let second = ca.update(&secret, &renamed, None).await.expect("updated");
+            let second = ca.update(&secret, &renamed, None).await;
+            signal(lagging, Signal::SIGCONT);
+            let second = second.expect("updated with a replica stopped");
             assert_ne!(second.serial, first.serial);
             let superseded: Vec<_> = second
                 .revoked
@@ -185,6 +194,12 @@ fn certificates_are_issued_updated_revoked_and_checked_by_openssl_over_four_repl
         Duration::from_secs(240),
     );
     local.stop_all(Duration::from_secs(5));
+}
+
+/// Send `signal` to process `pid`.
+fn signal(pid: u32, signal: Signal) {
+    let pid = Pid::from_raw(i32::try_from(pid).expect("a process id"));
+    nix::sys::signal::kill(pid, signal).expect("the replica process takes the signal");
 }
 
 /// Run the `ca` program against the cluster in `dir`.

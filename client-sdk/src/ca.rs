@@ -53,11 +53,19 @@ pub struct CaOptions {
     pub backoff: Duration,
     /// The client number; random when `None`.
     pub client: Option<u64>,
+    /// Send each issue, update, revocation and status request to `2t + 1` replicas at once
+    /// (MAFTIA D5 §3.2.5), instead of to one and then the next on failure.
+    pub to_quorum: bool,
 }
 
 impl Default for CaOptions {
     fn default() -> Self {
-        CaOptions { attempt_timeout: Duration::from_secs(30), backoff: Duration::from_millis(200), client: None }
+        CaOptions {
+            attempt_timeout: Duration::from_secs(30),
+            backoff: Duration::from_millis(200),
+            client: None,
+            to_quorum: false,
+        }
     }
 }
 
@@ -133,6 +141,7 @@ pub struct CaClient {
     cluster: [u8; 32],
     signing: blsttc::PublicKey,
     rsa: Arc<RsaPublicKey>,
+    to_quorum: bool,
 }
 
 /// Verify a record of the CA alone: it is a leaf of an epoch certificate of the cluster.
@@ -292,7 +301,29 @@ impl CaClient {
             cluster: cluster.id().0,
             signing: cluster.signing().public_key(),
             rsa: Arc::new(rsa.clone()),
+            to_quorum: options.to_quorum,
         })
+    }
+
+    /// Send an ordered request (id `id`) as the options say: to one replica and then the next,
+    /// or to `2t + 1` at once; the first answer `check` accepts.
+    async fn send<T, U, F, Fut>(
+        &self,
+        id: u64,
+        call: F,
+        check: impl Fn(T) -> Result<U, String>,
+    ) -> Result<U, ClientError>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let first = self.engine.first_for(id);
+        if self.to_quorum {
+            let targets = 2 * self.engine.quorum().t() + 1;
+            self.engine.first_of(first, targets, call, check).await
+        } else {
+            self.engine.failover(first, call, check).await
+        }
     }
 
     /// The connection engine.
@@ -349,16 +380,15 @@ impl CaClient {
         let asked = self.answered(secret, &mutation, id, Asked::Issue(request)).await?;
         let Asked::Issue(request) = asked else { unreachable!("an issue stays an issue") };
         let key = secret.public();
-        self.engine
-            .failover(
-                self.engine.first_for(id),
-                |channel| {
-                    let request = request.clone();
-                    async move { Self::grpc(channel).issue(request).await }
-                },
-                |reply| self.check_issued(&key, reply.certificate, reply.issued, Vec::new()),
-            )
-            .await
+        self.send(
+            id,
+            |channel| {
+                let request = request.clone();
+                async move { Self::grpc(channel).issue(request).await }
+            },
+            |reply| self.check_issued(&key, reply.certificate, reply.issued, Vec::new()),
+        )
+        .await
     }
 
     /// Replace the certificate of `secret`'s key (key-major) or of the name (name-major).
@@ -385,16 +415,15 @@ impl CaClient {
         let asked = self.answered(secret, &mutation, id, Asked::Update(request)).await?;
         let Asked::Update(request) = asked else { unreachable!("an update stays an update") };
         let key = secret.public();
-        self.engine
-            .failover(
-                self.engine.first_for(id),
-                |channel| {
-                    let request = request.clone();
-                    async move { Self::grpc(channel).update(request).await }
-                },
-                |reply| self.check_issued(&key, reply.certificate, reply.issued, reply.revoked),
-            )
-            .await
+        self.send(
+            id,
+            |channel| {
+                let request = request.clone();
+                async move { Self::grpc(channel).update(request).await }
+            },
+            |reply| self.check_issued(&key, reply.certificate, reply.issued, reply.revoked),
+        )
+        .await
     }
 
     /// Revoke the certificates of `secret`'s key (only those with `name`, if given).
@@ -417,22 +446,21 @@ impl CaClient {
         };
         let asked = self.answered(secret, &mutation, id, Asked::Revoke(request)).await?;
         let Asked::Revoke(request) = asked else { unreachable!("a revocation stays a revocation") };
-        self.engine
-            .failover(
-                self.engine.first_for(id),
-                |channel| {
-                    let request = request.clone();
-                    async move { Self::grpc(channel).revoke(request).await }
-                },
-                |reply| {
-                    let revoked = self.check_revoked(&reply.revoked)?;
-                    if revoked.is_empty() {
-                        return Err("the revocation answer has no revocation record".into());
-                    }
-                    Ok(revoked)
-                },
-            )
-            .await
+        self.send(
+            id,
+            |channel| {
+                let request = request.clone();
+                async move { Self::grpc(channel).revoke(request).await }
+            },
+            |reply| {
+                let revoked = self.check_revoked(&reply.revoked)?;
+                if revoked.is_empty() {
+                    return Err("the revocation answer has no revocation record".into());
+                }
+                Ok(revoked)
+            },
+        )
+        .await
     }
 
     /// A signed status of `serial` at the agreed time of its request.
@@ -443,26 +471,25 @@ impl CaClient {
             request_id: id,
             serial: serial.as_be_bytes().to_vec(),
         };
-        self.engine
-            .failover(
-                self.engine.first_for(id),
-                |channel| {
-                    let request = request.clone();
-                    async move { Self::grpc(channel).get_status(request).await }
-                },
-                |reply| {
-                    let record = reply.status.ok_or("no status record")?;
-                    let certified = verify_record(&self.cluster, &self.signing, &record)?;
-                    let Record::Status(status) = &certified.record else {
-                        return Err("the record is not a status".to_string());
-                    };
-                    if status.serial != *serial {
-                        return Err("the status is of another serial".into());
-                    }
-                    Ok((status.clone(), certified))
-                },
-            )
-            .await
+        self.send(
+            id,
+            |channel| {
+                let request = request.clone();
+                async move { Self::grpc(channel).get_status(request).await }
+            },
+            |reply| {
+                let record = reply.status.ok_or("no status record")?;
+                let certified = verify_record(&self.cluster, &self.signing, &record)?;
+                let Record::Status(status) = &certified.record else {
+                    return Err("the record is not a status".to_string());
+                };
+                if status.serial != *serial {
+                    return Err("the status is of another serial".into());
+                }
+                Ok((status.clone(), certified))
+            },
+        )
+        .await
     }
 
     /// The current certificates of `key`, `name` or both, as `2t + 1` replicas give them, each

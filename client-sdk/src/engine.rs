@@ -192,6 +192,43 @@ impl Engine {
         self.attempt(index as usize, call).await.map_err(|status| ClientError::Replica { index, status })
     }
 
+    /// Send a call to `targets` replicas at once, starting at `first`, each retried as
+    /// [`Engine::matching`] does, and take the first answer `check` accepts (MAFTIA D5 §3.2.5: a
+    /// request sent to `2t + 1` replicas reaches `t + 1` honest ones, so it is ordered even if up
+    /// to `t` of them drop it; ordering executes it once).
+    pub async fn first_of<T, U, F, Fut>(
+        &self,
+        first: usize,
+        targets: u32,
+        call: F,
+        check: impl Fn(T) -> Result<U, String>,
+    ) -> Result<U, ClientError>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let n = self.channels.len();
+        let targets = (targets as usize).min(n);
+        let (call, check) = (&call, &check);
+        let mut calls: FuturesUnordered<_> = (0..targets)
+            .map(|offset| {
+                let index = (first + offset) % n.max(1);
+                async move { (index, self.retry_at(index, call, check).await) }
+            })
+            .collect();
+        let mut last = String::from("no replica to send to");
+        while let Some((index, result)) = calls.next().await {
+            match result {
+                Ok(answer) => return Ok(answer),
+                Err(Attempt::Status(status)) if !self.elsewhere(&status) => {
+                    return Err(ClientError::from_status(status))
+                }
+                Err(attempt) => last = attempt.describe(index),
+            }
+        }
+        Err(ClientError::NoAnswer { attempts: targets as u32, last })
+    }
+
     /// Send a call to one replica after the other, starting at `first`, until one answers
     /// something that `check` accepts or a status that is not worth another replica.
     pub async fn failover<T, U, F, Fut>(

@@ -11,6 +11,10 @@ use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
+use fides_api::proto;
+use fides_api::proto::certification_authority_service_server::{
+    CertificationAuthorityService, CertificationAuthorityServiceServer,
+};
 use fides_ca::service::{CertificateStatus, KeySecret, Record};
 use fides_ca::{AltNames, AttributeKind, RevocationReason, SubjectName};
 use fides_client_sdk::ca::{certificate_serial, crl_serials, CaClient, CaOptions, Subject};
@@ -111,6 +115,17 @@ fn certificates_are_issued_updated_revoked_and_checked_by_openssl_over_four_repl
                 let (ok, text) = openssl_verify(&dir, &first_path, &[]);
                 assert!(ok, "openssl refused the issued certificate: {text}");
             }
+            // Another key's issue sent to 2t + 1 replicas at once (MAFTIA D5 §3.2.5): executed once.
+            let quorum = CaClient::new(
+                &cluster,
+                CaOptions { attempt_timeout: Duration::from_secs(20), to_quorum: true, ..CaOptions::default() },
+            )
+            .expect("CA client");
+            let other = KeySecret::Ed25519(ed25519_dalek::SigningKey::from_bytes(&[8; 32]));
+            let bob = Subject::Fields { name: name("bob"), alt_names: AltNames::new(&[], &[]).expect("none") };
+            let bobs = quorum.issue(&other, &bob, None).await.expect("issued through 2t + 1 replicas");
+            assert_eq!(quorum.retrieve(Some(&other.public()), None).await.expect("retrieved"), vec![bobs.der]);
+
             // A second issue for the same key is refused: it has a certificate (key-major).
             let again = ca.issue(&secret, &subject, None).await;
             assert!(
@@ -185,15 +200,101 @@ fn certificates_are_issued_updated_revoked_and_checked_by_openssl_over_four_repl
                 let (ok, text) = openssl_verify(&dir, &second_path, &[]);
                 assert!(ok, "without the CRL the certificate verifies: {text}");
             }
-            // The log lists both issues and both revocations.
+            // The log lists the three issues and both revocations.
             let (entries, _) = ca.list_issued(0, 100).await.expect("the log");
             let issued = entries.iter().filter(|(_, r)| matches!(r, Record::Issued(_))).count();
             let revocations = entries.iter().filter(|(_, r)| matches!(r, Record::Revoked(_))).count();
-            assert_eq!((issued, revocations), (2, 2), "{entries:?}");
+            assert_eq!((issued, revocations), (3, 2), "{entries:?}");
+
+            // A Byzantine replica 3 that sends bad challenges: the real one is stopped and a
+            // server on its client address answers every challenge with bytes of its own (a
+            // signature of them is no answer to replica 3's real challenge) and refuses the rest.
+            // The client answers what it got, replicas 0 to 2 confirm the key, and the
+            // certificate is issued all the same.
+            local.kill(3);
+            let address = cluster.replicas()[3].client_address.to_string();
+            let listener = tokio::net::TcpListener::bind(&address).await.expect("replica 3's client address");
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            let server = tokio::spawn(
+                tonic::transport::Server::builder()
+                    .add_service(CertificationAuthorityServiceServer::new(BadChallenges))
+                    .serve_with_incoming(incoming),
+            );
+            let carol = KeySecret::Ed25519(ed25519_dalek::SigningKey::from_bytes(&[9; 32]));
+            let subject = Subject::Fields { name: name("carol"), alt_names: AltNames::new(&[], &[]).expect("none") };
+            let carols = ca.issue(&carol, &subject, None).await.expect("issued despite bad challenges");
+            assert_eq!(certificate_serial(&carols.der).expect("a certificate"), carols.serial.as_be_bytes().to_vec());
+            server.abort();
         },
         Duration::from_secs(240),
     );
     local.stop_all(Duration::from_secs(5));
+}
+
+/// A Byzantine replica's client API: a challenge of its own for every request, nothing else.
+struct BadChallenges;
+
+fn refused() -> tonic::Status {
+    tonic::Status::unavailable("a Byzantine replica")
+}
+
+#[tonic::async_trait]
+impl CertificationAuthorityService for BadChallenges {
+    async fn get_challenge(
+        &self,
+        _: tonic::Request<proto::GetChallengeRequest>,
+    ) -> Result<tonic::Response<proto::GetChallengeResponse>, tonic::Status> {
+        Ok(tonic::Response::new(proto::GetChallengeResponse { replica: 3, challenge: vec![0x5a; 32] }))
+    }
+
+    async fn issue(
+        &self,
+        _: tonic::Request<proto::IssueRequest>,
+    ) -> Result<tonic::Response<proto::IssueResponse>, tonic::Status> {
+        Err(refused())
+    }
+
+    async fn update(
+        &self,
+        _: tonic::Request<proto::UpdateRequest>,
+    ) -> Result<tonic::Response<proto::UpdateResponse>, tonic::Status> {
+        Err(refused())
+    }
+
+    async fn revoke(
+        &self,
+        _: tonic::Request<proto::RevokeRequest>,
+    ) -> Result<tonic::Response<proto::RevokeResponse>, tonic::Status> {
+        Err(refused())
+    }
+
+    async fn get_status(
+        &self,
+        _: tonic::Request<proto::GetStatusRequest>,
+    ) -> Result<tonic::Response<proto::GetStatusResponse>, tonic::Status> {
+        Err(refused())
+    }
+
+    async fn retrieve(
+        &self,
+        _: tonic::Request<proto::RetrieveRequest>,
+    ) -> Result<tonic::Response<proto::RetrieveResponse>, tonic::Status> {
+        Err(refused())
+    }
+
+    async fn get_crl(
+        &self,
+        _: tonic::Request<proto::GetCrlRequest>,
+    ) -> Result<tonic::Response<proto::GetCrlResponse>, tonic::Status> {
+        Err(refused())
+    }
+
+    async fn list_issued(
+        &self,
+        _: tonic::Request<proto::ListIssuedRequest>,
+    ) -> Result<tonic::Response<proto::ListIssuedResponse>, tonic::Status> {
+        Err(refused())
+    }
 }
 
 /// Send `signal` to process `pid`.

@@ -21,8 +21,9 @@ use fides_ca::service::{
     Challenger, IssuedRecord, Mutation, Query, Record, Request, RevokedRecord, Service as CaService, StatusRecord,
     View as CaView,
 };
+use fides_service::certificate::Leaf;
 use fides_service::rsa_signer::MessageId;
-use fides_service::Outcome;
+use fides_service::{Outcome, Service as _};
 use fides_types::codec::Wire;
 use proto::certification_authority_service_server::{
     CertificationAuthorityService, CertificationAuthorityServiceServer,
@@ -315,10 +316,33 @@ impl CertificationAuthorityService for CaApi {
             return Err(Status::internal("the CA answered another question"));
         };
         let next_sequence = entries.last().map_or(r.from_sequence, |entry| entry.sequence + 1);
-        let entries = entries
-            .into_iter()
-            .map(|entry| proto::LogEntry { sequence: entry.sequence, record: entry.record, epoch: entry.epoch })
-            .collect();
+        // Each entry with its proof: the record's leaf in the epoch that signed it.
+        let entries = self
+            .host
+            .run(move |view| {
+                entries
+                    .into_iter()
+                    .map(|entry| {
+                        let leaf = Leaf::Service { service: CaService::ID, record: entry.record.clone() }.hash();
+                        let certified = view.certified_leaf(entry.epoch, &leaf).ok().map(|(inclusion, certificate)| {
+                            proto::CertifiedRecord {
+                                record: entry.record.clone(),
+                                inclusion: inclusion.to_bytes(),
+                                epoch: certificate.root.epoch,
+                                agreed_time: Some(x509::timestamp_ms(certificate.root.time_ms)),
+                                certificate: certificate.to_bytes(),
+                            }
+                        });
+                        proto::LogEntry {
+                            sequence: entry.sequence,
+                            record: entry.record,
+                            epoch: entry.epoch,
+                            certified,
+                        }
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await?;
         Ok(Response::new(proto::ListIssuedResponse { entries, next_sequence }))
     }
 }

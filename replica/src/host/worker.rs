@@ -127,6 +127,12 @@ impl View<'_> {
     pub fn last_time(&self) -> anyhow::Result<u64> {
         self.worker.last_time()
     }
+
+    /// A signed record, found by its leaf hash in epoch `epoch`: its inclusion path and the
+    /// epoch's certificate (an error if the epoch is not here or not certified yet).
+    pub fn certified_leaf(&mut self, epoch: u64, leaf: &[u8; 32]) -> Result<Certified, String> {
+        self.worker.certified_leaf(epoch, leaf)
+    }
 }
 
 /// What the worker takes.
@@ -822,6 +828,17 @@ impl Worker {
         let cached = Cached { tree: Arc::new(Tree::new(row.leaves)), time_ms: row.time_ms, signature: row.signature };
         self.remember_tree(epoch, cached.clone());
         Ok(Some(cached))
+    }
+
+    /// The leaf with hash `leaf` in epoch `epoch`, certified: its path and the epoch's
+    /// certificate (for a record the service signed, found by its leaf hash: a transparency log's
+    /// entry).
+    fn certified_leaf(&mut self, epoch: u64, leaf: &[u8; 32]) -> Result<Certified, String> {
+        let read = self.db.begin_read().map_err(|e| e.to_string())?;
+        let cached = self.cached(&read, epoch).map_err(|e| e.to_string())?;
+        let Some(cached) = cached else { return Err(format!("epoch {epoch} has no leaves here")) };
+        let index = cached.tree.position(leaf).ok_or_else(|| format!("epoch {epoch} has no such leaf"))?;
+        self.certified(&read, epoch, index)
     }
 
     /// Leaf `leaf` of epoch `epoch`, certified: its path and the epoch's certificate. (Leaf `i`

@@ -195,6 +195,11 @@ impl Tree {
         self.levels.last().and_then(|level| level.first()).copied().unwrap_or([0; 32])
     }
 
+    /// The index of the first leaf whose hash is `leaf`, if any (a linear scan).
+    pub fn position(&self, leaf: &Digest) -> Option<u64> {
+        self.levels.first()?.iter().position(|l| l == leaf).map(|i| i as u64)
+    }
+
     /// The inclusion path of leaf `index`, `None` past the last leaf.
     pub fn inclusion(&self, index: u64) -> Option<Inclusion> {
         if index >= self.len() {

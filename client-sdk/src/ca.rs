@@ -236,17 +236,6 @@ pub fn name_proto(name: &SubjectName) -> proto::DistinguishedName {
     }
 }
 
-fn reason_proto(reason: RevocationReason) -> proto::RevocationReason {
-    match reason {
-        RevocationReason::Unspecified => proto::RevocationReason::Unspecified,
-        RevocationReason::KeyCompromise => proto::RevocationReason::KeyCompromise,
-        RevocationReason::AffiliationChanged => proto::RevocationReason::AffiliationChanged,
-        RevocationReason::Superseded => proto::RevocationReason::Superseded,
-        RevocationReason::CessationOfOperation => proto::RevocationReason::CessationOfOperation,
-        RevocationReason::PrivilegeWithdrawn => proto::RevocationReason::PrivilegeWithdrawn,
-    }
-}
-
 fn token_bytes(token: &Token) -> Vec<u8> {
     [&token.name_hash[..], &token.not_after_ms.to_le_bytes(), &token.signature].concat()
 }
@@ -441,7 +430,8 @@ impl CaClient {
             request_id: id,
             key: Some(key_proto(&key)),
             name: name.map(name_proto),
-            reason: reason_proto(reason).into(),
+            // The proto numbers the reasons as RFC 5280 does.
+            reason: i32::from(reason.code()),
             answers: Vec::new(),
         };
         let asked = self.answered(secret, &mutation, id, Asked::Revoke(request)).await?;

@@ -102,29 +102,17 @@ pub fn mutation_of(
     Ok(if issue { Mutation::Issue { binding, token } } else { Mutation::Update { binding, token } })
 }
 
-/// A revocation reason (RFC 5280's numbers).
+/// A revocation reason (RFC 5280's numbers, which the proto's enum keeps).
 pub fn reason_of(code: i32) -> Result<RevocationReason, Status> {
-    Ok(match proto::RevocationReason::try_from(code) {
-        Ok(proto::RevocationReason::Unspecified) => RevocationReason::Unspecified,
-        Ok(proto::RevocationReason::KeyCompromise) => RevocationReason::KeyCompromise,
-        Ok(proto::RevocationReason::AffiliationChanged) => RevocationReason::AffiliationChanged,
-        Ok(proto::RevocationReason::Superseded) => RevocationReason::Superseded,
-        Ok(proto::RevocationReason::CessationOfOperation) => RevocationReason::CessationOfOperation,
-        Ok(proto::RevocationReason::PrivilegeWithdrawn) => RevocationReason::PrivilegeWithdrawn,
-        Err(_) => return Err(invalid("reason", &format!("unknown revocation reason {code}"))),
-    })
+    u8::try_from(code)
+        .ok()
+        .and_then(RevocationReason::from_code)
+        .ok_or_else(|| invalid("reason", &format!("unknown revocation reason {code}")))
 }
 
-/// The proto's number of a revocation reason.
+/// The proto's value of a revocation reason: its RFC 5280 number.
 pub fn reason_code(reason: RevocationReason) -> proto::RevocationReason {
-    match reason {
-        RevocationReason::Unspecified => proto::RevocationReason::Unspecified,
-        RevocationReason::KeyCompromise => proto::RevocationReason::KeyCompromise,
-        RevocationReason::AffiliationChanged => proto::RevocationReason::AffiliationChanged,
-        RevocationReason::Superseded => proto::RevocationReason::Superseded,
-        RevocationReason::CessationOfOperation => proto::RevocationReason::CessationOfOperation,
-        RevocationReason::PrivilegeWithdrawn => proto::RevocationReason::PrivilegeWithdrawn,
-    }
+    proto::RevocationReason::try_from(i32::from(reason.code())).unwrap_or(proto::RevocationReason::Unspecified)
 }
 
 /// A revocation.
@@ -197,6 +185,24 @@ pub fn status_response(status: &StatusRecord, record: proto::CertifiedRecord) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The proto's reasons are RFC 5280's numbers: each reason goes to the proto value of its
+    /// own name and back, and no other number is a reason.
+    #[test]
+    fn revocation_reasons_keep_their_numbers_and_names() {
+        for reason in RevocationReason::ALL {
+            let value = reason_code(reason);
+            let screaming: String = format!("{reason:?}")
+                .chars()
+                .flat_map(|c| if c.is_uppercase() { vec!['_', c] } else { vec![c.to_ascii_uppercase()] })
+                .collect();
+            assert_eq!(value.as_str_name(), format!("REVOCATION_REASON{screaming}"));
+            assert_eq!(reason_of(value.into()).expect("a reason"), reason);
+        }
+        for code in [-1, 2, 6, 7, 8, 10, 256] {
+            assert!(reason_of(code).is_err(), "{code} is no reason");
+        }
+    }
 
     /// The field the refusal's `google.rpc.BadRequest` names.
     fn refused_field(status: Status) -> String {

@@ -207,15 +207,8 @@ impl Engine {
         F: Fn(Channel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        let n = self.channels.len();
-        let targets = (targets as usize).min(n);
-        let (call, check) = (&call, &check);
-        let mut calls: FuturesUnordered<_> = (0..targets)
-            .map(|offset| {
-                let index = (first + offset) % n.max(1);
-                async move { (index, self.retry_at(index, call, check).await) }
-            })
-            .collect();
+        let targets = (targets as usize).min(self.channels.len());
+        let mut calls = self.spread(first, targets, &call, &check);
         let mut last = String::from("no replica to send to");
         while let Some((index, result)) = calls.next().await {
             match result {
@@ -294,15 +287,8 @@ impl Engine {
         F: Fn(Channel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        let n = self.channels.len();
-        let targets = (targets as usize).min(n);
-        let (call, check) = (&call, &check);
-        let mut calls: FuturesUnordered<_> = (0..targets)
-            .map(|offset| {
-                let index = (first + offset) % n.max(1);
-                async move { (index, self.retry_at(index, call, check).await) }
-            })
-            .collect();
+        let targets = (targets as usize).min(self.channels.len());
+        let mut calls = self.spread(first, targets, &call, &check);
         let mut votes: HashMap<U, u32> = HashMap::new();
         let mut last = String::from("no answer");
         let mut pending = targets as u32;
@@ -328,6 +314,28 @@ impl Engine {
         }
         let agreeing = votes.values().copied().max().unwrap_or(0);
         Err(ClientError::NoMatch { needed: k, asked: targets as u32, agreeing, last })
+    }
+
+    /// `call` on `targets` replicas from `first` on, at once, each retried as [`Self::retry_at`]
+    /// does: the answers as they come, with the replica that gave each.
+    fn spread<'a, T, U, F, Fut>(
+        &'a self,
+        first: usize,
+        targets: usize,
+        call: &'a F,
+        check: &'a impl Fn(T) -> Result<U, String>,
+    ) -> FuturesUnordered<impl Future<Output = (usize, Result<U, Attempt>)> + 'a>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let n = self.channels.len().max(1);
+        (0..targets)
+            .map(|offset| {
+                let index = (first + offset) % n;
+                async move { (index, self.retry_at(index, call, check).await) }
+            })
+            .collect()
     }
 
     /// Attempts at replica `index` until it answers something `check` accepts, answers a status
